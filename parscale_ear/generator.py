@@ -1,0 +1,224 @@
+"""EnergyGenerator: masked random-order continuous autoregression with an energy-score MLP head,
+run as P parallel streams with learned prefixes and a learned per-token aggregation.
+
+EAR: Shao, Meng, Zhou (ICML 2025, arXiv 2505.07812). Masking and schedule: MAR, Li et al.
+(NeurIPS 2024, arXiv 2406.11838). Parallel streams: ParScale, Chen et al. (arXiv 2505.10475).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import TransformerBlock, modulate
+from .losses import energy_score_loss
+
+
+@dataclass
+class GeneratorConfig:
+    """One generation stage. Its geometry (tokens, token size, context) comes from the hybrid."""
+
+    width: int = 256
+    depth: int = 4
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    streams: int = 1  # ParScale P; P = 1 is the plain model (no prefix, no aggregation)
+    prefix_len: int = 4  # learned prefix tokens per stream (used when streams > 1)
+    agg_smoothing: float = 0.01  # w <- w (1 - eps) + eps / P, ParScale's code default
+    head_width: int = 256
+    head_depth: int = 3  # residual adaLN blocks in the energy head
+    noise_dim: int = 64  # eps ~ U[-0.5, 0.5]^noise_dim per token, EAR's choice
+    class_dropout: float = 0.1  # label dropped to the null class for CFG
+    alpha: float = 1.0  # energy-score exponent; 1 is best in EAR, 2 collapses
+    tau: float = 1.0  # repulsion weight; > 1 makes the loss unbounded
+    # training mask ratio ~ truncated normal on [mask_ratio_min, 1] (MAR)
+    mask_ratio_min: float = 0.7
+    mask_ratio_mean: float = 1.0
+    mask_ratio_std: float = 0.25
+
+    def __post_init__(self):
+        if self.streams < 1:
+            raise ValueError(f"GeneratorConfig: streams must be >= 1, got {self.streams}")
+        if self.width % self.heads:
+            raise ValueError(f"GeneratorConfig: width {self.width} not divisible by heads {self.heads}")
+        if not 0 < self.alpha < 2:
+            raise ValueError(f"GeneratorConfig: alpha must be in (0, 2), got {self.alpha}")
+        if not 0 <= self.tau <= 1:
+            raise ValueError(f"GeneratorConfig: tau must be in [0, 1], got {self.tau}")
+        if not 0 < self.mask_ratio_min <= 1:
+            raise ValueError(f"GeneratorConfig: mask_ratio_min must be in (0, 1], got {self.mask_ratio_min}")
+
+
+def unmask_schedule(num_tokens: int, steps: int) -> list[int]:
+    """Tokens generated after each of `steps` cosine steps (MAR); strictly increasing, ends at N."""
+    if not 1 <= steps <= num_tokens:
+        raise ValueError(f"steps must be in [1, {num_tokens}] for {num_tokens} tokens, got {steps}")
+    generated, masked_before = [], num_tokens
+    for k in range(steps):
+        masked = int(math.floor(num_tokens * math.cos(math.pi / 2 * (k + 1) / steps)))
+        masked = 0 if k == steps - 1 else max(1, min(masked_before - 1, masked))
+        masked = max(masked, steps - 1 - k)  # leave at least one token for each later step
+        generated.append(num_tokens - masked)
+        masked_before = masked
+    return generated
+
+
+class EnergyHead(nn.Module):
+    """EAR's MLP generator: hidden state -> residual stream; noise -> adaLN shift/scale/gate."""
+
+    def __init__(self, cond_dim: int, token_dim: int, width: int, depth: int, noise_dim: int):
+        super().__init__()
+        self.noise_dim = noise_dim
+        self.cond_in = nn.Linear(cond_dim, width)
+        self.noise_in = nn.Linear(noise_dim, width)
+        self.norms = nn.ModuleList(nn.LayerNorm(width, elementwise_affine=False) for _ in range(depth))
+        self.mlps = nn.ModuleList(
+            nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width)) for _ in range(depth)
+        )
+        self.ada = nn.ModuleList(nn.Linear(width, 3 * width) for _ in range(depth))
+        self.norm_out = nn.LayerNorm(width, elementwise_affine=False)
+        self.ada_out = nn.Linear(width, 2 * width)
+        self.out = nn.Linear(width, token_dim)
+        for layer in [*self.ada, self.ada_out, self.out]:  # zero-init: adaLN-Zero of DiT / EAR
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, h: torch.Tensor, noise: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        """h (..., cond_dim), noise (..., noise_dim) -> one sample (..., token_dim) per noise draw."""
+        x = self.cond_in(h)
+        c = F.silu(self.noise_in(noise))
+        for norm, mlp, ada in zip(self.norms, self.mlps, self.ada):
+            shift, scale, gate = ada(c).chunk(3, dim=-1)
+            x = x + gate * mlp(modulate(norm(x), temperature * shift, scale))
+        shift, scale = self.ada_out(c).chunk(2, dim=-1)
+        return self.out(modulate(self.norm_out(x), temperature * shift, scale))
+
+
+class EnergyGenerator(nn.Module):
+    """A bidirectional transformer over N tokens (masked ones replaced by a learned token) + energy head."""
+
+    def __init__(self, config: GeneratorConfig, num_tokens: int, token_dim: int, num_classes: int = 0, context_dim: int = 0):
+        super().__init__()
+        self.config = cfg = config
+        self.num_tokens, self.token_dim = num_tokens, token_dim
+        self.num_classes, self.context_dim = num_classes, context_dim
+        d = cfg.width
+        self.token_in = nn.Linear(token_dim, d)
+        self.context_in = nn.Linear(context_dim, d) if context_dim else None
+        self.mask_token = nn.Parameter(torch.randn(d) * 0.02)
+        self.pos_embed = nn.Parameter(torch.randn(num_tokens, d) * 0.02)
+        self.class_embed = nn.Embedding(num_classes + 1, d)  # index num_classes = null / unconditional
+        nn.init.normal_(self.class_embed.weight, std=0.02)
+        P = cfg.streams
+        if P > 1:
+            self.stream_prefix = nn.Parameter(torch.randn(P, cfg.prefix_len, d) * 0.02)  # (P, Lp, d)
+            self.aggregate = nn.Sequential(nn.Linear(P * d, d), nn.SiLU(), nn.Linear(d, P))
+        self.blocks = nn.ModuleList(TransformerBlock(d, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
+        self.norm = nn.LayerNorm(d)
+        self.head = EnergyHead(d, token_dim, cfg.head_width, cfg.head_depth, cfg.noise_dim)
+
+    @property
+    def null_class(self) -> int:
+        return self.num_classes
+
+    def _labels_or_null(self, labels: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor:
+        if labels is None:
+            return torch.full((batch,), self.null_class, dtype=torch.long, device=device)
+        return labels
+
+    def hidden(
+        self,
+        tokens: torch.Tensor,
+        known: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
+        return_weights: bool = False,
+    ):
+        """Aggregated hidden states (B, N, d) for every position; `known` (B, N) marks visible tokens."""
+        B, N, _ = tokens.shape
+        d, P = self.config.width, self.config.streams
+        x = torch.where(known[..., None], self.token_in(tokens), self.mask_token.to(tokens.dtype)) + self.pos_embed
+        if self.context_in is not None:
+            x = x + self.context_in(context)
+        cls = self.class_embed(self._labels_or_null(labels, B, tokens.device))[:, None]  # (B, 1, d)
+        seq = torch.cat([cls, x], dim=1)  # (B, 1 + N, d)
+        if P > 1:  # P streams in one batched pass: (B * P, Lp + 1 + N, d)
+            prefix = self.stream_prefix[None].expand(B, -1, -1, -1).to(seq.dtype)
+            seq = torch.cat([prefix, seq[:, None].expand(-1, P, -1, -1)], dim=2).flatten(0, 1)
+        for block in self.blocks:
+            seq = block(seq)
+        h = self.norm(seq)[:, -N:]  # (B * P, N, d)
+        weights = None
+        if P > 1:
+            h = h.view(B, P, N, d)
+            logits = self.aggregate(h.permute(0, 2, 1, 3).reshape(B, N, P * d))  # (B, N, P)
+            eps = self.config.agg_smoothing
+            weights = logits.softmax(-1) * (1 - eps) + eps / P
+            h = torch.einsum("bnp,bpnd->bnd", weights, h)
+        return (h, weights) if return_weights else h
+
+    def _mask_ratios(self, batch: int, device: torch.device) -> torch.Tensor:
+        """Truncated normal on [mask_ratio_min, 1] by inverse CDF."""
+        c = self.config
+        normal = torch.distributions.Normal(0.0, 1.0)
+        lo = normal.cdf(torch.tensor((c.mask_ratio_min - c.mask_ratio_mean) / c.mask_ratio_std))
+        hi = normal.cdf(torch.tensor((1.0 - c.mask_ratio_mean) / c.mask_ratio_std))
+        u = lo + (hi - lo) * torch.rand(batch, device=device)
+        return (c.mask_ratio_mean + c.mask_ratio_std * torch.special.ndtri(u)).clamp(c.mask_ratio_min, 1.0)
+
+    def loss(self, tokens: torch.Tensor, labels: torch.Tensor | None = None, context: torch.Tensor | None = None) -> torch.Tensor:
+        """Energy-score loss on a random-order mask of the tokens (B, N, D); uses the global RNG."""
+        B, N, _ = tokens.shape
+        device = tokens.device
+        num_masked = torch.ceil(self._mask_ratios(B, device) * N).clamp(1, N)  # (B,)
+        rank = torch.rand(B, N, device=device).argsort(1).argsort(1)  # random order per sample
+        masked = rank < num_masked[:, None]  # (B, N): tokens to predict
+        if labels is not None and self.config.class_dropout > 0:
+            drop = torch.rand(B, device=device) < self.config.class_dropout
+            labels = torch.where(drop, torch.full_like(labels, self.null_class), labels)
+        h = self.hidden(tokens, ~masked, labels, context)  # (B, N, d)
+        noise = torch.rand(2, B, N, self.config.noise_dim, device=device, dtype=h.dtype) - 0.5
+        x1, x2 = self.head(h[None].expand(2, -1, -1, -1), noise)  # two independent samples
+        return energy_score_loss(x1.float(), x2.float(), tokens.float(), self.config.alpha, self.config.tau, weight=masked)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        noise: torch.Tensor,
+        orders: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        steps: int = 4,
+        cfg: float = 1.0,
+        temperature: float = 1.0,
+        context: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Generate tokens (B, N, D) in `steps` cosine steps over per-sample random `orders` (B, N).
+
+        noise (B, N, noise_dim) is the head's noise for each position, drawn once per image, so a
+        sample depends only on its own noise, order and label. CFG mixes hidden states before the
+        head, h = cfg_k h_c + (1 - cfg_k) h_u, with cfg_k ramped linearly in generated tokens (MAR).
+        """
+        B, N = orders.shape
+        if cfg != 1.0 and self.num_classes == 0:
+            raise ValueError("cfg != 1 needs a class-conditional model; this one is unconditional")
+        rank = orders.argsort(1)  # rank[b, position] = when that position is generated
+        tokens = noise.new_zeros(B, N, self.token_dim)
+        labels = self._labels_or_null(labels, B, noise.device)
+        generated_before = 0
+        for generated in unmask_schedule(N, steps):
+            known = rank < generated_before
+            if cfg != 1.0:
+                null = torch.full_like(labels, self.null_class)
+                ctx = None if context is None else torch.cat([context, context])
+                h_c, h_u = self.hidden(torch.cat([tokens, tokens]), torch.cat([known, known]), torch.cat([labels, null]), ctx).chunk(2)
+                cfg_k = 1.0 + (cfg - 1.0) * generated / N
+                h = cfg_k * h_c + (1.0 - cfg_k) * h_u
+            else:
+                h = self.hidden(tokens, known, labels, context)
+            new = (rank >= generated_before) & (rank < generated)  # (B, N)
+            tokens = torch.where(new[..., None], self.head(h, noise, temperature).to(tokens.dtype), tokens)
+            generated_before = generated
+        return tokens

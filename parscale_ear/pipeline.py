@@ -1,0 +1,230 @@
+"""ParScaleEAR: the end-to-end pipeline, noise -> coarse tokens -> fine residual -> LiteVAE decoder -> pixels.
+
+Joins LiteVAE (vae.py) and the coarse/fine hybrid of energy generators (hybrid.py, generator.py).
+Per-image seeds as in EDM (Karras et al. 2022): image i depends only on seed + i.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from .hybrid import CoarseFineHybrid, HybridConfig
+from .utils import atomic_directory, check_images, check_labels
+from .vae import LiteVAE, LiteVAEConfig
+
+FORMAT = "parscale-ear"
+FORMAT_VERSION = 1
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+@dataclass
+class ParScaleEARConfig:
+    name: str = "custom"
+    num_classes: int = 10  # 0 = unconditional
+    vae: LiteVAEConfig = field(default_factory=LiteVAEConfig)
+    hybrid: HybridConfig = field(default_factory=HybridConfig)
+    cfg: float = 1.0  # default classifier-free guidance scale for `generate`
+    temperature: float = 1.0  # default temperature (scales the head's adaLN shift, EAR)
+
+    def __post_init__(self):
+        if isinstance(self.vae, dict):
+            self.vae = LiteVAEConfig(**self.vae)
+        if isinstance(self.hybrid, dict):
+            self.hybrid = HybridConfig(**self.hybrid)
+        if self.num_classes < 0:
+            raise ValueError(f"ParScaleEARConfig: num_classes must be >= 0, got {self.num_classes}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ParScaleEARConfig":
+        try:
+            return cls(**d)
+        except TypeError as e:  # unknown or missing keys
+            raise ValueError(f"config does not describe a ParScaleEAR model: {e}") from None
+
+
+class ParScaleEAR(nn.Module):
+    """LiteVAE + coarse/fine energy generators; `generate`, `reconstruct`, save/load."""
+
+    def __init__(self, config: ParScaleEARConfig | None = None):
+        super().__init__()
+        self.config = cfg = config or ParScaleEARConfig()
+        self.vae = LiteVAE(cfg.vae)
+        self.hybrid = CoarseFineHybrid(cfg.hybrid, cfg.vae.latent_shape, cfg.num_classes)
+
+    # ------------------------------------------------------------------ info
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def num_parameters(self) -> dict[str, int]:
+        """Parameter counts per module."""
+        count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+        out = {
+            "vae.encoder": count(self.vae) - count(self.vae.decoder),
+            "vae.decoder": count(self.vae.decoder),
+        }
+        for name, stage in self.hybrid.stages.items():
+            out[f"generator.{name}"] = count(stage)
+        out["generator"] = sum(v for k, v in out.items() if k.startswith("generator."))
+        out["total"] = count(self)
+        return out
+
+    # ------------------------------------------------------------------ sampling
+    def draw_noise(self, seeds: Sequence[int], device: torch.device | str | None = None) -> dict:
+        """Per-image randomness: for each stage (head noise (B, N, noise_dim), order (B, N))."""
+        stages = self.hybrid.stages
+        per_stage = {name: ([], []) for name in stages}
+        for seed in seeds:
+            g = torch.Generator().manual_seed(int(seed))
+            for name, stage in stages.items():  # always coarse before fine
+                per_stage[name][1].append(torch.randperm(stage.num_tokens, generator=g))
+                per_stage[name][0].append(torch.rand(stage.num_tokens, stage.config.noise_dim, generator=g) - 0.5)
+        device = device or self.device
+        dtype = next(self.parameters()).dtype
+        return {k: (torch.stack(n).to(device, dtype), torch.stack(o).to(device)) for k, (n, o) in per_stage.items()}
+
+    def default_labels(self, seeds: Sequence[int]) -> torch.Tensor | None:
+        """Labels cycle through the classes by seed, so image i's label depends only on seed + i."""
+        if self.config.num_classes == 0:
+            return None
+        return torch.tensor([int(s) % self.config.num_classes for s in seeds], dtype=torch.long)
+
+    def _resolve_steps(self, steps) -> tuple[int, int]:
+        coarse, fine = self.hybrid.default_steps()
+        if steps is None:
+            return coarse, fine
+        if isinstance(steps, int):
+            return (0, steps) if self.config.hybrid.mode == "no_coarse" else (steps, fine)
+        if isinstance(steps, (tuple, list)) and len(steps) == 2 and all(isinstance(s, int) for s in steps):
+            return int(steps[0]), int(steps[1])
+        raise TypeError(f"steps: expected an int or a (coarse, fine) pair of ints, got {steps!r}")
+
+    @torch.no_grad()
+    def sample_latents(self, noise: dict, labels: torch.Tensor | None, steps=None, cfg: float = 1.0, temperature: float = 1.0) -> torch.Tensor:
+        """Latents (B, c, h, w) from pre-drawn noise; static shapes (the timed path)."""
+        return self.hybrid.sample(noise, labels, self._resolve_steps(steps), cfg, temperature)
+
+    @torch.no_grad()
+    def iter_generate(
+        self,
+        n: int,
+        labels=None,
+        cfg: float | None = None,
+        temperature: float | None = None,
+        steps=None,
+        seed: int = 0,
+        batch_size: int = 64,
+        progress: bool = False,
+    ) -> Iterator[torch.Tensor]:
+        """Yield image batches (b, C, H, W) in [-1, 1] for images seed, seed + 1, ..., seed + n - 1."""
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"n: expected a positive int, got {n!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size: expected a positive int, got {batch_size}")
+        cfg = self.config.cfg if cfg is None else float(cfg)
+        temperature = self.config.temperature if temperature is None else float(temperature)
+        if not (math.isfinite(cfg) and cfg >= 0):
+            raise ValueError(f"cfg: expected a finite value >= 0, got {cfg}")
+        if not (math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"temperature: expected a finite value > 0, got {temperature}")
+        seeds = list(range(seed, seed + n))
+        if labels is not None:
+            labels = check_labels(labels, self.config.num_classes, batch=n)
+        else:
+            labels = self.default_labels(seeds)
+        steps = self._resolve_steps(steps)
+        starts = range(0, n, batch_size)
+        if progress:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc="generate", unit="batch")
+        for i in starts:
+            chunk = seeds[i : i + batch_size]
+            noise = self.draw_noise(chunk)
+            y = None if labels is None else labels[i : i + len(chunk)].to(self.device)
+            latents = self.sample_latents(noise, y, steps, cfg, temperature)
+            yield self.vae.decode(latents).clamp(-1, 1)
+
+    @torch.no_grad()
+    def generate(self, n: int, labels=None, cfg: float | None = None, temperature: float | None = None, steps=None, seed: int = 0, batch_size: int = 64, progress: bool = False) -> torch.Tensor:
+        """n images (n, C, H, W) in [-1, 1]; image i depends only on seed + i (and its label).
+
+        labels: n class indices (default: (seed + i) mod num_classes); steps: int (coarse steps, or
+        the single stage's in no_coarse mode) or (coarse, fine); cfg/temperature default to the config's.
+        """
+        return torch.cat(list(self.iter_generate(n, labels, cfg, temperature, steps, seed, batch_size, progress)))
+
+    @torch.no_grad()
+    def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
+        """Encode (posterior mean) and decode images (B, C, H, W) in [-1, 1]."""
+        check_images(images, self.config.vae.in_channels, self.config.vae.image_size)
+        return self.vae.decode(self.vae.encode(images)).clamp(-1, 1)
+
+    # ------------------------------------------------------------------ save / load
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write config.json + model.safetensors into `directory`, atomically (whole folder)."""
+        from safetensors.torch import save_file
+
+        from . import __version__
+
+        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "library_version": __version__}
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        with atomic_directory(directory) as tmp:
+            (tmp / CONFIG_NAME).write_text(json.dumps({**meta, "config": self.config.to_dict()}, indent=2) + "\n")
+            save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": FORMAT})
+        return Path(directory)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: torch.device | str = "cpu") -> "ParScaleEAR":
+        """Load a folder written by `save_pretrained` (float32, on `device`)."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+        for p in (config_path, weights_path):
+            if not p.is_file():
+                raise FileNotFoundError(f"from_pretrained: {p} not found (expected a folder written by save_pretrained)")
+        try:
+            meta = json.loads(config_path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"from_pretrained: {config_path} is not valid JSON ({e})") from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT or "config" not in meta:
+            raise ValueError(f"from_pretrained: {config_path} is not a {FORMAT} config")
+        if meta.get("format_version", 0) > FORMAT_VERSION:
+            raise ValueError(f"from_pretrained: format_version {meta['format_version']} is newer than this library's {FORMAT_VERSION}")
+        model = cls(ParScaleEARConfig.from_dict(meta["config"]))
+        try:
+            state = load_file(str(weights_path))
+        except (SafetensorError, OSError) as e:
+            raise ValueError(f"from_pretrained: cannot read {weights_path} ({e})") from None
+        model.load_weights(state, source=str(weights_path))
+        return model.to(device).eval()
+
+    def load_weights(self, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
+        """Strictly load a state dict; a mismatch with the config raises a ValueError naming it."""
+        own = self.state_dict()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        wrong = [f"{k}: config expects {tuple(own[k].shape)}, weights have {tuple(state[k].shape)}" for k in own if k in state and own[k].shape != state[k].shape]
+        if missing or unexpected or wrong:
+            parts = []
+            if missing:
+                parts.append(f"missing {missing[:3]}{'...' if len(missing) > 3 else ''}")
+            if unexpected:
+                parts.append(f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}")
+            if wrong:
+                parts.append(wrong[0] + (f" (+{len(wrong) - 1} more)" if len(wrong) > 1 else ""))
+            raise ValueError(f"weights in {source} do not match the config: " + "; ".join(parts))
+        self.load_state_dict(state, strict=True)

@@ -1,0 +1,111 @@
+"""Named model presets and the `create_model(name, **overrides)` / `list_models()` registry (timm style)."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+from .generator import GeneratorConfig
+from .hybrid import HybridConfig
+from .pipeline import ParScaleEAR, ParScaleEARConfig
+from .vae import LiteVAEConfig
+
+
+def fmnist_32() -> ParScaleEARConfig:
+    """Class-conditional 32x32 grey (Fashion-MNIST): 32x32x1 -> 4x16x16 latent, 4x4 coarse grid."""
+    return ParScaleEARConfig(
+        name="fmnist-32",
+        num_classes=10,
+        vae=LiteVAEConfig(image_size=32, in_channels=1, latent_channels=4, latent_size=16, dwt_levels=2,
+                          extractor_channels=32, aggregator_channels=64, decoder_channels=(128, 64)),
+        hybrid=HybridConfig(
+            coarse=GeneratorConfig(width=256, depth=6, heads=4, streams=2, head_width=256, head_depth=3),
+            fine=GeneratorConfig(width=256, depth=6, heads=4, streams=2, head_width=256, head_depth=3),
+            coarse_steps=8,
+            fine_steps=4,
+        ),
+    )
+
+
+def lite_256() -> ParScaleEARConfig:
+    """256x256 RGB at the seed's 32x16x16 latent (f = 16, four Haar levels); ~30-40M generator params."""
+    return ParScaleEARConfig(
+        name="lite-256",
+        num_classes=1000,
+        vae=LiteVAEConfig(image_size=256, in_channels=3, latent_channels=32, latent_size=16, dwt_levels=4,
+                          extractor_channels=32, aggregator_channels=128, decoder_channels=(256, 192, 128, 64, 32)),
+        hybrid=HybridConfig(
+            coarse=GeneratorConfig(width=384, depth=4, heads=6, streams=2, head_width=384, head_depth=3),
+            fine=GeneratorConfig(width=512, depth=6, heads=8, streams=2, head_width=512, head_depth=3),
+            coarse_steps=4,
+            fine_steps=1,
+        ),
+    )
+
+
+def tiny_32() -> ParScaleEARConfig:
+    """A few-thousand-parameter 32x32 model for tests and smoke runs (not for quality)."""
+    return ParScaleEARConfig(
+        name="tiny-32",
+        num_classes=10,
+        vae=LiteVAEConfig(image_size=32, in_channels=1, latent_channels=4, latent_size=16, dwt_levels=2,
+                          extractor_channels=8, extractor_blocks=1, aggregator_channels=16, aggregator_blocks=1,
+                          decoder_channels=(16, 8)),
+        hybrid=HybridConfig(
+            coarse=GeneratorConfig(width=32, depth=1, heads=2, streams=2, prefix_len=2, head_width=32, head_depth=1, noise_dim=8),
+            fine=GeneratorConfig(width=32, depth=1, heads=2, streams=2, prefix_len=2, head_width=32, head_depth=1, noise_dim=8),
+            coarse_steps=4,
+            fine_steps=2,
+        ),
+    )
+
+
+_PRESETS: dict[str, Callable[[], ParScaleEARConfig]] = {
+    "fmnist-32": fmnist_32,
+    "lite-256": lite_256,
+    "tiny-32": tiny_32,
+}
+
+# Shorthands accepted by create_model: they set a field of the hybrid or of both stages.
+_HYBRID_KEYS = {"mode", "pool", "coarse_steps", "fine_steps"}
+_STAGE_KEYS = {"streams", "prefix_len", "alpha", "tau", "class_dropout"}
+
+
+def list_models() -> list[str]:
+    """Names of the registered presets."""
+    return sorted(_PRESETS)
+
+
+def _merge(obj: Any, overrides: dict, where: str) -> Any:
+    fields = {f.name for f in dataclasses.fields(obj)}
+    changes = {}
+    for key, value in overrides.items():
+        if key not in fields:
+            raise ValueError(f"create_model: unknown option {where}{key!r}; known: {sorted(fields)}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+            value = _merge(current, value, f"{where}{key}.")
+        changes[key] = value
+    return dataclasses.replace(obj, **changes)
+
+
+def get_config(name: str, **overrides: Any) -> ParScaleEARConfig:
+    """The preset's config with overrides: top-level fields, nested dicts (vae={...}, hybrid={...}),
+    or the shorthands mode/pool/coarse_steps/fine_steps (hybrid) and streams/prefix_len/alpha/tau/
+    class_dropout (both stages)."""
+    if name not in _PRESETS:
+        raise ValueError(f"create_model: unknown model {name!r}; available: {', '.join(list_models())}")
+    config = _PRESETS[name]()
+    hybrid = {k: overrides.pop(k) for k in list(overrides) if k in _HYBRID_KEYS}
+    stage = {k: overrides.pop(k) for k in list(overrides) if k in _STAGE_KEYS}
+    if stage:
+        hybrid.update(coarse=stage, fine=dict(stage))
+    if hybrid:
+        nested = overrides.setdefault("hybrid", {})
+        for k, v in hybrid.items():
+            nested[k] = {**v, **nested.get(k, {})} if isinstance(v, dict) else v
+    return _merge(config, overrides, "")
+
+
+def create_model(name: str, **overrides: Any) -> ParScaleEAR:
+    """Build a preset (randomly initialised, float32, CPU) with optional config overrides."""
+    return ParScaleEAR(get_config(name, **overrides))

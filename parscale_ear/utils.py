@@ -1,0 +1,126 @@
+"""Boundary checks and atomic file writes used across the library.
+
+Every public entry point validates its inputs here (short errors naming expected vs given), and
+every file the library writes goes through a temporary file and an atomic rename.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+# Images may exceed [-1, 1] by this much (rounding of uint8 -> float conversions).
+RANGE_TOLERANCE = 1e-3
+
+
+def check_images(images: Any, channels: int, size: int, name: str = "images") -> torch.Tensor:
+    """Check a float image batch (B, C, H, W) in [-1, 1] with the expected channels and size."""
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(images).__name__}")
+    if not images.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor in [-1, 1], got dtype {images.dtype}")
+    if images.ndim != 4:
+        raise ValueError(f"{name}: expected shape (B, {channels}, {size}, {size}), got {tuple(images.shape)}")
+    if images.shape[1] != channels or images.shape[2] != size or images.shape[3] != size:
+        raise ValueError(f"{name}: expected shape (B, {channels}, {size}, {size}), got {tuple(images.shape)}")
+    if images.shape[0] == 0:
+        raise ValueError(f"{name}: empty batch")
+    if not torch.isfinite(images).all():
+        raise ValueError(f"{name}: contains NaN or Inf")
+    lo, hi = images.min().item(), images.max().item()
+    if lo < -1 - RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
+        raise ValueError(f"{name}: expected values in [-1, 1], got [{lo:.3g}, {hi:.3g}]")
+    return images
+
+
+def check_labels(labels: Any, num_classes: int, batch: int | None = None, name: str = "labels") -> torch.Tensor:
+    """Check integer class labels in [0, num_classes); returns an int64 tensor."""
+    if num_classes == 0:
+        raise ValueError(f"{name}: this model is unconditional (num_classes=0) and takes no labels")
+    if isinstance(labels, (list, tuple)):
+        labels = torch.tensor(labels)
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"{name}: expected a tensor or list of ints, got {type(labels).__name__}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"{name}: expected integer class indices, got dtype {labels.dtype}")
+    if labels.ndim != 1:
+        raise ValueError(f"{name}: expected shape (B,), got {tuple(labels.shape)}")
+    if batch is not None and labels.shape[0] != batch:
+        raise ValueError(f"{name}: expected {batch} labels, got {labels.shape[0]}")
+    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(
+            f"{name}: expected class indices in [0, {num_classes}), got [{labels.min().item()}, {labels.max().item()}]"
+        )
+    return labels.long()
+
+
+def check_latents(latents: Any, shape: tuple[int, int, int], name: str = "latents") -> torch.Tensor:
+    """Check a float latent batch (B, C, h, w) of the expected per-sample shape."""
+    if not isinstance(latents, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(latents).__name__}")
+    if not latents.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {latents.dtype}")
+    if latents.ndim != 4 or tuple(latents.shape[1:]) != tuple(shape):
+        raise ValueError(f"{name}: expected shape (B, {', '.join(map(str, shape))}), got {tuple(latents.shape)}")
+    if not torch.isfinite(latents).all():
+        raise ValueError(f"{name}: contains NaN or Inf")
+    return latents
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success rename it over `path`, else remove it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write text to `path` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write JSON to `path` atomically (indented, sorted keys)."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save to `path` atomically: a kill mid-write never leaves a broken file."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a fresh temporary folder; on success it replaces `path` whole, else it is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

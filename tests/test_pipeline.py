@@ -1,0 +1,198 @@
+import json
+
+import pytest
+import torch
+
+import parscale_ear as pe
+from parscale_ear.hybrid import merge_coarse_fine, patchify, split_coarse_fine, unpatchify
+
+from helpers import perturb_
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return perturb_(pe.create_model("tiny-32")).eval()
+
+
+def test_list_and_create_models():
+    assert {"fmnist-32", "lite-256", "tiny-32"} <= set(pe.list_models())
+    m = pe.create_model("tiny-32", mode="no_fine", streams=3, fine_steps=1, vae={"latent_channels": 2})
+    assert m.config.hybrid.mode == "no_fine" and m.hybrid.fine is None
+    assert m.config.hybrid.coarse.streams == 3 and m.config.vae.latent_channels == 2
+    with pytest.raises(ValueError, match="unknown model"):
+        pe.create_model("nope")
+    with pytest.raises(ValueError, match="unknown option"):
+        pe.create_model("tiny-32", vae={"latent_chanels": 2})
+    with pytest.raises(ValueError, match="mode"):
+        pe.create_model("tiny-32", mode="coarse_only")
+
+
+def test_lite_256_has_the_seed_latent_and_a_30_to_40M_generator():
+    cfg = pe.get_config("lite-256")
+    assert cfg.vae.latent_shape == (32, 16, 16) and cfg.vae.image_size == 256
+    m = pe.ParScaleEAR(cfg)
+    assert 30e6 <= m.num_parameters()["generator"] <= 40e6
+
+
+def test_coarse_fine_split_merge_and_patchify_roundtrip():
+    z = torch.randn(2, 4, 16, 16)
+    coarse, fine = split_coarse_fine(z, 4)
+    assert coarse.shape == (2, 4, 4, 4) and fine.shape == z.shape
+    torch.testing.assert_close(merge_coarse_fine(coarse, fine, 4), z)
+    torch.testing.assert_close(torch.nn.functional.avg_pool2d(fine, 4), torch.zeros_like(coarse), atol=1e-6, rtol=0)
+    p = patchify(z, 4)
+    assert p.shape == (2, 16, 64)
+    assert torch.equal(unpatchify(p, 4, 4), z)
+    assert torch.equal(p[0, 1], z[0, :, 0:4, 4:8].reshape(-1))
+
+
+@pytest.mark.parametrize("mode", ["full", "no_coarse", "no_fine"])
+def test_modes_generate_and_train(mode):
+    torch.manual_seed(0)
+    m = perturb_(pe.create_model("tiny-32", mode=mode))
+    stages = set(m.hybrid.stages)
+    assert stages == {"full": {"coarse", "fine"}, "no_coarse": {"fine"}, "no_fine": {"coarse"}}[mode]
+    z = torch.randn(4, 4, 16, 16)
+    losses = m.hybrid.loss(z, torch.tensor([0, 1, 2, 3]))
+    assert set(losses) == stages | {"loss"} and torch.isfinite(losses["loss"])
+    x = m.eval().generate(3, seed=0)
+    assert x.shape == (3, 1, 32, 32) and torch.isfinite(x).all() and x.abs().max() <= 1
+
+
+def test_fit_token_scales():
+    m = pe.create_model("tiny-32")
+    z = 3 * torch.randn(64, 4, 16, 16)
+    scales = m.hybrid.fit_token_scales(z)
+    assert set(scales) == {"coarse", "fine"}
+    assert m.hybrid.fine_std.item() == pytest.approx(scales["fine"]) and 2.0 < scales["fine"] < 4.0
+    assert scales["coarse"] < scales["fine"]  # averaging 16 independent values shrinks the std
+
+
+@pytest.mark.parametrize("dtype,atol", [(torch.float64, 1e-10), (torch.float32, 5e-4)])
+def test_generate_is_batch_invariant(model, dtype, atol):
+    """Image i depends only on seed + i: exactly in float64; up to float32 GEMM rounding otherwise."""
+    model = model.to(dtype)
+    full = model.generate(5, seed=10, batch_size=5, cfg=2.0)
+    ones = model.generate(5, seed=10, batch_size=1, cfg=2.0)
+    tail = model.generate(2, seed=13, batch_size=2, cfg=2.0)
+    assert full.dtype == dtype
+    torch.testing.assert_close(full, ones, rtol=0, atol=atol)
+    torch.testing.assert_close(full[3:], tail, rtol=0, atol=atol)
+    assert not torch.allclose(full[0], full[1])
+
+
+def test_generate_respects_labels_and_settings(model):
+    a = model.generate(2, labels=[1, 1], seed=0)
+    b = model.generate(2, labels=[2, 2], seed=0)
+    assert not torch.equal(a, b)
+    assert not torch.equal(model.generate(2, seed=0, temperature=0.5), model.generate(2, seed=0, temperature=1.0))
+    assert model.generate(2, seed=0, steps=(2, 1)).shape == (2, 1, 32, 32)
+
+
+@pytest.mark.parametrize(
+    "kwargs,exc,match",
+    [
+        (dict(n=0), ValueError, "positive"),
+        (dict(n=2, labels=[0, 10]), ValueError, r"\[0, 10\)"),
+        (dict(n=2, labels=[0]), ValueError, "expected 2 labels"),
+        (dict(n=2, labels=torch.tensor([0.0, 1.0])), TypeError, "integer"),
+        (dict(n=2, temperature=0.0), ValueError, "temperature"),
+        (dict(n=2, cfg=float("nan")), ValueError, "cfg"),
+        (dict(n=2, steps=(99, 1)), ValueError, "steps must be in"),
+        (dict(n=2, steps="4"), TypeError, "steps"),
+    ],
+)
+def test_generate_rejects_bad_arguments(model, kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        model.generate(**kwargs)
+
+
+def test_unconditional_model_rejects_labels():
+    m = pe.create_model("tiny-32", num_classes=0).eval()
+    assert m.generate(2, seed=0).shape == (2, 1, 32, 32)
+    with pytest.raises(ValueError, match="unconditional"):
+        m.generate(2, labels=[0, 1])
+
+
+def test_reconstruct(model):
+    x = torch.rand(2, 1, 32, 32) * 2 - 1
+    y = model.reconstruct(x)
+    assert y.shape == x.shape and y.abs().max() <= 1
+    with pytest.raises(ValueError, match="expected shape"):
+        model.reconstruct(torch.zeros(2, 3, 32, 32))
+
+
+def test_save_load_is_bit_identical(model, tmp_path):
+    model.hybrid.fit_token_scales(torch.randn(8, 4, 16, 16) * 2)
+    model.config.vae.latent_scale = 0.7
+    before = model.generate(3, seed=4, cfg=1.5)
+    model.save_pretrained(tmp_path / "m")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
+    loaded = pe.ParScaleEAR.from_pretrained(tmp_path / "m")
+    assert loaded.config == model.config
+    assert torch.equal(loaded.generate(3, seed=4, cfg=1.5), before)
+    x = torch.rand(2, 1, 32, 32) * 2 - 1
+    assert torch.equal(loaded.reconstruct(x), model.reconstruct(x))
+    # saving again over the folder replaces it whole and leaves no temporary files
+    model.save_pretrained(tmp_path / "m")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_load_rejects_mismatched_config(model, tmp_path):
+    model.save_pretrained(tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "config.json").read_text())
+    meta["config"]["hybrid"]["fine"]["width"] = 64
+    (tmp_path / "m" / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="do not match the config"):
+        pe.ParScaleEAR.from_pretrained(tmp_path / "m")
+    meta["config"]["hybrid"]["fine"]["width"] = 32
+    meta["config"]["hybrid"]["fine"]["streams"] = 1
+    (tmp_path / "m" / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="unexpected"):
+        pe.ParScaleEAR.from_pretrained(tmp_path / "m")
+
+
+def test_load_errors_are_clear(model, tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json not found"):
+        pe.ParScaleEAR.from_pretrained(tmp_path / "missing")
+    model.save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="cannot read"):
+        pe.ParScaleEAR.from_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        pe.ParScaleEAR.from_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "config.json").write_text(json.dumps({"config": {}}))
+    with pytest.raises(ValueError, match="not a parscale-ear config"):
+        pe.ParScaleEAR.from_pretrained(tmp_path / "m")
+
+
+def test_failed_save_leaves_nothing_behind(model, tmp_path, monkeypatch):
+    import safetensors.torch
+
+    model.save_pretrained(tmp_path / "m")
+    before = (tmp_path / "m" / "model.safetensors").read_bytes()
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        model.save_pretrained(tmp_path / "m")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+    assert (tmp_path / "m" / "model.safetensors").read_bytes() == before
+
+
+def test_every_pipeline_parameter_gets_a_gradient(model):
+    from parscale_ear.losses import vae_loss
+
+    model.train()
+    x = torch.rand(4, 1, 32, 32) * 2 - 1
+    mean, logvar = model.vae.encode_moments(x)
+    out = vae_loss(model.vae.decode(mean), x, mean, logvar)
+    torch.manual_seed(0)
+    total = out["loss"] + model.hybrid.loss(torch.randn(4, 4, 16, 16), torch.arange(4))["loss"]
+    total.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
