@@ -1,0 +1,395 @@
+"""Image datasets as uint8 (N, C, H, W) tensors: Fashion-MNIST idx files, CIFAR-10 python
+batches, image folders (ImageFolder layout or flat) and .npz arrays. Fashion-MNIST's 28x28
+images are zero-padded to 32x32 (its background is 0); other sources are resized to fit."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import math
+import os
+import pickle
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+DEBIAN_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian `dataset-fashion-mnist`
+DATA_ENV = "PARSCALE_EAR_DATA"
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
+                   "dog", "frog", "horse", "ship", "truck"]
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+SPLITS = ("train", "test")
+
+_IDX_PREFIX = {"train": "train", "test": "t10k"}  # Fashion-MNIST names its test split t10k
+_IDX_IMAGES_MAGIC = 2051  # 0x0803: unsigned bytes, 3 dims (N, H, W)
+_IDX_LABELS_MAGIC = 2049  # 0x0801: unsigned bytes, 1 dim (N,)
+_CIFAR_DIR = "cifar-10-batches-py"
+_CIFAR_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
+_CIFAR_TEST = ["test_batch"]
+
+
+class DatasetError(ValueError):
+    """Data missing, unreadable or not in the expected format; the message is one line."""
+
+
+@dataclass
+class ImageData:
+    """A set of images with optional class labels, held in memory as uint8."""
+
+    images: torch.Tensor  # (N, C, H, W) uint8, C = 1 (grey) or 3 (RGB)
+    labels: torch.Tensor | None = None  # (N,) int64 class indices, None when unlabelled
+    class_names: list[str] = field(default_factory=list)  # label i is class_names[i]
+    source: str = ""  # where the images came from, for summaries and logs
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4 or self.images.shape[1] not in (1, 3):
+            raise ValueError(f"ImageData.images must be uint8 (N, C, H, W) with C 1 or 3, "
+                             f"got {self.images.dtype} {tuple(self.images.shape)}")
+        if self.labels is not None:
+            if self.labels.dtype != torch.int64 or tuple(self.labels.shape) != (len(self.images),):
+                raise ValueError(f"ImageData.labels must be int64 ({len(self.images)},), "
+                                 f"got {self.labels.dtype} {tuple(self.labels.shape)}")
+            if len(self.labels) and (int(self.labels.min()) < 0 or int(self.labels.max()) >= len(self.class_names)):
+                raise ValueError(f"ImageData.labels must lie in [0, {len(self.class_names)}) to match "
+                                 f"class_names, got [{int(self.labels.min())}, {int(self.labels.max())}]")
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes; 0 if unlabelled."""
+        return len(self.class_names) if self.labels is not None else 0
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def to_float(self) -> torch.Tensor:
+        """Images as float32 in [-1, 1], (N, C, H, W)."""
+        return self.images.float().div_(127.5).sub_(1.0)
+
+    def subset(self, n: int, seed: int | None = None) -> ImageData:
+        """The first n images, or n drawn without replacement with `seed`."""
+        if not 0 <= n <= len(self):
+            raise ValueError(f"subset size must be in [0, {len(self)}], got {n}")
+        if seed is None:
+            index = torch.arange(n)
+        else:
+            index = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
+        labels = None if self.labels is None else self.labels[index]
+        return ImageData(self.images[index], labels, list(self.class_names), self.source)
+
+
+def load_dataset(source: str, split: str = "train", image_size: int = 32,
+                 channels: int | None = None) -> ImageData:
+    """Load "fashion-mnist", or a folder (idx files, CIFAR-10 batches, images) or .npz file.
+
+    `split` ("train" or "test") selects the files of Fashion-MNIST and CIFAR-10; an image folder
+    or .npz file is a single split and is returned whole. `channels` forces 1 (grey) or 3 (RGB);
+    by default idx files give 1, CIFAR-10 and image folders 3, .npz what it stores.
+    """
+    if split not in SPLITS:
+        raise DatasetError(f"split must be one of {SPLITS}, got {split!r}")
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise DatasetError(f"image_size must be a positive int, got {image_size!r}")
+    if channels not in (None, 1, 3):
+        raise DatasetError(f"channels must be 1 (grey), 3 (RGB) or None (as stored), got {channels!r}")
+
+    if str(source).lower() == "fashion-mnist":
+        return _load_idx(_find_fashion_mnist(split), split, image_size, channels, f"fashion-mnist {split}")
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise DatasetError(f"data source not found: {path} (expected 'fashion-mnist', a folder of idx "
+                           f"files, CIFAR-10 batches or images, or a .npz file)")
+    if path.is_file():
+        if path.suffix.lower() == ".npz":
+            return _load_npz(path, image_size, channels)
+        raise DatasetError(f"unsupported data file {path}: expected a .npz file or a folder")
+    if _has_idx(path):
+        return _load_idx(path, split, image_size, channels)
+    if _has_cifar(path):
+        return _load_cifar(path, split, image_size, channels)
+    if _has_idx(path / "fashion-mnist"):
+        return _load_idx(path / "fashion-mnist", split, image_size, channels)
+    if _has_cifar(path / _CIFAR_DIR):
+        return _load_cifar(path / _CIFAR_DIR, split, image_size, channels)
+    return _load_image_folder(path, image_size, 3 if channels is None else channels)
+
+
+def dataset_summary(data: ImageData) -> str:
+    """One line: source, count, image shape, classes and images per class."""
+    n, c, h, w = data.images.shape
+    text = f"{data.source or 'images'}: {n:,} images, {c}x{h}x{w} {'grey' if c == 1 else 'RGB'}"
+    if data.labels is None or data.num_classes == 0:
+        return text + ", unlabelled"
+    counts = torch.bincount(data.labels, minlength=data.num_classes)
+    return (text + f", {data.num_classes} classes ({int(counts.min()):,} to {int(counts.max()):,} "
+            f"per class: {', '.join(data.class_names[:3])}{', ...' if data.num_classes > 3 else ''})")
+
+
+# ----------------------------------------------------------------------------- Fashion-MNIST
+
+def _idx_file(folder: Path, name: str) -> Path | None:
+    """`name` or `name.gz` in folder, whichever exists (uncompressed first)."""
+    for candidate in (folder / name, folder / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _has_idx(folder: Path) -> bool:
+    return folder.is_dir() and any(_idx_file(folder, f"{prefix}-{kind}-ubyte") is not None
+                                   for prefix in _IDX_PREFIX.values() for kind in ("images-idx3", "labels-idx1"))
+
+
+def _find_fashion_mnist(split: str) -> Path:
+    """First folder holding idx files: $PARSCALE_EAR_DATA, its fashion-mnist/, the Debian folder."""
+    env = os.environ.get(DATA_ENV)
+    folders = [Path(env), Path(env) / "fashion-mnist"] if env else []
+    folders.append(Path(DEBIAN_FASHION_MNIST_DIR))
+    for folder in folders:
+        if _has_idx(folder):
+            return folder
+    prefix = _IDX_PREFIX[split]
+    if env:
+        looked = f"${DATA_ENV}={folders[0]}, {folders[1]} and {folders[2]}"
+    else:
+        looked = f"{folders[0]} and ${DATA_ENV} (unset)"
+    raise DatasetError(f"Fashion-MNIST not found: looked in {looked}; install it with "
+                       f"`apt-get install dataset-fashion-mnist`, set ${DATA_ENV}, or pass --data PATH to a "
+                       f"folder holding {prefix}-images-idx3-ubyte[.gz] and {prefix}-labels-idx1-ubyte[.gz]")
+
+
+def _read_idx(path: Path, magic: int) -> np.ndarray:
+    """An idx file of unsigned bytes (gzipped if its name ends in .gz) as an array."""
+    try:
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as e:
+        raise DatasetError(f"cannot read idx file {path}: {e}") from None
+    ndim = magic & 0xFF
+    header = 4 + 4 * ndim  # magic, then one big-endian uint32 per dimension
+    if len(raw) < header:
+        raise DatasetError(f"idx file {path} is truncated: {len(raw)} bytes, shorter than its {header}-byte header")
+    found = int.from_bytes(raw[:4], "big")
+    if found != magic:
+        raise DatasetError(f"idx file {path} has magic number {found}, expected {magic}")
+    dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    expected = math.prod(dims)
+    if len(raw) - header != expected:
+        raise DatasetError(f"idx file {path} holds {len(raw) - header} bytes of data, "
+                           f"its header {dims} says {expected}")
+    return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
+
+
+def _load_idx(folder: Path, split: str, image_size: int, channels: int | None,
+              source: str | None = None) -> ImageData:
+    prefix = _IDX_PREFIX[split]
+    files = {kind: _idx_file(folder, f"{prefix}-{kind}-ubyte") for kind in ("images-idx3", "labels-idx1")}
+    for kind, path in files.items():
+        if path is None:
+            raise DatasetError(f"{split} split incomplete in {folder}: no {prefix}-{kind}-ubyte[.gz]")
+    images = _read_idx(files["images-idx3"], _IDX_IMAGES_MAGIC)  # (N, H, W)
+    labels = _read_idx(files["labels-idx1"], _IDX_LABELS_MAGIC)  # (N,)
+    if len(images) != len(labels):
+        raise DatasetError(f"{files['images-idx3']} holds {len(images)} images but "
+                           f"{files['labels-idx1']} holds {len(labels)} labels")
+    if images.shape[1:] == (28, 28):
+        images = np.pad(images, ((0, 0), (2, 2), (2, 2)))  # (N, 32, 32); the background is 0
+    names = FASHION_MNIST_CLASSES if len(labels) == 0 or labels.max() < 10 else None
+    return _finish(images[..., None], labels, names, image_size, channels, source or f"{folder} {split}")
+
+
+# ----------------------------------------------------------------------------- CIFAR-10
+
+def _has_cifar(folder: Path) -> bool:
+    return folder.is_dir() and any((folder / name).is_file() for name in _CIFAR_TRAIN + _CIFAR_TEST)
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickler that builds only what CIFAR-10 batches hold: dicts, lists, bytes, numpy arrays."""
+
+    _allowed = {
+        ("numpy.core.multiarray", "_reconstruct"): np.zeros(0).__reduce__()[0],  # old and new numpy names
+        ("numpy._core.multiarray", "_reconstruct"): np.zeros(0).__reduce__()[0],
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): __import__("codecs").encode,  # how protocol 2 stores bytes from Python 3
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self._allowed:
+            raise pickle.UnpicklingError(f"it refers to {module}.{name}, which a CIFAR-10 batch never does")
+        return self._allowed[(module, name)]
+
+
+def _read_cifar_pickle(path: Path) -> dict:
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DatasetError(f"cannot read CIFAR-10 file {path}: {e}") from None
+    if len(raw) < 2 or raw[0] != 0x80 or not 2 <= raw[1] <= 5:  # PROTO opcode, protocol 2 to 5
+        raise DatasetError(f"CIFAR-10 file {path} is not a Python pickle (protocol 2 or later)")
+    try:
+        obj = _CifarUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except Exception as e:  # a corrupt pickle can raise almost anything
+        raise DatasetError(f"CIFAR-10 file {path} is corrupt or not a CIFAR-10 batch: {e}") from None
+    if not isinstance(obj, dict):
+        raise DatasetError(f"CIFAR-10 file {path} holds a {type(obj).__name__}, expected a dict")
+    return obj
+
+
+def _load_cifar(folder: Path, split: str, image_size: int, channels: int | None) -> ImageData:
+    images, labels = [], []
+    for name in _CIFAR_TRAIN if split == "train" else _CIFAR_TEST:
+        path = folder / name
+        if not path.is_file():
+            raise DatasetError(f"CIFAR-10 {split} split incomplete in {folder}: no {name}")
+        batch = _read_cifar_pickle(path)
+        data, batch_labels = batch.get(b"data"), batch.get(b"labels")
+        if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+            got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+            raise DatasetError(f"CIFAR-10 file {path}: b'data' must be a uint8 (N, 3072) array, got {got}")
+        if not isinstance(batch_labels, (list, np.ndarray)) or len(batch_labels) != len(data):
+            is_list = isinstance(batch_labels, (list, np.ndarray))
+            got = f"{len(batch_labels)} items" if is_list else type(batch_labels).__name__
+            raise DatasetError(f"CIFAR-10 file {path}: b'labels' must list {len(data)} class indices, got {got}")
+        images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))  # (N, 32, 32, 3)
+        labels.append(np.asarray(batch_labels))
+    labels = np.concatenate(labels)
+    if labels.size and labels.dtype.kind not in "iu":
+        raise DatasetError(f"CIFAR-10 labels in {folder} must be integers, got {labels.dtype}")
+    names = None
+    if (folder / "batches.meta").is_file():
+        meta = _read_cifar_pickle(folder / "batches.meta").get(b"label_names")
+        if not isinstance(meta, list) or not all(isinstance(m, bytes) for m in meta):
+            raise DatasetError(f"CIFAR-10 file {folder / 'batches.meta'}: b'label_names' must be a list of bytes")
+        names = [m.decode("utf-8", "replace") for m in meta]
+    elif labels.size == 0 or labels.max() < 10:
+        names = CIFAR10_CLASSES
+    return _finish(np.concatenate(images), labels, names, image_size, channels, f"{folder} {split}")
+
+
+# ----------------------------------------------------------------------------- .npz arrays
+
+def _load_npz(path: Path, image_size: int, channels: int | None) -> ImageData:
+    try:
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as npz:
+            if "images" not in npz.files:
+                raise DatasetError(f"{path} has no 'images' array (it holds: {', '.join(npz.files) or 'nothing'})")
+            images = npz["images"]
+            labels = npz["labels"] if "labels" in npz.files else None
+            names = [str(n) for n in npz["class_names"]] if "class_names" in npz.files else None
+    except DatasetError:
+        raise
+    except Exception as e:  # bad zip, truncated member, object arrays (pickle refused), ...
+        raise DatasetError(f"cannot read {path} as .npz: {e}") from None
+    if images.dtype != np.uint8:
+        raise DatasetError(f"{path}: 'images' must be uint8, got {images.dtype}")
+    if images.ndim == 3:
+        images = images[..., None]  # (N, H, W, 1)
+    elif images.ndim == 4:
+        last, first = images.shape[3] in (1, 3), images.shape[1] in (1, 3)
+        if first and last and images.shape[1] != images.shape[3]:
+            raise DatasetError(f"{path}: 'images' shape {images.shape} is ambiguous between "
+                               f"(N, C, H, W) and (N, H, W, C)")
+        if first and not last:
+            images = images.transpose(0, 2, 3, 1)  # (N, C, H, W) -> (N, H, W, C)
+        elif not last:
+            raise DatasetError(f"{path}: 'images' must be (N, H, W), (N, H, W, C) or (N, C, H, W) "
+                               f"with C 1 or 3, got {images.shape}")
+    else:
+        raise DatasetError(f"{path}: 'images' must be (N, H, W), (N, H, W, C) or (N, C, H, W), got {images.shape}")
+    if labels is not None:
+        if labels.dtype.kind not in "iu" or labels.shape != (len(images),):
+            raise DatasetError(f"{path}: 'labels' must be integer ({len(images)},), "
+                               f"got {labels.dtype} {labels.shape}")
+        if labels.size and labels.min() < 0:
+            raise DatasetError(f"{path}: 'labels' must be >= 0, got {labels.min()}")
+        if names is not None and labels.size and labels.max() >= len(names):
+            raise DatasetError(f"{path}: label {labels.max()} has no entry in its {len(names)} 'class_names'")
+    return _finish(images, labels, names, image_size, channels, str(path))
+
+
+# ----------------------------------------------------------------------------- image folders
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def _load_image_folder(folder: Path, image_size: int, channels: int) -> ImageData:
+    top_images = sorted(p for p in folder.iterdir() if _is_image(p))
+    class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    per_class = [sorted(p for p in d.rglob("*") if _is_image(p)) for d in class_dirs]
+    if top_images and any(per_class):
+        raise DatasetError(f"{folder} mixes images at its top level with class sub-folders; "
+                           f"use one layout (sub-folders = classes, or a flat folder)")
+    if top_images:
+        files, labels, names = top_images, None, None
+    elif any(per_class):
+        for d, imgs in zip(class_dirs, per_class):
+            if not imgs:
+                raise DatasetError(f"class folder {d} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+        files = [p for imgs in per_class for p in imgs]
+        labels = np.concatenate([np.full(len(imgs), i) for i, imgs in enumerate(per_class)])
+        names = [d.name for d in class_dirs]
+    else:
+        raise DatasetError(f"no data found in {folder}: no images ({', '.join(IMAGE_EXTENSIONS)}), "
+                           f"idx files or CIFAR-10 batches")
+    mode = "L" if channels == 1 else "RGB"
+    images = np.empty((len(files), image_size, image_size, channels), np.uint8)  # (N, S, S, C)
+    for i, path in enumerate(files):
+        try:
+            with Image.open(path) as im:
+                im = im.convert(mode)
+        except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError ...
+            raise DatasetError(f"cannot read image {path}: {e}") from None
+        images[i] = np.asarray(_fit(im, image_size)).reshape(image_size, image_size, channels)
+    return _finish(images, labels, names, image_size, channels, str(folder))
+
+
+# ----------------------------------------------------------------------------- shared
+
+def _fit(im: Image.Image, size: int) -> Image.Image:
+    """Resize the shorter side to `size` (bicubic), then crop the centre size x size."""
+    w, h = im.size
+    if (w, h) != (size, size):
+        scale = size / min(w, h)
+        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+        im = im.resize((nw, nh), Image.BICUBIC)
+        left, top = (nw - size) // 2, (nh - size) // 2
+        im = im.crop((left, top, left + size, top + size))
+    return im
+
+
+def _finish(images: np.ndarray, labels: np.ndarray | None, names: list[str] | None,
+            image_size: int, channels: int | None, source: str) -> ImageData:
+    """(N, H, W, C) uint8 -> ImageData with the requested size and channels."""
+    if len(images) == 0:
+        raise DatasetError(f"{source} holds no images")
+    if channels == 1 and images.shape[3] == 3:  # PIL's ITU-R 601-2 luma, in its fixed-point form
+        rgb = images.astype(np.uint32)
+        images = ((rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 0x8000) >> 16)
+        images = images.astype(np.uint8)[..., None]
+    if images.shape[1:3] != (image_size, image_size):
+        out = np.empty((len(images), image_size, image_size, images.shape[3]), np.uint8)
+        for i, img in enumerate(images):
+            im = Image.fromarray(img[..., 0] if img.shape[2] == 1 else img)  # 2-D -> "L", (H, W, 3) -> "RGB"
+            out[i] = np.asarray(_fit(im, image_size)).reshape(out.shape[1:])
+        images = out
+    if channels == 3 and images.shape[3] == 1:
+        images = np.repeat(images, 3, axis=3)
+    tensor = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))  # (N, C, S, S)
+    label_tensor = None
+    if labels is not None:
+        label_tensor = torch.from_numpy(labels.astype(np.int64))
+        if names is None:
+            names = [str(i) for i in range(int(labels.max()) + 1)] if labels.size else []
+        if labels.size and (labels.min() < 0 or labels.max() >= len(names)):
+            shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+            raise DatasetError(f"{source}: labels span [{labels.min()}, {labels.max()}], "
+                               f"outside its {len(names)} classes ({shown})")
+    return ImageData(tensor, label_tensor, list(names or []), source)
