@@ -124,3 +124,39 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] (B, C, H, W) -> uint8 (B, H, W, C) on the CPU."""
+    x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu()
+
+
+def _pil(array) -> "Image.Image":
+    from PIL import Image
+
+    return Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+
+
+def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int = 8, pad: int = 2) -> Path:
+    """Save images (B, C, H, W) in [-1, 1] as one PNG grid, atomically."""
+    x = to_uint8(images)
+    B, H, W, C = x.shape
+    ncol = min(nrow, B)
+    rows = (B + ncol - 1) // ncol
+    canvas = torch.full((rows * (H + pad) + pad, ncol * (W + pad) + pad, C), 255, dtype=torch.uint8)
+    for i in range(B):
+        r, c = divmod(i, ncol)
+        canvas[pad + r * (H + pad) : pad + r * (H + pad) + H, pad + c * (W + pad) : pad + c * (W + pad) + W] = x[i]
+    with atomic_path(path) as tmp:
+        _pil(canvas.numpy()).save(tmp, format="PNG")
+    return Path(path)
+
+
+def save_images(images: torch.Tensor, folder: str | os.PathLike, names: list[str]) -> None:
+    """Save each image (B, C, H, W) in [-1, 1] as folder/name.png, each atomically."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for img, name in zip(to_uint8(images).numpy(), names):
+        with atomic_path(folder / f"{name}.png") as tmp:
+            _pil(img).save(tmp, format="PNG")

@@ -1,0 +1,208 @@
+"""The `parscale-ear` command line: models, train-vae, train, sample, export, fid, fid-weights.
+
+Multi-GPU: `torchrun --nproc_per_node N -m parscale_ear train ...` (same code path for 1..N GPUs).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError)
+
+
+def _steps(text: str):
+    parts = [int(p) for p in text.split(",")]
+    if len(parts) == 1:
+        return parts[0]
+    if len(parts) == 2:
+        return tuple(parts)
+    raise argparse.ArgumentTypeError(f"--steps: expected N or COARSE,FINE, got {text!r}")
+
+
+def _overrides(items: list[str]) -> dict:
+    """--set key=value pairs (value parsed as JSON when it can be); dotted keys nest: vae.latent_channels=8."""
+    out: dict = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"--set: expected KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            pass
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
+def _train_args(p: argparse.ArgumentParser, lr: float, batch: int, ema: float) -> None:
+    p.add_argument("--steps", type=int, required=True)
+    p.add_argument("--batch-size", type=int, default=batch, help="global batch over all GPUs (default %(default)s)")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--warmup-steps", type=int, default=100)
+    p.add_argument("--ema-decay", type=float, default=ema)
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--sample-every", type=int, default=1000)
+    p.add_argument("--ckpt-every", type=int, default=1000)
+    p.add_argument("--max-minutes", type=float, default=0.0, help="stop and checkpoint after this wall time")
+    p.add_argument("--compile", action="store_true", help="torch.compile the training step")
+    p.add_argument("--no-bf16", action="store_true", help="train in float32 on CUDA (bf16 autocast is the default)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="model config overrides, e.g. hybrid.fine.depth=8")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="parscale-ear", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("models", help="list the model presets and their parameter counts")
+
+    p = sub.add_parser("train-vae", help="train the LiteVAE of a preset on images")
+    p.add_argument("--preset", default="fmnist-32")
+    p.add_argument("--data", default="fashion-mnist", help="fashion-mnist, a folder (idx, ImageFolder, CIFAR-10) or .npz")
+    _train_args(p, lr=4e-4, batch=256, ema=0.999)
+
+    p = sub.add_parser("train", help="train the coarse/fine energy generators on a VAE run's cached latents")
+    p.add_argument("--vae", required=True, help="VAE run folder (from train-vae)")
+    p.add_argument("--data", default=None, help="default: the VAE run's data")
+    p.add_argument("--mode", choices=["full", "no_coarse", "no_fine"], default=None, help="hybrid mode (ablations)")
+    p.add_argument("--streams", type=int, default=None, help="ParScale streams P of every stage")
+    _train_args(p, lr=4e-4, batch=256, ema=0.999)
+
+    p = sub.add_parser("sample", help="generate images from a run or release folder")
+    p.add_argument("--ckpt", required=True, help="run folder, checkpoint file or release folder")
+    p.add_argument("--n", type=int, default=64)
+    p.add_argument("--labels", type=int, nargs="*", default=None, help="one label for all, or one per image")
+    p.add_argument("--cfg", type=float, default=None)
+    p.add_argument("--temperature", type=float, default=None)
+    p.add_argument("--steps", type=_steps, default=None, help="N or COARSE,FINE")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", required=True, help="grid.png, or a folder for one PNG per image named by its seed")
+
+    p = sub.add_parser("export", help="write a generator run in the release format (config.json + model.safetensors)")
+    p.add_argument("--run", required=True)
+    p.add_argument("--out", required=True)
+
+    sub.add_parser("fid", help="FID between two folders / .npz image files / statistics files", add_help=False)
+    sub.add_parser("fid-weights", help="convert the offline InceptionV3 into pytorch-fid's weight file", add_help=False)
+    return parser
+
+
+def _device(name: str | None) -> str:
+    import torch
+
+    if name:
+        if name.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: CUDA is not available on this machine")
+        return name
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _train(args, kind: str) -> int:
+    from .pipeline import ParScaleEARConfig
+    from .presets import get_config
+    from .train import TrainConfig, load_checkpoint, train
+
+    overrides = _overrides(args.set)
+    model_config = None
+    if kind == "vae":
+        if not args.resume:
+            model_config = get_config(args.preset, **overrides)
+        data = args.data
+    else:
+        vae_ckpt = load_checkpoint(args.vae)
+        if not args.resume:
+            base = ParScaleEARConfig.from_dict(vae_ckpt["config"])
+            from .presets import _merge
+
+            shorthand = {k: v for k, v in (("mode", args.mode), ("streams", args.streams)) if v is not None}
+            model_config = _merge(base, overrides, "") if overrides else base
+            if shorthand:
+                hybrid = dict(mode=shorthand.get("mode", model_config.hybrid.mode))
+                if "streams" in shorthand:
+                    hybrid.update(coarse={"streams": args.streams}, fine={"streams": args.streams})
+                model_config = _merge(model_config, {"hybrid": hybrid}, "")
+        data = args.data or vae_ckpt["train"]["data"]
+    cfg = TrainConfig(kind=kind, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
+                      ema_decay=args.ema_decay, seed=args.seed, log_every=args.log_every, sample_every=args.sample_every,
+                      ckpt_every=args.ckpt_every, bf16=not args.no_bf16, compile=args.compile, max_minutes=args.max_minutes,
+                      data=data, vae_run=str(args.vae) if kind == "generator" else "")
+    out = train(cfg, args.out, model_config, resume=args.resume, device=_device(args.device), progress=not args.no_progress)
+    print(f"run folder: {out}")
+    return 0
+
+
+def _sample(args) -> int:
+    import torch
+
+    from .train import load_pipeline
+    from .utils import save_grid, save_images
+
+    model = load_pipeline(args.ckpt, device=_device(args.device))
+    labels = args.labels
+    if labels is not None and len(labels) == 1:
+        labels = labels * args.n
+    out = Path(args.out)
+    as_grid = out.suffix.lower() == ".png"
+    batches = model.iter_generate(args.n, labels=labels, cfg=args.cfg, temperature=args.temperature, steps=args.steps,
+                                  seed=args.seed, batch_size=args.batch_size, progress=not as_grid)
+    if as_grid:
+        save_grid(torch.cat(list(batches)), out, nrow=min(10, args.n))
+    else:
+        seed = args.seed
+        for images in batches:
+            save_images(images, out, [f"{s:06d}" for s in range(seed, seed + len(images))])
+            seed += len(images)
+    print(f"wrote {args.n} images to {out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] == "fid":
+            from .fid import fid_cli
+
+            return fid_cli(argv[1:])
+        if argv and argv[0] == "fid-weights":
+            from .fid import fid_weights_cli
+
+            return fid_weights_cli(argv[1:])
+        args = build_parser().parse_args(argv)
+        if args.command == "models":
+            from .presets import create_model, list_models
+
+            for name in list_models():
+                counts = create_model(name).num_parameters()
+                print(f"{name:12s} " + "  ".join(f"{k}={v / 1e6:.2f}M" for k, v in counts.items()))
+            return 0
+        if args.command == "train-vae":
+            return _train(args, "vae")
+        if args.command == "train":
+            return _train(args, "generator")
+        if args.command == "sample":
+            return _sample(args)
+        if args.command == "export":
+            from .train import export
+
+            print(f"wrote {export(args.run, args.out)}")
+            return 0
+    except USER_ERRORS as e:
+        print(f"parscale-ear: error: {e}", file=sys.stderr)
+        return 2
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

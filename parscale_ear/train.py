@@ -1,0 +1,429 @@
+"""Training of both stages: the LiteVAE on images, then the coarse/fine energy generators on cached
+latents. One loop serves 1..N GPUs (DDP through torchrun) and the CPU.
+
+Optimiser settings follow EAR (arXiv 2505.07812): AdamW (0.9, 0.95), weight decay 0.02 except on
+the head, head learning rate 0.25x, gradient clip 3.0, EMA. Every random draw of step s comes from
+a seed derived from (seed, s, rank), so `--resume` reproduces an uninterrupted run exactly.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .data import ImageData, load_dataset
+from .losses import vae_loss
+from .pipeline import ParScaleEAR, ParScaleEARConfig
+from .presets import get_config
+from .utils import atomic_path, atomic_torch_save, atomic_write_json, save_grid
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+RUN_CONFIG = "run.json"
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class TrainConfig:
+    kind: str = "vae"  # "vae" or "generator"
+    steps: int = 1000
+    batch_size: int = 256  # global batch (split across ranks)
+    lr: float = 4e-4
+    min_lr_ratio: float = 0.1  # cosine decay to lr * min_lr_ratio after warm-up
+    warmup_steps: int = 100
+    weight_decay: float = 0.02  # not on biases, norms, embeddings or the energy head (EAR)
+    head_lr_ratio: float = 0.25  # energy head trains at 0.25x (EAR: full rate collapses)
+    grad_clip: float = 3.0
+    ema_decay: float = 0.999  # short runs need a low decay (EAR); warmed up as (1 + t) / (10 + t)
+    seed: int = 0
+    log_every: int = 50
+    sample_every: int = 1000
+    ckpt_every: int = 1000
+    bf16: bool = True  # autocast on CUDA only
+    compile: bool = False
+    max_minutes: float = 0.0  # stop (and checkpoint) after this wall time; 0 = no limit
+    data: str = "fashion-mnist"
+    vae_run: str = ""  # generator runs: the VAE run folder
+    kl_weight: float = 1e-6
+
+    def __post_init__(self):
+        if self.kind not in ("vae", "generator"):
+            raise ValueError(f"TrainConfig: kind must be 'vae' or 'generator', got {self.kind!r}")
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError("TrainConfig: steps and batch_size must be >= 1")
+
+
+# ----------------------------------------------------------------------------- distributed
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: str) -> tuple[Dist, torch.device]:
+    """Initialise torch.distributed when launched by torchrun (WORLD_SIZE > 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Dist(), torch.device(device)
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.startswith("cuda"):
+        torch.cuda.set_device(local)
+        dev = torch.device("cuda", local)
+        dist.init_process_group("nccl", device_id=dev)
+    else:
+        dev = torch.device(device)
+        dist.init_process_group("gloo")
+    return Dist(rank, world, local), dev
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    return (seed * 1_000_003 + step) * 4096 + rank
+
+
+def batch_indices(num_items: int, batch: int, step: int, seed: int, d: Dist) -> torch.Tensor:
+    """This rank's share of global batch `step`: epochs are seeded permutations, cut into batches."""
+    per_epoch = max(1, num_items // batch)
+    epoch, i = divmod(step, per_epoch)
+    perm = torch.randperm(num_items, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
+    global_batch = perm[i * batch : (i + 1) * batch]
+    return global_batch[d.rank :: d.world]
+
+
+# ----------------------------------------------------------------------------- steps
+class VAEStep(nn.Module):
+    """One VAE training forward: posterior sample -> decoder -> LiteVAE losses."""
+
+    def __init__(self, vae, kl_weight: float):
+        super().__init__()
+        self.vae, self.kl_weight = vae, kl_weight
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        mean, logvar = self.vae.encode_moments(images)
+        z = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar)
+        recon = self.vae.decoder(z)
+        return vae_loss(recon.float(), images.float(), mean.float(), logvar.float(), kl_weight=self.kl_weight)
+
+
+class GeneratorStep(nn.Module):
+    """One generator training forward: energy losses of every stage on cached latents."""
+
+    def __init__(self, hybrid):
+        super().__init__()
+        self.hybrid = hybrid
+
+    def forward(self, latents: torch.Tensor, labels: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        return self.hybrid.loss(latents, labels)
+
+
+def param_groups(module: nn.Module, cfg: TrainConfig) -> list[dict]:
+    """AdamW groups: decayed weights, undecayed (biases/norms/embeddings), energy head (0.25x, no decay)."""
+    decay, no_decay, head = [], [], []
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        if ".head." in f".{name}":
+            head.append(p)
+        elif p.ndim >= 2 and "embed" not in name and "prefix" not in name:
+            decay.append(p)
+        else:
+            no_decay.append(p)
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay, "lr_ratio": 1.0},
+        {"params": no_decay, "weight_decay": 0.0, "lr_ratio": 1.0},
+        {"params": head, "weight_decay": 0.0, "lr_ratio": cfg.head_lr_ratio},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p.detach().to(e.dtype), 1 - decay)
+    for e, b in zip(ema.buffers(), model.buffers()):
+        e.copy_(b)
+
+
+# ----------------------------------------------------------------------------- data
+def load_images(cfg: TrainConfig, config: ParScaleEARConfig) -> ImageData:
+    v = config.vae
+    return load_dataset(cfg.data, "train", image_size=v.image_size, channels=v.in_channels)
+
+
+@torch.no_grad()
+def encode_dataset(vae, images: torch.Tensor, device: torch.device, batch: int = 500) -> torch.Tensor:
+    """Scaled posterior means (N, c, h, w) of uint8 images (N, C, H, W), in float32 on the CPU."""
+    vae = vae.to(device).eval()
+    out = []
+    for i in range(0, len(images), batch):
+        x = images[i : i + batch].to(device).float() / 127.5 - 1
+        out.append(vae.encode(x).float().cpu())
+    return torch.cat(out)
+
+
+def cached_latents(vae_run: Path, model: ParScaleEAR, data: ImageData, device: torch.device, d: Dist) -> torch.Tensor:
+    """Latents of the training images under the VAE run's weights, cached once in the VAE run folder."""
+    path = vae_run / "latents-train.pt"
+    key = {"vae_checkpoint_mtime": (vae_run / CHECKPOINT).stat().st_mtime_ns, "num_images": len(data)}
+    if path.exists():
+        cache = torch.load(path, weights_only=True)
+        if cache.get("key") == key:
+            return cache["latents"]
+    if d.main:
+        latents = encode_dataset(model.vae, data.images, device)
+        atomic_torch_save({"key": key, "latents": latents}, path)
+    if d.world > 1:
+        dist.barrier()
+    return torch.load(path, weights_only=True)["latents"]
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def load_checkpoint(run: str | Path) -> dict:
+    """The checkpoint dict of a run folder (or a checkpoint file), with a clear error if unusable."""
+    path = Path(run)
+    path = path / CHECKPOINT if path.is_dir() else path
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated or foreign file
+        raise ValueError(f"cannot read checkpoint {path}: {str(e).splitlines()[0]}") from None
+    if not isinstance(ckpt, dict) or "config" not in ckpt or "kind" not in ckpt:
+        raise ValueError(f"{path} is not a parscale-ear training checkpoint")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict, use_ema: bool = True) -> ParScaleEAR:
+    """The pipeline held by a checkpoint (EMA weights by default)."""
+    model = ParScaleEAR(ParScaleEARConfig.from_dict(ckpt["config"]))
+    weights = ckpt["ema"] if use_ema else ckpt["model"]
+    if ckpt["kind"] == "vae":
+        model.vae.load_state_dict(weights)
+    else:
+        model.vae.load_state_dict(ckpt["vae"])
+        model.hybrid.load_state_dict(weights)
+    return model.eval()
+
+
+def load_pipeline(path: str | Path, device: str | torch.device = "cpu") -> ParScaleEAR:
+    """A pipeline from a release folder (config.json) or a run folder / checkpoint file."""
+    path = Path(path)
+    if (path / "config.json").is_file():
+        return ParScaleEAR.from_pretrained(path, device=device)
+    return model_from_checkpoint(load_checkpoint(path)).to(device)
+
+
+# ----------------------------------------------------------------------------- the loop
+def plot_losses(metrics_path: Path, out: Path, keys=("loss",)) -> None:
+    """A loss-curve PNG from metrics.jsonl (PIL only)."""
+    from PIL import Image, ImageDraw
+
+    rows = [json.loads(l) for l in metrics_path.read_text().splitlines() if l.strip()]
+    rows = [r for r in rows if "loss" in r]
+    if len(rows) < 2:
+        return
+    W, H, pad = 640, 360, 40
+    img = Image.new("RGB", (W, H), "white")
+    draw = ImageDraw.Draw(img)
+    steps = [r["step"] for r in rows]
+    colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
+    series = [(k, [r[k] for r in rows]) for k in keys if all(k in r for r in rows)]
+    lo = min(min(v) for _, v in series)
+    hi = max(max(v) for _, v in series)
+    span = (hi - lo) or 1.0
+    sx = lambda s: pad + (W - 2 * pad) * (s - steps[0]) / max(1, steps[-1] - steps[0])  # noqa: E731
+    sy = lambda v: H - pad - (H - 2 * pad) * (v - lo) / span  # noqa: E731
+    draw.rectangle([pad, pad, W - pad, H - pad], outline="black")
+    for (k, vals), c in zip(series, colors):
+        draw.line([(sx(s), sy(v)) for s, v in zip(steps, vals)], fill=c, width=2)
+        draw.text((pad + 5, pad + 5 + 12 * colors.index(c)), k, fill=c)
+    draw.text((pad, H - pad + 5), f"step {steps[0]}..{steps[-1]}   loss {lo:.4g}..{hi:.4g}", fill="black")
+    with atomic_path(out) as tmp:
+        img.save(tmp, format="PNG")
+
+
+def train(cfg: TrainConfig, out: str | Path, model_config: ParScaleEARConfig | None = None, resume: bool = False,
+          device: str = "cpu", progress: bool = True) -> Path:
+    """Train a VAE (`kind='vae'`) or the generators (`kind='generator'`) into run folder `out`."""
+    out = Path(out)
+    d, dev = setup_distributed(device)
+    ckpt = None
+    if resume:
+        ckpt = load_checkpoint(out)
+        if ckpt["kind"] != cfg.kind:
+            raise ValueError(f"--resume: {out} holds a {ckpt['kind']} run, not a {cfg.kind} run")
+        model_config = ParScaleEARConfig.from_dict(ckpt["config"])
+    elif (out / CHECKPOINT).exists():
+        raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+
+    vae_run = Path(cfg.vae_run) if cfg.kind == "generator" else None
+    vae_ckpt = load_checkpoint(vae_run) if vae_run else None
+    if vae_ckpt is not None and vae_ckpt["kind"] != "vae":
+        raise ValueError(f"--vae: {vae_run} is a {vae_ckpt['kind']} run, not a VAE run")
+    if model_config is None:
+        model_config = ParScaleEARConfig.from_dict(vae_ckpt["config"]) if vae_ckpt else get_config("fmnist-32")
+    model = ParScaleEAR(model_config)
+    if vae_ckpt is not None:
+        vae_cfg = ParScaleEARConfig.from_dict(vae_ckpt["config"]).vae
+        if vae_cfg != model_config.vae:
+            raise ValueError("the generator's VAE config does not match the VAE run's")
+        model.vae.load_state_dict(vae_ckpt["ema"])
+
+    data = load_images(cfg, model_config)
+    if model_config.num_classes and data.num_classes != model_config.num_classes:
+        raise ValueError(f"data has {data.num_classes} classes, the model expects {model_config.num_classes}")
+    labels_all = data.labels if model_config.num_classes else None
+
+    if cfg.kind == "vae":
+        part, step_module = model.vae, VAEStep(model.vae, cfg.kl_weight)
+        inputs_all = data.images.to(dev)  # uint8 on the device
+    else:
+        model.vae.requires_grad_(False)
+        latents = cached_latents(vae_run, model, data, dev, d)
+        if ckpt is None:
+            model.hybrid.fit_token_scales(latents[:10_000])
+        part, step_module = model.hybrid, GeneratorStep(model.hybrid)
+        inputs_all = latents.to(dev)
+    if labels_all is not None:
+        labels_all = labels_all.to(dev)
+    model.to(dev)
+    ema_model = copy.deepcopy(model).requires_grad_(False).eval()  # EMA of the trained part; used for samples
+    ema = ema_model.vae if cfg.kind == "vae" else ema_model.hybrid
+    optimizer = torch.optim.AdamW(param_groups(part, cfg), lr=cfg.lr, betas=(0.9, 0.95))
+    start = 0
+    if ckpt is not None:
+        part.load_state_dict(ckpt["model"])
+        ema.load_state_dict(ckpt["ema"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        start = ckpt["step"]
+
+    runner = step_module
+    if cfg.compile:
+        runner = torch.compile(runner)
+    if d.world > 1:
+        runner = nn.parallel.DistributedDataParallel(runner, device_ids=[dev.index] if dev.type == "cuda" else None)
+    use_bf16 = cfg.bf16 and dev.type == "cuda"
+
+    if d.main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / RUN_CONFIG, {"train": asdict(cfg), "model": model_config.to_dict(), "world_size": d.world,
+                                             "device": str(dev), "torch": torch.__version__, "num_images": len(data)})
+        metrics = out / METRICS
+        if metrics.exists():  # drop lines past the checkpoint we resume from (a killed run's tail)
+            keep = [l for l in metrics.read_text().splitlines() if l.strip() and json.loads(l).get("step", 0) <= start]
+            metrics.write_text("".join(k + "\n" for k in keep))
+
+    def save(step: int) -> None:
+        if not d.main:
+            return
+        cfg_dict = model_config.to_dict()
+        if cfg.kind == "vae":  # latents of unit std for the generator
+            cfg_dict["vae"]["latent_scale"] = latent_scale(ema, data, dev)
+        state = {"kind": cfg.kind, "version": CHECKPOINT_VERSION, "step": step, "config": cfg_dict,
+                 "train": asdict(cfg), "model": part.state_dict(), "ema": ema.state_dict(),
+                 "optimizer": optimizer.state_dict()}
+        if cfg.kind == "generator":
+            state["vae"] = model.vae.state_dict()
+        atomic_torch_save(state, out / CHECKPOINT)
+
+    def snapshot(step: int) -> None:
+        if not d.main:
+            return
+        with torch.no_grad():
+            if cfg.kind == "vae":
+                x = data.images[:32].to(dev).float() / 127.5 - 1
+                grid = torch.cat([x, ema.decode(ema.encode(x)).clamp(-1, 1)])
+            else:
+                n = 10 * max(1, min(10, model_config.num_classes))
+                labels = None if not model_config.num_classes else torch.arange(n) % model_config.num_classes
+                grid = ema_model.generate(n, labels=labels, seed=0, batch_size=n)
+        (out / "samples").mkdir(exist_ok=True)
+        save_grid(grid, out / "samples" / f"step_{step:07d}.png", nrow=max(8, min(10, model_config.num_classes or 10)) if cfg.kind != "vae" else 16)
+        plot_losses(out / METRICS, out / "loss.png", keys=("loss",) if cfg.kind == "vae" else ("loss", "coarse", "fine"))
+
+    iterator = range(start, cfg.steps)
+    if progress and d.main:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(iterator, initial=start, total=cfg.steps, desc=f"train-{cfg.kind}", unit="step")
+    t_start, window_t, window_n = time.time(), time.time(), 0
+    step = start
+    for step in iterator:
+        torch.manual_seed(step_seed(cfg.seed, step, d.rank))
+        idx = batch_indices(len(inputs_all), cfg.batch_size, step, cfg.seed, d).to(dev)
+        for g in optimizer.param_groups:
+            g["lr"] = lr_at(step, cfg) * g["lr_ratio"]
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
+            if cfg.kind == "vae":
+                losses = runner(inputs_all[idx].float() / 127.5 - 1)
+            else:
+                losses = runner(inputs_all[idx], None if labels_all is None else labels_all[idx])
+        optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(part.parameters(), cfg.grad_clip)
+        optimizer.step()
+        ema_update(ema, part, min(cfg.ema_decay, (1 + step) / (10 + step)))
+        window_n += len(idx) * d.world
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            vals = {k: v.detach().float() for k, v in losses.items()}
+            if d.world > 1:
+                for v in vals.values():
+                    dist.all_reduce(v)
+                vals = {k: v / d.world for k, v in vals.items()}
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            now = time.time()
+            row = {"step": done, **{k: round(v.item(), 6) for k, v in vals.items()}, "lr": lr_at(step, cfg),
+                   "grad_norm": round(float(grad_norm), 4), "images_per_s": round(window_n / (now - window_t), 1),
+                   "elapsed_s": round(now - t_start, 2)}
+            window_t, window_n = now, 0
+            if d.main:
+                with open(out / METRICS, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+        out_of_time = cfg.max_minutes > 0 and (time.time() - t_start) > 60 * cfg.max_minutes
+        if done % cfg.ckpt_every == 0 or done == cfg.steps or out_of_time:
+            save(done)
+        if done % cfg.sample_every == 0 or done == cfg.steps or out_of_time:
+            snapshot(done)
+        if out_of_time:
+            break
+    if d.world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return out
+
+
+@torch.no_grad()
+def latent_scale(vae, data: ImageData, device: torch.device, n: int = 5000) -> float:
+    """1 / std of the (unscaled) posterior means over up to n training images."""
+    scale = vae.config.latent_scale
+    z = encode_dataset(vae, data.images[:n], device) / scale
+    return float(1.0 / z.std().clamp_min(1e-6))
+
+
+def export(run: str | Path, out: str | Path) -> Path:
+    """Write a run's EMA pipeline in the release format (config.json + model.safetensors)."""
+    ckpt = load_checkpoint(run)
+    if ckpt["kind"] != "generator":
+        raise ValueError(f"export: {run} is a {ckpt['kind']} run; export a generator run (trained with `parscale-ear train`)")
+    return model_from_checkpoint(ckpt).save_pretrained(out)
