@@ -94,6 +94,18 @@ class ParScaleEAR(nn.Module):
         dtype = next(self.parameters()).dtype
         return {k: (torch.stack(n).to(device, dtype), torch.stack(o).to(device)) for k, (n, o) in per_stage.items()}
 
+    def draw_noise_on_device(self, batch: int, generator: torch.Generator | None = None) -> dict:
+        """Batch randomness drawn on the model's device in one go: the fast path for timing and
+        serving (capturable in a CUDA graph), not tied to per-image seeds."""
+        out = {}
+        for name, stage in self.hybrid.stages.items():
+            N, dim = stage.num_tokens, stage.config.noise_dim
+            dtype = next(self.parameters()).dtype
+            noise = torch.rand(batch, N, dim, generator=generator, device=self.device, dtype=dtype) - 0.5
+            order = torch.rand(batch, N, generator=generator, device=self.device).argsort(1)
+            out[name] = (noise, order)
+        return out
+
     def default_labels(self, seeds: Sequence[int]) -> torch.Tensor | None:
         """Labels cycle through the classes by seed, so image i's label depends only on seed + i."""
         if self.config.num_classes == 0:

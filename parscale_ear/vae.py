@@ -193,9 +193,11 @@ class LiteVAE(nn.Module):
             mean = mean + eps * torch.exp(0.5 * logvar)
         return mean * self.config.latent_scale
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Scaled latents (B, c, h, w) -> images (B, C, H, W), unclamped."""
-        check_latents(latents, self.config.latent_shape)
+    def decode(self, latents: torch.Tensor, check: bool = True) -> torch.Tensor:
+        """Scaled latents (B, c, h, w) -> images (B, C, H, W), unclamped; `check=False` skips the
+        input check (it synchronises with the device, which CUDA-graph capture forbids)."""
+        if check:
+            check_latents(latents, self.config.latent_shape)
         return self.decoder(latents / self.config.latent_scale)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,170 @@
+"""Latency profiling: per-stage and end-to-end (noise -> pixels) timings with synchronised CUDA events.
+
+Every timed region is bracketed by CUDA events and the device is synchronised before reading
+them; warm-up runs come first; percentiles are taken over hundreds of timed runs (METHOD: medians,
+same-run ratios). On the CPU, `time.perf_counter` is used instead.
+"""
+from __future__ import annotations
+
+import datetime
+import platform
+import subprocess
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .pipeline import ParScaleEAR
+
+
+@dataclass
+class Timing:
+    name: str
+    batch: int
+    ms_per_batch: list[float]
+
+    def summary(self) -> dict:
+        t = np.asarray(self.ms_per_batch)
+        per_image = t / self.batch
+        return {
+            "name": self.name,
+            "batch": self.batch,
+            "runs": int(t.size),
+            "batch_ms_p50": float(np.percentile(t, 50)),
+            "ms_per_image_p50": float(np.percentile(per_image, 50)),
+            "ms_per_image_p95": float(np.percentile(per_image, 95)),
+            "ms_per_image_p99": float(np.percentile(per_image, 99)),
+            "images_per_s": float(self.batch / np.median(t) * 1000.0),
+        }
+
+
+def time_callable(fn: Callable[[], object], device: torch.device, warmup: int = 10, runs: int = 200) -> list[float]:
+    """Milliseconds of each of `runs` calls after `warmup` calls; CUDA events + synchronize on CUDA."""
+    for _ in range(warmup):
+        fn()
+    if device.type != "cuda":
+        out = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            fn()
+            out.append((time.perf_counter() - t0) * 1000.0)
+        return out
+    torch.cuda.synchronize(device)
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(runs)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(runs)]
+    for s, e in zip(starts, ends):
+        s.record()
+        fn()
+        e.record()
+    torch.cuda.synchronize(device)
+    return [s.elapsed_time(e) for s, e in zip(starts, ends)]
+
+
+def cuda_graph(fn: Callable[[], object], device: torch.device) -> Callable[[], object]:
+    """Capture `fn` (static shapes, no host syncs) into a CUDA graph; returns its replay."""
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
+def environment(device: torch.device) -> dict:
+    """Device name, torch version, git commit and date for a results file."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    return {"device": name, "device_type": device.type, "torch": torch.__version__, "git_commit": commit or "unknown",
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def profile_latency(
+    model: ParScaleEAR,
+    batch_sizes=(1, 4, 16, 64),
+    runs: int = 200,
+    warmup: int = 10,
+    bf16: bool = False,
+    compile: bool = False,
+    graphs: bool = False,
+    cfg: float | None = None,
+) -> list[dict]:
+    """Time encode, each generation stage, decode and end to end (device noise -> pixels) per batch size."""
+    device = model.device
+    model.eval()
+    cfg = model.config.cfg if cfg is None else cfg
+    amp = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    coarse_steps, fine_steps = model._resolve_steps(None)
+    vae = model.vae
+    decoder = torch.compile(vae.decoder) if compile else vae.decoder
+    c, s = model.config.vae.in_channels, model.config.vae.image_size
+    rows = []
+    for B in batch_sizes:
+        labels = None if not model.config.num_classes else torch.arange(B, device=device) % model.config.num_classes
+        gen = torch.Generator(device=device).manual_seed(0)
+        images = torch.rand(B, c, s, s, device=device) * 2 - 1
+        noise = model.draw_noise_on_device(B, gen)
+        latents = model.sample_latents(noise, labels, cfg=cfg)
+
+        def encode():
+            with torch.no_grad(), amp:
+                return vae.encode(images)
+
+        def stage(name, steps, context=None):
+            gen_stage = model.hybrid.stages[name]
+            head_noise, order = noise[name]
+
+            def run():
+                with torch.no_grad(), amp:
+                    return gen_stage.sample(head_noise, order, labels, steps, cfg, 1.0, context)
+
+            return run
+
+        def decode():
+            with torch.no_grad(), amp:
+                return decoder(latents / model.config.vae.latent_scale)
+
+        def end_to_end():
+            with torch.no_grad(), amp:
+                fresh = model.draw_noise_on_device(B, gen)
+                z = model.hybrid.sample(fresh, labels, model._resolve_steps(None), cfg, 1.0)
+                return decoder(z / model.config.vae.latent_scale).clamp(-1, 1)
+
+        parts = [("encode", encode)]
+        if model.hybrid.coarse is not None:
+            parts.append((f"generate.coarse ({coarse_steps} steps)", stage("coarse", coarse_steps)))
+        if model.hybrid.fine is not None:
+            ctx = None
+            if model.hybrid.coarse is not None:
+                ctx = model.hybrid.context(model.hybrid.coarse.sample(*noise["coarse"], labels, coarse_steps, cfg))
+            parts.append((f"generate.fine ({fine_steps} steps)", stage("fine", fine_steps, ctx)))
+        parts += [("decode", decode), ("end_to_end", end_to_end)]
+        for name, fn in parts:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            if graphs and device.type == "cuda" and name != "encode":
+                fn = cuda_graph(fn, device)
+            ms = time_callable(fn, device, warmup, runs)
+            row = Timing(name, B, ms).summary()
+            if device.type == "cuda":
+                row["peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+            rows.append(row)
+    return rows
+
+
+def markdown_table(rows: list[dict]) -> str:
+    head = "| part | batch | ms/image P50 | P95 | P99 | images/s |\n| --- | --- | --- | --- | --- | --- |\n"
+    return head + "".join(
+        f"| {r['name']} | {r['batch']} | {r['ms_per_image_p50']:.4f} | {r['ms_per_image_p95']:.4f} | "
+        f"{r['ms_per_image_p99']:.4f} | {r['images_per_s']:.0f} |\n"
+        for r in rows
+    )
