@@ -56,6 +56,7 @@ def _train_args(p: argparse.ArgumentParser, lr: float, batch: int, ema: float) -
     p.add_argument("--max-minutes", type=float, default=0.0, help="stop and checkpoint after this wall time")
     p.add_argument("--compile", action="store_true", help="torch.compile the training step")
     p.add_argument("--no-bf16", action="store_true", help="train in float32 on CUDA (bf16 autocast is the default)")
+    p.add_argument("--max-images", type=int, default=0, help="train on the first N images only (quick runs)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="model config overrides, e.g. hybrid.fine.depth=8")
 
@@ -137,7 +138,7 @@ def _train(args, kind: str) -> int:
     cfg = TrainConfig(kind=kind, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
                       ema_decay=args.ema_decay, seed=args.seed, log_every=args.log_every, sample_every=args.sample_every,
                       ckpt_every=args.ckpt_every, bf16=not args.no_bf16, compile=args.compile, max_minutes=args.max_minutes,
-                      data=data, vae_run=str(args.vae) if kind == "generator" else "")
+                      data=data, max_images=args.max_images, vae_run=str(args.vae) if kind == "generator" else "")
     out = train(cfg, args.out, model_config, resume=args.resume, device=_device(args.device), progress=not args.no_progress)
     print(f"run folder: {out}")
     return 0

@@ -23,7 +23,7 @@ from .data import ImageData, load_dataset
 from .losses import vae_loss
 from .pipeline import ParScaleEAR, ParScaleEARConfig
 from .presets import get_config
-from .utils import atomic_path, atomic_torch_save, atomic_write_json, save_grid
+from .utils import atomic_torch_save, atomic_write_json, line_plot, save_grid
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -53,6 +53,7 @@ class TrainConfig:
     data: str = "fashion-mnist"
     vae_run: str = ""  # generator runs: the VAE run folder
     kl_weight: float = 1e-6
+    max_images: int = 0  # train on the first N images only (quick runs); 0 = all
 
     def __post_init__(self):
         if self.kind not in ("vae", "generator"):
@@ -166,7 +167,8 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
 # ----------------------------------------------------------------------------- data
 def load_images(cfg: TrainConfig, config: ParScaleEARConfig) -> ImageData:
     v = config.vae
-    return load_dataset(cfg.data, "train", image_size=v.image_size, channels=v.in_channels)
+    data = load_dataset(cfg.data, "train", image_size=v.image_size, channels=v.in_channels)
+    return data.subset(cfg.max_images) if 0 < cfg.max_images < len(data) else data
 
 
 @torch.no_grad()
@@ -234,31 +236,12 @@ def load_pipeline(path: str | Path, device: str | torch.device = "cpu") -> ParSc
 
 # ----------------------------------------------------------------------------- the loop
 def plot_losses(metrics_path: Path, out: Path, keys=("loss",)) -> None:
-    """A loss-curve PNG from metrics.jsonl (PIL only)."""
-    from PIL import Image, ImageDraw
-
+    """A loss-curve PNG from metrics.jsonl."""
     rows = [json.loads(l) for l in metrics_path.read_text().splitlines() if l.strip()]
     rows = [r for r in rows if "loss" in r]
-    if len(rows) < 2:
-        return
-    W, H, pad = 640, 360, 40
-    img = Image.new("RGB", (W, H), "white")
-    draw = ImageDraw.Draw(img)
-    steps = [r["step"] for r in rows]
-    colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
-    series = [(k, [r[k] for r in rows]) for k in keys if all(k in r for r in rows)]
-    lo = min(min(v) for _, v in series)
-    hi = max(max(v) for _, v in series)
-    span = (hi - lo) or 1.0
-    sx = lambda s: pad + (W - 2 * pad) * (s - steps[0]) / max(1, steps[-1] - steps[0])  # noqa: E731
-    sy = lambda v: H - pad - (H - 2 * pad) * (v - lo) / span  # noqa: E731
-    draw.rectangle([pad, pad, W - pad, H - pad], outline="black")
-    for (k, vals), c in zip(series, colors):
-        draw.line([(sx(s), sy(v)) for s, v in zip(steps, vals)], fill=c, width=2)
-        draw.text((pad + 5, pad + 5 + 12 * colors.index(c)), k, fill=c)
-    draw.text((pad, H - pad + 5), f"step {steps[0]}..{steps[-1]}   loss {lo:.4g}..{hi:.4g}", fill="black")
-    with atomic_path(out) as tmp:
-        img.save(tmp, format="PNG")
+    if len(rows) >= 2:
+        series = {k: ([r["step"] for r in rows], [r[k] for r in rows]) for k in keys if all(k in r for r in rows)}
+        line_plot(out, series, title="training loss", xlabel="step")
 
 
 def train(cfg: TrainConfig, out: str | Path, model_config: ParScaleEARConfig | None = None, resume: bool = False,

@@ -160,3 +160,38 @@ def save_images(images: torch.Tensor, folder: str | os.PathLike, names: list[str
     for img, name in zip(to_uint8(images).numpy(), names):
         with atomic_path(folder / f"{name}.png") as tmp:
             _pil(img).save(tmp, format="PNG")
+
+
+def line_plot(path: str | os.PathLike, series: dict, title: str = "", xlabel: str = "", log_x: bool = False) -> Path:
+    """A small PNG line plot of {name: (xs, ys)} (PIL only, no matplotlib), written atomically."""
+    import math
+
+    from PIL import Image, ImageDraw
+
+    W, H, pad = 720, 400, 50
+    img = Image.new("RGB", (W, H), "white")
+    draw = ImageDraw.Draw(img)
+    fx = (lambda v: math.log2(v)) if log_x else (lambda v: v)  # noqa: E731
+    xs = [fx(x) for xs_, _ in series.values() for x in xs_]
+    ys = [y for _, ys_ in series.values() for y in ys_ if math.isfinite(y)]
+    if not xs or not ys:
+        raise ValueError("line_plot: nothing to plot")
+    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+    sx = lambda v: pad + (W - 2 * pad) * (fx(v) - x0) / ((x1 - x0) or 1)  # noqa: E731
+    sy = lambda v: H - pad - (H - 2 * pad) * (v - y0) / ((y1 - y0) or 1)  # noqa: E731
+    draw.rectangle([pad, pad, W - pad, H - pad], outline="black")
+    colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f"]
+    for k, (name, (xs_, ys_)) in enumerate(series.items()):
+        c = colors[k % len(colors)]
+        pts = [(sx(x), sy(y)) for x, y in zip(xs_, ys_) if math.isfinite(y)]
+        if len(pts) > 1:
+            draw.line(pts, fill=c, width=2)
+        for px, py in pts:
+            draw.ellipse([px - 2, py - 2, px + 2, py + 2], fill=c)
+        draw.text((pad + 6, pad + 6 + 13 * k), str(name), fill=c)
+    draw.text((pad, 15), title, fill="black")
+    draw.text((pad, H - pad + 8), f"{xlabel}: {min(v for s in series.values() for v in s[0]):g} .. "
+              f"{max(v for s in series.values() for v in s[0]):g}   y: {y0:.4g} .. {y1:.4g}", fill="black")
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
+    return Path(path)

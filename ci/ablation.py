@@ -1,0 +1,99 @@
+"""M3-1 ablation: full model vs no-coarse vs no-fine vs streams P in {1, 2, 4, 8}, each trained from
+the same VAE with the same budget (steps x batch), then FID and end-to-end latency in one table and
+one plot. Writes ablation.json, ablation.md and ablation.png."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import _common
+import torch
+
+from parscale_ear import evaluate
+from parscale_ear import fid as fidlib
+from parscale_ear.benchmark import environment, profile_latency
+from parscale_ear.pipeline import ParScaleEARConfig
+from parscale_ear.presets import _merge
+from parscale_ear.train import TrainConfig, load_checkpoint, load_pipeline, train
+from parscale_ear.utils import line_plot
+
+VARIANTS = {  # name -> hybrid overrides
+    "full": {},
+    "no_coarse": {"mode": "no_coarse"},
+    "no_fine": {"mode": "no_fine"},
+    "P=1": {"coarse": {"streams": 1}, "fine": {"streams": 1}},
+    "P=2": {"coarse": {"streams": 2}, "fine": {"streams": 2}},
+    "P=4": {"coarse": {"streams": 4}, "fine": {"streams": 4}},
+    "P=8": {"coarse": {"streams": 8}, "fine": {"streams": 8}},
+}
+
+
+def run(args) -> dict:
+    dev = _common.device(args.device)
+    out = Path(args.out)
+    base = ParScaleEARConfig.from_dict(load_checkpoint(args.vae)["config"])
+    inception = fidlib.load_inception(dev)
+    v = base.vae
+    ref = fidlib.load_statistics(args.ref) if args.ref else evaluate.reference_statistics(
+        args.data, "train", v.image_size, v.in_channels, inception, args.batch_size, limit=args.ref_limit)
+    rows = []
+    for name in args.variants:
+        config = _merge(base, {"hybrid": VARIANTS[name]}, "")
+        run_dir = out / "ablation_runs" / name.replace("=", "")
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        cfg = TrainConfig(kind="generator", steps=args.steps, batch_size=args.train_batch, lr=args.lr, warmup_steps=min(100, args.steps // 10 + 1),
+                          seed=args.seed, log_every=max(1, args.steps // 10), sample_every=args.steps, ckpt_every=args.steps,
+                          data=args.data, vae_run=str(args.vae), max_images=args.max_images, ema_decay=args.ema_decay)
+        train(cfg, run_dir, config, device=str(dev), progress=False)
+        model = load_pipeline(run_dir, device=dev)
+        fid_rows = evaluate.evaluate_fid(model, ref, args.n, [args.cfg], inception, args.batch_size, seed=0)
+        lat = [r for r in profile_latency(model, [args.latency_batch], runs=args.latency_runs, warmup=3, bf16=args.bf16)
+               if r["name"] == "end_to_end"][0]
+        metrics = [l for l in (run_dir / "metrics.jsonl").read_text().splitlines() if l.strip()]
+        rows.append({"variant": name, "mode": model.config.hybrid.mode, "streams": model.config.hybrid.fine.streams,
+                     "generator_params": model.num_parameters()["generator"], "fid": fid_rows[0]["fid"],
+                     "num_samples": args.n, "cfg": args.cfg, "e2e_ms_per_image_p50": lat["ms_per_image_p50"],
+                     "e2e_ms_per_image_p99": lat["ms_per_image_p99"], "final_train_row": __import__("json").loads(metrics[-1])})
+        print(f"{name:10s} FID {rows[-1]['fid']:8.3f}  e2e {lat['ms_per_image_p50']:.4f} ms/image")
+    return {"milestone": "M3-1", "env": environment(dev), "quick": args.quick, "vae_run": str(args.vae),
+            "budget": {"steps": args.steps, "batch_size": args.train_batch, "lr": args.lr}, "rows": rows}
+
+
+if __name__ == "__main__":
+    p = _common.parser(__doc__.splitlines()[0])
+    p.add_argument("--vae", required=True, help="VAE run folder shared by every variant")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--steps", type=int, default=2000, help="training steps of every variant (the budget)")
+    p.add_argument("--train-batch", type=int, default=256)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--max-images", type=int, default=0)
+    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--ref", default=None, help="reference statistics .npz")
+    p.add_argument("--ref-limit", type=int, default=None)
+    p.add_argument("--n", type=int, default=10_000, help="samples per FID")
+    p.add_argument("--cfg", type=float, default=1.0)
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--latency-batch", type=int, default=16)
+    p.add_argument("--latency-runs", type=int, default=100)
+    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    if args.quick:
+        args.steps, args.train_batch, args.n, args.ref_limit, args.batch_size = 4, 16, 32, 64, 32
+        args.latency_runs, args.latency_batch = 3, 4
+        args.variants = [v for v in args.variants if v != "P=8"]
+    result = run(args)
+    out = Path(args.out)
+    table = "| variant | mode | P | generator params | FID | e2e ms/image P50 | P99 |\n| --- | --- | --- | --- | --- | --- | --- |\n"
+    table += "".join(f"| {r['variant']} | {r['mode']} | {r['streams']} | {r['generator_params'] / 1e6:.2f}M | {r['fid']:.2f} | "
+                     f"{r['e2e_ms_per_image_p50']:.4f} | {r['e2e_ms_per_image_p99']:.4f} |\n" for r in result["rows"])
+    print(table)
+    _common.write(out, "ablation.json", result)
+    (out / "ablation.md").write_text(f"# Ablation ({result['env']['device']}, {result['env']['date']})\n\n"
+                                     f"Budget per variant: {result['budget']}\n\n" + table)
+    streams = [r for r in result["rows"] if r["variant"].startswith("P=")]
+    if len(streams) >= 2:
+        line_plot(out / "ablation.png", {"FID vs P": ([r["streams"] for r in streams], [r["fid"] for r in streams])},
+                  title="FID vs ParScale streams P (same budget)", xlabel="P", log_x=True)

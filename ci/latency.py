@@ -1,0 +1,57 @@
+"""M2-2 latency: per-image P50/P95/P99 of encode, each generation stage, decode and end to end
+(noise -> pixels) at several batch sizes; CUDA events with synchronisation, warm-up, many runs.
+Writes latency.json, latency.md and latency.png."""
+from __future__ import annotations
+
+import _common
+import torch
+
+import parscale_ear as pe
+from parscale_ear.benchmark import environment, markdown_table, profile_latency
+from parscale_ear.train import load_pipeline
+from parscale_ear.utils import line_plot
+
+
+def run(device, quick: bool, preset: str, ckpt: str | None, batch_sizes, runs: int, warmup: int, bf16: bool, compile: bool,
+        graphs: bool) -> dict:
+    torch.manual_seed(0)
+    # weights do not change the timing: random weights for presets without a checkpoint
+    model = (load_pipeline(ckpt) if ckpt else pe.create_model(preset)).to(device).eval()
+    rows = profile_latency(model, batch_sizes, runs=runs, warmup=warmup, bf16=bf16, compile=compile, graphs=graphs)
+    return {"milestone": "M2-2", "env": environment(device), "quick": quick, "model": model.config.name,
+            "checkpoint": ckpt, "params": model.num_parameters(),
+            "settings": {"batch_sizes": list(batch_sizes), "runs": runs, "warmup": warmup, "bf16": bf16,
+                         "compile": compile, "cuda_graphs": graphs, "cfg": model.config.cfg,
+                         "steps": list(model._resolve_steps(None))},
+            "rows": rows}
+
+
+if __name__ == "__main__":
+    p = _common.parser(__doc__.splitlines()[0])
+    p.add_argument("--preset", default="lite-256")
+    p.add_argument("--ckpt", default=None, help="time a trained pipeline instead of a preset")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 16, 64])
+    p.add_argument("--runs", type=int, default=300)
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--cuda-graphs", action="store_true")
+    args = p.parse_args()
+    if args.quick:
+        args.preset, args.batch_sizes, args.runs, args.warmup = "tiny-32", [1, 4], 5, 1
+    result = run(_common.device(args.device), args.quick, args.preset, args.ckpt, args.batch_sizes, args.runs, args.warmup,
+                 args.bf16, args.compile, args.cuda_graphs)
+    table = markdown_table(result["rows"])
+    print(table)
+    _common.write(args.out, "latency.json", result)
+    s = result["settings"]
+    header = (f"# Latency: {result['model']} on {result['env']['device']}\n\n{result['env']['date']}, torch "
+              f"{result['env']['torch']}, commit {result['env']['git_commit']}; bf16={s['bf16']} "
+              f"compile={s['compile']} cuda_graphs={s['cuda_graphs']}, {s['runs']} timed runs after {s['warmup']} warm-up.\n\n")
+    (_common.Path(args.out) / "latency.md").write_text(header + table)
+    series = {}
+    for r in result["rows"]:
+        xs, ys = series.setdefault(r["name"], ([], []))
+        xs.append(r["batch"])
+        ys.append(r["ms_per_image_p50"])
+    line_plot(_common.Path(args.out) / "latency.png", series, title="ms/image (P50) vs batch", xlabel="batch", log_x=True)

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Milestone validation: sanity (M2-1), latency (M2-2), fid_eval (M2-3), ablation (M3-1), then the gates.
+#   bash ci/run.sh [--device cpu|cuda] [--quick] [--out DIR] [--ckpt RELEASE_OR_RUN] [--vae VAE_RUN]
+# --device cpu --quick: the whole pipeline at tiny sizes in a few minutes, no gates on numbers.
+# --device cuda: full sizes, each milestone gated on ci/gates.json; exits non-zero naming failed gates.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+device=cpu quick=0 out="" ckpt="" vae=""
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --device) device=$2; shift 2 ;;
+    --quick) quick=1; shift ;;
+    --out) out=$2; shift 2 ;;
+    --ckpt) ckpt=$2; shift 2 ;;
+    --vae) vae=$2; shift 2 ;;
+    *) echo "ci/run.sh: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+[[ "$device" == cpu || "$device" == cuda ]] || { echo "ci/run.sh: --device must be cpu or cuda" >&2; exit 2; }
+out=${out:-results/ci-$device}
+py=${PYTHON:-python3}
+[[ -x .venv/bin/python && -z "${PYTHON:-}" ]] && py=.venv/bin/python
+q=(); [[ $quick == 1 ]] && q=(--quick)
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+
+echo "== M2-1 sanity"; "$py" ci/sanity.py --device "$device" "${q[@]}" --out "$out"
+echo "== M2-2 latency"; "$py" ci/latency.py --device "$device" "${q[@]}" --out "$out" $([[ $device == cuda ]] && echo --bf16 --cuda-graphs)
+
+if [[ -z "$ckpt" || -z "$vae" ]]; then
+  if [[ $quick == 1 ]]; then  # a tiny real training run on a slice of the data, so every script has a checkpoint
+    echo "== quick training run (tiny-32, 400 images)"
+    rm -rf "$out/runs"
+    "$py" -m parscale_ear train-vae --preset tiny-32 --steps 3 --batch-size 16 --max-images 400 --out "$out/runs/vae" \
+        --log-every 1 --sample-every 3 --ckpt-every 3 --warmup-steps 1 --no-progress
+    "$py" -m parscale_ear train --vae "$out/runs/vae" --steps 3 --batch-size 16 --max-images 400 --out "$out/runs/gen" \
+        --log-every 1 --sample-every 3 --ckpt-every 3 --warmup-steps 1 --no-progress
+    ckpt=${ckpt:-$out/runs/gen}; vae=${vae:-$out/runs/vae}
+  else
+    echo "ci/run.sh: --device cuda needs --ckpt (trained release or run) and --vae (its VAE run)" >&2; exit 2
+  fi
+fi
+echo "== M2-3 fid_eval"; "$py" ci/fid_eval.py --device "$device" "${q[@]}" --out "$out" --ckpt "$ckpt"
+echo "== M3-1 ablation"; "$py" ci/ablation.py --device "$device" "${q[@]}" --out "$out" --vae "$vae" $([[ $quick == 1 ]] && echo --max-images 400)
+echo "== gates"
+gates=(); [[ $quick == 1 || $device == cpu ]] && gates=(--no-gates)
+"$py" ci/validate_results.py "$out" "${gates[@]}"

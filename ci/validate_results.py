@@ -1,0 +1,115 @@
+"""Check a results folder (sanity/latency/fid/ablation JSON) against ci/gates.json and the files
+listed in SHA256SUMS; write report.md. Exit 1 naming each failed gate.
+
+Usage: python ci/validate_results.py DIR [--no-gates]
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from pathlib import Path
+
+import _common
+
+
+def load(folder: Path, name: str):
+    path = folder / name
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def check_sha256sums(root: Path) -> list[tuple[str, bool, str]]:
+    out = []
+    sums = root / "SHA256SUMS"
+    for line in sums.read_text().splitlines() if sums.is_file() else []:
+        if not line.strip():
+            continue
+        digest, name = line.split(maxsplit=1)
+        path = root / name.lstrip("*")
+        ok = path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == digest
+        out.append((f"sha256:{name}", ok, "matches" if ok else "missing or different"))
+    return out
+
+
+def evaluate_gates(folder: Path, gates: dict, use_gates: bool) -> list[tuple[str, bool | None, str]]:
+    """(gate, passed (None = not applicable), detail) for each milestone."""
+    res = []
+    sanity = load(folder, "sanity.json")
+    if sanity is None:
+        res.append(("sanity", False, "sanity.json missing"))
+    else:
+        res.append(("sanity.all_checks_pass", sanity["all_checks_pass"], "per-preset checks"))
+        g = sanity["presets"]["lite-256"]["params"]["generator"]
+        gs = gates["sanity"]
+        res.append(("sanity.lite_256_generator_params", gs["lite_256_generator_params_min"] <= g <= gs["lite_256_generator_params_max"],
+                    f"{g / 1e6:.2f}M in [{gs['lite_256_generator_params_min'] / 1e6:.0f}M, {gs['lite_256_generator_params_max'] / 1e6:.0f}M]"))
+    lat = load(folder, "latency.json")
+    gl = gates["latency"]
+    if lat is None:
+        res.append(("latency", False, "latency.json missing"))
+    elif not use_gates or lat["quick"] or lat["env"]["device_type"] != "cuda":
+        res.append(("latency", None, "ran (no gate in quick/CPU mode)"))
+    else:
+        row = [r for r in lat["rows"] if r["name"] == "end_to_end" and r["batch"] == gl["batch"]]
+        ok = bool(row) and lat["model"] == gl["preset"] and row[0]["ms_per_image_p99"] <= gl["max_end_to_end_ms_per_image_p99"]
+        detail = f"{lat['model']} batch {gl['batch']} P99 {row[0]['ms_per_image_p99']:.4f} ms/image" if row else "no row"
+        res.append(("latency.end_to_end_p99", ok, detail + f" (gate <= {gl['max_end_to_end_ms_per_image_p99']})"))
+    fid = load(folder, "fid.json")
+    gf = gates["fid_eval"]
+    if fid is None:
+        res.append(("fid_eval", False, "fid.json missing"))
+    elif not use_gates or fid["quick"]:
+        res.append(("fid_eval", None, f"ran: best FID {fid['best_fid']:.2f} on {fid['num_samples']} samples (no gate in quick mode)"))
+    else:
+        ok = fid["best_fid"] <= gf["max_fid"] and fid["num_samples"] >= gf["min_num_samples"]
+        res.append(("fid_eval.fid", ok, f"best FID {fid['best_fid']:.3f} on {fid['num_samples']} samples (gate <= {gf['max_fid']} on >= {gf['min_num_samples']})"))
+    abl = load(folder, "ablation.json")
+    if abl is None:
+        res.append(("ablation", False, "ablation.json missing"))
+    else:
+        by = {r["variant"]: r["fid"] for r in abl["rows"]}
+        for other in ("no_coarse", "no_fine"):
+            key = f"full_beats_{other}"
+            if not use_gates or abl["quick"] or "full" not in by or other not in by:
+                res.append((f"ablation.{key}", None, "ran (no gate in quick mode)"))
+            elif gates["ablation"].get(key):
+                res.append((f"ablation.{key}", by["full"] < by[other], f"full {by['full']:.2f} vs {other} {by[other]:.2f}"))
+    return res
+
+
+def report(folder: Path, results) -> str:
+    lines = [f"# Milestone report: {folder}\n", "| gate | result | detail |", "| --- | --- | --- |"]
+    for name, ok, detail in results:
+        lines.append(f"| {name} | {'n/a' if ok is None else 'PASS' if ok else 'FAIL'} | {detail} |")
+    for md in ("latency.md", "ablation.md"):
+        if (folder / md).is_file():
+            lines += ["", (folder / md).read_text()]
+    fid = load(folder, "fid.json")
+    if fid:
+        lines += ["", "## FID", "", "| cfg | FID | samples |", "| --- | --- | --- |"]
+        lines += [f"| {r['cfg']} | {r['fid']:.3f} | {r['num_samples']} |" for r in fid["fid"]]
+        v = fid["vae"]
+        lines += ["", f"LiteVAE on {v['num_images']} test images: rFID {v['rfid']:.3f}, PSNR {v['psnr']:.2f} dB, SSIM {v['ssim']:.4f}"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("folder")
+    p.add_argument("--no-gates", action="store_true", help="check presence and sanity only (quick/CPU runs)")
+    args = p.parse_args(argv)
+    folder = Path(args.folder)
+    results = evaluate_gates(folder, _common.gates(), not args.no_gates) + check_sha256sums(_common.ROOT)
+    (folder / "report.md").write_text(report(folder, results))
+    failed = [name for name, ok, _ in results if ok is False]
+    for name, ok, detail in results:
+        print(f"{'n/a ' if ok is None else 'PASS' if ok else 'FAIL'}  {name}: {detail}")
+    if failed:
+        print("failed gates: " + ", ".join(failed))
+        return 1
+    print(f"all gates passed; report: {folder / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

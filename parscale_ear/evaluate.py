@@ -1,0 +1,94 @@
+"""Evaluation of trained pipelines: FID of samples against reference statistics (pytorch-fid, see
+fid.py) and reconstruction quality of the LiteVAE (rFID, PSNR, SSIM).
+
+Samples are quantised to 8 bits before Inception, exactly as if written to PNG, so generated and
+reference images pass through the same pipeline (REFERENCE.md: compare only same-pipeline FIDs).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import fid as fidlib
+from .data import load_dataset
+from .pipeline import ParScaleEAR
+from .utils import to_uint8
+
+
+def quantize(images: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] -> uint8 (N, C, H, W), the values a PNG would hold."""
+    return to_uint8(images).permute(0, 3, 1, 2).contiguous()
+
+
+def reference_statistics(source: str = "fashion-mnist", split: str = "train", image_size: int = 32, channels: int = 1,
+                         inception=None, batch_size: int = 500, limit: int | None = None, progress: bool = False):
+    """(mu, sigma, n) of a dataset split's images."""
+    data = load_dataset(source, split, image_size=image_size, channels=channels)
+    images = data.images if limit is None else data.images[:limit]
+    feats = fidlib.inception_features(images, inception, batch_size=batch_size, progress=progress)
+    mu, sigma = fidlib.statistics(feats)
+    return mu, sigma, len(feats)
+
+
+@torch.no_grad()
+def sample_statistics(model: ParScaleEAR, n: int, inception=None, cfg: float | None = None, temperature: float | None = None,
+                      steps=None, seed: int = 0, batch_size: int = 500, progress: bool = False) -> tuple:
+    """(mu, sigma, n, seconds spent sampling) of n generated images (labels cycle through the classes)."""
+    feats, t_sample = [], 0.0
+    batches = model.iter_generate(n, cfg=cfg, temperature=temperature, steps=steps, seed=seed, batch_size=batch_size, progress=progress)
+    while True:
+        t0 = time.perf_counter()
+        images = next(batches, None)
+        if images is not None and images.is_cuda:
+            torch.cuda.synchronize(images.device)
+        t_sample += time.perf_counter() - t0
+        if images is None:
+            break
+        feats.append(fidlib.inception_features(quantize(images), inception, batch_size=batch_size))
+    mu, sigma = fidlib.statistics(np.concatenate(feats))
+    return mu, sigma, n, t_sample
+
+
+def evaluate_fid(model: ParScaleEAR, reference, n: int, cfgs=(1.0,), inception=None, batch_size: int = 500,
+                 seed: int = 0, temperature: float | None = None, steps=None, progress: bool = False) -> list[dict]:
+    """FID of n samples for each guidance scale in `cfgs` against `reference` (mu, sigma[, n])."""
+    rows = []
+    for cfg in cfgs:
+        mu, sigma, count, seconds = sample_statistics(model, n, inception, cfg, temperature, steps, seed, batch_size, progress)
+        rows.append({"cfg": cfg, "temperature": model.config.temperature if temperature is None else temperature,
+                     "num_samples": count, "fid": fidlib.frechet_distance((mu, sigma), reference),
+                     "sampling_seconds": round(seconds, 2)})
+    return rows
+
+
+@torch.no_grad()
+def evaluate_vae(model: ParScaleEAR, source: str = "fashion-mnist", split: str = "test", inception=None,
+                 limit: int | None = None, batch_size: int = 500, reference=None) -> dict:
+    """rFID (reconstructions vs originals of the split), PSNR and SSIM of the LiteVAE."""
+    v = model.config.vae
+    data = load_dataset(source, split, image_size=v.image_size, channels=v.in_channels)
+    images = data.images if limit is None else data.images[:limit]
+    recon, psnr, ssim = [], [], []
+    for i in range(0, len(images), batch_size):
+        x = images[i : i + batch_size].to(model.device).float() / 127.5 - 1
+        y = quantize(model.reconstruct(x))
+        recon.append(y)
+        m = fidlib.recon_metrics(x.cpu(), y.float() / 127.5 - 1)
+        psnr.append(m["psnr"] * len(x))
+        ssim.append(m["ssim"] * len(x))
+    recon = torch.cat(recon)
+    if reference is None:
+        mu, sigma = fidlib.statistics(fidlib.inception_features(images, inception, batch_size=batch_size))
+        reference = (mu, sigma)
+    r_mu, r_sigma = fidlib.statistics(fidlib.inception_features(recon, inception, batch_size=batch_size))
+    return {"split": split, "num_images": len(images), "rfid": fidlib.frechet_distance((r_mu, r_sigma), reference),
+            "psnr": sum(psnr) / len(images), "ssim": sum(ssim) / len(images)}
+
+
+def save_reference(path: str | Path, stats) -> Path:
+    """Write (mu, sigma, n) statistics in pytorch-fid's .npz layout (+ num_images)."""
+    mu, sigma, n = stats
+    return fidlib.save_statistics(path, mu, sigma, n)
