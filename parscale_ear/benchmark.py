@@ -135,7 +135,7 @@ def profile_latency(
 
         def end_to_end():
             with torch.no_grad(), amp:
-                fresh = model.draw_noise_on_device(B, gen)
+                fresh = model.draw_noise_on_device(B)  # default generator: graph-capture safe
                 z = model.hybrid.sample(fresh, labels, model._resolve_steps(None), cfg, 1.0)
                 return decoder(z / model.config.vae.latent_scale).clamp(-1, 1)
 

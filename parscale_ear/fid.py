@@ -21,7 +21,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from pytorch_fid import inception as pfid_inception
+from pytorch_fid import fid_score as pfid_score
 from pytorch_fid.fid_score import calculate_frechet_distance
+from scipy import linalg as _scipy_linalg
 from torch import nn
 from tqdm import tqdm
 
@@ -31,6 +33,9 @@ FEATURE_DIM = 2048  # pool3
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _NUM_CONVS = 94  # convolutions of the FID InceptionV3, each followed by a scale-free BN
 _MATCH_TOLERANCE = 1e-5  # max relative pool3 difference accepted after conversion
+
+
+_SCIPY_SQRTM = _scipy_linalg.sqrtm
 
 
 class FIDWeightsError(RuntimeError):
@@ -398,9 +403,24 @@ def frechet_distance(stats_a: tuple, stats_b: tuple) -> float:
     _check_statistics(mu_b, sigma_b, "stats_b")
     if mu_a.shape != mu_b.shape:
         raise ValueError(f"expected statistics of one dimension, given {mu_a.shape[0]} and {mu_b.shape[0]}")
-    with warnings.catch_warnings():  # pytorch-fid 0.3.0 passes scipy's deprecated `disp`
+    with warnings.catch_warnings(), mock.patch.object(pfid_score.linalg, "sqrtm", _sqrtm_compat):
         warnings.filterwarnings("ignore", message=".*`disp` argument is deprecated", category=DeprecationWarning)
         return float(calculate_frechet_distance(mu_a, sigma_a, mu_b, sigma_b))
+
+
+def _sqrtm_compat(matrix, disp=True, **kwargs):
+    """scipy.linalg.sqrtm as pytorch-fid 0.3.0 calls it: newer scipy dropped `disp`, which
+    pytorch-fid passes (disp=False returns (sqrtm, error estimate))."""
+    from scipy import linalg as _linalg
+
+    try:
+        return _SCIPY_SQRTM(matrix, disp=disp, **kwargs)
+    except TypeError:
+        root = _SCIPY_SQRTM(matrix, **kwargs)
+        if disp:
+            return root
+        err = _linalg.norm(root @ root - matrix, "fro") / max(_linalg.norm(matrix, "fro"), 1e-300)
+        return root, err
 
 
 def fid(a, b, batch_size: int = 200, device: str | torch.device | None = None,

@@ -7,7 +7,7 @@ run=${1:?usage: fmnist_eval_gpu.sh RUN_DIR OUT_DIR}
 out=${2:?usage: fmnist_eval_gpu.sh RUN_DIR OUT_DIR}
 export PYTHONUNBUFFERED=1
 mkdir -p "$out" "$run/stats"
-python3 - "$run/stats" <<'PY'
+[[ -f "$run/stats/fashion-mnist-test.npz" ]] || python3 - "$run/stats" <<'PY'
 import sys, torch
 from parscale_ear import evaluate, fid
 inc = fid.load_inception("cuda")
