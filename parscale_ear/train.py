@@ -264,6 +264,7 @@ def train(cfg: TrainConfig, out: str | Path, model_config: ParScaleEARConfig | N
         raise ValueError(f"--vae: {vae_run} is a {vae_ckpt['kind']} run, not a VAE run")
     if model_config is None:
         model_config = ParScaleEARConfig.from_dict(vae_ckpt["config"]) if vae_ckpt else get_config("fmnist-32")
+    torch.manual_seed(cfg.seed)  # initial weights follow --seed (identical on every rank)
     model = ParScaleEAR(model_config)
     if vae_ckpt is not None:
         vae_cfg = ParScaleEARConfig.from_dict(vae_ckpt["config"]).vae

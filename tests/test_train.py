@@ -1,0 +1,192 @@
+"""Training, resume, CLI and evaluation plumbing on tiny CPU runs over a small real-format dataset."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import parscale_ear as pe
+from parscale_ear import train as train_mod
+from parscale_ear.cli import main
+from parscale_ear.train import TrainConfig, load_checkpoint, load_pipeline, train
+from parscale_ear.utils import atomic_path
+
+
+@pytest.fixture(scope="module")
+def npz_data(tmp_path_factory):
+    """64 labelled 32x32 grey images as a real .npz dataset (blobs whose size depends on the class)."""
+    rng = np.random.default_rng(0)
+    labels = np.arange(64) % 10
+    yy, xx = np.mgrid[:32, :32]
+    images = np.stack([((np.hypot(yy - 16, xx - 16) < 4 + l) * 200 + rng.integers(0, 40, (32, 32))).astype(np.uint8) for l in labels])
+    path = tmp_path_factory.mktemp("data") / "blobs.npz"
+    np.savez(path, images=images, labels=labels)
+    return str(path)
+
+
+def cfg(kind, data, vae_run="", steps=6):
+    return TrainConfig(kind=kind, steps=steps, batch_size=8, lr=1e-3, warmup_steps=2, log_every=1, sample_every=100,
+                       ckpt_every=3, data=data, vae_run=vae_run, bf16=False)
+
+
+def losses(run: Path) -> list[dict]:
+    return [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def interrupt_after(monkeypatch, calls: int):
+    """Make the run die (as if killed) inside its step `calls + 1`, after the checkpoint at `calls`."""
+    real, count = train_mod.ema_update, {"n": 0}
+
+    def dying(*a, **k):
+        count["n"] += 1
+        if count["n"] > calls:
+            raise KeyboardInterrupt("killed")
+        return real(*a, **k)
+
+    monkeypatch.setattr(train_mod, "ema_update", dying)
+
+
+@pytest.fixture(scope="module")
+def vae_run(tmp_path_factory, npz_data):
+    out = tmp_path_factory.mktemp("runs") / "vae"
+    train(cfg("vae", npz_data), out, pe.get_config("tiny-32"), progress=False)
+    return out
+
+
+def strip_timing(rows):
+    return [{k: v for k, v in r.items() if k not in ("images_per_s", "elapsed_s")} for r in rows]
+
+
+def test_vae_run_folder(vae_run):
+    assert {"checkpoint.pt", "metrics.jsonl", "run.json", "loss.png", "samples"} <= {p.name for p in vae_run.iterdir()}
+    ckpt = load_checkpoint(vae_run)
+    assert ckpt["kind"] == "vae" and ckpt["step"] == 6 and ckpt["config"]["vae"]["latent_scale"] > 0
+    assert [r["step"] for r in losses(vae_run)] == [1, 2, 3, 4, 5, 6]
+    assert all(np.isfinite(r["loss"]) for r in losses(vae_run))
+
+
+@pytest.mark.parametrize("kind", ["vae", "generator"])
+def test_resume_matches_an_uninterrupted_run(kind, tmp_path, npz_data, vae_run, monkeypatch):
+    run_cfg = cfg(kind, npz_data, str(vae_run) if kind == "generator" else "")
+    model_cfg = None if kind == "generator" else pe.get_config("tiny-32")
+    train(run_cfg, tmp_path / "straight", model_cfg, progress=False)
+    with monkeypatch.context() as m:
+        interrupt_after(m, 3)
+        with pytest.raises(KeyboardInterrupt):
+            train(run_cfg, tmp_path / "killed", model_cfg, progress=False)
+    assert load_checkpoint(tmp_path / "killed")["step"] == 3
+    train(run_cfg, tmp_path / "killed", resume=True, progress=False)
+    assert strip_timing(losses(tmp_path / "killed")) == strip_timing(losses(tmp_path / "straight"))
+    a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "killed")
+    for key in a["ema"]:
+        assert torch.equal(a["ema"][key], b["ema"][key]), key
+
+
+def test_generator_run_export_and_sample_cli(tmp_path, npz_data, vae_run, capsys):
+    run = tmp_path / "gen"
+    train(cfg("generator", npz_data, str(vae_run)), run, progress=False)
+    rows = losses(run)
+    assert {"coarse", "fine", "loss"} <= set(rows[-1]) and rows[-1]["step"] == 6
+    assert (run / "samples" / "step_0000006.png").is_file()
+    assert main(["export", "--run", str(run), "--out", str(tmp_path / "release")]) == 0
+    release = pe.ParScaleEAR.from_pretrained(tmp_path / "release")
+    assert torch.equal(release.generate(2, seed=3), load_pipeline(run).generate(2, seed=3))
+    assert main(["sample", "--ckpt", str(tmp_path / "release"), "--n", "3", "--seed", "5", "--out", str(tmp_path / "imgs")]) == 0
+    assert sorted(p.name for p in (tmp_path / "imgs").iterdir()) == ["000005.png", "000006.png", "000007.png"]
+    assert main(["sample", "--ckpt", str(run), "--n", "4", "--labels", "2", "--cfg", "2", "--steps", "2,1", "--out", str(tmp_path / "g.png")]) == 0
+    assert (tmp_path / "g.png").is_file()
+    # exporting a VAE run is refused with a one-line reason
+    assert main(["export", "--run", str(vae_run), "--out", str(tmp_path / "x")]) == 2
+    assert "export a generator run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["train-vae", "--preset", "tiny-32", "--data", "no/such/folder", "--steps", "1", "--out", "{tmp}/r"], "no/such/folder"),
+        (["train-vae", "--preset", "nope", "--steps", "1", "--out", "{tmp}/r"], "unknown model"),
+        (["train", "--vae", "{tmp}/missing", "--steps", "1", "--out", "{tmp}/r"], "no checkpoint"),
+        (["train-vae", "--steps", "1", "--out", "{tmp}/r", "--resume"], "no checkpoint"),
+        (["sample", "--ckpt", "{tmp}/missing", "--out", "{tmp}/x.png"], "no checkpoint"),
+        (["train-vae", "--preset", "tiny-32", "--steps", "1", "--out", "{tmp}/r", "--set", "vae.latent_chanels=2"], "unknown option"),
+    ],
+)
+def test_cli_errors_are_one_line(argv, match, tmp_path, capsys):
+    assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("parscale-ear: error:") and match in err and "\n" not in err and "Traceback" not in err
+
+
+def test_cli_refuses_to_overwrite_a_run(tmp_path, vae_run, capsys):
+    assert main(["train-vae", "--preset", "tiny-32", "--steps", "1", "--out", str(vae_run)]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoint.pt").write_bytes(b"\x80\x02truncated")
+    with pytest.raises(ValueError, match="cannot read checkpoint"):
+        load_checkpoint(tmp_path / "run")
+
+
+def test_atomic_path_keeps_the_old_file_when_a_write_fails(tmp_path):
+    target = tmp_path / "ckpt.pt"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("killed mid-write")
+    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+
+
+def test_batch_indices_shard_a_global_batch():
+    whole = train_mod.batch_indices(100, 8, 5, 0, train_mod.Dist())
+    parts = [train_mod.batch_indices(100, 8, 5, 0, train_mod.Dist(rank=r, world=2)) for r in range(2)]
+    assert sorted(torch.cat(parts).tolist()) == sorted(whole.tolist())
+    assert not set(parts[0].tolist()) & set(parts[1].tolist())
+
+
+def test_param_groups_put_the_head_at_a_quarter_rate_without_decay():
+    model = pe.create_model("tiny-32")
+    groups = train_mod.param_groups(model.hybrid, TrainConfig())
+    head = [g for g in groups if g["lr_ratio"] == 0.25][0]
+    head_ids = {id(p) for n, p in model.hybrid.named_parameters() if ".head." in f".{n}"}
+    assert {id(p) for p in head["params"]} == head_ids and head["weight_decay"] == 0
+    assert sum(len(g["params"]) for g in groups) == len(list(model.hybrid.parameters()))
+
+
+def test_latency_profile_on_cpu():
+    from parscale_ear.benchmark import markdown_table, profile_latency
+
+    model = pe.create_model("tiny-32")
+    rows = profile_latency(model, batch_sizes=(1, 2), runs=3, warmup=1)
+    names = {r["name"].split(" ")[0] for r in rows}
+    assert names == {"encode", "generate.coarse", "generate.fine", "decode", "end_to_end"}
+    for r in rows:
+        assert 0 < r["ms_per_image_p50"] <= r["ms_per_image_p99"] and r["runs"] == 3
+    assert markdown_table(rows).count("\n") == len(rows) + 2
+
+
+class StandInInception(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 6, 3)
+
+    def forward(self, x):
+        return [torch.tanh(self.conv(x)).mean(dim=(2, 3), keepdim=True)]
+
+
+def test_evaluate_fid_and_vae_with_a_stand_in_network(npz_data):
+    from parscale_ear import evaluate
+
+    model = pe.create_model("tiny-32").eval()
+    inc = StandInInception()
+    ref = evaluate.reference_statistics(npz_data, "train", inception=inc, batch_size=16)
+    assert ref[2] == 64
+    rows = evaluate.evaluate_fid(model, ref, n=20, cfgs=(1.0, 2.0), inception=inc, batch_size=10)
+    assert [r["cfg"] for r in rows] == [1.0, 2.0] and all(np.isfinite(r["fid"]) and r["num_samples"] == 20 for r in rows)
+    vae = evaluate.evaluate_vae(model, npz_data, "train", inc, limit=16, batch_size=8)
+    assert vae["num_images"] == 16 and np.isfinite(vae["rfid"]) and vae["psnr"] > 0 and -1 <= vae["ssim"] <= 1
