@@ -14,6 +14,9 @@ from parscale_ear.train import load_pipeline
 def reference(args, model, inception):
     if args.ref:
         return fidlib.load_statistics(args.ref)
+    if args.data == "fashion-mnist" and args.ref_limit is None:  # the shipped statistics (SHA256SUMS)
+        args.ref = str(evaluate.shipped_statistics(f"fashion-mnist-{args.ref_split}"))
+        return fidlib.load_statistics(args.ref)
     v = model.config.vae
     stats = evaluate.reference_statistics(args.data, args.ref_split, v.image_size, v.in_channels, inception,
                                           args.batch_size, limit=args.ref_limit)
@@ -40,7 +43,8 @@ def run(args) -> dict:
 if __name__ == "__main__":
     p = _common.parser(__doc__.splitlines()[0])
     p.add_argument("--ckpt", required=True, help="release folder, run folder or checkpoint")
-    p.add_argument("--ref", default=None, help="reference statistics .npz (default: computed from --data)")
+    p.add_argument("--ref", default=None, help="reference statistics .npz (default: the shipped ones for "
+                   "fashion-mnist, else computed from --data)")
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--ref-split", default="train")
     p.add_argument("--ref-limit", type=int, default=None)

@@ -18,6 +18,18 @@ from .pipeline import ParScaleEAR
 from .utils import to_uint8
 
 
+STATS_DIR = Path(__file__).with_name("stats")
+
+
+def shipped_statistics(name: str) -> Path:
+    """Path of a reference-statistics file shipped with the package, e.g. 'fashion-mnist-train'."""
+    path = STATS_DIR / f"{name}.npz"
+    if not path.is_file():
+        known = sorted(p.stem for p in STATS_DIR.glob("*.npz"))
+        raise FileNotFoundError(f"no shipped statistics {name!r}; available: {', '.join(known) or 'none'}")
+    return path
+
+
 def quantize(images: torch.Tensor) -> torch.Tensor:
     """Images in [-1, 1] -> uint8 (N, C, H, W), the values a PNG would hold."""
     return to_uint8(images).permute(0, 3, 1, 2).contiguous()
