@@ -3,6 +3,7 @@ the same VAE with the same budget (steps x batch), then FID and end-to-end laten
 one plot. Writes ablation.json, ablation.md and ablation.png."""
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -54,7 +55,7 @@ def run(args) -> dict:
         rows.append({"variant": name, "mode": model.config.hybrid.mode, "streams": model.config.hybrid.fine.streams,
                      "generator_params": model.num_parameters()["generator"], "fid": fid_rows[0]["fid"],
                      "num_samples": args.n, "cfg": args.cfg, "e2e_ms_per_image_p50": lat["ms_per_image_p50"],
-                     "e2e_ms_per_image_p99": lat["ms_per_image_p99"], "final_train_row": __import__("json").loads(metrics[-1])})
+                     "e2e_ms_per_image_p99": lat["ms_per_image_p99"], "final_train_row": json.loads(metrics[-1])})
         print(f"{name:10s} FID {rows[-1]['fid']:8.3f}  e2e {lat['ms_per_image_p50']:.4f} ms/image")
     return {"milestone": "M3-1", "env": environment(dev), "quick": args.quick, "vae_run": str(args.vae),
             "budget": {"steps": args.steps, "batch_size": args.train_batch, "lr": args.lr}, "rows": rows}

