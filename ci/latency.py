@@ -13,15 +13,16 @@ from parscale_ear.utils import line_plot
 
 
 def run(device, quick: bool, preset: str, ckpt: str | None, batch_sizes, runs: int, warmup: int, bf16: bool, compile: bool,
-        graphs: bool) -> dict:
+        graphs: bool, channels_last: bool = False) -> dict:
     torch.manual_seed(0)
     # weights do not change the timing: random weights for presets without a checkpoint
     model = (load_pipeline(ckpt) if ckpt else pe.create_model(preset)).to(device).eval()
-    rows = profile_latency(model, batch_sizes, runs=runs, warmup=warmup, bf16=bf16, compile=compile, graphs=graphs)
+    rows = profile_latency(model, batch_sizes, runs=runs, warmup=warmup, bf16=bf16, compile=compile, graphs=graphs,
+                           channels_last=channels_last)
     return {"milestone": "M2-2", "env": environment(device), "quick": quick, "model": model.config.name,
             "checkpoint": ckpt, "params": model.num_parameters(),
             "settings": {"batch_sizes": list(batch_sizes), "runs": runs, "warmup": warmup, "bf16": bf16,
-                         "compile": compile, "cuda_graphs": graphs, "cfg": model.config.cfg,
+                         "compile": compile, "cuda_graphs": graphs, "channels_last": channels_last, "cfg": model.config.cfg,
                          "steps": list(model._resolve_steps(None))},
             "rows": rows}
 
@@ -36,18 +37,19 @@ if __name__ == "__main__":
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--cuda-graphs", action="store_true")
+    p.add_argument("--channels-last", action="store_true", help="NHWC decoder convolutions")
     args = p.parse_args()
     if args.quick:
         args.preset, args.batch_sizes, args.runs, args.warmup = "tiny-32", [1, 4], 5, 1
     result = run(_common.device(args.device), args.quick, args.preset, args.ckpt, args.batch_sizes, args.runs, args.warmup,
-                 args.bf16, args.compile, args.cuda_graphs)
+                 args.bf16, args.compile, args.cuda_graphs, args.channels_last)
     table = markdown_table(result["rows"])
     print(table)
     _common.write(args.out, "latency.json", result)
     s = result["settings"]
     header = (f"# Latency: {result['model']} on {result['env']['device']}\n\n{result['env']['date']}, torch "
               f"{result['env']['torch']}, commit {result['env']['git_commit']}; bf16={s['bf16']} "
-              f"compile={s['compile']} cuda_graphs={s['cuda_graphs']}, {s['runs']} timed runs after {s['warmup']} warm-up.\n\n")
+              f"compile={s['compile']} cuda_graphs={s['cuda_graphs']} channels_last={s['channels_last']}, {s['runs']} timed runs after {s['warmup']} warm-up.\n\n")
     (_common.Path(args.out) / "latency.md").write_text(header + table)
     series = {}
     for r in result["rows"]:

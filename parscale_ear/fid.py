@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import io
-import os
 import sys
 import warnings
 import zipfile
