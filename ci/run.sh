@@ -25,7 +25,7 @@ mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 
 echo "== M2-1 sanity"; "$py" ci/sanity.py --device "$device" "${q[@]}" --out "$out"
-echo "== M2-2 latency"; "$py" ci/latency.py --device "$device" "${q[@]}" --out "$out" $([[ $device == cuda ]] && echo --bf16 --cuda-graphs)
+echo "== M2-2 latency"; "$py" ci/latency.py --device "$device" "${q[@]}" --out "$out" $([[ $device == cuda ]] && echo --bf16 --cuda-graphs --channels-last --compile)
 
 if [[ -z "$ckpt" || -z "$vae" ]]; then
   if [[ $quick == 1 ]]; then  # a tiny real training run on a slice of the data, so every script has a checkpoint

@@ -17,6 +17,6 @@ for split in ("train", "test"):
     print(split, stats[2])
 PY
 python3 ci/sanity.py --device cuda --out "$out"
-python3 ci/latency.py --device cuda --bf16 --cuda-graphs --out "$out"
+python3 ci/latency.py --device cuda --bf16 --cuda-graphs --channels-last --compile --out "$out"
 python3 ci/fid_eval.py --device cuda --ckpt "$run/release" --ref "$run/stats/fashion-mnist-train.npz" --n 50000 --cfg 1.0 2.0 --out "$out"
 python3 scripts/fid_sweep.py "$run/release" "$run/stats/fashion-mnist-train.npz" "$out/fid_sweep.json"
