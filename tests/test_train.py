@@ -190,3 +190,23 @@ def test_evaluate_fid_and_vae_with_a_stand_in_network(npz_data):
     assert [r["cfg"] for r in rows] == [1.0, 2.0] and all(np.isfinite(r["fid"]) and r["num_samples"] == 20 for r in rows)
     vae = evaluate.evaluate_vae(model, npz_data, "train", inc, limit=16, batch_size=8)
     assert vae["num_images"] == 16 and np.isfinite(vae["rfid"]) and vae["psnr"] > 0 and -1 <= vae["ssim"] <= 1
+
+
+def test_ddp_two_processes_on_cpu(tmp_path, npz_data):
+    """The DDP path (torchrun, gloo on the CPU): both stages train with world size 2 and rank 0 writes the run."""
+    import subprocess
+    import sys
+
+    def torchrun(*args):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "parscale_ear", *args,
+               "--steps", "3", "--batch-size", "8", "--device", "cpu", "--log-every", "1", "--no-progress"]
+        done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+
+    torchrun("train-vae", "--preset", "tiny-32", "--data", npz_data, "--out", "vae")
+    torchrun("train", "--vae", "vae", "--out", "gen")
+    for run in ("vae", "gen"):
+        assert json.loads((tmp_path / run / "run.json").read_text())["world_size"] == 2
+        rows = losses(tmp_path / run)
+        assert [r["step"] for r in rows] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in rows)
+    assert load_pipeline(tmp_path / "gen").generate(2, seed=0).shape == (2, 1, 32, 32)
