@@ -23,6 +23,10 @@ def fmnist_32() -> ParScaleEARConfig:
             coarse_steps=8,
             fine_steps=4,
         ),
+        # sampling defaults from the FID-10k sweep of results/2026-11-23-h100-sampling-sweep
+        # (best of cfg {1, 2, 3} x temperature {1, 0.85, 0.7, 0.55})
+        cfg=2.0,
+        temperature=0.55,
     )
 
 
