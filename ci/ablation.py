@@ -14,7 +14,7 @@ from parscale_ear import evaluate
 from parscale_ear import fid as fidlib
 from parscale_ear.benchmark import environment, profile_latency
 from parscale_ear.pipeline import ParScaleEARConfig
-from parscale_ear.presets import _merge
+from parscale_ear.presets import merge_overrides
 from parscale_ear.train import TrainConfig, load_checkpoint, load_pipeline, train
 from parscale_ear.utils import line_plot
 
@@ -39,7 +39,7 @@ def run(args) -> dict:
         args.data, "train", v.image_size, v.in_channels, inception, args.batch_size, limit=args.ref_limit)
     rows = []
     for name in args.variants:
-        config = _merge(base, {"hybrid": VARIANTS[name]}, "")
+        config = merge_overrides(base, {"hybrid": VARIANTS[name]}, "")
         run_dir = out / "ablation_runs" / name.replace("=", "")
         if run_dir.exists():
             shutil.rmtree(run_dir)

@@ -23,7 +23,7 @@ def run(device, quick: bool, preset: str, ckpt: str | None, batch_sizes, runs: i
             "checkpoint": ckpt, "params": model.num_parameters(),
             "settings": {"batch_sizes": list(batch_sizes), "runs": runs, "warmup": warmup, "bf16": bf16,
                          "compile": compile, "cuda_graphs": graphs, "channels_last": channels_last, "cfg": model.config.cfg,
-                         "steps": list(model._resolve_steps(None))},
+                         "steps": list(model.resolve_steps(None))},
             "rows": rows}
 
 

@@ -109,7 +109,7 @@ def profile_latency(
     model.eval()
     cfg = model.config.cfg if cfg is None else cfg
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
-    coarse_steps, fine_steps = model._resolve_steps(None)
+    coarse_steps, fine_steps = model.resolve_steps(None)
     vae = model.vae
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     vae.decoder.to(memory_format=fmt)
@@ -144,7 +144,7 @@ def profile_latency(
         def end_to_end():
             with torch.no_grad(), amp:
                 fresh = model.draw_noise_on_device(B)  # default generator: graph-capture safe
-                z = model.hybrid.sample(fresh, labels, model._resolve_steps(None), cfg, 1.0)
+                z = model.hybrid.sample(fresh, labels, model.resolve_steps(None), cfg, 1.0)
                 return decoder((z / model.config.vae.latent_scale).contiguous(memory_format=fmt)).clamp(-1, 1)
 
         parts = [("encode", encode)]

@@ -112,7 +112,8 @@ class ParScaleEAR(nn.Module):
             return None
         return torch.tensor([int(s) % self.config.num_classes for s in seeds], dtype=torch.long)
 
-    def _resolve_steps(self, steps) -> tuple[int, int]:
+    def resolve_steps(self, steps) -> tuple[int, int]:
+        """(coarse, fine) steps from None (the config's), an int or a pair; see `generate`."""
         coarse, fine = self.hybrid.default_steps()
         if steps is None:
             return coarse, fine
@@ -125,7 +126,7 @@ class ParScaleEAR(nn.Module):
     @torch.no_grad()
     def sample_latents(self, noise: dict, labels: torch.Tensor | None, steps=None, cfg: float = 1.0, temperature: float = 1.0) -> torch.Tensor:
         """Latents (B, c, h, w) from pre-drawn noise; static shapes (the timed path)."""
-        return self.hybrid.sample(noise, labels, self._resolve_steps(steps), cfg, temperature)
+        return self.hybrid.sample(noise, labels, self.resolve_steps(steps), cfg, temperature)
 
     @torch.no_grad()
     def iter_generate(
@@ -155,7 +156,7 @@ class ParScaleEAR(nn.Module):
             labels = check_labels(labels, self.config.num_classes, batch=n)
         else:
             labels = self.default_labels(seeds)
-        steps = self._resolve_steps(steps)
+        steps = self.resolve_steps(steps)
         starts = range(0, n, batch_size)
         if progress:
             from tqdm.auto import tqdm

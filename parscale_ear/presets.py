@@ -79,7 +79,8 @@ def list_models() -> list[str]:
     return sorted(_PRESETS)
 
 
-def _merge(obj: Any, overrides: dict, where: str) -> Any:
+def merge_overrides(obj: Any, overrides: dict, where: str = "") -> Any:
+    """A copy of config dataclass `obj` with `overrides` applied; nested dicts update nested configs."""
     fields = {f.name for f in dataclasses.fields(obj)}
     changes = {}
     for key, value in overrides.items():
@@ -87,7 +88,7 @@ def _merge(obj: Any, overrides: dict, where: str) -> Any:
             raise ValueError(f"create_model: unknown option {where}{key!r}; known: {sorted(fields)}")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current) and isinstance(value, dict):
-            value = _merge(current, value, f"{where}{key}.")
+            value = merge_overrides(current, value, f"{where}{key}.")
         changes[key] = value
     return dataclasses.replace(obj, **changes)
 
@@ -107,7 +108,7 @@ def get_config(name: str, **overrides: Any) -> ParScaleEARConfig:
         nested = overrides.setdefault("hybrid", {})
         for k, v in hybrid.items():
             nested[k] = {**v, **nested.get(k, {})} if isinstance(v, dict) else v
-    return _merge(config, overrides, "")
+    return merge_overrides(config, overrides, "")
 
 
 def create_model(name: str, **overrides: Any) -> ParScaleEAR:
