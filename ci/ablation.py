@@ -39,7 +39,7 @@ def run(args) -> dict:
         args.data, "train", v.image_size, v.in_channels, inception, args.batch_size, limit=args.ref_limit)
     rows = []
     for name in args.variants:
-        config = merge_overrides(base, {"hybrid": VARIANTS[name]}, "")
+        config = merge_overrides(base, {"hybrid": VARIANTS[name]})
         run_dir = out / "ablation_runs" / name.replace("=", "")
         if run_dir.exists():
             shutil.rmtree(run_dir)

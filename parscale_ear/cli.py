@@ -124,16 +124,10 @@ def _train(args, kind: str) -> int:
     else:
         vae_ckpt = load_checkpoint(args.vae)
         if not args.resume:
-            base = ParScaleEARConfig.from_dict(vae_ckpt["config"])
-            from .presets import merge_overrides
+            from .presets import apply_overrides
 
             shorthand = {k: v for k, v in (("mode", args.mode), ("streams", args.streams)) if v is not None}
-            model_config = merge_overrides(base, overrides, "") if overrides else base
-            if shorthand:
-                hybrid = dict(mode=shorthand.get("mode", model_config.hybrid.mode))
-                if "streams" in shorthand:
-                    hybrid.update(coarse={"streams": args.streams}, fine={"streams": args.streams})
-                model_config = merge_overrides(model_config, {"hybrid": hybrid}, "")
+            model_config = apply_overrides(ParScaleEARConfig.from_dict(vae_ckpt["config"]), **{**overrides, **shorthand})
         data = args.data or vae_ckpt["train"]["data"]
     cfg = TrainConfig(kind=kind, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
                       ema_decay=args.ema_decay, seed=args.seed, log_every=args.log_every, sample_every=args.sample_every,

@@ -97,10 +97,9 @@ class ParScaleEAR(nn.Module):
     def draw_noise_on_device(self, batch: int, generator: torch.Generator | None = None) -> dict:
         """Batch randomness drawn on the model's device in one go: the fast path for timing and
         serving (capturable in a CUDA graph), not tied to per-image seeds."""
-        out = {}
+        out, dtype = {}, next(self.parameters()).dtype
         for name, stage in self.hybrid.stages.items():
             N, dim = stage.num_tokens, stage.config.noise_dim
-            dtype = next(self.parameters()).dtype
             noise = torch.rand(batch, N, dim, generator=generator, device=self.device, dtype=dtype) - 0.5
             order = torch.rand(batch, N, generator=generator, device=self.device).argsort(1)
             out[name] = (noise, order)

@@ -93,13 +93,10 @@ def merge_overrides(obj: Any, overrides: dict, where: str = "") -> Any:
     return dataclasses.replace(obj, **changes)
 
 
-def get_config(name: str, **overrides: Any) -> ParScaleEARConfig:
-    """The preset's config with overrides: top-level fields, nested dicts (vae={...}, hybrid={...}),
-    or the shorthands mode/pool/coarse_steps/fine_steps (hybrid) and streams/prefix_len/alpha/tau/
+def apply_overrides(config: ParScaleEARConfig, **overrides: Any) -> ParScaleEARConfig:
+    """`config` with overrides: top-level fields, nested dicts (vae={...}, hybrid={...}), or the
+    shorthands mode/pool/coarse_steps/fine_steps (hybrid) and streams/prefix_len/alpha/tau/
     class_dropout (both stages)."""
-    if name not in _PRESETS:
-        raise ValueError(f"create_model: unknown model {name!r}; available: {', '.join(list_models())}")
-    config = _PRESETS[name]()
     hybrid = {k: overrides.pop(k) for k in list(overrides) if k in _HYBRID_KEYS}
     stage = {k: overrides.pop(k) for k in list(overrides) if k in _STAGE_KEYS}
     if stage:
@@ -108,7 +105,14 @@ def get_config(name: str, **overrides: Any) -> ParScaleEARConfig:
         nested = overrides.setdefault("hybrid", {})
         for k, v in hybrid.items():
             nested[k] = {**v, **nested.get(k, {})} if isinstance(v, dict) else v
-    return merge_overrides(config, overrides, "")
+    return merge_overrides(config, overrides)
+
+
+def get_config(name: str, **overrides: Any) -> ParScaleEARConfig:
+    """The preset's config with overrides (see `apply_overrides`)."""
+    if name not in _PRESETS:
+        raise ValueError(f"create_model: unknown model {name!r}; available: {', '.join(list_models())}")
+    return apply_overrides(_PRESETS[name](), **overrides)
 
 
 def create_model(name: str, **overrides: Any) -> ParScaleEAR:

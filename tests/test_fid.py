@@ -9,23 +9,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch import nn
 
 from parscale_ear import fid as fid_mod
 
-
-class StandIn(nn.Module):
-    """Tiny random conv net with InceptionV3's interface: [0, 1] (B, 3, H, W) -> [(B, D, 1, 1)]."""
-
-    def __init__(self, dim: int = 8):
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = nn.Conv2d(3, dim, 3)
-        self.inputs = []
-
-    def forward(self, x):
-        self.inputs.append(x.clone())
-        return [torch.tanh(self.conv(x)).mean(dim=(2, 3), keepdim=True) * 4]
+from helpers import StandIn
 
 
 def random_uint8(n=24, h=12, w=12, c=3, seed=0):

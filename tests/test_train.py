@@ -5,13 +5,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 import parscale_ear as pe
 from parscale_ear import train as train_mod
 from parscale_ear.cli import main
 from parscale_ear.train import TrainConfig, load_checkpoint, load_pipeline, train
 from parscale_ear.utils import atomic_path
+
+from helpers import StandIn
 
 
 @pytest.fixture(scope="module")
@@ -169,21 +170,11 @@ def test_latency_profile_on_cpu():
     assert markdown_table(rows).count("\n") == len(rows) + 2
 
 
-class StandInInception(nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = nn.Conv2d(3, 6, 3)
-
-    def forward(self, x):
-        return [torch.tanh(self.conv(x)).mean(dim=(2, 3), keepdim=True)]
-
-
 def test_evaluate_fid_and_vae_with_a_stand_in_network(npz_data):
     from parscale_ear import evaluate
 
     model = pe.create_model("tiny-32").eval()
-    inc = StandInInception()
+    inc = StandIn(dim=6)
     ref = evaluate.reference_statistics(npz_data, "train", inception=inc, batch_size=16)
     assert ref[2] == 64
     rows = evaluate.evaluate_fid(model, ref, n=20, cfgs=(1.0, 2.0), inception=inc, batch_size=10)
@@ -210,3 +201,12 @@ def test_ddp_two_processes_on_cpu(tmp_path, npz_data):
         rows = losses(tmp_path / run)
         assert [r["step"] for r in rows] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in rows)
     assert load_pipeline(tmp_path / "gen").generate(2, seed=0).shape == (2, 1, 32, 32)
+
+
+def test_cli_train_mode_and_streams_shorthands(tmp_path, vae_run, npz_data):
+    out = tmp_path / "abl"
+    assert main(["train", "--vae", str(vae_run), "--data", npz_data, "--mode", "no_fine", "--streams", "1", "--steps", "1",
+                 "--batch-size", "8", "--set", "hybrid.coarse.depth=2", "--out", str(out), "--no-progress"]) == 0
+    hybrid = json.loads((out / "run.json").read_text())["model"]["hybrid"]
+    assert hybrid["mode"] == "no_fine" and hybrid["coarse"]["streams"] == 1 and hybrid["fine"]["streams"] == 1
+    assert hybrid["coarse"]["depth"] == 2
