@@ -9,7 +9,9 @@ import json
 import sys
 from pathlib import Path
 
-USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError)
+# Errors a user can cause (bad flags, files, folders): one line, exit 2. OSError covers missing,
+# unwritable and wrong-kind paths (NotADirectoryError, IsADirectoryError, PermissionError).
+USER_ERRORS = (ValueError, TypeError, OSError)
 
 
 def _steps(text: str):
@@ -100,14 +102,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _device(name: str | None) -> str:
+def resolve_device(name: str | None) -> str:
+    """A device string from --device (cpu, cuda, cuda:N); default cuda when available, else cpu."""
     import torch
 
-    if name:
-        if name.startswith("cuda") and not torch.cuda.is_available():
+    if not name:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {name!r}: expected cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name!r}: expected cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
             raise ValueError(f"--device {name}: CUDA is not available on this machine")
-        return name
-    return "cuda" if torch.cuda.is_available() else "cpu"
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return name
 
 
 def _train(args, kind: str) -> int:
@@ -133,7 +145,7 @@ def _train(args, kind: str) -> int:
                       ema_decay=args.ema_decay, seed=args.seed, log_every=args.log_every, sample_every=args.sample_every,
                       ckpt_every=args.ckpt_every, bf16=not args.no_bf16, compile=args.compile, max_minutes=args.max_minutes,
                       data=data, max_images=args.max_images, vae_run=str(args.vae) if kind == "generator" else "")
-    out = train(cfg, args.out, model_config, resume=args.resume, device=_device(args.device), progress=not args.no_progress)
+    out = train(cfg, args.out, model_config, resume=args.resume, device=resolve_device(args.device), progress=not args.no_progress)
     print(f"run folder: {out}")
     return 0
 
@@ -144,12 +156,19 @@ def _sample(args) -> int:
     from .train import load_pipeline
     from .utils import save_grid, save_images
 
-    model = load_pipeline(args.ckpt, device=_device(args.device))
+    from .utils import prepare_output_folder
+
+    out = Path(args.out)
+    as_grid = out.suffix.lower() == ".png"
+    if as_grid and out.is_dir():
+        raise IsADirectoryError(f"--out {out} is an existing folder; give a new .png path for a grid, or a folder without a suffix")
+    if not as_grid and out.suffix:
+        raise ValueError(f"--out {out}: expected grid.png (one grid) or a folder name without a suffix (one PNG per image)")
+    prepare_output_folder(out.parent if as_grid else out)
+    model = load_pipeline(args.ckpt, device=resolve_device(args.device))
     labels = args.labels
     if labels is not None and len(labels) == 1:
         labels = labels * args.n
-    out = Path(args.out)
-    as_grid = out.suffix.lower() == ".png"
     batches = model.iter_generate(args.n, labels=labels, cfg=args.cfg, temperature=args.temperature, steps=args.steps,
                                   seed=args.seed, batch_size=args.batch_size, progress=not as_grid)
     if as_grid:

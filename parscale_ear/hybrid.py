@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .generator import EnergyGenerator, GeneratorConfig
+from .utils import check_int
 
 MODES = ("full", "no_coarse", "no_fine")
 
@@ -35,6 +36,7 @@ class HybridConfig:
             self.coarse = GeneratorConfig(**self.coarse)
         if isinstance(self.fine, dict):
             self.fine = GeneratorConfig(**self.fine)
+        check_int(self.pool, "HybridConfig.pool")
         if self.mode not in MODES:
             raise ValueError(f"HybridConfig: mode must be one of {MODES}, got {self.mode!r}")
         if self.coarse_steps < 1 or self.fine_steps < 1:

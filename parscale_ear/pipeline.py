@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -16,7 +15,7 @@ import torch
 from torch import nn
 
 from .hybrid import CoarseFineHybrid, HybridConfig
-from .utils import atomic_directory, check_images, check_labels
+from .utils import atomic_path, check_images, check_int, check_labels, check_real
 from .vae import LiteVAE, LiteVAEConfig
 
 FORMAT = "parscale-ear"
@@ -39,8 +38,9 @@ class ParScaleEARConfig:
             self.vae = LiteVAEConfig(**self.vae)
         if isinstance(self.hybrid, dict):
             self.hybrid = HybridConfig(**self.hybrid)
-        if self.num_classes < 0:
-            raise ValueError(f"ParScaleEARConfig: num_classes must be >= 0, got {self.num_classes}")
+        check_int(self.num_classes, "ParScaleEARConfig.num_classes", minimum=0)
+        check_real(self.cfg, "ParScaleEARConfig.cfg", minimum=0.0)
+        check_real(self.temperature, "ParScaleEARConfig.temperature", minimum=0.0, inclusive=False)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -112,15 +112,21 @@ class ParScaleEAR(nn.Module):
         return torch.tensor([int(s) % self.config.num_classes for s in seeds], dtype=torch.long)
 
     def resolve_steps(self, steps) -> tuple[int, int]:
-        """(coarse, fine) steps from None (the config's), an int or a pair; see `generate`."""
+        """(coarse, fine) steps from None (the config's), an int or a pair; see `generate`.
+
+        A pair is for the two-stage (full) model only: a one-stage model takes an int."""
         coarse, fine = self.hybrid.default_steps()
+        mode = self.config.hybrid.mode
         if steps is None:
             return coarse, fine
-        if isinstance(steps, int):
-            return (0, steps) if self.config.hybrid.mode == "no_coarse" else (steps, fine)
-        if isinstance(steps, (tuple, list)) and len(steps) == 2 and all(isinstance(s, int) for s in steps):
-            return int(steps[0]), int(steps[1])
-        raise TypeError(f"steps: expected an int or a (coarse, fine) pair of ints, got {steps!r}")
+        if isinstance(steps, (tuple, list)):
+            if len(steps) != 2:
+                raise TypeError(f"steps: expected an int or a (coarse, fine) pair of ints, got {steps!r}")
+            if mode != "full":
+                raise ValueError(f"steps: this {mode} model has one stage; pass an int, got the pair {tuple(steps)}")
+            return check_int(steps[0], "steps[0] (coarse)"), check_int(steps[1], "steps[1] (fine)")
+        steps = check_int(steps, "steps")
+        return (0, steps) if mode == "no_coarse" else (steps, fine)
 
     @torch.no_grad()
     def sample_latents(self, noise: dict, labels: torch.Tensor | None, steps=None, cfg: float = 1.0, temperature: float = 1.0) -> torch.Tensor:
@@ -140,16 +146,12 @@ class ParScaleEAR(nn.Module):
         progress: bool = False,
     ) -> Iterator[torch.Tensor]:
         """Yield image batches (b, C, H, W) in [-1, 1] for images seed, seed + 1, ..., seed + n - 1."""
-        if not isinstance(n, int) or n < 1:
-            raise ValueError(f"n: expected a positive int, got {n!r}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size: expected a positive int, got {batch_size}")
-        cfg = self.config.cfg if cfg is None else float(cfg)
-        temperature = self.config.temperature if temperature is None else float(temperature)
-        if not (math.isfinite(cfg) and cfg >= 0):
-            raise ValueError(f"cfg: expected a finite value >= 0, got {cfg}")
-        if not (math.isfinite(temperature) and temperature > 0):
-            raise ValueError(f"temperature: expected a finite value > 0, got {temperature}")
+        n = check_int(n, "n")
+        batch_size = check_int(batch_size, "batch_size")
+        seed = check_int(seed, "seed", minimum=0)
+        cfg = check_real(self.config.cfg if cfg is None else cfg, "cfg", minimum=0.0)
+        temperature = check_real(self.config.temperature if temperature is None else temperature, "temperature",
+                                 minimum=0.0, inclusive=False)
         seeds = list(range(seed, seed + n))
         if labels is not None:
             labels = check_labels(labels, self.config.num_classes, batch=n)
@@ -165,7 +167,7 @@ class ParScaleEAR(nn.Module):
             chunk = seeds[i : i + batch_size]
             noise = self.draw_noise(chunk)
             y = None if labels is None else labels[i : i + len(chunk)].to(self.device)
-            latents = self.sample_latents(noise, y, steps, cfg, temperature)
+            latents = self.hybrid.sample(noise, y, steps, cfg, temperature)
             yield self.vae.decode(latents).clamp(-1, 1)
 
     @torch.no_grad()
@@ -179,23 +181,35 @@ class ParScaleEAR(nn.Module):
 
     @torch.no_grad()
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
-        """Encode (posterior mean) and decode images (B, C, H, W) in [-1, 1]."""
+        """Encode (posterior mean) and decode images (B, C, H, W) in [-1, 1]; runs in the model's
+        dtype and returns the input's dtype."""
         check_images(images, self.config.vae.in_channels, self.config.vae.image_size)
-        return self.vae.decode(self.vae.encode(images)).clamp(-1, 1)
+        dtype = next(self.parameters()).dtype
+        recon = self.vae.decode(self.vae.encode(images.to(self.device, dtype))).clamp(-1, 1)
+        return recon.to(images.dtype)
 
     # ------------------------------------------------------------------ save / load
     def save_pretrained(self, directory: str | Path) -> Path:
-        """Write config.json + model.safetensors into `directory`, atomically (whole folder)."""
+        """Write config.json + model.safetensors into `directory` (created if needed), each file
+        atomically; other files in the folder are left alone (as diffusers does)."""
         from safetensors.torch import save_file
 
         from . import __version__
+        from .utils import prepare_output_folder, remove_stale_temporaries
 
+        directory = Path(directory)
+        if directory.exists() and not directory.is_dir():
+            raise FileExistsError(f"save_pretrained: {directory} is a file; expected a folder (existing or new)")
+        prepare_output_folder(directory, "save_pretrained:")
+        remove_stale_temporaries(directory, (CONFIG_NAME, WEIGHTS_NAME))
         meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "library_version": __version__}
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        with atomic_directory(directory) as tmp:
-            (tmp / CONFIG_NAME).write_text(json.dumps({**meta, "config": self.config.to_dict()}, indent=2) + "\n")
-            save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": FORMAT})
-        return Path(directory)
+        # weights first: a config.json never points at weights that are not there yet
+        with atomic_path(directory / WEIGHTS_NAME) as tmp:
+            save_file(state, str(tmp), metadata={"format": FORMAT})
+        with atomic_path(directory / CONFIG_NAME) as tmp:
+            tmp.write_text(json.dumps({**meta, "config": self.config.to_dict()}, indent=2) + "\n")
+        return directory
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: torch.device | str = "cpu") -> "ParScaleEAR":

@@ -23,7 +23,8 @@ from .data import ImageData, load_dataset
 from .losses import vae_loss
 from .pipeline import ParScaleEAR, ParScaleEARConfig
 from .presets import get_config
-from .utils import atomic_torch_save, atomic_write_json, line_plot, save_grid
+from .utils import (atomic_torch_save, atomic_write_json, atomic_write_text, check_int, check_real, line_plot,
+                    prepare_output_folder, remove_stale_temporaries, save_grid)
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -58,8 +59,15 @@ class TrainConfig:
     def __post_init__(self):
         if self.kind not in ("vae", "generator"):
             raise ValueError(f"TrainConfig: kind must be 'vae' or 'generator', got {self.kind!r}")
-        if self.steps < 1 or self.batch_size < 1:
-            raise ValueError("TrainConfig: steps and batch_size must be >= 1")
+        for name in ("steps", "batch_size", "log_every", "sample_every", "ckpt_every"):
+            check_int(getattr(self, name), f"TrainConfig.{name} (--{name.replace('_', '-')})")
+        for name in ("warmup_steps", "max_images", "seed"):
+            check_int(getattr(self, name), f"TrainConfig.{name} (--{name.replace('_', '-')})", minimum=0)
+        check_real(self.lr, "TrainConfig.lr (--lr)", minimum=0.0, inclusive=False)
+        check_real(self.max_minutes, "TrainConfig.max_minutes (--max-minutes)", minimum=0.0)
+        check_real(self.ema_decay, "TrainConfig.ema_decay (--ema-decay)", minimum=0.0)
+        if not self.ema_decay < 1:
+            raise ValueError(f"TrainConfig.ema_decay (--ema-decay): expected a value in [0, 1), got {self.ema_decay}")
 
 
 # ----------------------------------------------------------------------------- distributed
@@ -187,8 +195,11 @@ def cached_latents(vae_run: Path, model: ParScaleEAR, data: ImageData, device: t
     path = vae_run / "latents-train.pt"
     key = {"vae_checkpoint_mtime": (vae_run / CHECKPOINT).stat().st_mtime_ns, "num_images": len(data)}
     if path.exists():
-        cache = torch.load(path, weights_only=True)
-        if cache.get("key") == key:
+        try:
+            cache = torch.load(path, weights_only=True)
+        except Exception:  # a foreign or broken cache is rebuilt
+            cache = {}
+        if isinstance(cache, dict) and cache.get("key") == key:
             return cache["latents"]
     if d.main:
         latents = encode_dataset(model.vae, data.images, device)
@@ -205,13 +216,32 @@ def load_checkpoint(run: str | Path) -> dict:
     path = path / CHECKPOINT if path.is_dir() else path
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"checkpoint {path} is empty (0 bytes): it was never written completely")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated or foreign file
-        raise ValueError(f"cannot read checkpoint {path}: {str(e).splitlines()[0]}") from None
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"cannot read checkpoint {path}: {first}") from None
     if not isinstance(ckpt, dict) or "config" not in ckpt or "kind" not in ckpt:
         raise ValueError(f"{path} is not a parscale-ear training checkpoint")
     return ckpt
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """Rows of a metrics.jsonl; a torn last line (a killed write) is dropped, a torn middle line is an error."""
+    if not path.exists():
+        return []
+    lines = [l for l in path.read_text().splitlines() if l.strip()]
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if i == len(lines) - 1:
+                break  # the write of the last row was cut short
+            raise ValueError(f"{path} line {i + 1} is not JSON ({e}); fix or remove that line") from None
+    return rows
 
 
 def model_from_checkpoint(ckpt: dict, use_ema: bool = True) -> ParScaleEAR:
@@ -231,14 +261,16 @@ def load_pipeline(path: str | Path, device: str | torch.device = "cpu") -> ParSc
     path = Path(path)
     if (path / "config.json").is_file():
         return ParScaleEAR.from_pretrained(path, device=device)
-    return model_from_checkpoint(load_checkpoint(path)).to(device)
+    ckpt = load_checkpoint(path)
+    if ckpt["kind"] != "generator":
+        raise ValueError(f"{path} is a LiteVAE run; sampling needs a generator run (parscale-ear train) or a release folder")
+    return model_from_checkpoint(ckpt).to(device)
 
 
 # ----------------------------------------------------------------------------- the loop
 def plot_losses(metrics_path: Path, out: Path, keys=("loss",)) -> None:
     """A loss-curve PNG from metrics.jsonl."""
-    rows = [json.loads(l) for l in metrics_path.read_text().splitlines() if l.strip()]
-    rows = [r for r in rows if "loss" in r]
+    rows = [r for r in read_metrics(metrics_path) if "loss" in r]
     if len(rows) >= 2:
         series = {k: ([r["step"] for r in rows], [r[k] for r in rows]) for k in keys if all(k in r for r in rows)}
         line_plot(out, series, title="training loss", xlabel="step")
@@ -249,12 +281,16 @@ def train(cfg: TrainConfig, out: str | Path, model_config: ParScaleEARConfig | N
     """Train a VAE (`kind='vae'`) or the generators (`kind='generator'`) into run folder `out`."""
     out = Path(out)
     d, dev = setup_distributed(device)
+    if d.main:
+        prepare_output_folder(out)  # fail before the data loads, not after
     ckpt = None
     if resume:
         ckpt = load_checkpoint(out)
         if ckpt["kind"] != cfg.kind:
             raise ValueError(f"--resume: {out} holds a {ckpt['kind']} run, not a {cfg.kind} run")
         model_config = ParScaleEARConfig.from_dict(ckpt["config"])
+        if ckpt["step"] >= cfg.steps:
+            raise ValueError(f"--resume: {out} is already at step {ckpt['step']}; pass --steps above it to train further")
     elif (out / CHECKPOINT).exists():
         raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
 
@@ -308,13 +344,14 @@ def train(cfg: TrainConfig, out: str | Path, model_config: ParScaleEARConfig | N
     use_bf16 = cfg.bf16 and dev.type == "cuda"
 
     if d.main:
-        out.mkdir(parents=True, exist_ok=True)
+        prepare_output_folder(out)
+        remove_stale_temporaries(out, (CHECKPOINT, METRICS, RUN_CONFIG))
         atomic_write_json(out / RUN_CONFIG, {"train": asdict(cfg), "model": model_config.to_dict(), "world_size": d.world,
                                              "device": str(dev), "torch": torch.__version__, "num_images": len(data)})
         metrics = out / METRICS
-        if metrics.exists():  # drop lines past the checkpoint we resume from (a killed run's tail)
-            keep = [l for l in metrics.read_text().splitlines() if l.strip() and json.loads(l).get("step", 0) <= start]
-            metrics.write_text("".join(k + "\n" for k in keep))
+        if metrics.exists():  # drop rows past the checkpoint we resume from (a killed run's tail)
+            keep = [r for r in read_metrics(metrics) if r.get("step", 0) <= start]
+            atomic_write_text(metrics, "".join(json.dumps(r) + "\n" for r in keep))
 
     def save(step: int) -> None:
         if not d.main:
@@ -406,8 +443,13 @@ def latent_scale(vae, data: ImageData, device: torch.device, n: int = 5000) -> f
 
 
 def export(run: str | Path, out: str | Path) -> Path:
-    """Write a run's EMA pipeline in the release format (config.json + model.safetensors)."""
+    """Write a run's EMA pipeline in the release format (config.json + model.safetensors) into `out`,
+    which must not be the run folder or inside it."""
     ckpt = load_checkpoint(run)
     if ckpt["kind"] != "generator":
         raise ValueError(f"export: {run} is a {ckpt['kind']} run; export a generator run (trained with `parscale-ear train`)")
+    run_dir = Path(run) if Path(run).is_dir() else Path(run).parent
+    target = Path(out).resolve()
+    if target == run_dir.resolve() or run_dir.resolve() in target.parents:
+        raise ValueError(f"export: --out {out} is the run folder or inside it; choose a folder outside {run_dir}")
     return model_from_checkpoint(ckpt).save_pretrained(out)

@@ -6,13 +6,15 @@ every file the library writes goes through a temporary file and an atomic rename
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
+import math
 import os
-import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
+import numpy as np
 import torch
 
 # Images may exceed [-1, 1] by this much (rounding of uint8 -> float conversions).
@@ -44,9 +46,15 @@ def check_labels(labels: Any, num_classes: int, batch: int | None = None, name: 
     if num_classes == 0:
         raise ValueError(f"{name}: this model is unconditional (num_classes=0) and takes no labels")
     if isinstance(labels, (list, tuple)):
-        labels = torch.tensor(labels)
+        if any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in labels):
+            raise TypeError(f"{name}: expected a list of int class indices, got {labels!r:.80}")
+        labels = torch.tensor([int(v) for v in labels], dtype=torch.long)
+    elif isinstance(labels, np.ndarray):
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise TypeError(f"{name}: expected integer class indices, got a numpy array of dtype {labels.dtype}")
+        labels = torch.from_numpy(labels.astype(np.int64))
     if not isinstance(labels, torch.Tensor):
-        raise TypeError(f"{name}: expected a tensor or list of ints, got {type(labels).__name__}")
+        raise TypeError(f"{name}: expected a tensor, numpy array or list of ints, got {type(labels).__name__}")
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise TypeError(f"{name}: expected integer class indices, got dtype {labels.dtype}")
     if labels.ndim != 1:
@@ -58,6 +66,27 @@ def check_labels(labels: Any, num_classes: int, batch: int | None = None, name: 
             f"{name}: expected class indices in [0, {num_classes}), got [{labels.min().item()}, {labels.max().item()}]"
         )
     return labels.long()
+
+
+def check_int(value: Any, name: str, minimum: int = 1) -> int:
+    """An int (not a bool) >= minimum."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}: expected an int, got {value!r} ({type(value).__name__})")
+    if value < minimum:
+        want = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        raise ValueError(f"{name}: expected {want}, got {value}")
+    return int(value)
+
+
+def check_real(value: Any, name: str, minimum: float = 0.0, inclusive: bool = True) -> float:
+    """A finite real number (not a bool or a string) >= minimum (> minimum if not inclusive)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name}: expected a number, got {value!r} ({type(value).__name__})")
+    value = float(value)
+    ok = math.isfinite(value) and (value >= minimum if inclusive else value > minimum)
+    if not ok:
+        raise ValueError(f"{name}: expected a finite number {'>=' if inclusive else '>'} {minimum:g}, got {value}")
+    return value
 
 
 def check_latents(latents: Any, shape: tuple[int, int, int], name: str = "latents") -> torch.Tensor:
@@ -73,21 +102,57 @@ def check_latents(latents: Any, shape: tuple[int, int, int], name: str = "latent
     return latents
 
 
+TEMP_SUFFIX = ".tmp"  # temporaries are ".NAME.<random>.tmp" beside the file they become
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success rename it over `path`, else remove it."""
+    """Yield a temporary path beside `path`; on success fsync it and rename it over `path`
+    (then fsync the folder), else remove it. A kill or power loss never leaves a torn `path`."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; expected a file path")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual mode
+        _fsync(tmp)
         os.replace(tmp, path)
+        _fsync(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's or a folder's data to disk (folders: where the OS allows opening them)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on folders
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, names: Iterable[str]) -> list[Path]:
+    """Delete temporaries that `atomic_path` left beside `folder/NAME` (a killed write), for the
+    given NAMEs only; never the files themselves. Returns what was removed."""
+    folder, removed = Path(folder), []
+    if not folder.is_dir():
+        return removed
+    for name in names:
+        for tmp in folder.glob(f".{glob.escape(name)}.*{TEMP_SUFFIX}"):
+            if tmp.is_file():
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
 
 
 def _umask() -> int:
@@ -113,24 +178,19 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
         torch.save(obj, tmp)
 
 
-@contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a fresh temporary folder; on success it replaces `path` whole, else it is removed."""
+def prepare_output_folder(path: str | os.PathLike, what: str = "--out") -> Path:
+    """Create folder `path` (and parents) if needed, with a one-line error where it cannot be one."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    for parent in [path, *path.parents]:
+        if parent.exists() and not parent.is_dir():
+            raise NotADirectoryError(f"{what} {path}: {parent} is a file, not a folder")
     try:
-        yield tmp
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PermissionError(f"{what} {path}: cannot create the folder ({e.strerror or e})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise PermissionError(f"{what} {path}: the folder is not writable")
+    return path
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:

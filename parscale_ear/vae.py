@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers import ResBlock, group_norm
-from .utils import check_images, check_latents
+from .utils import check_images, check_int, check_latents, check_real
 
 
 # ----------------------------------------------------------------------------- Haar wavelets
@@ -84,6 +84,13 @@ class LiteVAEConfig:
 
     def __post_init__(self):
         self.decoder_channels = tuple(self.decoder_channels)
+        for name in ("image_size", "latent_channels", "latent_size", "extractor_channels", "aggregator_channels"):
+            check_int(getattr(self, name), f"LiteVAEConfig.{name}")
+        for name in ("extractor_blocks", "aggregator_blocks", "decoder_blocks"):
+            check_int(getattr(self, name), f"LiteVAEConfig.{name}", minimum=0)
+        for ch in self.decoder_channels:
+            check_int(ch, "LiteVAEConfig.decoder_channels[i]")
+        check_real(self.latent_scale, "LiteVAEConfig.latent_scale", minimum=0.0, inclusive=False)
         ratio = self.image_size / self.latent_size
         ups = int(round(math.log2(ratio))) if ratio >= 1 else -1
         if ups < 0 or 2**ups != ratio:

