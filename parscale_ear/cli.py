@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="default: the VAE run's data")
     p.add_argument("--mode", choices=["full", "no_coarse", "no_fine"], default=None, help="hybrid mode (ablations)")
     p.add_argument("--streams", type=int, default=None, help="ParScale streams P of every stage")
+    p.add_argument("--preset", default=None, help="generator design from this preset (default: the VAE run's)")
+    p.add_argument("--peer", choices=["dit-s", "dit-b"], default=None,
+                   help="train the DiT peer (diffusers, rectified flow) instead of ParScale-EAR")
     _train_args(p, lr=4e-4, batch=256, ema=0.999)
 
     p = sub.add_parser("sample", help="generate images from a run or release folder")
@@ -139,7 +142,18 @@ def _train(args, kind: str) -> int:
             from .presets import apply_overrides
 
             shorthand = {k: v for k, v in (("mode", args.mode), ("streams", args.streams)) if v is not None}
-            model_config = apply_overrides(ParScaleEARConfig.from_dict(vae_ckpt["config"]), **{**overrides, **shorthand})
+            base = ParScaleEARConfig.from_dict(vae_ckpt["config"])
+            if args.preset:  # the preset's generator and sampling defaults on the VAE run's VAE
+                import dataclasses
+
+                base = dataclasses.replace(get_config(args.preset), vae=base.vae)
+            if args.peer:
+                import dataclasses
+
+                from .baselines.dit import PEERS
+
+                base = dataclasses.replace(base, name=args.peer, dit=PEERS[args.peer], cfg=1.0, temperature=1.0)
+            model_config = apply_overrides(base, **{**overrides, **shorthand})
         data = args.data or vae_ckpt["train"]["data"]
     cfg = TrainConfig(kind=kind, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
                       ema_decay=args.ema_decay, seed=args.seed, log_every=args.log_every, sample_every=args.sample_every,

@@ -346,6 +346,34 @@ def save_statistics(path: str | Path, mu: np.ndarray, sigma: np.ndarray,
     return path
 
 
+def _unpack_triu(triu: np.ndarray, dim: int, path) -> np.ndarray:
+    """The symmetric (D, D) matrix whose upper triangle (row-major, diagonal included) is `triu`."""
+    if triu.shape != (dim * (dim + 1) // 2,):
+        raise ValueError(f"{path}: sigma_triu has shape {triu.shape}, expected ({dim * (dim + 1) // 2},) for D = {dim}")
+    sigma = np.zeros((dim, dim), dtype=np.float64)
+    rows, cols = np.triu_indices(dim)
+    sigma[rows, cols] = triu
+    sigma[cols, rows] = triu
+    return sigma
+
+
+def pack_statistics(path: str | Path, mu: np.ndarray, sigma: np.ndarray, num_images: int | None) -> Path:
+    """Write statistics compactly and exactly: sigma is symmetric, so only its upper triangle is
+    stored (compressed); `load_statistics` rebuilds the same matrix. Half the size of pytorch-fid's
+    layout, which `save_statistics` writes."""
+    path = Path(path)
+    mu, sigma = np.asarray(mu), np.asarray(sigma)
+    _check_statistics(mu.astype(np.float64), sigma.astype(np.float64), str(path))
+    if not np.array_equal(sigma, sigma.T):
+        raise ValueError(f"{path}: sigma is not exactly symmetric; store it with save_statistics")
+    arrays = {"mu": mu, "sigma_triu": sigma[np.triu_indices(len(mu))]}
+    if num_images is not None:
+        arrays["num_images"] = np.asarray(int(num_images), dtype=np.int64)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays)
+    return path
+
+
 def load_statistics(path: str | Path) -> tuple[np.ndarray, np.ndarray, int | None]:
     """(mu, sigma, num_images or None) from a statistics .npz (ours or pytorch-fid's)."""
     path = Path(path)
@@ -353,9 +381,10 @@ def load_statistics(path: str | Path) -> tuple[np.ndarray, np.ndarray, int | Non
         raise FileNotFoundError(f"statistics file not found: {path}")
     try:
         with np.load(path, allow_pickle=False) as data:
-            if "mu" not in data.files or "sigma" not in data.files:
-                raise ValueError(f"{path}: expected keys 'mu' and 'sigma', given {sorted(data.files)}")
-            mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
+            if "mu" not in data.files or not {"sigma", "sigma_triu"} & set(data.files):
+                raise ValueError(f"{path}: expected keys 'mu' and 'sigma' (or 'sigma_triu'), given {sorted(data.files)}")
+            mu = data["mu"].astype(np.float64)
+            sigma = data["sigma"].astype(np.float64) if "sigma" in data.files else _unpack_triu(data["sigma_triu"], len(mu), path)
             num_images = int(data["num_images"]) if "num_images" in data.files else None
     except (zipfile.BadZipFile, OSError, EOFError) as error:
         raise ValueError(f"cannot read statistics {path}: {error or type(error).__name__} (truncated or not an .npz)") from None
@@ -416,7 +445,7 @@ def _is_stats_file(source) -> bool:
         return False
     try:
         with np.load(source, allow_pickle=False) as data:
-            return "mu" in data.files and "sigma" in data.files
+            return "mu" in data.files and bool({"sigma", "sigma_triu"} & set(data.files))
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
         raise ValueError(f"cannot read {source}: {error or type(error).__name__} (truncated or not an .npz)") from None
 

@@ -13,15 +13,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import TransformerBlock, modulate
+from .layers import StreamAggregator, TransformerBlock, modulate
 from .losses import energy_score_loss
-from .utils import check_int
+from .utils import check_int, check_real
 
 
 @dataclass
 class GeneratorConfig:
     """One generation stage. Its geometry (tokens, token size, context) comes from the hybrid."""
 
+    # "mar": masked random-order AR with the energy head (EnergyGenerator, below);
+    # "flow": few-step energy-score denoiser, noise in backbone and head (EnergyFlowGenerator)
+    kind: str = "mar"
     width: int = 256
     depth: int = 4
     heads: int = 4
@@ -39,8 +42,22 @@ class GeneratorConfig:
     mask_ratio_min: float = 0.7
     mask_ratio_mean: float = 1.0
     mask_ratio_std: float = 0.25
+    # kind "flow" only
+    samples: int = 2  # m samples per target in the energy score (all pairs repel)
+    global_weight: float = 1.0  # weight of the whole-stage energy score beside the per-token one
+    one_step_prob: float = 0.25  # share of training draws at t = 1 (the one-pass case)
+    time_shift: float = 1.0  # sampling grid shift (> 1: more steps at high noise)
+    max_steps: int = 8  # per-image noise is drawn for this many steps
 
     def __post_init__(self):
+        if self.kind not in ("mar", "flow"):
+            raise ValueError(f"GeneratorConfig: kind must be 'mar' or 'flow', got {self.kind!r}")
+        check_int(self.samples, "GeneratorConfig.samples", minimum=2)
+        check_int(self.max_steps, "GeneratorConfig.max_steps")
+        check_real(self.global_weight, "GeneratorConfig.global_weight", minimum=0.0)
+        check_real(self.time_shift, "GeneratorConfig.time_shift", minimum=0.0, inclusive=False)
+        if not 0 <= self.one_step_prob <= 1:
+            raise ValueError(f"GeneratorConfig: one_step_prob must be in [0, 1], got {self.one_step_prob}")
         for name in ("width", "depth", "heads", "head_width", "head_depth", "noise_dim", "prefix_len"):
             check_int(getattr(self, name), f"GeneratorConfig.{name}")
         if self.streams < 1:
@@ -118,7 +135,7 @@ class EnergyGenerator(nn.Module):
         P = cfg.streams
         if P > 1:
             self.stream_prefix = nn.Parameter(torch.randn(P, cfg.prefix_len, d) * 0.02)  # (P, Lp, d)
-            self.aggregate = nn.Sequential(nn.Linear(P * d, d), nn.SiLU(), nn.Linear(d, P))
+            self.aggregate = StreamAggregator(d, P, cfg.agg_smoothing)
         self.blocks = nn.ModuleList(TransformerBlock(d, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(d)
         self.head = EnergyHead(d, token_dim, cfg.head_width, cfg.head_depth, cfg.noise_dim)
@@ -126,6 +143,15 @@ class EnergyGenerator(nn.Module):
     @property
     def null_class(self) -> int:
         return self.num_classes
+
+    def draw(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """One image's randomness: the order (N,) is drawn first, then head noise (N, noise_dim)."""
+        order = torch.randperm(self.num_tokens, generator=generator)
+        return torch.rand(self.num_tokens, self.config.noise_dim, generator=generator) - 0.5, order
+
+    def draw_batch(self, batch: int, device, dtype, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        noise = torch.rand(batch, self.num_tokens, self.config.noise_dim, generator=generator, device=device, dtype=dtype) - 0.5
+        return noise, torch.rand(batch, self.num_tokens, generator=generator, device=device).argsort(1)
 
     def _labels_or_null(self, labels: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor:
         if labels is None:
@@ -156,11 +182,7 @@ class EnergyGenerator(nn.Module):
         h = self.norm(seq)[:, -N:]  # (B * P, N, d)
         weights = None
         if P > 1:
-            h = h.view(B, P, N, d)
-            logits = self.aggregate(h.permute(0, 2, 1, 3).reshape(B, N, P * d))  # (B, N, P)
-            eps = self.config.agg_smoothing
-            weights = logits.softmax(-1) * (1 - eps) + eps / P
-            h = torch.einsum("bnp,bpnd->bnd", weights, h)
+            h, weights = self.aggregate(h)  # (B, N, d), (B, N, P)
         return (h, weights) if return_weights else h
 
     def _mask_ratios(self, batch: int, device: torch.device) -> torch.Tensor:

@@ -26,6 +26,7 @@ MODES = ("full", "no_coarse", "no_fine")
 class HybridConfig:
     mode: str = "full"
     pool: int = 4  # coarse grid = latent grid / pool (16x16 -> 4x4)
+    fine_patch: int = 1  # fine tokens are fine_patch x fine_patch latent patches (2: 64 tokens of 4C dims)
     coarse: GeneratorConfig = field(default_factory=GeneratorConfig)
     fine: GeneratorConfig = field(default_factory=GeneratorConfig)
     coarse_steps: int = 4  # default cosine steps of the coarse stage
@@ -37,6 +38,7 @@ class HybridConfig:
         if isinstance(self.fine, dict):
             self.fine = GeneratorConfig(**self.fine)
         check_int(self.pool, "HybridConfig.pool")
+        check_int(self.fine_patch, "HybridConfig.fine_patch")
         if self.mode not in MODES:
             raise ValueError(f"HybridConfig: mode must be one of {MODES}, got {self.mode!r}")
         if self.coarse_steps < 1 or self.fine_steps < 1:
@@ -66,7 +68,7 @@ def unpatchify(tokens: torch.Tensor, channels: int, pool: int) -> torch.Tensor:
     B, n, _ = tokens.shape
     s = int(round(n**0.5))
     x = tokens.view(B, s, s, channels, pool, pool).permute(0, 3, 1, 4, 2, 5)
-    return x.reshape(B, channels, s * pool, s * pool)
+    return x.reshape(B, channels, s * pool, s * pool).contiguous()
 
 
 def split_coarse_fine(latents: torch.Tensor, pool: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,6 +82,15 @@ def merge_coarse_fine(coarse: torch.Tensor, fine: torch.Tensor, pool: int) -> to
     return F.interpolate(coarse, scale_factor=pool, mode="nearest") + fine
 
 
+def make_stage(config: GeneratorConfig, num_tokens: int, token_dim: int, num_classes: int, context_dim: int = 0) -> nn.Module:
+    """The generation stage of `config.kind`: 'mar' (EnergyGenerator) or 'flow' (EnergyFlowGenerator)."""
+    if config.kind == "flow":
+        from .energy_flow import EnergyFlowGenerator
+
+        return EnergyFlowGenerator(config, num_tokens, token_dim, num_classes, context_dim)
+    return EnergyGenerator(config, num_tokens, token_dim, num_classes, context_dim)
+
+
 # ----------------------------------------------------------------------------- module
 class CoarseFineHybrid(nn.Module):
     """Holds the generation stages of one mode and maps latents <-> their normalised tokens."""
@@ -88,19 +99,21 @@ class CoarseFineHybrid(nn.Module):
         super().__init__()
         self.config = cfg = config
         C, g, g2 = latent_shape
-        if g != g2 or g % cfg.pool:
-            raise ValueError(f"CoarseFineHybrid: latent grid {g}x{g2} is not square or not divisible by pool {cfg.pool}")
+        p = cfg.fine_patch
+        if g != g2 or g % cfg.pool or g % p:
+            raise ValueError(f"CoarseFineHybrid: latent grid {g}x{g2} is not square or not divisible by pool {cfg.pool} "
+                             f"and fine_patch {p}")
         self.latent_shape, self.num_classes = (C, g, g), num_classes
         self.coarse_side = g // cfg.pool
-        nc, nf = self.coarse_side**2, g * g
+        nc, nf, fine_dim = self.coarse_side**2, (g // p) ** 2, C * p * p
         self.coarse = self.fine = None
         if cfg.mode == "full":
-            self.coarse = EnergyGenerator(cfg.coarse, nc, C, num_classes)
-            self.fine = EnergyGenerator(cfg.fine, nf, C, num_classes, context_dim=C)
+            self.coarse = make_stage(cfg.coarse, nc, C, num_classes)
+            self.fine = make_stage(cfg.fine, nf, fine_dim, num_classes, context_dim=fine_dim)
         elif cfg.mode == "no_fine":
-            self.coarse = EnergyGenerator(cfg.coarse, nc, C * cfg.pool**2, num_classes)
+            self.coarse = make_stage(cfg.coarse, nc, C * cfg.pool**2, num_classes)
         else:  # no_coarse
-            self.fine = EnergyGenerator(cfg.fine, nf, C, num_classes)
+            self.fine = make_stage(cfg.fine, nf, fine_dim, num_classes)
         # per-stage token std (set from data by `fit_token_scales`) so tokens enter at unit scale
         self.register_buffer("coarse_std", torch.ones(()))
         self.register_buffer("fine_std", torch.ones(()))
@@ -119,10 +132,19 @@ class CoarseFineHybrid(nn.Module):
         mode, pool = self.config.mode, self.config.pool
         if mode == "full":
             coarse, fine = split_coarse_fine(latents, pool)
-            return {"coarse": to_tokens(coarse), "fine": to_tokens(fine)}
+            return {"coarse": to_tokens(coarse), "fine": self._fine_tokens(fine)}
         if mode == "no_fine":
             return {"coarse": patchify(latents, pool)}
-        return {"fine": to_tokens(latents)}
+        return {"fine": self._fine_tokens(latents)}
+
+    def _fine_tokens(self, grid: torch.Tensor) -> torch.Tensor:
+        p = self.config.fine_patch
+        return patchify(grid, p) if p > 1 else to_tokens(grid)
+
+    def _fine_grid(self, tokens: torch.Tensor) -> torch.Tensor:
+        C, g, _ = self.latent_shape
+        p = self.config.fine_patch
+        return unpatchify(tokens, C, p) if p > 1 else from_tokens(tokens, g)
 
     @torch.no_grad()
     def fit_token_scales(self, latents: torch.Tensor) -> dict[str, float]:
@@ -137,7 +159,7 @@ class CoarseFineHybrid(nn.Module):
     def context(self, coarse_tokens: torch.Tensor) -> torch.Tensor:
         """Normalised coarse tokens (B, Nc, C) -> per-fine-position context (B, Nf, C)."""
         grid = from_tokens(coarse_tokens, self.coarse_side)
-        return to_tokens(F.interpolate(grid, scale_factor=self.config.pool, mode="nearest"))
+        return self._fine_tokens(F.interpolate(grid, scale_factor=self.config.pool, mode="nearest"))
 
     def loss(self, latents: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Energy loss of each stage on (scaled) latents (B, C, g, g); teacher-forced coarse context."""
@@ -167,14 +189,12 @@ class CoarseFineHybrid(nn.Module):
         pool = self.config.pool
         coarse = None
         if self.coarse is not None:
-            head_noise, order = noise["coarse"]
-            coarse = self.coarse.sample(head_noise, order, labels, coarse_steps, cfg, temperature)  # (B, Nc, Dc)
+            coarse = self.coarse.sample(*noise["coarse"], labels, coarse_steps, cfg, temperature)  # (B, Nc, Dc)
         if self.config.mode == "no_fine":
             return unpatchify(coarse * self.coarse_std, C, pool)
-        head_noise, order = noise["fine"]
         context = self.context(coarse) if coarse is not None else None
-        fine = self.fine.sample(head_noise, order, labels, fine_steps, cfg, temperature, context)  # (B, Nf, C)
-        fine = from_tokens(fine * self.fine_std, g)
+        fine = self.fine.sample(*noise["fine"], labels, fine_steps, cfg, temperature, context)  # (B, Nf, Df)
+        fine = self._fine_grid(fine * self.fine_std)
         if coarse is None:
             return fine
         return merge_coarse_fine(from_tokens(coarse * self.coarse_std, self.coarse_side), fine, pool)

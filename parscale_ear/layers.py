@@ -5,6 +5,8 @@ Only pieces that really are identical across modules live here: a GroupNorm resi
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -62,3 +64,53 @@ class TransformerBlock(nn.Module):
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """adaLN modulation of DiT: x * (1 + scale) + shift."""
     return x * (1 + scale) + shift
+
+
+class AdaLNBlock(nn.Module):
+    """DiT's adaLN-Zero transformer block: a conditioning vector sets shift/scale/gate of both halves."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.attn = TransformerBlock(width, heads, mlp_ratio)  # reuses its qkv/proj/mlp weights
+        self.attn.norm1 = nn.LayerNorm(width, elementwise_affine=False)
+        self.attn.norm2 = nn.LayerNorm(width, elementwise_affine=False)
+        self.ada = nn.Linear(width, 6 * width)
+        nn.init.zeros_(self.ada.weight)
+        nn.init.zeros_(self.ada.bias)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """x (B, L, D), c (B, D)."""
+        b = self.attn
+        s1, g1, a1, s2, g2, a2 = self.ada(F.silu(c))[:, None].chunk(6, dim=-1)
+        B, L, D = x.shape
+        qkv = b.qkv(modulate(b.norm1(x), s1, g1)).view(B, L, 3, b.heads, D // b.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        x = x + a1 * b.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, L, D))
+        return x + a2 * b.mlp(modulate(b.norm2(x), s2, g2))
+
+
+def timestep_embedding(t: torch.Tensor, dim: int = 256, max_period: float = 10_000.0) -> torch.Tensor:
+    """Sinusoidal embedding (B, dim) of times t (B,) in [0, 1] (scaled by 1000, as DiT's steps)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = 1000.0 * t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class StreamAggregator(nn.Module):
+    """ParScale's learned aggregation of P streams: per token, softmax weights from the concatenated
+    hidden states (Linear(P*d, d) -> SiLU -> Linear(d, P)), smoothed w <- w (1 - eps) + eps / P."""
+
+    def __init__(self, width: int, streams: int, smoothing: float):
+        super().__init__()
+        self.streams, self.smoothing = streams, smoothing
+        self.net = nn.Sequential(nn.Linear(streams * width, width), nn.SiLU(), nn.Linear(width, streams))
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """h (B * P, N, d) -> aggregated (B, N, d) and weights (B, N, P)."""
+        P = self.streams
+        BP, N, d = h.shape
+        h = h.view(BP // P, P, N, d)
+        logits = self.net(h.permute(0, 2, 1, 3).reshape(BP // P, N, P * d))  # (B, N, P)
+        weights = logits.softmax(-1) * (1 - self.smoothing) + self.smoothing / P
+        return torch.einsum("bnp,bpnd->bnd", weights, h), weights

@@ -44,6 +44,33 @@ def energy_score_loss(
     return (per_token * weight).sum() / weight.sum().clamp_min(1.0)
 
 
+def energy_score_samples(
+    samples: torch.Tensor,
+    target: torch.Tensor,
+    alpha: float = 1.0,
+    tau: float = 1.0,
+    weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Energy score of m >= 2 samples (m, ..., D) against target (..., D), all pairs in the repulsion:
+    (2/m) sum_i ||x_i - y||^a - tau/(m(m-1)) sum_{i != j} ||x_i - x_j||^a. Equals
+    `energy_score_loss` for m = 2 (CALM uses m = 8 with all pairs)."""
+    m = samples.shape[0]
+    if m < 2:
+        raise ValueError(f"energy_score_samples: need at least 2 samples, got {m}")
+    if not 0 < alpha < 2 or not 0 <= tau <= 1:
+        raise ValueError(f"energy_score_samples: alpha in (0, 2) and tau in [0, 1], got {alpha}, {tau}")
+    if samples.shape[1:] != target.shape:
+        raise ValueError(f"energy_score_samples: shapes differ: {tuple(samples.shape)}, {tuple(target.shape)}")
+    attract = _norm_pow(samples - target, alpha).sum(0) * (2.0 / m)
+    i, j = torch.triu_indices(m, m, offset=1, device=samples.device)
+    repel = _norm_pow(samples[i] - samples[j], alpha).sum(0) * (2.0 / (m * (m - 1)))
+    per_token = attract - tau * repel
+    if weight is None:
+        return per_token.mean()
+    weight = weight.to(per_token.dtype)
+    return (per_token * weight).sum() / weight.sum().clamp_min(1.0)
+
+
 def kl_divergence(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mean, exp(logvar)) || N(0, 1)) summed over latent dims, averaged over the batch."""
     return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).flatten(1).sum(1).mean()

@@ -30,6 +30,8 @@ class ParScaleEARConfig:
     num_classes: int = 10  # 0 = unconditional
     vae: LiteVAEConfig = field(default_factory=LiteVAEConfig)
     hybrid: HybridConfig = field(default_factory=HybridConfig)
+    # the DiT peer in place of the hybrid (baselines/dit.py), same VAE; None = ParScale-EAR
+    dit: "DiTConfig | dict | None" = None
     cfg: float = 1.0  # default classifier-free guidance scale for `generate`
     temperature: float = 1.0  # default temperature (scales the head's adaLN shift, EAR)
 
@@ -38,6 +40,10 @@ class ParScaleEARConfig:
             self.vae = LiteVAEConfig(**self.vae)
         if isinstance(self.hybrid, dict):
             self.hybrid = HybridConfig(**self.hybrid)
+        if isinstance(self.dit, dict):
+            from .baselines.dit import DiTConfig
+
+            self.dit = DiTConfig(**self.dit)
         check_int(self.num_classes, "ParScaleEARConfig.num_classes", minimum=0)
         check_real(self.cfg, "ParScaleEARConfig.cfg", minimum=0.0)
         check_real(self.temperature, "ParScaleEARConfig.temperature", minimum=0.0, inclusive=False)
@@ -60,7 +66,12 @@ class ParScaleEAR(nn.Module):
         super().__init__()
         self.config = cfg = config or ParScaleEARConfig()
         self.vae = LiteVAE(cfg.vae)
-        self.hybrid = CoarseFineHybrid(cfg.hybrid, cfg.vae.latent_shape, cfg.num_classes)
+        if cfg.dit is not None:  # the peer takes the generator's place
+            from .baselines.dit import DiTBaseline
+
+            self.hybrid = DiTBaseline(cfg.dit, cfg.vae.latent_shape, cfg.num_classes)
+        else:
+            self.hybrid = CoarseFineHybrid(cfg.hybrid, cfg.vae.latent_shape, cfg.num_classes)
 
     # ------------------------------------------------------------------ info
     @property
@@ -82,28 +93,23 @@ class ParScaleEAR(nn.Module):
 
     # ------------------------------------------------------------------ sampling
     def draw_noise(self, seeds: Sequence[int], device: torch.device | str | None = None) -> dict:
-        """Per-image randomness: for each stage (head noise (B, N, noise_dim), order (B, N))."""
+        """Per-image randomness of each stage (coarse before fine), image i from seed i alone."""
         stages = self.hybrid.stages
-        per_stage = {name: ([], []) for name in stages}
+        per_stage = {name: [] for name in stages}
         for seed in seeds:
             g = torch.Generator().manual_seed(int(seed))
-            for name, stage in stages.items():  # always coarse before fine
-                per_stage[name][1].append(torch.randperm(stage.num_tokens, generator=g))
-                per_stage[name][0].append(torch.rand(stage.num_tokens, stage.config.noise_dim, generator=g) - 0.5)
+            for name, stage in stages.items():
+                per_stage[name].append(stage.draw(g))
         device = device or self.device
         dtype = next(self.parameters()).dtype
-        return {k: (torch.stack(n).to(device, dtype), torch.stack(o).to(device)) for k, (n, o) in per_stage.items()}
+        stack = lambda xs: torch.stack(xs).to(device, dtype if xs[0].is_floating_point() else xs[0].dtype)  # noqa: E731
+        return {k: tuple(stack(list(parts)) for parts in zip(*draws)) for k, draws in per_stage.items()}
 
     def draw_noise_on_device(self, batch: int, generator: torch.Generator | None = None) -> dict:
         """Batch randomness drawn on the model's device in one go: the fast path for timing and
         serving (capturable in a CUDA graph), not tied to per-image seeds."""
-        out, dtype = {}, next(self.parameters()).dtype
-        for name, stage in self.hybrid.stages.items():
-            N, dim = stage.num_tokens, stage.config.noise_dim
-            noise = torch.rand(batch, N, dim, generator=generator, device=self.device, dtype=dtype) - 0.5
-            order = torch.rand(batch, N, generator=generator, device=self.device).argsort(1)
-            out[name] = (noise, order)
-        return out
+        dtype = next(self.parameters()).dtype
+        return {name: stage.draw_batch(batch, self.device, dtype, generator) for name, stage in self.hybrid.stages.items()}
 
     def default_labels(self, seeds: Sequence[int]) -> torch.Tensor | None:
         """Labels cycle through the classes by seed, so image i's label depends only on seed + i."""
@@ -116,7 +122,7 @@ class ParScaleEAR(nn.Module):
 
         A pair is for the two-stage (full) model only: a one-stage model takes an int."""
         coarse, fine = self.hybrid.default_steps()
-        mode = self.config.hybrid.mode
+        mode = "dit" if self.config.dit is not None else self.config.hybrid.mode
         if steps is None:
             return coarse, fine
         if isinstance(steps, (tuple, list)):
@@ -126,7 +132,7 @@ class ParScaleEAR(nn.Module):
                 raise ValueError(f"steps: this {mode} model has one stage; pass an int, got the pair {tuple(steps)}")
             return check_int(steps[0], "steps[0] (coarse)"), check_int(steps[1], "steps[1] (fine)")
         steps = check_int(steps, "steps")
-        return (0, steps) if mode == "no_coarse" else (steps, fine)
+        return (0, steps) if mode in ("no_coarse", "dit") else (steps, fine)
 
     @torch.no_grad()
     def sample_latents(self, noise: dict, labels: torch.Tensor | None, steps=None, cfg: float = 1.0, temperature: float = 1.0) -> torch.Tensor:

@@ -30,6 +30,30 @@ def fmnist_32() -> ParScaleEARConfig:
     )
 
 
+def _fmnist_vae() -> LiteVAEConfig:
+    return LiteVAEConfig(image_size=32, in_channels=1, latent_channels=4, latent_size=16, dwt_levels=2,
+                         extractor_channels=32, aggregator_channels=64, decoder_channels=(128, 64))
+
+
+def fmnist_32_flow() -> ParScaleEARConfig:
+    """fmnist-32 with energy-flow stages: coarse 4x4x4 (16 tokens), fine residual as 2x2 patches
+    (64 tokens of 16 dims); each stage draws all its tokens jointly in every pass."""
+    return ParScaleEARConfig(
+        name="fmnist-32-flow",
+        num_classes=10,
+        vae=_fmnist_vae(),
+        hybrid=HybridConfig(
+            fine_patch=2,
+            coarse=GeneratorConfig(kind="flow", width=256, depth=4, heads=4, streams=2, head_width=256, head_depth=2,
+                                   noise_dim=16),
+            fine=GeneratorConfig(kind="flow", width=384, depth=6, heads=6, streams=2, head_width=384, head_depth=3,
+                                 noise_dim=32),
+            coarse_steps=2,
+            fine_steps=2,
+        ),
+    )
+
+
 def lite_256() -> ParScaleEARConfig:
     """256x256 RGB at the seed's 32x16x16 latent (f = 16, four Haar levels); ~30-40M generator params."""
     return ParScaleEARConfig(
@@ -63,8 +87,19 @@ def tiny_32() -> ParScaleEARConfig:
     )
 
 
+def tiny_32_flow() -> ParScaleEARConfig:
+    """tiny-32 with energy-flow stages and 2x2 fine patches (tests only)."""
+    c = tiny_32()
+    stage = dict(kind="flow", width=32, depth=1, heads=2, streams=2, prefix_len=2, head_width=32, head_depth=1,
+                 noise_dim=8, max_steps=4)
+    return apply_overrides(c, name="tiny-32-flow", hybrid={"fine_patch": 2, "coarse_steps": 2, "fine_steps": 2,
+                                                           "coarse": stage, "fine": dict(stage)})
+
+
 _PRESETS: dict[str, Callable[[], ParScaleEARConfig]] = {
     "fmnist-32": fmnist_32,
+    "fmnist-32-flow": fmnist_32_flow,
+    "tiny-32-flow": tiny_32_flow,
     "lite-256": lite_256,
     "tiny-32": tiny_32,
 }

@@ -9,11 +9,10 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
+import numpy as np  # noqa: F401
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from parscale_ear import evaluate, fid  # noqa: E402
-from parscale_ear.utils import atomic_path  # noqa: E402
 
 p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 p.add_argument("--device", default="cuda")
@@ -23,6 +22,5 @@ inception = fid.load_inception(args.device)
 for split in ("train", "test"):
     mu, sigma, n = evaluate.reference_statistics("fashion-mnist", split, inception=inception, batch_size=500)
     path = Path(args.out) / f"fashion-mnist-{split}.npz"
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez_compressed(f, mu=mu, sigma=sigma.astype(np.float32), num_images=np.int64(n))
+    fid.pack_statistics(path, mu, sigma.astype(np.float32), n)  # exact: sigma's upper triangle
     print(f"{path}: {n} images")

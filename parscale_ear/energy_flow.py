@@ -1,0 +1,171 @@
+"""EnergyFlowGenerator: a few-step generation stage trained with the energy score. From a noisy
+stage x_t = (1 - t) x0 + t eps, one pass draws a whole sample of x0: per-token noise xi enters the
+backbone (so all tokens are drawn jointly) and EAR's MLP head (noise -> token through adaLN); the
+backbone runs as P ParScale streams with learned prefixes and a learned aggregation.
+
+Energy score: EAR (Shao, Meng, Zhou, arXiv 2505.07812). A generative denoiser trained with a scoring
+rule and sampled with large DDIM-like steps: distributional diffusion (De Bortoli et al., arXiv
+2502.02483). Interpolation x_t: rectified flow (Liu et al. 2022). Streams: ParScale (arXiv 2505.10475).
+With one step it is a one-pass generator: x0 = G(eps, t=1, xi).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .generator import EnergyHead, GeneratorConfig
+from .layers import AdaLNBlock, StreamAggregator, modulate, timestep_embedding
+from .losses import energy_score_samples
+
+TIME_DIM = 256  # sinusoidal features of t
+
+
+def time_grid(steps: int, shift: float = 1.0) -> list[float]:
+    """steps + 1 times from 1 down to 0; shift > 1 spends more steps at high noise (SD3's shift)."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    ts = [1.0 - k / steps for k in range(steps + 1)]
+    return [shift * t / (1 + (shift - 1) * t) for t in ts]
+
+
+class EnergyFlowGenerator(nn.Module):
+    """A stage of N tokens (B, N, D): transformer with adaLN(t, class) over x_t + noise + context tokens."""
+
+    def __init__(self, config: GeneratorConfig, num_tokens: int, token_dim: int, num_classes: int = 0, context_dim: int = 0):
+        super().__init__()
+        self.config = cfg = config
+        self.num_tokens, self.token_dim = num_tokens, token_dim
+        self.num_classes, self.context_dim = num_classes, context_dim
+        d = cfg.width
+        self.token_in = nn.Linear(token_dim, d)
+        self.noise_in = nn.Linear(cfg.noise_dim, d)  # the noise enters the backbone, not only the head
+        self.context_in = nn.Linear(context_dim, d) if context_dim else None
+        self.pos_embed = nn.Parameter(torch.randn(num_tokens, d) * 0.02)
+        self.class_embed = nn.Embedding(num_classes + 1, d)  # index num_classes = null / unconditional
+        nn.init.normal_(self.class_embed.weight, std=0.02)
+        self.time_embed = nn.Sequential(nn.Linear(TIME_DIM, d), nn.SiLU(), nn.Linear(d, d))
+        P = cfg.streams
+        if P > 1:
+            self.stream_prefix = nn.Parameter(torch.randn(P, cfg.prefix_len, d) * 0.02)  # (P, Lp, d)
+            self.aggregate = StreamAggregator(d, P, cfg.agg_smoothing)
+        self.blocks = nn.ModuleList(AdaLNBlock(d, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
+        self.norm = nn.LayerNorm(d, elementwise_affine=False)
+        self.ada_out = nn.Linear(d, 2 * d)
+        nn.init.zeros_(self.ada_out.weight)
+        nn.init.zeros_(self.ada_out.bias)
+        self.head = EnergyHead(d, token_dim, cfg.head_width, cfg.head_depth, cfg.noise_dim)
+
+    @property
+    def null_class(self) -> int:
+        return self.num_classes
+
+    # ------------------------------------------------------------------ randomness
+    def draw(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """One image's randomness: per-step noise xi (S, N, noise_dim) in [-0.5, 0.5] and x_1 (N, D)."""
+        c = self.config
+        xi = torch.rand(c.max_steps, self.num_tokens, c.noise_dim, generator=generator) - 0.5
+        return xi, torch.randn(self.num_tokens, self.token_dim, generator=generator)
+
+    def draw_batch(self, batch: int, device, dtype, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        c = self.config
+        xi = torch.rand(batch, c.max_steps, self.num_tokens, c.noise_dim, generator=generator, device=device, dtype=dtype) - 0.5
+        return xi, torch.randn(batch, self.num_tokens, self.token_dim, generator=generator, device=device, dtype=dtype)
+
+    # ------------------------------------------------------------------ network
+    def hidden(self, x_t: torch.Tensor, t: torch.Tensor, xi: torch.Tensor, labels: torch.Tensor,
+               context: torch.Tensor | None = None) -> torch.Tensor:
+        """Aggregated hidden states (B, N, d) from x_t (B, N, D), t (B,), xi (B, N, noise_dim), labels (B,)."""
+        B, N, _ = x_t.shape
+        P = self.config.streams
+        x = self.token_in(x_t) + self.noise_in(xi.to(x_t.dtype)) + self.pos_embed
+        if self.context_in is not None:
+            x = x + self.context_in(context)
+        c = self.time_embed(timestep_embedding(t).to(x.dtype)) + self.class_embed(labels)  # (B, d)
+        if P > 1:  # P streams in one batched pass: (B * P, Lp + N, d)
+            prefix = self.stream_prefix[None].expand(B, -1, -1, -1).to(x.dtype)
+            x = torch.cat([prefix, x[:, None].expand(-1, P, -1, -1)], dim=2).flatten(0, 1)
+            c = c.repeat_interleave(P, dim=0)
+        for block in self.blocks:
+            x = block(x, c)
+        shift, scale = self.ada_out(torch.nn.functional.silu(c))[:, None].chunk(2, dim=-1)
+        h = modulate(self.norm(x), shift, scale)[:, -N:]  # (B * P, N, d)
+        if P > 1:
+            h, _ = self.aggregate(h)
+        return h
+
+    def _times(self, batch: int, device) -> torch.Tensor:
+        """Training times: t = 1 (the one-step case) with probability one_step_prob, else U(0, 1)."""
+        t = torch.rand(batch, device=device)
+        return torch.where(torch.rand(batch, device=device) < self.config.one_step_prob, torch.ones_like(t), t)
+
+    def loss(self, tokens: torch.Tensor, labels: torch.Tensor | None = None, context: torch.Tensor | None = None) -> torch.Tensor:
+        """Energy score of m samples of x0 given x_t, per token plus over the whole stage; global RNG."""
+        B, N, D = tokens.shape
+        c = self.config
+        device = tokens.device
+        if labels is None:
+            labels = torch.full((B,), self.null_class, dtype=torch.long, device=device)
+        elif c.class_dropout > 0:
+            drop = torch.rand(B, device=device) < c.class_dropout
+            labels = torch.where(drop, torch.full_like(labels, self.null_class), labels)
+        t = self._times(B, device)
+        x_t = (1 - t[:, None, None]) * tokens + t[:, None, None] * torch.randn_like(tokens)
+        m = c.samples
+        xi = torch.rand(m * B, N, c.noise_dim, device=device) - 0.5
+        rep = lambda a: None if a is None else a.repeat(m, *([1] * (a.ndim - 1)))  # noqa: E731  (m * B, ...)
+        h = self.hidden(rep(x_t), rep(t), xi, rep(labels), rep(context))
+        samples = self.head(h, xi.to(h.dtype)).float().view(m, B, N, D)
+        target = tokens.float()
+        loss = energy_score_samples(samples, target, c.alpha, c.tau)
+        if c.global_weight > 0:  # the whole stage as one vector: trains the joint, not only marginals
+            scale = 1.0 / math.sqrt(N)
+            loss = loss + c.global_weight * energy_score_samples(samples.flatten(2) * scale, target.flatten(1) * scale, c.alpha, c.tau)
+        return loss
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def sample(
+        self,
+        noise: torch.Tensor,
+        x_init: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        steps: int = 1,
+        cfg: float = 1.0,
+        temperature: float = 1.0,
+        context: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Tokens (B, N, D) in `steps` passes from x_1 = x_init; noise (B, S, N, noise_dim) gives step k its xi.
+
+        Each step draws x0 ~ G(x_t, t, xi_k) and moves to t' along the line through x_t and that
+        sample (DDIM with a sampled x0). CFG mixes hidden states before the head (EAR),
+        h = cfg h_c + (1 - cfg) h_u; temperature scales the head's adaLN shift (EAR).
+        """
+        B = x_init.shape[0]
+        if not 1 <= steps <= self.config.max_steps:
+            raise ValueError(f"steps must be in [1, {self.config.max_steps}] (the config's max_steps), got {steps}")
+        if cfg != 1.0 and self.num_classes == 0:
+            raise ValueError("cfg != 1 needs a class-conditional model; this one is unconditional")
+        if labels is None:
+            labels = torch.full((B,), self.null_class, dtype=torch.long, device=x_init.device)
+        times = time_grid(steps, self.config.time_shift)
+        x = x_init
+        for k in range(steps):
+            t, t_next = times[k], times[k + 1]
+            tt = torch.full((B,), t, device=x.device)
+            xi = noise[:, k]
+            if cfg != 1.0:
+                null = torch.full_like(labels, self.null_class)
+                ctx = None if context is None else torch.cat([context, context])
+                h_c, h_u = self.hidden(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([xi, xi]), torch.cat([labels, null]), ctx).chunk(2)
+                h = cfg * h_c + (1.0 - cfg) * h_u
+            else:
+                h = self.hidden(x, tt, xi, labels, context)
+            x0 = self.head(h, xi.to(h.dtype), temperature).to(x.dtype)
+            if t_next <= 0:
+                x = x0
+            else:
+                eps = (x - (1 - t) * x0) / t
+                x = (1 - t_next) * x0 + t_next * eps
+        return x
