@@ -1,0 +1,132 @@
+"""Fixed-budget quality harness: train a named recipe (ParScale-EAR preset or the DiT peer) on a
+VAE run's latents for a fixed number of GPU-minutes, then score each sampling schedule by FID against
+the train and test statistics, network passes per image and synchronised sampling ms/image.
+
+One row per schedule; rows go to JSON and Markdown with command, commit, device and date.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .pipeline import ParScaleEAR
+
+
+@dataclass
+class Schedule:
+    steps: object  # int (one stage / DiT) or (coarse, fine)
+    cfg: float = 1.0
+    temperature: float = 1.0
+
+    @property
+    def label(self) -> str:
+        steps = "+".join(map(str, self.steps)) if isinstance(self.steps, (tuple, list)) else str(self.steps)
+        return f"steps {steps}, cfg {self.cfg:g}, temp {self.temperature:g}"
+
+
+def parse_schedules(text: str) -> list[Schedule]:
+    """'1,1@2.0;2,2@1.5@0.9;8@2' -> schedules: steps[@cfg[@temperature]] separated by ';'."""
+    out = []
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        fields = part.split("@")
+        steps = tuple(int(s) for s in fields[0].split(","))
+        out.append(Schedule(steps[0] if len(steps) == 1 else steps, *(float(f) for f in fields[1:3])))
+    return out
+
+
+def passes_per_image(model: ParScaleEAR, schedule: Schedule) -> int:
+    """Backbone passes per image (the P streams of a pass run together in it); CFG doubles each."""
+    coarse, fine = model.resolve_steps(schedule.steps)
+    guided = 2 if schedule.cfg != 1.0 else 1
+    if model.config.dit is not None:
+        return model.hybrid.passes(fine) * guided
+    return (coarse + fine) * guided
+
+
+def time_sampling(model: ParScaleEAR, schedule: Schedule, batch: int, runs: int = 50, bf16: bool = True,
+                  graphs: bool = True) -> dict:
+    """ms/image (median and P99) of device noise -> latents -> pixels at a fixed batch, CUDA events."""
+    from .benchmark import cuda_graph, time_callable
+
+    device = model.device
+    steps = model.resolve_steps(schedule.steps)
+    amp = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 and device.type == "cuda" else nullcontext()
+    labels = torch.arange(batch, device=device) % max(1, model.config.num_classes) if model.config.num_classes else None
+
+    def run():
+        with torch.no_grad(), amp:
+            z = model.hybrid.sample(model.draw_noise_on_device(batch), labels, steps, schedule.cfg, schedule.temperature)
+            return model.vae.decode(z, check=False).clamp(-1, 1)
+
+    fn = run
+    if graphs and device.type == "cuda":
+        try:
+            fn = cuda_graph(run, device)
+        except RuntimeError as e:  # report, and time eagerly
+            print(f"graph capture failed ({str(e).splitlines()[0]}); timing eagerly", file=sys.stderr)
+    ms = torch.tensor(time_callable(fn, device, warmup=5, runs=runs)) / batch
+    return {"ms_per_image_p50": float(ms.median()), "ms_per_image_p99": float(ms.quantile(0.99))}
+
+
+@torch.no_grad()
+def generated_statistics(model: ParScaleEAR, schedule: Schedule, n: int, inception, batch_size: int = 1000,
+                         bf16: bool = True, seed: int = 0):
+    """FID statistics of n generated images (per-image seeds seed .. seed + n - 1)."""
+    from . import fid
+
+    device = model.device
+    amp = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 and device.type == "cuda" else nullcontext()
+    feats = []
+    with amp:
+        for images in model.iter_generate(n, cfg=schedule.cfg, temperature=schedule.temperature, steps=schedule.steps,
+                                          seed=seed, batch_size=batch_size):
+            feats.append(fid.inception_features(images.float().clamp(-1, 1), inception, batch_size=500))
+    import numpy as np
+
+    return fid.statistics(np.concatenate(feats))
+
+
+def evaluate_schedules(model: ParScaleEAR, schedules: list[Schedule], n: int, references: dict, inception,
+                       time_batches=(256, 16), seed: int = 0) -> list[dict]:
+    """One row per schedule: FID-n against each reference statistics, passes, ms/image per batch."""
+    from .fid import frechet_distance
+
+    rows = []
+    for s in schedules:
+        t0 = time.time()
+        stats = generated_statistics(model, s, n, inception, seed=seed)
+        row = {"schedule": s.label, "steps": list(model.resolve_steps(s.steps)), "cfg": s.cfg,
+               "temperature": s.temperature, "n": n, "passes_per_image": passes_per_image(model, s)}
+        for name, ref in references.items():
+            row[f"fid_{name}"] = round(frechet_distance(stats, ref), 3)
+        if model.device.type == "cuda":
+            for b in time_batches:
+                t = time_sampling(model, s, b)
+                row[f"ms_per_image_b{b}"] = round(t["ms_per_image_p50"], 4)
+                row[f"ms_per_image_b{b}_p99"] = round(t["ms_per_image_p99"], 4)
+        row["eval_s"] = round(time.time() - t0, 1)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    keys = [k for k in ("recipe", "seed", "train_minutes", "schedule", "passes_per_image", "fid_train", "fid_test",
+                        "ms_per_image_b256", "ms_per_image_b16", "ms_per_image_b16_p99") if any(k in r for r in rows)]
+    head = "| " + " | ".join(keys) + " |\n|" + " --- |" * len(keys) + "\n"
+    return head + "".join("| " + " | ".join(str(r.get(k, "")) for k in keys) + " |\n" for r in rows)
+
+
+def write_table(rows: list[dict], out: str | Path, meta: dict) -> None:
+    """results JSON (rows + meta) and a Markdown table beside it, both atomically."""
+    from .utils import atomic_write_json, atomic_write_text
+
+    out = Path(out)
+    atomic_write_json(out.with_suffix(".json"), {**meta, "rows": rows})
+    atomic_write_text(out.with_suffix(".md"), markdown(rows))

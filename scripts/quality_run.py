@@ -1,0 +1,85 @@
+"""Train one recipe for a fixed number of GPU-minutes on a VAE run's latents, then score its schedules.
+
+  python scripts/quality_run.py --vae runs/vae --recipe fmnist-32-flow --minutes 6 --out runs/q/ef \
+      --schedules '1,1;2,2;2,2@2' --n 10000
+  python scripts/quality_run.py --vae runs/vae --recipe dit-s --minutes 6 --out runs/q/dit --schedules '4;8;20;8@2'
+
+The step count is set from a 40-step throughput probe so the cosine schedule ends inside the budget;
+--max-minutes caps the run in any case. The VAE's own minutes (from its run) are reported beside.
+"""
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch  # noqa: E402
+
+from parscale_ear import fid, quality, train as T  # noqa: E402
+from parscale_ear.baselines.dit import PEERS  # noqa: E402
+from parscale_ear.benchmark import environment  # noqa: E402
+from parscale_ear.pipeline import ParScaleEARConfig  # noqa: E402
+from parscale_ear.presets import apply_overrides, get_config  # noqa: E402
+import dataclasses  # noqa: E402
+
+p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+p.add_argument("--vae", required=True)
+p.add_argument("--recipe", required=True, help="a preset name (fmnist-32-flow, ...) or a peer (dit-s, dit-b)")
+p.add_argument("--minutes", type=float, required=True, help="generator training budget (GPU-minutes)")
+p.add_argument("--out", required=True)
+p.add_argument("--schedules", required=True, help="steps[@cfg[@temperature]] separated by ';'")
+p.add_argument("--n", type=int, default=10000)
+p.add_argument("--seed", type=int, default=0)
+p.add_argument("--device", default="cuda")
+p.add_argument("--batch-size", type=int, default=256)
+p.add_argument("--lr", type=float, default=4e-4)
+p.add_argument("--ema-decay", type=float, default=0.999)
+p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+p.add_argument("--stats-dir", default=str(Path(__file__).resolve().parent.parent / "parscale_ear" / "stats"))
+args = p.parse_args()
+
+from parscale_ear.cli import _overrides  # noqa: E402
+
+vae_ckpt = T.load_checkpoint(args.vae)
+base = ParScaleEARConfig.from_dict(vae_ckpt["config"])
+if args.recipe in PEERS:
+    config = dataclasses.replace(base, name=args.recipe, dit=PEERS[args.recipe], cfg=1.0, temperature=1.0)
+else:
+    config = dataclasses.replace(get_config(args.recipe), vae=base.vae)
+config = apply_overrides(config, **_overrides(args.set))
+out = Path(args.out)
+device = args.device
+
+
+def tcfg(steps, max_minutes=0.0):
+    return T.TrainConfig(kind="generator", steps=steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=min(100, steps // 10),
+                         ema_decay=args.ema_decay, seed=args.seed, log_every=20, sample_every=10**9, ckpt_every=10**9,
+                         max_minutes=max_minutes, data=vae_ckpt["train"]["data"], vae_run=args.vae)
+
+
+probe = out.with_name(out.name + "-probe")
+T.train(tcfg(60), probe, config, device=device, progress=False)
+rows = T.read_metrics(probe / T.METRICS)
+rate = (rows[-1]["step"] - rows[0]["step"]) / (rows[-1]["elapsed_s"] - rows[0]["elapsed_s"])  # steps/s after warm-up
+shutil.rmtree(probe)
+steps = int(rate * 60 * args.minutes * 0.97)
+print(f"{args.recipe}: {rate:.2f} steps/s -> {steps} steps in {args.minutes} min", flush=True)
+t0 = time.time()
+T.train(tcfg(steps, max_minutes=args.minutes), out, config, device=device, progress=False)
+train_s = time.time() - t0
+done = T.read_metrics(out / T.METRICS)[-1]
+
+model = T.load_pipeline(out, device=device).eval()
+inception = fid.load_inception(device)
+refs = {name: fid.load_statistics(Path(args.stats_dir) / f"fashion-mnist-{name}.npz") for name in ("train", "test")}
+rows = quality.evaluate_schedules(model, quality.parse_schedules(args.schedules), args.n, refs, inception, seed=0)
+vae_rows = T.read_metrics(Path(args.vae) / T.METRICS)
+for r in rows:
+    r.update(recipe=args.recipe, seed=args.seed, train_minutes=round(train_s / 60, 2), train_steps=done["step"],
+             final_loss=done["loss"], vae_minutes=round(vae_rows[-1]["elapsed_s"] / 60, 2) if vae_rows else None)
+meta = {"command": "python " + " ".join(sys.argv), **environment(torch.device(device)),
+        "generator_params": model.num_parameters()["generator"], "batch_size": args.batch_size, "lr": args.lr}
+quality.write_table(rows, out / "quality", meta)
+print(quality.markdown(rows))
