@@ -61,7 +61,7 @@ else
 fi
 
 # The editable install is redone only when pyproject.toml changed since the last one.
-STEP="installing parscale-ear (pip install -e '.[dev]')"
+STEP="installing parscale-ear (pip install -e '.[dev,baselines]')"
 stamp="${VENV}/.parscale-ear-installed"
 want="$("${VPY}" -c 'import hashlib; print(hashlib.sha256(open("pyproject.toml", "rb").read()).hexdigest())')"
 if [[ -f "${stamp}" && "$(cat "${stamp}")" == "${want}" ]] \
@@ -69,7 +69,7 @@ if [[ -f "${stamp}" && "$(cat "${stamp}")" == "${want}" ]] \
     echo "setup_env.sh: parscale-ear already installed (editable), pyproject.toml unchanged"
 else
     rm -f "${stamp}"
-    "${VPY}" -m pip install -e '.[dev]'
+    "${VPY}" -m pip install -e '.[dev,baselines]'
     echo "${want}" > "${stamp}"
 fi
 

@@ -83,10 +83,14 @@ def generated_statistics(model: ParScaleEAR, schedule: Schedule, n: int, incepti
     device = model.device
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 and device.type == "cuda" else nullcontext()
     feats = []
-    with amp:
-        for images in model.iter_generate(n, cfg=schedule.cfg, temperature=schedule.temperature, steps=schedule.steps,
-                                          seed=seed, batch_size=batch_size):
-            feats.append(fid.inception_features(images.float().clamp(-1, 1), inception, batch_size=500))
+    batches = model.iter_generate(n, cfg=schedule.cfg, temperature=schedule.temperature, steps=schedule.steps,
+                                  seed=seed, batch_size=batch_size)
+    while True:
+        with amp:  # the generator in bf16; the Inception outside autocast, in float32
+            images = next(batches, None)
+        if images is None:
+            break
+        feats.append(fid.inception_features(images.float().clamp(-1, 1), inception, batch_size=500))
     import numpy as np
 
     return fid.statistics(np.concatenate(feats))

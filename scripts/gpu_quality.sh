@@ -13,11 +13,11 @@ if [[ "${4:-}" == vae ]]; then
     exit 0
 fi
 python scripts/quality_run.py --vae "$R/vae" --recipe dit-s --minutes "$M" --out "$R/dit" --n "$N" \
-    --batch-size 512 --lr 3e-4 --schedules '4;8;20;4@2;8@2;20@1.5'
+    --batch-size 512 --lr 3e-4 --schedules '4;8;20;8@1.5'
 python -m parscale_ear sample --ckpt "$R/dit" --n 100 --labels $(for i in $(seq 0 99); do echo $((i / 10)); done) \
     --steps 20 --cfg 1.5 --out "$R/dit_samples.png"
 python scripts/quality_run.py --vae "$R/vae" --recipe fmnist-32-flow --minutes "$M" --out "$R/ef" --n "$N" \
-    --batch-size 256 --lr 4e-4 --schedules '1,1;2,2;4,4;1,1@2;2,2@2;4,4@2;2,2@1.5'
+    --batch-size 256 --lr 4e-4 --schedules '1,1;2,2;2,2@2;4,4@2'
 python -m parscale_ear sample --ckpt "$R/ef" --n 100 --labels $(for i in $(seq 0 99); do echo $((i / 10)); done) \
     --steps 2,2 --cfg 2 --out "$R/ef_samples.png"
 echo ALL DONE

@@ -59,17 +59,24 @@ def tcfg(steps, max_minutes=0.0):
                          max_minutes=max_minutes, data=vae_ckpt["train"]["data"], vae_run=args.vae)
 
 
+if (out / T.CHECKPOINT).exists():  # trained already (an earlier call): evaluate it
+    done = T.read_metrics(out / T.METRICS)[-1]
+    train_s = done["elapsed_s"]
+    steps = None
+else:
+    steps = 0
 probe = out.with_name(out.name + "-probe")
-T.train(tcfg(60), probe, config, device=device, progress=False)
-rows = T.read_metrics(probe / T.METRICS)
-rate = (rows[-1]["step"] - rows[0]["step"]) / (rows[-1]["elapsed_s"] - rows[0]["elapsed_s"])  # steps/s after warm-up
-shutil.rmtree(probe)
-steps = int(rate * 60 * args.minutes * 0.97)
-print(f"{args.recipe}: {rate:.2f} steps/s -> {steps} steps in {args.minutes} min", flush=True)
-t0 = time.time()
-T.train(tcfg(steps, max_minutes=args.minutes), out, config, device=device, progress=False)
-train_s = time.time() - t0
-done = T.read_metrics(out / T.METRICS)[-1]
+if steps is not None:
+    T.train(tcfg(60), probe, config, device=device, progress=False)
+    rows = T.read_metrics(probe / T.METRICS)
+    rate = (rows[-1]["step"] - rows[0]["step"]) / (rows[-1]["elapsed_s"] - rows[0]["elapsed_s"])  # steps/s after warm-up
+    shutil.rmtree(probe)
+    steps = int(rate * 60 * args.minutes * 0.97)
+    print(f"{args.recipe}: {rate:.2f} steps/s -> {steps} steps in {args.minutes} min", flush=True)
+    t0 = time.time()
+    T.train(tcfg(steps, max_minutes=args.minutes), out, config, device=device, progress=False)
+    train_s = time.time() - t0
+    done = T.read_metrics(out / T.METRICS)[-1]
 
 model = T.load_pipeline(out, device=device).eval()
 inception = fid.load_inception(device)

@@ -1,17 +1,14 @@
-"""The energy-flow stage (noise through backbone and head, energy score per token and per stage) and
-the diffusers DiT peer, on tiny CPU configs."""
+"""The energy-flow stage (noise through backbone and head, energy score per token and per stage) on
+tiny CPU configs."""
 import numpy as np
 import pytest
 import torch
 
 import parscale_ear as pe
-from parscale_ear.cli import main
 from parscale_ear.energy_flow import time_grid
 from parscale_ear.losses import energy_score_loss, energy_score_samples
 
 from helpers import perturb_
-
-TINY_DIT = ["dit.num_layers=1", "dit.heads=2", "dit.head_dim=8"]
 
 
 @pytest.fixture
@@ -99,61 +96,3 @@ def test_flow_save_load_round_trip(tmp_path, flow):
     flow.save_pretrained(tmp_path / "rel")
     same = pe.ParScaleEAR.from_pretrained(tmp_path / "rel")
     assert torch.equal(same.generate(3, seed=1), flow.generate(3, seed=1))
-
-
-# ----------------------------------------------------------------------------- DiT peer
-pytest.importorskip("diffusers")
-
-
-@pytest.fixture
-def dit():
-    torch.manual_seed(0)
-    return perturb_(pe.create_model("tiny-32", dit={"num_layers": 1, "heads": 2, "head_dim": 8})).eval()
-
-
-def test_dit_is_diffusers_and_trains(dit):
-    from diffusers import DiTTransformer2DModel
-
-    assert isinstance(dit.hybrid.dit, DiTTransformer2DModel)
-    latents = torch.randn(4, 4, 16, 16)
-    dit.train()
-    losses = dit.hybrid.loss(latents, torch.arange(4))
-    losses["loss"].backward()
-    assert torch.isfinite(losses["loss"]) and dit.hybrid.dit.proj_out_2.weight.grad.abs().sum() > 0
-
-
-@pytest.mark.parametrize("solver", ["euler", "heun"])
-def test_dit_sampling_is_per_image(solver):
-    torch.manual_seed(0)
-    model = perturb_(pe.create_model("tiny-32", dit={"num_layers": 1, "heads": 2, "head_dim": 8, "solver": solver})).eval()
-    a = model.generate(4, seed=2, batch_size=4, steps=3, cfg=2.0)
-    b = model.generate(4, seed=2, batch_size=3, steps=3, cfg=2.0)
-    assert torch.allclose(a, b, atol=1e-5) and a.shape == (4, 1, 32, 32)
-    assert model.hybrid.passes(3) == (3 if solver == "euler" else 5)
-    with pytest.raises(ValueError, match="one stage"):
-        model.generate(2, steps=(1, 2))
-
-
-def test_dit_exact_euler_on_a_known_velocity(dit, monkeypatch):
-    """With v(x, t) = x the flow ODE dx/dt = x from t = 1 to 0 gives x_0 = x_1 * prod(1 - dt)."""
-    monkeypatch.setattr(dit.hybrid, "velocity", lambda x, t, labels: x)
-    x1 = torch.randn(2, 4, 16, 16)
-    dit.hybrid.latent_std.fill_(1.0)
-    out = dit.hybrid.sample({"dit": (x1,)}, torch.tensor([0, 1]), (0, 4))
-    assert torch.allclose(out, x1 * 0.75**4)
-
-
-def test_cli_trains_and_samples_the_peer(tmp_path, capsys):
-    rng = np.random.default_rng(0)
-    data = tmp_path / "d.npz"
-    np.savez(data, images=rng.integers(0, 255, (16, 32, 32), dtype=np.uint8), labels=np.arange(16) % 10)
-    common = ["--steps", "2", "--batch-size", "8", "--no-progress", "--sample-every", "100", "--device", "cpu"]
-    assert main(["train-vae", "--preset", "tiny-32", "--data", str(data), "--out", str(tmp_path / "vae"), *common]) == 0
-    assert main(["train", "--vae", str(tmp_path / "vae"), "--peer", "dit-s", "--out", str(tmp_path / "dit"), *common,
-                 "--set", *TINY_DIT]) == 0
-    assert main(["train", "--vae", str(tmp_path / "vae"), "--preset", "tiny-32-flow", "--out", str(tmp_path / "ef"), *common]) == 0
-    for run in ("dit", "ef"):
-        assert main(["sample", "--ckpt", str(tmp_path / run), "--n", "3", "--out", str(tmp_path / f"{run}.png")]) == 0
-        assert (tmp_path / f"{run}.png").stat().st_size > 0
-    model = pe.ParScaleEAR.from_pretrained(pe.train.export(tmp_path / "dit", tmp_path / "dit-rel"))
-    assert model.config.dit is not None and model.config.name == "dit-s"
