@@ -31,17 +31,9 @@ def energy_score_loss(
     x1, x2: two independent samples (..., D) for the same condition; target y (..., D);
     weight (...,) selects the tokens that count (EAR: the masked ones). alpha in (0, 2), tau <= 1.
     """
-    if not 0 < alpha < 2:
-        raise ValueError(f"energy_score_loss: alpha must be in (0, 2), got {alpha}")
-    if not 0 <= tau <= 1:
-        raise ValueError(f"energy_score_loss: tau must be in [0, 1] (tau > 1 is unbounded), got {tau}")
     if x1.shape != target.shape or x2.shape != target.shape:
         raise ValueError(f"energy_score_loss: shapes differ: {tuple(x1.shape)}, {tuple(x2.shape)}, {tuple(target.shape)}")
-    per_token = _norm_pow(x1 - target, alpha) + _norm_pow(x2 - target, alpha) - tau * _norm_pow(x1 - x2, alpha)
-    if weight is None:
-        return per_token.mean()
-    weight = weight.to(per_token.dtype)
-    return (per_token * weight).sum() / weight.sum().clamp_min(1.0)
+    return energy_score_samples(torch.stack([x1, x2]), target, alpha, tau, weight)
 
 
 def energy_score_samples(
