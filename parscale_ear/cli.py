@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write a generator run in the release format (config.json + model.safetensors)")
     p.add_argument("--run", required=True)
     p.add_argument("--out", required=True)
+    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
+                   help="dtype of the stored parameters (default %(default)s; half types halve the file)")
 
     sub.add_parser("fid", help="FID between two folders / .npz image files / statistics files", add_help=False)
     sub.add_parser("fid-weights", help="convert the offline InceptionV3 into pytorch-fid's weight file", add_help=False)
@@ -224,7 +226,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "export":
             from .train import export
 
-            print(f"wrote {export(args.run, args.out)}")
+            import torch
+
+            print(f"wrote {export(args.run, args.out, getattr(torch, args.dtype))}")
             return 0
     except USER_ERRORS as e:
         print(f"parscale-ear: error: {e}", file=sys.stderr)

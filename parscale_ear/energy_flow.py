@@ -76,21 +76,30 @@ class EnergyFlowGenerator(nn.Module):
     # ------------------------------------------------------------------ network
     def hidden(self, x_t: torch.Tensor, t: torch.Tensor, xi: torch.Tensor, labels: torch.Tensor,
                context: torch.Tensor | None = None) -> torch.Tensor:
-        """Aggregated hidden states (B, N, d) from x_t (B, N, D), t (B,), xi (B, N, noise_dim), labels (B,)."""
+        """Aggregated hidden states (m B, N, d) from x_t (B, N, D), t (B,), labels (B,) and m draws of
+        noise xi (m B, N, noise_dim), draw j of example b at row j B + b. The blocks before the last
+        `noise_blocks` see no noise and run once per example; the rest run once per draw."""
         B, N, _ = x_t.shape
+        m = xi.shape[0] // B
         P = self.config.streams
-        x = self.token_in(x_t) + self.noise_in(xi.to(x_t.dtype)) + self.pos_embed
+        x = self.token_in(x_t) + self.pos_embed
         if self.context_in is not None:
             x = x + self.context_in(context)
         c = self.time_embed(timestep_embedding(t).to(x.dtype)) + self.class_embed(labels)  # (B, d)
-        if P > 1:  # P streams in one batched pass: (B * P, Lp + N, d)
+        if P > 1:  # P streams in one batched pass: (B * P, Lp + N, d), row b P + p
             prefix = self.stream_prefix[None].expand(B, -1, -1, -1).to(x.dtype)
             x = torch.cat([prefix, x[:, None].expand(-1, P, -1, -1)], dim=2).flatten(0, 1)
             c = c.repeat_interleave(P, dim=0)
-        for block in self.blocks:
+        split = self.config.depth - self.config.noise_blocks if self.config.noise_blocks else 0
+        for block in self.blocks[:split]:
+            x = block(x, c)
+        x, c = x.repeat(m, 1, 1), c.repeat(m, 1)  # (m B P, L, d), row (j B + b) P + p
+        noise = self.noise_in(xi.to(x.dtype)).repeat_interleave(P, dim=0)
+        x = torch.cat([x[:, :-N], x[:, -N:] + noise], dim=1)
+        for block in self.blocks[split:]:
             x = block(x, c)
         shift, scale = self.ada_out(torch.nn.functional.silu(c))[:, None].chunk(2, dim=-1)
-        h = modulate(self.norm(x), shift, scale)[:, -N:]  # (B * P, N, d)
+        h = modulate(self.norm(x), shift, scale)[:, -N:]  # (m B P, N, d)
         if P > 1:
             h, _ = self.aggregate(h)
         return h
@@ -114,8 +123,7 @@ class EnergyFlowGenerator(nn.Module):
         x_t = (1 - t[:, None, None]) * tokens + t[:, None, None] * torch.randn_like(tokens)
         m = c.samples
         xi = torch.rand(m * B, N, c.noise_dim, device=device) - 0.5
-        rep = lambda a: None if a is None else a.repeat(m, *([1] * (a.ndim - 1)))  # noqa: E731  (m * B, ...)
-        h = self.hidden(rep(x_t), rep(t), xi, rep(labels), rep(context))
+        h = self.hidden(x_t, t, xi, labels, context)  # (m B, N, d)
         samples = self.head(h, xi.to(h.dtype)).float().view(m, B, N, D)
         target = tokens.float()
         loss = energy_score_samples(samples, target, c.alpha, c.tau)

@@ -44,6 +44,9 @@ class GeneratorConfig:
     mask_ratio_std: float = 0.25
     # kind "flow" only
     samples: int = 2  # m samples per target in the energy score (all pairs repel)
+    # the noise enters before the last noise_blocks blocks (0: at the input, all blocks see it); the
+    # blocks before run once per example and are shared by its m training samples
+    noise_blocks: int = 0
     global_weight: float = 1.0  # weight of the whole-stage energy score beside the per-token one
     one_step_prob: float = 0.25  # share of training draws at t = 1 (the one-pass case)
     time_shift: float = 1.0  # sampling grid shift (> 1: more steps at high noise)
@@ -54,6 +57,9 @@ class GeneratorConfig:
             raise ValueError(f"GeneratorConfig: kind must be 'mar' or 'flow', got {self.kind!r}")
         check_int(self.samples, "GeneratorConfig.samples", minimum=2)
         check_int(self.max_steps, "GeneratorConfig.max_steps")
+        check_int(self.noise_blocks, "GeneratorConfig.noise_blocks", minimum=0)
+        if self.noise_blocks > self.depth:
+            raise ValueError(f"GeneratorConfig: noise_blocks {self.noise_blocks} exceeds depth {self.depth}")
         check_real(self.global_weight, "GeneratorConfig.global_weight", minimum=0.0)
         check_real(self.time_shift, "GeneratorConfig.time_shift", minimum=0.0, inclusive=False)
         if not 0 <= self.one_step_prob <= 1:

@@ -195,9 +195,11 @@ class ParScaleEAR(nn.Module):
         return recon.to(images.dtype)
 
     # ------------------------------------------------------------------ save / load
-    def save_pretrained(self, directory: str | Path) -> Path:
+    def save_pretrained(self, directory: str | Path, dtype: torch.dtype | None = None) -> Path:
         """Write config.json + model.safetensors into `directory` (created if needed), each file
-        atomically; other files in the folder are left alone (as diffusers does)."""
+        atomically; other files in the folder are left alone (as diffusers does). `dtype`
+        (torch.float16 / bfloat16) stores the parameters at half size; buffers stay float32 and
+        `from_pretrained` loads either as float32."""
         from safetensors.torch import save_file
 
         from . import __version__
@@ -209,7 +211,11 @@ class ParScaleEAR(nn.Module):
         prepare_output_folder(directory, "save_pretrained:")
         remove_stale_temporaries(directory, (CONFIG_NAME, WEIGHTS_NAME))
         meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "library_version": __version__}
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        if dtype not in (None, torch.float32, torch.float16, torch.bfloat16):
+            raise ValueError(f"save_pretrained: dtype must be float32, float16 or bfloat16, got {dtype}")
+        params = {k for k, _ in self.named_parameters()}
+        state = {k: (v.to(dtype) if dtype is not None and k in params else v).detach().contiguous().cpu()
+                 for k, v in self.state_dict().items()}
         # weights first: a config.json never points at weights that are not there yet
         with atomic_path(directory / WEIGHTS_NAME) as tmp:
             save_file(state, str(tmp), metadata={"format": FORMAT})

@@ -442,9 +442,9 @@ def latent_scale(vae, data: ImageData, device: torch.device, n: int = 5000) -> f
     return float(1.0 / z.std().clamp_min(1e-6))
 
 
-def export(run: str | Path, out: str | Path) -> Path:
+def export(run: str | Path, out: str | Path, dtype: torch.dtype | None = None) -> Path:
     """Write a run's EMA pipeline in the release format (config.json + model.safetensors) into `out`,
-    which must not be the run folder or inside it."""
+    which must not be the run folder or inside it; `dtype` float16/bfloat16 halves the weights."""
     ckpt = load_checkpoint(run)
     if ckpt["kind"] != "generator":
         raise ValueError(f"export: {run} is a {ckpt['kind']} run; export a generator run (trained with `parscale-ear train`)")
@@ -452,4 +452,4 @@ def export(run: str | Path, out: str | Path) -> Path:
     target = Path(out).resolve()
     if target == run_dir.resolve() or run_dir.resolve() in target.parents:
         raise ValueError(f"export: --out {out} is the run folder or inside it; choose a folder outside {run_dir}")
-    return model_from_checkpoint(ckpt).save_pretrained(out)
+    return model_from_checkpoint(ckpt).save_pretrained(out, dtype)

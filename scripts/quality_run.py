@@ -36,6 +36,7 @@ p.add_argument("--device", default="cuda")
 p.add_argument("--batch-size", type=int, default=256)
 p.add_argument("--lr", type=float, default=4e-4)
 p.add_argument("--ema-decay", type=float, default=0.999)
+p.add_argument("--head-lr-ratio", type=float, default=0.25, help="energy head lr / --lr (EAR: 0.25)")
 p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
 p.add_argument("--stats-dir", default=str(Path(__file__).resolve().parent.parent / "parscale_ear" / "stats"))
 args = p.parse_args()
@@ -55,7 +56,7 @@ device = args.device
 
 def tcfg(steps, max_minutes=0.0):
     return T.TrainConfig(kind="generator", steps=steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=min(100, steps // 10),
-                         ema_decay=args.ema_decay, seed=args.seed, log_every=20, sample_every=10**9, ckpt_every=10**9,
+                         ema_decay=args.ema_decay, head_lr_ratio=args.head_lr_ratio, seed=args.seed, log_every=20, sample_every=10**9, ckpt_every=10**9,
                          max_minutes=max_minutes, data=vae_ckpt["train"]["data"], vae_run=args.vae)
 
 
@@ -87,6 +88,7 @@ for r in rows:
     r.update(recipe=args.recipe, seed=args.seed, train_minutes=round(train_s / 60, 2), train_steps=done["step"],
              final_loss=done["loss"], vae_minutes=round(vae_rows[-1]["elapsed_s"] / 60, 2) if vae_rows else None)
 meta = {"command": "python " + " ".join(sys.argv), **environment(torch.device(device)),
-        "generator_params": model.num_parameters()["generator"], "batch_size": args.batch_size, "lr": args.lr}
+        "generator_params": model.num_parameters()["generator"], "batch_size": args.batch_size, "lr": args.lr,
+        "head_lr_ratio": args.head_lr_ratio, "overrides": args.set}
 quality.write_table(rows, out / "quality", meta)
 print(quality.markdown(rows))

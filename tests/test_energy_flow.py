@@ -96,3 +96,32 @@ def test_flow_save_load_round_trip(tmp_path, flow):
     flow.save_pretrained(tmp_path / "rel")
     same = pe.ParScaleEAR.from_pretrained(tmp_path / "rel")
     assert torch.equal(same.generate(3, seed=1), flow.generate(3, seed=1))
+
+
+@pytest.mark.parametrize("noise_blocks", [0, 1, 2])
+def test_shared_trunk_gives_each_draw_its_own_pass(noise_blocks):
+    """m draws through one call equal m separate calls, whichever block the noise enters before."""
+    torch.manual_seed(0)
+    stage = dict(kind="flow", width=32, depth=2, heads=2, streams=2, prefix_len=2, head_width=32, head_depth=1,
+                 noise_dim=8, max_steps=4, noise_blocks=noise_blocks)
+    model = perturb_(pe.create_model("tiny-32-flow", hybrid={"coarse": stage, "fine": dict(stage)})).eval()
+    fine = model.hybrid.fine
+    B, m = 3, 3
+    x_t, t = torch.randn(B, 64, 16), torch.rand(B)
+    labels, context = torch.tensor([0, 4, 10]), torch.randn(B, 64, 16)
+    xi = torch.rand(m * B, 64, 8) - 0.5
+    with torch.no_grad():
+        joint = fine.hidden(x_t, t, xi, labels, context)
+        apart = torch.cat([fine.hidden(x_t, t, xi[j * B:(j + 1) * B], labels, context) for j in range(m)])
+    assert joint.shape == (m * B, 64, 32)
+    torch.testing.assert_close(joint, apart, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(joint[:B], joint[B:2 * B])  # the draws differ
+    if noise_blocks:  # the trunk before the noise is deterministic: one draw's blocks see the same input
+        losses = model.hybrid.loss(torch.randn(4, 4, 16, 16), torch.arange(4))
+        losses["loss"].backward()
+        assert all(p.grad is not None for p in fine.noise_in.parameters())
+
+
+def test_noise_blocks_is_checked():
+    with pytest.raises(ValueError, match="noise_blocks 3 exceeds depth 2"):
+        pe.GeneratorConfig(kind="flow", depth=2, noise_blocks=3)

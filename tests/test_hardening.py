@@ -328,3 +328,20 @@ def test_fid_weights_are_checked_and_never_unpickled(tmp_path, monkeypatch):
     torch.save({"w": torch.zeros(1)}, path)  # changed after conversion: the record no longer matches
     with pytest.raises(fid_mod.FIDWeightsError, match="was changed"):
         fid_mod.load_inception("cpu")
+
+
+def test_save_pretrained_half_weights_load_back_as_float32(tmp_path):
+    import parscale_ear as pe
+
+    torch.manual_seed(0)
+    model = pe.create_model("tiny-32-flow").eval()
+    model.save_pretrained(tmp_path / "full")
+    model.save_pretrained(tmp_path / "half", dtype=torch.float16)
+    full, half = (tmp_path / n / "model.safetensors" for n in ("full", "half"))
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    loaded = pe.ParScaleEAR.from_pretrained(tmp_path / "half")
+    for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert b.dtype == a.dtype, name
+        torch.testing.assert_close(b, a.half().to(a.dtype) if a.is_floating_point() and "std" not in name else a)
+    with pytest.raises(ValueError, match="dtype must be"):
+        model.save_pretrained(tmp_path / "bad", dtype=torch.int8)
