@@ -40,7 +40,8 @@ class EnergyFlowGenerator(nn.Module):
         self.num_classes, self.context_dim = num_classes, context_dim
         d = cfg.width
         self.token_in = nn.Linear(token_dim, d)
-        self.noise_in = nn.Linear(cfg.noise_dim, d)  # the noise enters the backbone, not only the head
+        # the noise enters the backbone (all tokens drawn jointly in one pass), or only the head
+        self.noise_in = nn.Linear(cfg.noise_dim, d) if cfg.backbone_noise else None
         self.context_in = nn.Linear(context_dim, d) if context_dim else None
         self.pos_embed = nn.Parameter(torch.randn(num_tokens, d) * 0.02)
         self.class_embed = nn.Embedding(num_classes + 1, d)  # index num_classes = null / unconditional
@@ -56,6 +57,11 @@ class EnergyFlowGenerator(nn.Module):
         nn.init.zeros_(self.ada_out.weight)
         nn.init.zeros_(self.ada_out.bias)
         self.head = EnergyHead(d, token_dim, cfg.head_width, cfg.head_depth, cfg.noise_dim)
+        self.mean_out = None
+        if cfg.mean_weight > 0:  # DiT-style zero-initialised output layer for the conditional mean of x0
+            self.mean_out = nn.Linear(d, token_dim)
+            nn.init.zeros_(self.mean_out.weight)
+            nn.init.zeros_(self.mean_out.bias)
 
     @property
     def null_class(self) -> int:
@@ -74,13 +80,14 @@ class EnergyFlowGenerator(nn.Module):
         return xi, torch.randn(batch, self.num_tokens, self.token_dim, generator=generator, device=device, dtype=dtype)
 
     # ------------------------------------------------------------------ network
-    def hidden(self, x_t: torch.Tensor, t: torch.Tensor, xi: torch.Tensor, labels: torch.Tensor,
+    def hidden(self, x_t: torch.Tensor, t: torch.Tensor, xi: torch.Tensor | None, labels: torch.Tensor,
                context: torch.Tensor | None = None) -> torch.Tensor:
         """Aggregated hidden states (m B, N, d) from x_t (B, N, D), t (B,), labels (B,) and m draws of
         noise xi (m B, N, noise_dim), draw j of example b at row j B + b. The blocks before the last
-        `noise_blocks` see no noise and run once per example; the rest run once per draw."""
+        `noise_blocks` see no noise and run once per example; the rest run once per draw. Without
+        backbone noise, xi is None and the result is (B, N, d)."""
         B, N, _ = x_t.shape
-        m = xi.shape[0] // B
+        m = 1 if xi is None else xi.shape[0] // B
         P = self.config.streams
         x = self.token_in(x_t) + self.pos_embed
         if self.context_in is not None:
@@ -91,11 +98,14 @@ class EnergyFlowGenerator(nn.Module):
             x = torch.cat([prefix, x[:, None].expand(-1, P, -1, -1)], dim=2).flatten(0, 1)
             c = c.repeat_interleave(P, dim=0)
         split = self.config.depth - self.config.noise_blocks if self.config.noise_blocks else 0
+        if self.noise_in is None:
+            split = self.config.depth
         for block in self.blocks[:split]:
             x = block(x, c)
-        x, c = x.repeat(m, 1, 1), c.repeat(m, 1)  # (m B P, L, d), row (j B + b) P + p
-        noise = self.noise_in(xi.to(x.dtype)).repeat_interleave(P, dim=0)
-        x = torch.cat([x[:, :-N], x[:, -N:] + noise], dim=1)
+        if self.noise_in is not None:
+            x, c = x.repeat(m, 1, 1), c.repeat(m, 1)  # (m B P, L, d), row (j B + b) P + p
+            noise = self.noise_in(xi.to(x.dtype)).repeat_interleave(P, dim=0)
+            x = torch.cat([x[:, :-N], x[:, -N:] + noise], dim=1)
         for block in self.blocks[split:]:
             x = block(x, c)
         shift, scale = self.ada_out(torch.nn.functional.silu(c))[:, None].chunk(2, dim=-1)
@@ -123,13 +133,23 @@ class EnergyFlowGenerator(nn.Module):
         x_t = (1 - t[:, None, None]) * tokens + t[:, None, None] * torch.randn_like(tokens)
         m = c.samples
         xi = torch.rand(m * B, N, c.noise_dim, device=device) - 0.5
-        h = self.hidden(x_t, t, xi, labels, context)  # (m B, N, d)
+        if self.noise_in is not None:
+            h = self.hidden(x_t, t, xi, labels, context)  # (m B, N, d)
+        else:  # one backbone pass; the head draws the m samples
+            h = self.hidden(x_t, t, None, labels, context).repeat(m, 1, 1)
         samples = self.head(h, xi.to(h.dtype)).float().view(m, B, N, D)
         target = tokens.float()
+        mse = None
+        if self.mean_out is not None:  # samples = mean + residual; the mean learns by regression
+            mean = self.mean_out(h[:B]).float()
+            mse = torch.nn.functional.mse_loss(mean, target)
+            samples = mean.detach()[None] + samples
         loss = energy_score_samples(samples, target, c.alpha, c.tau)
         if c.global_weight > 0:  # the whole stage as one vector: trains the joint, not only marginals
             scale = 1.0 / math.sqrt(N)
             loss = loss + c.global_weight * energy_score_samples(samples.flatten(2) * scale, target.flatten(1) * scale, c.alpha, c.tau)
+        if mse is not None:
+            loss = loss + c.mean_weight * mse
         return loss
 
     # ------------------------------------------------------------------ sampling
@@ -148,7 +168,8 @@ class EnergyFlowGenerator(nn.Module):
 
         Each step draws x0 ~ G(x_t, t, xi_k) and moves to t' along the line through x_t and that
         sample (DDIM with a sampled x0). CFG mixes hidden states before the head (EAR),
-        h = cfg h_c + (1 - cfg) h_u; temperature scales the head's adaLN shift (EAR).
+        h = cfg h_c + (1 - cfg) h_u; temperature scales the head's adaLN shift (EAR), or, with a mean
+        head, the residual: x0 = mean + temperature * residual.
         """
         B = x_init.shape[0]
         if not 1 <= steps <= self.config.max_steps:
@@ -163,14 +184,19 @@ class EnergyFlowGenerator(nn.Module):
             t, t_next = times[k], times[k + 1]
             tt = torch.full((B,), t, device=x.device)
             xi = noise[:, k]
+            xb = xi if self.noise_in is not None else None
             if cfg != 1.0:
                 null = torch.full_like(labels, self.null_class)
                 ctx = None if context is None else torch.cat([context, context])
-                h_c, h_u = self.hidden(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([xi, xi]), torch.cat([labels, null]), ctx).chunk(2)
+                h_c, h_u = self.hidden(torch.cat([x, x]), torch.cat([tt, tt]), None if xb is None else torch.cat([xb, xb]),
+                                       torch.cat([labels, null]), ctx).chunk(2)
                 h = cfg * h_c + (1.0 - cfg) * h_u
             else:
-                h = self.hidden(x, tt, xi, labels, context)
-            x0 = self.head(h, xi.to(h.dtype), temperature).to(x.dtype)
+                h = self.hidden(x, tt, xb, labels, context)
+            if self.mean_out is not None:
+                x0 = (self.mean_out(h) + temperature * self.head(h, xi.to(h.dtype))).to(x.dtype)
+            else:
+                x0 = self.head(h, xi.to(h.dtype), temperature).to(x.dtype)
             if t_next <= 0:
                 x = x0
             else:

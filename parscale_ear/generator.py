@@ -47,6 +47,10 @@ class GeneratorConfig:
     # the noise enters before the last noise_blocks blocks (0: at the input, all blocks see it); the
     # blocks before run once per example and are shared by its m training samples
     noise_blocks: int = 0
+    backbone_noise: bool = True  # False: the noise enters only the EAR head (the backbone runs once per example)
+    # > 0: a linear mean head on the (noise-free) hidden state is trained by MSE with this weight, and a
+    # sample is mean + head residual, the residual trained by the energy score; needs backbone_noise False
+    mean_weight: float = 0.0
     global_weight: float = 1.0  # weight of the whole-stage energy score beside the per-token one
     one_step_prob: float = 0.25  # share of training draws at t = 1 (the one-pass case)
     time_shift: float = 1.0  # sampling grid shift (> 1: more steps at high noise)
@@ -61,6 +65,9 @@ class GeneratorConfig:
         if self.noise_blocks > self.depth:
             raise ValueError(f"GeneratorConfig: noise_blocks {self.noise_blocks} exceeds depth {self.depth}")
         check_real(self.global_weight, "GeneratorConfig.global_weight", minimum=0.0)
+        check_real(self.mean_weight, "GeneratorConfig.mean_weight", minimum=0.0)
+        if self.mean_weight > 0 and self.backbone_noise:
+            raise ValueError("GeneratorConfig: mean_weight > 0 needs backbone_noise False (the mean must not depend on the noise)")
         check_real(self.time_shift, "GeneratorConfig.time_shift", minimum=0.0, inclusive=False)
         if not 0 <= self.one_step_prob <= 1:
             raise ValueError(f"GeneratorConfig: one_step_prob must be in [0, 1], got {self.one_step_prob}")

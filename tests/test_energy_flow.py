@@ -125,3 +125,33 @@ def test_shared_trunk_gives_each_draw_its_own_pass(noise_blocks):
 def test_noise_blocks_is_checked():
     with pytest.raises(ValueError, match="noise_blocks 3 exceeds depth 2"):
         pe.GeneratorConfig(kind="flow", depth=2, noise_blocks=3)
+
+
+def test_mean_head_variant_trains_every_part_and_samples():
+    """backbone_noise False + mean_weight: one backbone pass, x0 = mean + energy-head residual."""
+    torch.manual_seed(0)
+    stage = dict(kind="flow", width=32, depth=1, heads=2, streams=2, prefix_len=2, head_width=32, head_depth=1,
+                 noise_dim=8, max_steps=4, backbone_noise=False, mean_weight=1.0, samples=3)
+    model = perturb_(pe.create_model("tiny-32-flow", hybrid={"coarse": stage, "fine": dict(stage)}))
+    fine = model.hybrid.fine
+    assert fine.noise_in is None and fine.mean_out is not None
+    model.hybrid.loss(torch.randn(6, 4, 16, 16), torch.arange(6))["loss"].backward()
+    dead = [n for n, p in model.hybrid.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert dead == []
+    model.eval()
+    a = model.generate(2, labels=[1, 2], seed=0, steps=(2, 2), cfg=1.5)
+    b = model.generate(2, labels=[1, 2], seed=0, steps=(2, 2), cfg=1.5)
+    c = model.generate(2, labels=[1, 2], seed=5, steps=(2, 2), cfg=1.5)
+    assert a.shape == (2, 1, 32, 32) and torch.equal(a, b) and not torch.allclose(a, c)
+    # temperature 0 gives the mean path: the head's residual is switched off, the noise then only moves x_1
+    with torch.no_grad():
+        x = torch.randn(2, 64, 16)
+        xi = torch.rand(2, 4, 64, 8) - 0.5
+        cold = fine.sample(xi, x, torch.tensor([1, 2]), steps=1, temperature=0.0, context=torch.zeros(2, 64, 16))
+        other = fine.sample(xi.flip(0), x, torch.tensor([1, 2]), steps=1, temperature=0.0, context=torch.zeros(2, 64, 16))
+    torch.testing.assert_close(cold, other)
+
+
+def test_mean_head_needs_a_noise_free_backbone():
+    with pytest.raises(ValueError, match="mean_weight > 0 needs backbone_noise False"):
+        pe.GeneratorConfig(kind="flow", mean_weight=1.0)
