@@ -8,7 +8,7 @@ import torch
 from parscale_ear import evaluate
 from parscale_ear import fid as fidlib
 from parscale_ear.benchmark import environment
-from parscale_ear.train import load_pipeline
+from parscale_ear.loading import load_pipeline
 
 
 def reference(args, model, inception):

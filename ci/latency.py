@@ -8,7 +8,7 @@ import torch
 
 import parscale_ear as pe
 from parscale_ear.benchmark import environment, markdown_table, profile_latency
-from parscale_ear.train import load_pipeline
+from parscale_ear.loading import load_pipeline
 from parscale_ear.utils import line_plot
 
 

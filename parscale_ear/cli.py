@@ -169,7 +169,7 @@ def _train(args, kind: str) -> int:
 def _sample(args) -> int:
     import torch
 
-    from .train import load_pipeline
+    from .loading import load_pipeline
     from .utils import save_grid, save_images
 
     from .utils import prepare_output_folder
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "sample":
             return _sample(args)
         if args.command == "export":
-            from .train import export
+            from .loading import export
 
             import torch
 

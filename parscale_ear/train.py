@@ -21,13 +21,12 @@ from torch import nn
 
 from .data import ImageData, load_dataset
 from .losses import vae_loss
+from .loading import CHECKPOINT, METRICS, load_checkpoint, load_pipeline, model_from_checkpoint, read_metrics  # noqa: F401
 from .pipeline import ParScaleEAR, ParScaleEARConfig
 from .presets import get_config
 from .utils import (atomic_torch_save, atomic_write_json, atomic_write_text, check_int, check_real, line_plot,
                     prepare_output_folder, remove_stale_temporaries, save_grid)
 
-CHECKPOINT = "checkpoint.pt"
-METRICS = "metrics.jsonl"
 RUN_CONFIG = "run.json"
 CHECKPOINT_VERSION = 1
 
@@ -209,64 +208,6 @@ def cached_latents(vae_run: Path, model: ParScaleEAR, data: ImageData, device: t
     return torch.load(path, weights_only=True)["latents"]
 
 
-# ----------------------------------------------------------------------------- checkpoints
-def load_checkpoint(run: str | Path) -> dict:
-    """The checkpoint dict of a run folder (or a checkpoint file), with a clear error if unusable."""
-    path = Path(run)
-    path = path / CHECKPOINT if path.is_dir() else path
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    if path.stat().st_size == 0:
-        raise ValueError(f"checkpoint {path} is empty (0 bytes): it was never written completely")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated or foreign file
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ValueError(f"cannot read checkpoint {path}: {first}") from None
-    if not isinstance(ckpt, dict) or "config" not in ckpt or "kind" not in ckpt:
-        raise ValueError(f"{path} is not a parscale-ear training checkpoint")
-    return ckpt
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """Rows of a metrics.jsonl; a torn last line (a killed write) is dropped, a torn middle line is an error."""
-    if not path.exists():
-        return []
-    lines = [l for l in path.read_text().splitlines() if l.strip()]
-    rows = []
-    for i, line in enumerate(lines):
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            if i == len(lines) - 1:
-                break  # the write of the last row was cut short
-            raise ValueError(f"{path} line {i + 1} is not JSON ({e}); fix or remove that line") from None
-    return rows
-
-
-def model_from_checkpoint(ckpt: dict, use_ema: bool = True) -> ParScaleEAR:
-    """The pipeline held by a checkpoint (EMA weights by default)."""
-    model = ParScaleEAR(ParScaleEARConfig.from_dict(ckpt["config"]))
-    weights = ckpt["ema"] if use_ema else ckpt["model"]
-    if ckpt["kind"] == "vae":
-        model.vae.load_state_dict(weights)
-    else:
-        model.vae.load_state_dict(ckpt["vae"])
-        model.hybrid.load_state_dict(weights)
-    return model.eval()
-
-
-def load_pipeline(path: str | Path, device: str | torch.device = "cpu") -> ParScaleEAR:
-    """A pipeline from a release folder (config.json) or a run folder / checkpoint file."""
-    path = Path(path)
-    if (path / "config.json").is_file():
-        return ParScaleEAR.from_pretrained(path, device=device)
-    ckpt = load_checkpoint(path)
-    if ckpt["kind"] != "generator":
-        raise ValueError(f"{path} is a LiteVAE run; sampling needs a generator run (parscale-ear train) or a release folder")
-    return model_from_checkpoint(ckpt).to(device)
-
-
 # ----------------------------------------------------------------------------- the loop
 def plot_losses(metrics_path: Path, out: Path, keys=("loss",)) -> None:
     """A loss-curve PNG from metrics.jsonl."""
@@ -440,16 +381,3 @@ def latent_scale(vae, data: ImageData, device: torch.device, n: int = 5000) -> f
     scale = vae.config.latent_scale
     z = encode_dataset(vae, data.images[:n], device) / scale
     return float(1.0 / z.std().clamp_min(1e-6))
-
-
-def export(run: str | Path, out: str | Path, dtype: torch.dtype | None = None) -> Path:
-    """Write a run's EMA pipeline in the release format (config.json + model.safetensors) into `out`,
-    which must not be the run folder or inside it; `dtype` float16/bfloat16 halves the weights."""
-    ckpt = load_checkpoint(run)
-    if ckpt["kind"] != "generator":
-        raise ValueError(f"export: {run} is a {ckpt['kind']} run; export a generator run (trained with `parscale-ear train`)")
-    run_dir = Path(run) if Path(run).is_dir() else Path(run).parent
-    target = Path(out).resolve()
-    if target == run_dir.resolve() or run_dir.resolve() in target.parents:
-        raise ValueError(f"export: --out {out} is the run folder or inside it; choose a folder outside {run_dir}")
-    return model_from_checkpoint(ckpt).save_pretrained(out, dtype)

@@ -1,0 +1,27 @@
+"""Structure (issue 9): what each module imports and where each concept lives."""
+import subprocess
+import sys
+
+import pytest
+
+
+def _imported_after(statement: str) -> set[str]:
+    code = f"import sys; {statement}; print(' '.join(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return set(out.split())
+
+
+@pytest.mark.parametrize("statement", [
+    "from parscale_ear.loading import load_pipeline, export",
+    "import parscale_ear.cli",
+])
+def test_loading_a_model_does_not_import_training_or_data(statement):
+    mods = _imported_after(statement)
+    assert "parscale_ear.train" not in mods and "parscale_ear.data" not in mods
+
+
+def test_train_keeps_the_loading_names_it_always_had():
+    from parscale_ear import loading, train
+
+    for name in ("load_checkpoint", "load_pipeline", "model_from_checkpoint", "read_metrics", "CHECKPOINT", "METRICS"):
+        assert getattr(train, name) is getattr(loading, name)
