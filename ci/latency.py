@@ -1,6 +1,7 @@
 """M2-2 latency: per-image P50/P95/P99 of encode, each generation stage, decode and end to end
 (noise -> pixels) at several batch sizes; CUDA events with synchronisation, warm-up, many runs.
-Writes latency.json, latency.md and latency.png."""
+end_to_end times `model.compile_sampler(batch, steps, cfg, temperature, ...)()`, the public fast
+path, so its number is what a user gets. Writes latency.json, latency.md and latency.png."""
 from __future__ import annotations
 
 import _common
@@ -13,17 +14,19 @@ from parscale_ear.utils import line_plot
 
 
 def run(device, quick: bool, preset: str, ckpt: str | None, batch_sizes, runs: int, warmup: int, bf16: bool, compile: bool,
-        graphs: bool, channels_last: bool = False) -> dict:
+        graphs: bool, channels_last: bool = False, steps=None, cfg: float | None = None, temperature: float | None = None) -> dict:
     torch.manual_seed(0)
     # weights do not change the timing: random weights for presets without a checkpoint
     model = (load_pipeline(ckpt) if ckpt else pe.create_model(preset)).to(device).eval()
     rows = profile_latency(model, batch_sizes, runs=runs, warmup=warmup, bf16=bf16, compile=compile, graphs=graphs,
-                           channels_last=channels_last)
+                           channels_last=channels_last, steps=steps, cfg=cfg, temperature=temperature)
     return {"milestone": "M2-2", "env": environment(device), "quick": quick, "model": model.config.name,
             "checkpoint": ckpt, "params": model.num_parameters(),
             "settings": {"batch_sizes": list(batch_sizes), "runs": runs, "warmup": warmup, "bf16": bf16,
-                         "compile": compile, "cuda_graphs": graphs, "channels_last": channels_last, "cfg": model.config.cfg,
-                         "steps": list(model.resolve_steps(None))},
+                         "compile": compile, "cuda_graphs": graphs, "channels_last": channels_last,
+                         "cfg": model.config.cfg if cfg is None else cfg,
+                         "temperature": model.config.temperature if temperature is None else temperature,
+                         "steps": list(model.resolve_steps(steps))},
             "rows": rows}
 
 
@@ -38,11 +41,16 @@ if __name__ == "__main__":
     p.add_argument("--compile", action="store_true")
     p.add_argument("--cuda-graphs", action="store_true")
     p.add_argument("--channels-last", action="store_true", help="NHWC decoder convolutions")
+    p.add_argument("--steps", default=None, help="schedule to time: N or COARSE,FINE (default: the model's)")
+    p.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's)")
+    p.add_argument("--temperature", type=float, default=None, help="(default: the model's)")
     args = p.parse_args()
+    steps = None if args.steps is None else tuple(int(x) for x in args.steps.split(","))
+    steps = steps[0] if steps is not None and len(steps) == 1 else steps
     if args.quick:
         args.preset, args.batch_sizes, args.runs, args.warmup = "tiny-32", [1, 4], 5, 1
     result = run(_common.device(args.device), args.quick, args.preset, args.ckpt, args.batch_sizes, args.runs, args.warmup,
-                 args.bf16, args.compile, args.cuda_graphs, args.channels_last)
+                 args.bf16, args.compile, args.cuda_graphs, args.channels_last, steps, args.cfg, args.temperature)
     table = markdown_table(result["rows"])
     print(table)
     _common.write(args.out, "latency.json", result)

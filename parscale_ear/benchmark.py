@@ -11,13 +11,13 @@ import os
 import platform
 import subprocess
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import torch
 
+from .fast import _capture
 from .pipeline import ParScaleEAR
 
 
@@ -64,20 +64,6 @@ def time_callable(fn: Callable[[], object], device: torch.device, warmup: int = 
     return [s.elapsed_time(e) for s, e in zip(starts, ends)]
 
 
-def cuda_graph(fn: Callable[[], object], device: torch.device) -> Callable[[], object]:
-    """Capture `fn` (static shapes, no host syncs) into a CUDA graph; returns its replay."""
-    stream = torch.cuda.Stream(device)
-    stream.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream(device).wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return graph.replay
-
-
 def environment(device: torch.device) -> dict:
     """Device name, torch version, git commit and date for a results file."""
     try:
@@ -100,67 +86,70 @@ def profile_latency(
     graphs: bool = False,
     cfg: float | None = None,
     channels_last: bool = False,
+    steps=None,
+    temperature: float | None = None,
 ) -> list[dict]:
-    """Time encode, each generation stage, decode and end to end (device noise -> pixels) per batch size.
+    """Time encode, each generation stage, decode and end to end per batch size, all through the
+    sampler a user gets from `model.compile_sampler` (same schedule, dtype, graphs, decoder).
 
-    channels_last runs the decoder's convolutions in NHWC (faster cuDNN kernels for small channel
-    counts at high resolution); compile wraps the decoder in torch.compile."""
+    end_to_end is `sampler()`: device noise -> latents -> pixels. The stage rows run the hybrid's
+    own stages on the sampler's inputs, coarse then fine on the coarse stage's context."""
     device = model.device
     model.eval()
-    cfg = model.config.cfg if cfg is None else cfg
-    amp = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
-    coarse_steps, fine_steps = model.resolve_steps(None)
-    vae = model.vae
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    vae.decoder.to(memory_format=fmt)
-    decoder = torch.compile(vae.decoder) if compile else vae.decoder
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    use_graphs = graphs and device.type == "cuda"
     c, s = model.config.vae.in_channels, model.config.vae.image_size
     rows = []
     for B in batch_sizes:
-        labels = None if not model.config.num_classes else torch.arange(B, device=device) % model.config.num_classes
-        gen = torch.Generator(device=device).manual_seed(0)
+        sampler = model.compile_sampler(B, steps, cfg, temperature, dtype=dtype, graphs=use_graphs, compile=compile,
+                                        channels_last=channels_last)
+        amp = sampler._amp
+        labels, noise = sampler._labels, sampler._noise
         images = torch.rand(B, c, s, s, device=device) * 2 - 1
-        noise = model.draw_noise_on_device(B, gen)
-        latents = model.sample_latents(noise, labels, cfg=cfg)
+        with torch.no_grad(), amp:
+            latents = model.hybrid.sample(noise, labels, sampler.steps, sampler.cfg, sampler.temperature)
 
         def encode():
             with torch.no_grad(), amp:
-                return vae.encode(images)
+                return model.vae.encode(images)
 
         def stage(name, steps, context=None):
             gen_stage = model.hybrid.stages[name]
-            head_noise, order = noise[name]
 
             def run():
                 with torch.no_grad(), amp:
-                    return gen_stage.sample(head_noise, order, labels, steps, cfg, 1.0, context)
+                    return gen_stage.sample(*noise[name], labels, steps, sampler.cfg, sampler.temperature, context)
 
             return run
 
         def decode():
             with torch.no_grad(), amp:
-                return decoder((latents / model.config.vae.latent_scale).contiguous(memory_format=fmt))
+                return sampler.decode(latents)
 
-        def end_to_end():
-            with torch.no_grad(), amp:
-                fresh = model.draw_noise_on_device(B)  # default generator: graph-capture safe
-                z = model.hybrid.sample(fresh, labels, model.resolve_steps(None), cfg, 1.0)
-                return decoder((z / model.config.vae.latent_scale).contiguous(memory_format=fmt)).clamp(-1, 1)
-
+        coarse_steps, fine_steps = sampler.steps
         parts = [("encode", encode)]
-        if model.hybrid.coarse is not None:
-            parts.append((f"generate.coarse ({coarse_steps} steps)", stage("coarse", coarse_steps)))
-        if model.hybrid.fine is not None:
+        if model.config.dit is not None:  # the peer: one stage, its own solver
+
+            def whole():
+                with torch.no_grad(), amp:
+                    return model.hybrid.sample(noise, labels, sampler.steps, sampler.cfg, sampler.temperature)
+
+            parts.append((f"generate.dit ({fine_steps} steps)", whole))
+        else:
+            hybrid = model.hybrid
             ctx = None
-            if model.hybrid.coarse is not None:
-                ctx = model.hybrid.context(model.hybrid.coarse.sample(*noise["coarse"], labels, coarse_steps, cfg))
-            parts.append((f"generate.fine ({fine_steps} steps)", stage("fine", fine_steps, ctx)))
-        parts += [("decode", decode), ("end_to_end", end_to_end)]
+            if hybrid.coarse is not None:
+                parts.append((f"generate.coarse ({coarse_steps} steps)", stage("coarse", coarse_steps)))
+            if hybrid.fine is not None:
+                if hybrid.coarse is not None:  # the fine stage runs on the coarse stage's context
+                    ctx = hybrid.context(stage("coarse", coarse_steps)())
+                parts.append((f"generate.fine ({fine_steps} steps)", stage("fine", fine_steps, ctx)))
+        parts += [("decode", decode), ("end_to_end", sampler)]
         for name, fn in parts:
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            if graphs and device.type == "cuda" and name != "encode":
-                fn = cuda_graph(fn, device)
+            if use_graphs and name not in ("encode", "end_to_end"):  # the sampler captures its own graph
+                fn = _capture(fn, device)
             ms = time_callable(fn, device, warmup, runs)
             row = Timing(name, B, ms).summary()
             if device.type == "cuda":

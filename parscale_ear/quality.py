@@ -7,7 +7,6 @@ One row per schedule; rows go to JSON and Markdown with command, commit, device 
 from __future__ import annotations
 
 import json
-import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -51,26 +50,14 @@ def passes_per_image(model: ParScaleEAR, schedule: Schedule) -> int:
 
 def time_sampling(model: ParScaleEAR, schedule: Schedule, batch: int, runs: int = 50, bf16: bool = True,
                   graphs: bool = True) -> dict:
-    """ms/image (median and P99) of device noise -> latents -> pixels at a fixed batch, CUDA events."""
-    from .benchmark import cuda_graph, time_callable
+    """ms/image (median and P99) of `model.compile_sampler(batch, ...)()` (device noise -> pixels):
+    the public fast path, bf16 and CUDA graphs on a GPU; CUDA events."""
+    from .benchmark import time_callable
 
-    device = model.device
-    steps = model.resolve_steps(schedule.steps)
-    amp = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 and device.type == "cuda" else nullcontext()
-    labels = torch.arange(batch, device=device) % max(1, model.config.num_classes) if model.config.num_classes else None
-
-    def run():
-        with torch.no_grad(), amp:
-            z = model.hybrid.sample(model.draw_noise_on_device(batch), labels, steps, schedule.cfg, schedule.temperature)
-            return model.vae.decode(z, check=False).clamp(-1, 1)
-
-    fn = run
-    if graphs and device.type == "cuda":
-        try:
-            fn = cuda_graph(run, device)
-        except RuntimeError as e:  # report, and time eagerly
-            print(f"graph capture failed ({str(e).splitlines()[0]}); timing eagerly", file=sys.stderr)
-    ms = torch.tensor(time_callable(fn, device, warmup=5, runs=runs)) / batch
+    cuda = model.device.type == "cuda"
+    sampler = model.compile_sampler(batch, schedule.steps, schedule.cfg, schedule.temperature,
+                                    dtype=torch.bfloat16 if bf16 and cuda else torch.float32, graphs=graphs and cuda)
+    ms = torch.tensor(time_callable(sampler, model.device, warmup=5, runs=runs)) / batch
     return {"ms_per_image_p50": float(ms.median()), "ms_per_image_p99": float(ms.quantile(0.99))}
 
 

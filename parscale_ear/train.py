@@ -21,7 +21,7 @@ from torch import nn
 
 from .data import ImageData, load_dataset
 from .losses import vae_loss
-from .loading import CHECKPOINT, METRICS, load_checkpoint, load_pipeline, model_from_checkpoint, read_metrics  # noqa: F401
+from .loading import CHECKPOINT, METRICS, export, load_checkpoint, load_pipeline, model_from_checkpoint, read_metrics  # noqa: F401
 from .pipeline import ParScaleEAR, ParScaleEARConfig
 from .presets import get_config
 from .utils import (atomic_torch_save, atomic_write_json, atomic_write_text, check_int, check_real, line_plot,

@@ -66,3 +66,9 @@ def test_cli_trains_and_samples_the_peer(tmp_path, capsys):
         assert (tmp_path / f"{run}.png").stat().st_size > 0
     model = pe.ParScaleEAR.from_pretrained(pe.train.export(tmp_path / "dit", tmp_path / "dit-rel"))
     assert model.config.dit is not None and model.config.name == "dit-s"
+
+
+def test_dit_through_the_fast_sampler(dit):
+    want = dit.generate(3, seed=4, steps=2, cfg=1.5)
+    got = dit.compile_sampler(3, steps=2, cfg=1.5)(seed=4)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)

@@ -23,5 +23,5 @@ def test_loading_a_model_does_not_import_training_or_data(statement):
 def test_train_keeps_the_loading_names_it_always_had():
     from parscale_ear import loading, train
 
-    for name in ("load_checkpoint", "load_pipeline", "model_from_checkpoint", "read_metrics", "CHECKPOINT", "METRICS"):
+    for name in ("load_checkpoint", "load_pipeline", "model_from_checkpoint", "read_metrics", "export", "CHECKPOINT", "METRICS"):
         assert getattr(train, name) is getattr(loading, name)
