@@ -20,7 +20,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .data import ImageData, load_dataset
-from .losses import vae_loss
+from .vae_objective import vae_loss
 from .loading import CHECKPOINT, METRICS, export, load_checkpoint, load_pipeline, model_from_checkpoint, read_metrics  # noqa: F401
 from .pipeline import ParScaleEAR, ParScaleEARConfig
 from .presets import get_config

@@ -185,7 +185,7 @@ def test_failed_save_leaves_nothing_behind(model, tmp_path, monkeypatch):
 
 
 def test_every_pipeline_parameter_gets_a_gradient(model):
-    from parscale_ear.losses import vae_loss
+    from parscale_ear.vae_objective import vae_loss
 
     model.train()
     x = torch.rand(4, 1, 32, 32) * 2 - 1

@@ -25,3 +25,23 @@ def test_train_keeps_the_loading_names_it_always_had():
 
     for name in ("load_checkpoint", "load_pipeline", "model_from_checkpoint", "read_metrics", "export", "CHECKPOINT", "METRICS"):
         assert getattr(train, name) is getattr(loading, name)
+
+
+def _package_imports(module: str) -> set[str]:
+    """The parscale_ear modules that `module`'s source imports (relative imports, any depth)."""
+    import ast
+    from pathlib import Path
+
+    import parscale_ear
+
+    tree = ast.parse((Path(parscale_ear.__file__).parent / f"{module}.py").read_text())
+    return {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module}
+
+
+@pytest.mark.parametrize("module", ["generator", "energy_flow", "losses"])
+def test_the_generators_and_the_energy_score_do_not_import_the_vae(module):
+    assert not _package_imports(module) & {"vae", "vae_objective"}
+
+
+def test_haar_wavelets_live_in_one_module_used_by_the_vae_and_its_objective():
+    assert "wavelets" in _package_imports("vae") and "wavelets" in _package_imports("vae_objective")
