@@ -26,9 +26,12 @@ def parser(description: str) -> argparse.ArgumentParser:
 def device(name: str):
     import torch
 
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit(f"--device {name}: CUDA is not available on this machine")
-    return torch.device(name)
+    from parscale_ear.utils import resolve_device
+
+    try:
+        return torch.device(resolve_device(name))
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
 
 
 def write(out: str | Path, name: str, obj: dict) -> Path:

@@ -23,6 +23,9 @@ def _steps(text: str):
     raise argparse.ArgumentTypeError(f"--steps: expected N or COARSE,FINE, got {text!r}")
 
 
+from .utils import resolve_device  # noqa: E402  (light: no model imports)
+
+
 def _overrides(items: list[str]) -> dict:
     """--set key=value pairs (value parsed as JSON when it can be); dotted keys nest: vae.latent_channels=8."""
     out: dict = {}
@@ -105,26 +108,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("fid", help="FID between two folders / .npz image files / statistics files", add_help=False)
     sub.add_parser("fid-weights", help="convert the offline InceptionV3 into pytorch-fid's weight file", add_help=False)
     return parser
-
-
-def resolve_device(name: str | None) -> str:
-    """A device string from --device (cpu, cuda, cuda:N); default cuda when available, else cpu."""
-    import torch
-
-    if not name:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise ValueError(f"--device {name!r}: expected cpu, cuda or cuda:N") from None
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device {name!r}: expected cpu, cuda or cuda:N")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {name}: CUDA is not available on this machine")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return name
 
 
 def _train(args, kind: str) -> int:

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .utils import from_uint8
+
 DEBIAN_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian `dataset-fashion-mnist`
 DATA_ENV = "PARSCALE_EAR_DATA"
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -69,7 +71,7 @@ class ImageData:
 
     def to_float(self) -> torch.Tensor:
         """Images as float32 in [-1, 1], (N, C, H, W)."""
-        return self.images.float().div_(127.5).sub_(1.0)
+        return from_uint8(self.images)
 
     def subset(self, n: int, seed: int | None = None) -> ImageData:
         """The first n images, or n drawn without replacement with `seed`."""

@@ -15,7 +15,7 @@ import torch
 from . import fid as fidlib
 from .data import load_dataset
 from .pipeline import ParScaleEAR
-from .utils import to_uint8
+from .utils import from_uint8, to_uint8
 
 
 STATS_DIR = Path(__file__).with_name("stats")
@@ -85,10 +85,10 @@ def evaluate_vae(model: ParScaleEAR, source: str = "fashion-mnist", split: str =
     images = data.images if limit is None else data.images[:limit]
     recon, psnr, ssim = [], [], []
     for i in range(0, len(images), batch_size):
-        x = images[i : i + batch_size].to(model.device).float() / 127.5 - 1
+        x = from_uint8(images[i : i + batch_size].to(model.device))
         y = quantize(model.reconstruct(x))
         recon.append(y)
-        m = fidlib.recon_metrics(x.cpu(), y.float() / 127.5 - 1)
+        m = fidlib.recon_metrics(x.cpu(), from_uint8(y))
         psnr.append(m["psnr"] * len(x))
         ssim.append(m["ssim"] * len(x))
     recon = torch.cat(recon)

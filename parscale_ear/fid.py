@@ -572,7 +572,7 @@ def fid_cli(argv: Sequence[str] | None = None) -> int:
     if len(args.sources) == 1 and args.save_stats is None:
         parser.error("expected two sources, or one source with --save-stats")
     try:
-        from .cli import resolve_device
+        from .utils import resolve_device
 
         device = resolve_device(args.device)
         model = None

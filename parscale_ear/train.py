@@ -24,7 +24,7 @@ from .vae_objective import vae_loss
 from .loading import CHECKPOINT, METRICS, export, load_checkpoint, load_pipeline, model_from_checkpoint, read_metrics  # noqa: F401
 from .pipeline import ParScaleEAR, ParScaleEARConfig
 from .presets import get_config
-from .utils import (atomic_torch_save, atomic_write_json, atomic_write_text, check_int, check_real, line_plot,
+from .utils import (atomic_torch_save, atomic_write_json, atomic_write_text, check_int, check_real, from_uint8, line_plot,
                     prepare_output_folder, remove_stale_temporaries, save_grid)
 
 RUN_CONFIG = "run.json"
@@ -184,7 +184,7 @@ def encode_dataset(vae, images: torch.Tensor, device: torch.device, batch: int =
     vae = vae.to(device).eval()
     out = []
     for i in range(0, len(images), batch):
-        x = images[i : i + batch].to(device).float() / 127.5 - 1
+        x = from_uint8(images[i : i + batch].to(device))
         out.append(vae.encode(x).float().cpu())
     return torch.cat(out)
 
@@ -312,7 +312,7 @@ def train(cfg: TrainConfig, out: str | Path, model_config: ParScaleEARConfig | N
             return
         with torch.no_grad():
             if cfg.kind == "vae":
-                x = data.images[:32].to(dev).float() / 127.5 - 1
+                x = from_uint8(data.images[:32].to(dev))
                 grid = torch.cat([x, ema.decode(ema.encode(x)).clamp(-1, 1)])
             else:
                 n = 10 * max(1, min(10, model_config.num_classes))
@@ -336,7 +336,7 @@ def train(cfg: TrainConfig, out: str | Path, model_config: ParScaleEARConfig | N
             g["lr"] = lr_at(step, cfg) * g["lr_ratio"]
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
             if cfg.kind == "vae":
-                losses = runner(inputs_all[idx].float() / 127.5 - 1)
+                losses = runner(from_uint8(inputs_all[idx]))
             else:
                 losses = runner(inputs_all[idx], None if labels_all is None else labels_all[idx])
         optimizer.zero_grad(set_to_none=True)

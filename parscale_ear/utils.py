@@ -193,6 +193,30 @@ def prepare_output_folder(path: str | os.PathLike, what: str = "--out") -> Path:
     return path
 
 
+def resolve_device(name: str | None) -> str:
+    """A device string from --device (cpu, cuda, cuda:N); default cuda when available, else cpu.
+    The one device resolver of the CLI, the ci/ scripts and the FID command."""
+    if not name:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {name!r}: expected cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name!r}: expected cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return name
+
+
+def from_uint8(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images in [0, 255] (any layout) -> float32 in [-1, 1], on their device."""
+    return images.float() / 127.5 - 1
+
+
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
     """Images in [-1, 1] (B, C, H, W) -> uint8 (B, H, W, C) on the CPU."""
     x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
