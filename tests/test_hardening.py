@@ -13,6 +13,8 @@ import torch
 
 import parscale_ear as pe
 from parscale_ear import fid as fid_mod
+from parscale_ear import fid_weights as fidw
+from parscale_ear import metrics as metrics_mod
 from parscale_ear.cli import main
 from parscale_ear.train import CHECKPOINT, METRICS, TrainConfig, train
 from parscale_ear.utils import atomic_path, remove_stale_temporaries
@@ -315,13 +317,13 @@ class _Exploit:
 def test_fid_weights_are_checked_and_never_unpickled(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
     monkeypatch.chdir(tmp_path)
-    path = fid_mod.fid_weights_path()
+    path = fidw.fid_weights_path()
     path.parent.mkdir(parents=True)
     with open(path, "wb") as f:  # a replaced file that runs code when unpickled
         pickle.dump({"x": _Exploit()}, f)
     with pytest.raises(fid_mod.FIDWeightsError, match="neither a converted file"):
         fid_mod.load_inception("cpu")
-    (path.parent / (path.name + ".sha256")).write_text(fid_mod._sha256(path) + "\n")  # and its record too
+    (path.parent / (path.name + ".sha256")).write_text(fidw._sha256(path) + "\n")  # and its record too
     with pytest.raises(fid_mod.FIDWeightsError, match="cannot read"):
         fid_mod.load_inception("cpu")
     assert not (tmp_path / "pwned-by-fid-weights").exists()

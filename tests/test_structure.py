@@ -45,3 +45,13 @@ def test_the_generators_and_the_energy_score_do_not_import_the_vae(module):
 
 def test_haar_wavelets_live_in_one_module_used_by_the_vae_and_its_objective():
     assert "wavelets" in _package_imports("vae") and "wavelets" in _package_imports("vae_objective")
+
+
+def test_fid_is_split_by_concept_and_patches_nothing_at_runtime():
+    from pathlib import Path
+
+    import parscale_ear
+
+    source = (Path(parscale_ear.__file__).parent / "fid.py").read_text()
+    assert "mock" not in source and "fid_weights" in _package_imports("fid")
+    assert "metrics" not in _package_imports("fid") and "recon_metrics" not in source
