@@ -12,7 +12,8 @@ import torch
 
 from parscale_ear import evaluate
 from parscale_ear import fid as fidlib
-from parscale_ear.benchmark import environment, profile_latency
+from parscale_ear.utils import environment
+from parscale_ear.benchmark import profile_latency
 from parscale_ear.pipeline import ParScaleEARConfig
 from parscale_ear.presets import merge_overrides
 from parscale_ear.train import TrainConfig, load_checkpoint, load_pipeline, train

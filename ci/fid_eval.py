@@ -7,7 +7,7 @@ import torch
 
 from parscale_ear import evaluate
 from parscale_ear import fid as fidlib
-from parscale_ear.benchmark import environment
+from parscale_ear.utils import environment
 from parscale_ear.loading import load_pipeline
 
 

@@ -8,7 +8,8 @@ import _common
 import torch
 
 import parscale_ear as pe
-from parscale_ear.benchmark import environment, markdown_table, profile_latency
+from parscale_ear.utils import environment
+from parscale_ear.benchmark import markdown_table, profile_latency
 from parscale_ear.loading import load_pipeline
 from parscale_ear.utils import line_plot
 

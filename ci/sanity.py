@@ -9,7 +9,7 @@ import _common
 import torch
 
 import parscale_ear as pe
-from parscale_ear.benchmark import environment
+from parscale_ear.utils import environment
 
 
 def check_preset(name: str, device: torch.device) -> dict:

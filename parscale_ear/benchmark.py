@@ -6,10 +6,6 @@ same-run ratios). On the CPU, `time.perf_counter` is used instead.
 """
 from __future__ import annotations
 
-import datetime
-import os
-import platform
-import subprocess
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -18,6 +14,7 @@ import numpy as np
 import torch
 
 from .fast import _capture
+from .utils import environment  # noqa: F401  (results files import it from here too)
 from .pipeline import ParScaleEAR
 
 
@@ -62,18 +59,6 @@ def time_callable(fn: Callable[[], object], device: torch.device, warmup: int = 
         e.record()
     torch.cuda.synchronize(device)
     return [s.elapsed_time(e) for s, e in zip(starts, ends)]
-
-
-def environment(device: torch.device) -> dict:
-    """Device name, torch version, git commit and date for a results file."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
-    commit = commit or os.environ.get("PARSCALE_EAR_COMMIT", "")  # copies of the tree without .git
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    return {"device": name, "device_type": device.type, "torch": torch.__version__, "git_commit": commit or "unknown",
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
 def profile_latency(

@@ -7,6 +7,7 @@ reference images pass through the same pipeline (REFERENCE.md: compare only same
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -48,19 +49,23 @@ def reference_statistics(source: str = "fashion-mnist", split: str = "train", im
 
 @torch.no_grad()
 def sample_statistics(model: ParScaleEAR, n: int, inception=None, cfg: float | None = None, temperature: float | None = None,
-                      steps=None, seed: int = 0, batch_size: int = 500, progress: bool = False) -> tuple:
-    """(mu, sigma, n, seconds spent sampling) of n generated images (labels cycle through the classes)."""
+                      steps=None, seed: int = 0, batch_size: int = 500, progress: bool = False, bf16: bool = False) -> tuple:
+    """(mu, sigma, n, seconds spent sampling) of n generated images (labels cycle through the classes),
+    quantised to uint8 as a PNG would hold them. bf16: generate under CUDA bf16 autocast (the
+    Inception always runs outside it, in float32)."""
     feats, t_sample = [], 0.0
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and model.device.type == "cuda" else nullcontext()
     batches = model.iter_generate(n, cfg=cfg, temperature=temperature, steps=steps, seed=seed, batch_size=batch_size, progress=progress)
     while True:
         t0 = time.perf_counter()
-        images = next(batches, None)
+        with amp:
+            images = next(batches, None)
         if images is not None and images.is_cuda:
             torch.cuda.synchronize(images.device)
         t_sample += time.perf_counter() - t0
         if images is None:
             break
-        feats.append(fidlib.inception_features(quantize(images), inception, batch_size=batch_size))
+        feats.append(fidlib.inception_features(quantize(images.float()), inception, batch_size=batch_size))
     mu, sigma = fidlib.statistics(np.concatenate(feats))
     return mu, sigma, n, t_sample
 
@@ -99,6 +104,18 @@ def evaluate_vae(model: ParScaleEAR, source: str = "fashion-mnist", split: str =
     r_mu, r_sigma = fidlib.statistics(fidlib.inception_features(recon, inception, batch_size=batch_size))
     return {"split": split, "num_images": len(images), "rfid": fidlib.frechet_distance((r_mu, r_sigma), reference),
             "psnr": sum(psnr) / len(images), "ssim": sum(ssim) / len(images)}
+
+
+def write_reference_statistics(out: str | Path, source: str = "fashion-mnist", splits=("train", "test"), inception=None,
+                               batch_size: int = 500, progress: bool = False) -> list[Path]:
+    """Compute and write {source}-{split}.npz for each split into `out`, sigma stored exactly as its
+    upper triangle (the layout of the shipped files; `fid.load_statistics` reads both layouts)."""
+    paths = []
+    for split in splits:
+        mu, sigma, n = reference_statistics(source, split, inception=inception, batch_size=batch_size, progress=progress)
+        paths.append(fidlib.pack_statistics(Path(out) / f"{source}-{split}.npz", mu, sigma.astype(np.float32), n))
+        print(f"{paths[-1]}: {n} images")
+    return paths
 
 
 def save_reference(path: str | Path, stats) -> Path:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,26 +60,15 @@ def time_sampling(model: ParScaleEAR, schedule: Schedule, batch: int, runs: int 
     return {"ms_per_image_p50": float(ms.median()), "ms_per_image_p99": float(ms.quantile(0.99))}
 
 
-@torch.no_grad()
 def generated_statistics(model: ParScaleEAR, schedule: Schedule, n: int, inception, batch_size: int = 1000,
                          bf16: bool = True, seed: int = 0):
-    """FID statistics of n generated images (per-image seeds seed .. seed + n - 1)."""
-    from . import fid
+    """FID statistics (mu, sigma) of n generated images (per-image seeds seed .. seed + n - 1),
+    through evaluate.sample_statistics (uint8-quantised, Inception in float32)."""
+    from .evaluate import sample_statistics
 
-    device = model.device
-    amp = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 and device.type == "cuda" else nullcontext()
-    feats = []
-    batches = model.iter_generate(n, cfg=schedule.cfg, temperature=schedule.temperature, steps=schedule.steps,
-                                  seed=seed, batch_size=batch_size)
-    while True:
-        with amp:  # the generator in bf16; the Inception outside autocast, in float32
-            images = next(batches, None)
-        if images is None:
-            break
-        feats.append(fid.inception_features(images.float().clamp(-1, 1), inception, batch_size=500))
-    import numpy as np
-
-    return fid.statistics(np.concatenate(feats))
+    mu, sigma, _, _ = sample_statistics(model, n, inception, schedule.cfg, schedule.temperature, schedule.steps, seed,
+                                        batch_size, bf16=bf16)
+    return mu, sigma
 
 
 def evaluate_schedules(model: ParScaleEAR, schedules: list[Schedule], n: int, references: dict, inception,

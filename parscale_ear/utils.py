@@ -6,10 +6,13 @@ every file the library writes goes through a temporary file and an atomic rename
 from __future__ import annotations
 
 import contextlib
+import datetime
 import glob
 import json
 import math
 import os
+import platform
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -286,3 +289,15 @@ def line_plot(path: str | os.PathLike, series: dict, title: str = "", xlabel: st
     with atomic_path(path) as tmp:
         img.save(tmp, format="PNG")
     return Path(path)
+
+
+def environment(device: torch.device) -> dict:
+    """Device name, torch version, git commit and date for a results file."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    commit = commit or os.environ.get("PARSCALE_EAR_COMMIT", "")  # copies of the tree without .git
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    return {"device": name, "device_type": device.type, "torch": torch.__version__, "git_commit": commit or "unknown",
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}

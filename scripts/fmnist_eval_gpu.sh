@@ -7,15 +7,7 @@ run=${1:?usage: fmnist_eval_gpu.sh RUN_DIR OUT_DIR}
 out=${2:?usage: fmnist_eval_gpu.sh RUN_DIR OUT_DIR}
 export PYTHONUNBUFFERED=1
 mkdir -p "$out" "$run/stats"
-[[ -f "$run/stats/fashion-mnist-test.npz" ]] || python3 - "$run/stats" <<'PY'
-import sys, torch
-from parscale_ear import evaluate, fid
-inc = fid.load_inception("cuda")
-for split in ("train", "test"):
-    stats = evaluate.reference_statistics("fashion-mnist", split, inception=inc, batch_size=500)
-    evaluate.save_reference(f"{sys.argv[1]}/fashion-mnist-{split}.npz", stats)
-    print(split, stats[2])
-PY
+[[ -f "$run/stats/fashion-mnist-test.npz" ]] || python3 scripts/make_reference_stats.py --device cuda --out "$run/stats"
 python3 ci/sanity.py --device cuda --out "$out"
 python3 ci/latency.py --device cuda --bf16 --cuda-graphs --channels-last --compile --out "$out"
 python3 ci/fid_eval.py --device cuda --ckpt "$run/release" --ref "$run/stats/fashion-mnist-train.npz" --n 50000 --cfg 1.0 2.0 --out "$out"

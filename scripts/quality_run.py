@@ -19,7 +19,7 @@ import torch  # noqa: E402
 
 from parscale_ear import fid, quality, train as T  # noqa: E402
 from parscale_ear.baselines.dit import PEERS  # noqa: E402
-from parscale_ear.benchmark import environment  # noqa: E402
+from parscale_ear.utils import environment  # noqa: E402
 from parscale_ear.pipeline import ParScaleEARConfig  # noqa: E402
 from parscale_ear.presets import apply_overrides, get_config  # noqa: E402
 import dataclasses  # noqa: E402

@@ -1,0 +1,54 @@
+"""The fixed-budget quality harness (parscale_ear.quality) on the CPU with a stand-in Inception."""
+import json
+
+import numpy as np
+import torch
+
+import parscale_ear as pe
+from parscale_ear import evaluate, fid, quality
+
+from helpers import StandIn, perturb_
+
+
+def test_parse_schedules_and_passes():
+    s = quality.parse_schedules("1,1@2;4;2,2@1.5@0.7")
+    assert [(x.steps, x.cfg, x.temperature) for x in s] == [((1, 1), 2.0, 1.0), (4, 1.0, 1.0), ((2, 2), 1.5, 0.7)]
+    model = pe.create_model("tiny-32-flow")
+    assert quality.passes_per_image(model, s[0]) == 4  # (1 + 1) passes, doubled by CFG
+    assert quality.passes_per_image(model, s[2]) == 8
+    assert s[2].label == "steps 2+2, cfg 1.5, temp 0.7"
+
+
+def test_generated_statistics_are_the_evaluation_statistics():
+    """quality and evaluate score generated images one way: the same uint8-quantised images."""
+    torch.manual_seed(0)
+    model = perturb_(pe.create_model("tiny-32-flow")).eval()
+    schedule = quality.Schedule((2, 1), 1.5, 0.8)
+    mu, sigma = quality.generated_statistics(model, schedule, 6, StandIn(), batch_size=4)
+    mu2, sigma2, n, _ = evaluate.sample_statistics(model, 6, StandIn(), 1.5, 0.8, (2, 1), batch_size=4)
+    np.testing.assert_allclose(mu, mu2, rtol=1e-6)
+    np.testing.assert_allclose(sigma, sigma2, rtol=1e-6, atol=1e-9)
+    images = model.generate(6, cfg=1.5, temperature=0.8, steps=(2, 1))
+    want = fid.statistics(fid.inception_features(evaluate.quantize(images), StandIn(), batch_size=4))
+    np.testing.assert_allclose(mu, want[0], rtol=1e-6)
+
+
+def test_evaluate_schedules_and_write_table(tmp_path):
+    torch.manual_seed(0)
+    model = perturb_(pe.create_model("tiny-32-flow")).eval()
+    inception = StandIn()
+    ref = fid.statistics(np.random.default_rng(0).normal(size=(40, 8)))
+    rows = quality.evaluate_schedules(model, quality.parse_schedules("1,1;2,2@2"), 10, {"train": ref}, inception)
+    assert [r["passes_per_image"] for r in rows] == [2, 8]
+    assert all(r["fid_train"] > 0 and r["n"] == 10 for r in rows)
+    assert "ms_per_image_b256" not in rows[0]  # timings are taken on CUDA only
+    quality.write_table(rows, tmp_path / "q", {"command": "test"})
+    saved = json.loads((tmp_path / "q.json").read_text())
+    assert saved["command"] == "test" and saved["rows"] == rows
+    assert (tmp_path / "q.md").read_text().count("\n") == 4  # header, rule, two rows
+
+
+def test_time_sampling_uses_the_public_sampler_on_cpu():
+    model = pe.create_model("tiny-32-flow").eval()
+    t = quality.time_sampling(model, quality.Schedule((1, 1)), batch=2, runs=2)
+    assert t["ms_per_image_p50"] > 0 and t["ms_per_image_p99"] >= t["ms_per_image_p50"]
