@@ -110,7 +110,7 @@ def batch_indices(num_items: int, batch: int, step: int, seed: int, d: Dist) -> 
     return global_batch[d.rank :: d.world]
 
 
-# ----------------------------------------------------------------------------- steps
+# ----------------------------------------------------------------------------- tasks
 class VAEStep(nn.Module):
     """One VAE training forward: posterior sample -> decoder -> LiteVAE losses."""
 
@@ -126,7 +126,7 @@ class VAEStep(nn.Module):
 
 
 class GeneratorStep(nn.Module):
-    """One generator training forward: energy losses of every stage on cached latents."""
+    """One generator training forward: the losses of every stage (or of the DiT peer) on latents."""
 
     def __init__(self, hybrid):
         super().__init__()
@@ -134,6 +134,66 @@ class GeneratorStep(nn.Module):
 
     def forward(self, latents: torch.Tensor, labels: torch.Tensor | None) -> dict[str, torch.Tensor]:
         return self.hybrid.loss(latents, labels)
+
+
+class VAETask:
+    """What the loop needs to train the LiteVAE: its trainable part, inputs (uint8 images on the
+    device), the step, the latent scale written into the checkpoint's config and a recon grid."""
+
+    kind = "vae"
+    loss_keys = ("loss",)
+
+    def __init__(self, model: ParScaleEAR, data: ImageData, cfg: TrainConfig, dev: torch.device, d: Dist, fresh: bool):
+        self.model, self.data, self.dev = model, data, dev
+        self.part, self.step = model.vae, VAEStep(model.vae, cfg.kl_weight)
+        self.inputs = data.images.to(dev)
+
+    def trained(self, model: ParScaleEAR) -> nn.Module:
+        return model.vae
+
+    def batch(self, idx: torch.Tensor) -> tuple:
+        return (from_uint8(self.inputs[idx]),)
+
+    def checkpoint(self, config: dict, ema: nn.Module) -> dict:
+        config["vae"]["latent_scale"] = latent_scale(ema, self.data, self.dev)  # latents of unit std for the generator
+        return {"config": config}
+
+    def grid(self, ema_model: ParScaleEAR) -> tuple[torch.Tensor, int]:
+        x = from_uint8(self.data.images[:32].to(self.dev))
+        return torch.cat([x, ema_model.vae.decode(ema_model.vae.encode(x)).clamp(-1, 1)]), 16
+
+
+class GeneratorTask:
+    """What the loop needs to train the generator (or the DiT peer) on a VAE run's cached latents:
+    its trainable part, inputs and labels, the step, the VAE weights kept in the checkpoint and a
+    class grid of samples."""
+
+    kind = "generator"
+    loss_keys = ("loss", "coarse", "fine")
+
+    def __init__(self, model: ParScaleEAR, data: ImageData, cfg: TrainConfig, dev: torch.device, d: Dist, fresh: bool):
+        self.model = model
+        model.vae.requires_grad_(False)
+        self.inputs = cached_latents(Path(cfg.vae_run), model, data, dev, d).to(dev)
+        if fresh:
+            model.hybrid.fit_token_scales(self.inputs[:10_000])
+        self.labels = data.labels.to(dev) if model.config.num_classes else None
+        self.part, self.step = model.hybrid, GeneratorStep(model.hybrid)
+
+    def trained(self, model: ParScaleEAR) -> nn.Module:
+        return model.hybrid
+
+    def batch(self, idx: torch.Tensor) -> tuple:
+        return self.inputs[idx], None if self.labels is None else self.labels[idx]
+
+    def checkpoint(self, config: dict, ema: nn.Module) -> dict:
+        return {"config": config, "vae": self.model.vae.state_dict()}
+
+    def grid(self, ema_model: ParScaleEAR) -> tuple[torch.Tensor, int]:
+        classes = ema_model.config.num_classes
+        n = 10 * max(1, min(10, classes))
+        labels = None if not classes else torch.arange(n) % classes
+        return ema_model.generate(n, labels=labels, seed=0, batch_size=n), max(8, min(10, classes or 10))
 
 
 def param_groups(module: nn.Module, cfg: TrainConfig) -> list[dict]:
@@ -252,23 +312,11 @@ def train(cfg: TrainConfig, out: str | Path, model_config: ParScaleEARConfig | N
     data = load_images(cfg, model_config)
     if model_config.num_classes and data.num_classes != model_config.num_classes:
         raise ValueError(f"data has {data.num_classes} classes, the model expects {model_config.num_classes}")
-    labels_all = data.labels if model_config.num_classes else None
-
-    if cfg.kind == "vae":
-        part, step_module = model.vae, VAEStep(model.vae, cfg.kl_weight)
-        inputs_all = data.images.to(dev)  # uint8 on the device
-    else:
-        model.vae.requires_grad_(False)
-        latents = cached_latents(vae_run, model, data, dev, d)
-        if ckpt is None:
-            model.hybrid.fit_token_scales(latents[:10_000])
-        part, step_module = model.hybrid, GeneratorStep(model.hybrid)
-        inputs_all = latents.to(dev)
-    if labels_all is not None:
-        labels_all = labels_all.to(dev)
+    task = (VAETask if cfg.kind == "vae" else GeneratorTask)(model, data, cfg, dev, d, fresh=ckpt is None)
+    part = task.part
     model.to(dev)
     ema_model = copy.deepcopy(model).requires_grad_(False).eval()  # EMA of the trained part; used for samples
-    ema = ema_model.vae if cfg.kind == "vae" else ema_model.hybrid
+    ema = task.trained(ema_model)
     optimizer = torch.optim.AdamW(param_groups(part, cfg), lr=cfg.lr, betas=(0.9, 0.95))
     start = 0
     if ckpt is not None:
@@ -277,7 +325,7 @@ def train(cfg: TrainConfig, out: str | Path, model_config: ParScaleEARConfig | N
         optimizer.load_state_dict(ckpt["optimizer"])
         start = ckpt["step"]
 
-    runner = step_module
+    runner = task.step
     if cfg.compile:
         runner = torch.compile(runner)
     if d.world > 1:
@@ -297,30 +345,19 @@ def train(cfg: TrainConfig, out: str | Path, model_config: ParScaleEARConfig | N
     def save(step: int) -> None:
         if not d.main:
             return
-        cfg_dict = model_config.to_dict()
-        if cfg.kind == "vae":  # latents of unit std for the generator
-            cfg_dict["vae"]["latent_scale"] = latent_scale(ema, data, dev)
-        state = {"kind": cfg.kind, "version": CHECKPOINT_VERSION, "step": step, "config": cfg_dict,
-                 "train": asdict(cfg), "model": part.state_dict(), "ema": ema.state_dict(),
-                 "optimizer": optimizer.state_dict()}
-        if cfg.kind == "generator":
-            state["vae"] = model.vae.state_dict()
+        state = {"kind": cfg.kind, "version": CHECKPOINT_VERSION, "step": step, "train": asdict(cfg),
+                 "model": part.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+                 **task.checkpoint(model_config.to_dict(), ema)}
         atomic_torch_save(state, out / CHECKPOINT)
 
     def snapshot(step: int) -> None:
         if not d.main:
             return
         with torch.no_grad():
-            if cfg.kind == "vae":
-                x = from_uint8(data.images[:32].to(dev))
-                grid = torch.cat([x, ema.decode(ema.encode(x)).clamp(-1, 1)])
-            else:
-                n = 10 * max(1, min(10, model_config.num_classes))
-                labels = None if not model_config.num_classes else torch.arange(n) % model_config.num_classes
-                grid = ema_model.generate(n, labels=labels, seed=0, batch_size=n)
+            grid, nrow = task.grid(ema_model)
         (out / "samples").mkdir(exist_ok=True)
-        save_grid(grid, out / "samples" / f"step_{step:07d}.png", nrow=max(8, min(10, model_config.num_classes or 10)) if cfg.kind != "vae" else 16)
-        plot_losses(out / METRICS, out / "loss.png", keys=("loss",) if cfg.kind == "vae" else ("loss", "coarse", "fine"))
+        save_grid(grid, out / "samples" / f"step_{step:07d}.png", nrow=nrow)
+        plot_losses(out / METRICS, out / "loss.png", keys=task.loss_keys)
 
     iterator = range(start, cfg.steps)
     if progress and d.main:
@@ -331,14 +368,11 @@ def train(cfg: TrainConfig, out: str | Path, model_config: ParScaleEARConfig | N
     step = start
     for step in iterator:
         torch.manual_seed(step_seed(cfg.seed, step, d.rank))
-        idx = batch_indices(len(inputs_all), cfg.batch_size, step, cfg.seed, d).to(dev)
+        idx = batch_indices(len(task.inputs), cfg.batch_size, step, cfg.seed, d).to(dev)
         for g in optimizer.param_groups:
             g["lr"] = lr_at(step, cfg) * g["lr_ratio"]
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
-            if cfg.kind == "vae":
-                losses = runner(from_uint8(inputs_all[idx]))
-            else:
-                losses = runner(inputs_all[idx], None if labels_all is None else labels_all[idx])
+            losses = runner(*task.batch(idx))
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(part.parameters(), cfg.grad_clip)
