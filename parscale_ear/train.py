@@ -216,10 +216,17 @@ def param_groups(module: nn.Module, cfg: TrainConfig) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
+def warmup_steps(cfg: TrainConfig) -> int:
+    """The warm-up actually used: --warmup-steps, capped at half the run, so a short run reaches --lr."""
+    return min(cfg.warmup_steps, cfg.steps // 2)
+
+
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    """Linear warm-up to cfg.lr over `warmup_steps(cfg)`, then cosine decay to cfg.lr * min_lr_ratio."""
+    warm = warmup_steps(cfg)
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    t = (step - warm) / max(1, cfg.steps - warm)
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
 
@@ -335,7 +342,9 @@ def train(cfg: TrainConfig, out: str | Path, model_config: ParScaleEARConfig | N
     if d.main:
         prepare_output_folder(out)
         remove_stale_temporaries(out, (CHECKPOINT, METRICS, RUN_CONFIG))
-        atomic_write_json(out / RUN_CONFIG, {"train": asdict(cfg), "model": model_config.to_dict(), "world_size": d.world,
+        used = {"bf16": use_bf16, "warmup_steps": warmup_steps(cfg)}  # what this run does, not only what was asked
+        atomic_write_json(out / RUN_CONFIG, {"train": {**asdict(cfg), **used}, "requested": {k: getattr(cfg, k) for k in used},
+                                             "model": model_config.to_dict(), "world_size": d.world,
                                              "device": str(dev), "torch": torch.__version__, "num_images": len(data)})
         metrics = out / METRICS
         if metrics.exists():  # drop rows past the checkpoint we resume from (a killed run's tail)

@@ -1,6 +1,7 @@
 """Structure (issue 9): what each module imports and where each concept lives."""
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -55,3 +56,23 @@ def test_fid_is_split_by_concept_and_patches_nothing_at_runtime():
     source = (Path(parscale_ear.__file__).parent / "fid.py").read_text()
     assert "mock" not in source and "fid_weights" in _package_imports("fid")
     assert "metrics" not in _package_imports("fid") and "recon_metrics" not in source
+
+
+def test_ci_gate_summary_says_when_no_gate_was_checked(tmp_path, monkeypatch, capsys):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "ci"))
+    import validate_results
+
+    monkeypatch.setattr(validate_results, "evaluate_gates", lambda folder, gates, enforce: [("M2-2 latency", None, "n/a")])
+    monkeypatch.setattr(validate_results, "check_sha256sums", lambda root: [("sha256:x", True, "matches")])
+    assert validate_results.main([str(tmp_path), "--no-gates"]) == 0
+    out = capsys.readouterr().out
+    assert "no gates checked" in out and "all gates passed" not in out
+    monkeypatch.setattr(validate_results, "evaluate_gates", lambda folder, gates, enforce: [("M2-2 latency", True, "ok")])
+    assert validate_results.main([str(tmp_path)]) == 0
+    assert "all gates passed" in capsys.readouterr().out
+
+
+def test_ci_run_sh_has_help():
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run(["bash", str(root / "ci" / "run.sh"), "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "--quick" in out.stdout and "--device" in out.stdout

@@ -210,3 +210,22 @@ def test_cli_train_mode_and_streams_shorthands(tmp_path, vae_run, npz_data):
     hybrid = json.loads((out / "run.json").read_text())["model"]["hybrid"]
     assert hybrid["mode"] == "no_fine" and hybrid["coarse"]["streams"] == 1 and hybrid["fine"]["streams"] == 1
     assert hybrid["coarse"]["depth"] == 2
+
+
+def test_warmup_is_capped_so_a_short_run_reaches_its_lr():
+    from parscale_ear.train import lr_at, warmup_steps
+
+    short = TrainConfig(steps=20, warmup_steps=100, lr=1e-3, min_lr_ratio=0.1)
+    assert warmup_steps(short) == 10
+    assert lr_at(9, short) == pytest.approx(1e-3) and max(lr_at(s, short) for s in range(20)) == pytest.approx(1e-3)
+    long = TrainConfig(steps=10_000, warmup_steps=100, lr=1e-3)
+    assert warmup_steps(long) == 100 and lr_at(49, long) == pytest.approx(5e-4)
+
+
+def test_run_json_records_what_the_run_does(tmp_path, npz_data):
+    c = TrainConfig(kind="vae", steps=4, batch_size=8, lr=1e-3, warmup_steps=50, log_every=2, sample_every=100, ckpt_every=4,
+                    data=npz_data, bf16=True)
+    train(c, tmp_path / "v", pe.get_config("tiny-32"), progress=False)
+    run = json.loads((tmp_path / "v" / "run.json").read_text())
+    assert run["train"]["bf16"] is False and run["requested"]["bf16"] is True  # no bf16 autocast on the CPU
+    assert run["train"]["warmup_steps"] == 2 and run["requested"]["warmup_steps"] == 50
