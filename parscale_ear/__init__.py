@@ -1,15 +1,34 @@
-"""ParScale-EAR: LiteVAE + coarse/fine hybrid + energy-score multi-stream autoregression for fast image generation."""
+"""ParScale-EAR: LiteVAE + coarse/fine hybrid + energy-score multi-stream generation for fast image generation.
+
+The public names below load on first use (PEP 562), so `parscale-ear --help` and `--version` answer
+without importing torch.
+"""
+from __future__ import annotations
+
+import importlib
+
 __version__ = "0.1.0"
 
-from .generator import EnergyGenerator, EnergyHead, GeneratorConfig
-from .hybrid import CoarseFineHybrid, HybridConfig
-from .losses import energy_score_loss
-from .pipeline import ParScaleEAR, ParScaleEARConfig
-from .presets import create_model, get_config, list_models
-from .vae import LiteVAE, LiteVAEConfig, haar_dwt, haar_idwt
+_EXPORTS = {
+    "EnergyGenerator": "generator", "EnergyHead": "generator", "GeneratorConfig": "generator",
+    "CoarseFineHybrid": "hybrid", "HybridConfig": "hybrid",
+    "energy_score_loss": "losses",
+    "ParScaleEAR": "pipeline", "ParScaleEARConfig": "pipeline",
+    "create_model": "presets", "get_config": "presets", "list_models": "presets",
+    "LiteVAE": "vae", "LiteVAEConfig": "vae",
+    "haar_dwt": "wavelets", "haar_idwt": "wavelets",
+}
 
-__all__ = [
-    "CoarseFineHybrid", "EnergyGenerator", "EnergyHead", "GeneratorConfig", "HybridConfig", "LiteVAE",
-    "LiteVAEConfig", "ParScaleEAR", "ParScaleEARConfig", "create_model", "energy_score_loss", "get_config",
-    "haar_dwt", "haar_idwt", "list_models",
-]
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'parscale_ear' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

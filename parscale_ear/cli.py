@@ -23,9 +23,6 @@ def _steps(text: str):
     raise argparse.ArgumentTypeError(f"--steps: expected N or COARSE,FINE, got {text!r}")
 
 
-from .utils import resolve_device  # noqa: E402  (light: no model imports)
-
-
 def _overrides(items: list[str]) -> dict:
     """--set key=value pairs (value parsed as JSON when it can be); dotted keys nest: vae.latent_channels=8."""
     out: dict = {}
@@ -46,34 +43,57 @@ def _overrides(items: list[str]) -> dict:
 
 
 def _train_args(p: argparse.ArgumentParser, lr: float, batch: int, ema: float) -> None:
-    p.add_argument("--steps", type=int, required=True)
-    p.add_argument("--batch-size", type=int, default=batch, help="global batch over all GPUs (default %(default)s)")
+    p.add_argument("--steps", type=int, required=True, help="optimiser steps of the run")
+    p.add_argument("--batch-size", type=int, default=batch, help="global batch over all GPUs")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lr", type=float, default=lr)
-    p.add_argument("--warmup-steps", type=int, default=100)
-    p.add_argument("--ema-decay", type=float, default=ema)
-    p.add_argument("--log-every", type=int, default=50)
-    p.add_argument("--sample-every", type=int, default=1000)
-    p.add_argument("--ckpt-every", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0, help="initial weights and every random draw of the run")
+    p.add_argument("--lr", type=float, default=lr, help="peak learning rate (AdamW, cosine decay)")
+    p.add_argument("--warmup-steps", type=int, default=100, help="linear warm-up, capped at half the run")
+    p.add_argument("--ema-decay", type=float, default=ema, help="EMA of the weights used for sampling")
+    p.add_argument("--log-every", type=int, default=50, help="steps between metrics.jsonl rows")
+    p.add_argument("--sample-every", type=int, default=1000, help="steps between sample grids")
+    p.add_argument("--ckpt-every", type=int, default=1000, help="steps between checkpoints")
     p.add_argument("--max-minutes", type=float, default=0.0, help="stop and checkpoint after this wall time")
     p.add_argument("--compile", action="store_true", help="torch.compile the training step")
     p.add_argument("--no-bf16", action="store_true", help="train in float32 on CUDA (bf16 autocast is the default)")
     p.add_argument("--max-images", type=int, default=0, help="train on the first N images only (quick runs)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="model config overrides, e.g. hybrid.fine.depth=8")
 
 
+class _Help(argparse.HelpFormatter):
+    """Help with each optional flag's default shown (not for required flags, None or switches)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (action.option_strings and not action.required and action.default not in (None, False, argparse.SUPPRESS)
+                and "default" not in text):
+            text += " (default: %(default)s)"
+        return text
+
+
+def _parser_class():
+    class Parser(argparse.ArgumentParser):
+        def __init__(self, *args, **kwargs):
+            kwargs.setdefault("formatter_class", _Help)
+            super().__init__(*args, **kwargs)
+
+    return Parser
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="parscale-ear", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="parscale-ear", description=__doc__.splitlines()[0], formatter_class=_Help)
+    parser.add_argument("--version", action="version", version=f"parscale-ear {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_parser_class())
 
     sub.add_parser("models", help="list the model presets and their parameter counts")
 
     p = sub.add_parser("train-vae", help="train the LiteVAE of a preset on images")
-    p.add_argument("--preset", default="fmnist-32")
+    p.add_argument("--preset", default="fmnist-32", help="model preset (see `parscale-ear models`)")
     p.add_argument("--data", default="fashion-mnist", help="fashion-mnist, a folder (idx, ImageFolder, CIFAR-10) or .npz")
     _train_args(p, lr=4e-4, batch=256, ema=0.999)
 
@@ -89,25 +109,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="generate images from a run or release folder")
     p.add_argument("--ckpt", required=True, help="run folder, checkpoint file or release folder")
-    p.add_argument("--n", type=int, default=64)
+    p.add_argument("--n", type=int, default=64, help="number of images")
     p.add_argument("--labels", type=int, nargs="*", default=None, help="one label for all, or one per image")
-    p.add_argument("--cfg", type=float, default=None)
-    p.add_argument("--temperature", type=float, default=None)
-    p.add_argument("--steps", type=_steps, default=None, help="N or COARSE,FINE")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--device", default=None)
+    p.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's)")
+    p.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: the model's)")
+    p.add_argument("--steps", type=_steps, default=None, help="N or COARSE,FINE (default: the model's)")
+    p.add_argument("--seed", type=int, default=0, help="image i is drawn from seed + i")
+    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--out", required=True, help="grid.png, or a folder for one PNG per image named by its seed")
 
     p = sub.add_parser("export", help="write a generator run in the release format (config.json + model.safetensors)")
-    p.add_argument("--run", required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("--run", required=True, help="generator run folder (from train)")
+    p.add_argument("--out", required=True, help="release folder to write (config.json + model.safetensors)")
     p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
-                   help="dtype of the stored parameters (default %(default)s; half types halve the file)")
+                   help="dtype of the stored parameters (half types halve the file)")
 
     sub.add_parser("fid", help="FID between two folders / .npz image files / statistics files", add_help=False)
     sub.add_parser("fid-weights", help="convert the offline InceptionV3 into pytorch-fid's weight file", add_help=False)
     return parser
+
+
+def resolve_device(name):
+    from .utils import resolve_device as resolve
+
+    return resolve(name)
 
 
 def _train(args, kind: str) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Sequence
@@ -22,6 +23,8 @@ from tqdm import tqdm
 from .data import IMAGE_EXTENSIONS
 from .fid_weights import FEATURE_DIM, FIDWeightsError, load_inception  # noqa: F401  (load_inception: part of this API)
 from .utils import atomic_path
+
+MIN_RELIABLE_IMAGES = 10_000  # below this FID is strongly biased (it falls with n); 50k is the standard
 
 
 # ---------------------------------------------------------------------------- features
@@ -257,10 +260,12 @@ def frechet_distance(stats_a: tuple, stats_b: tuple, eps: float = 1e-6) -> float
     if mu_a.shape != mu_b.shape:
         raise ValueError(f"expected statistics of one dimension, given {mu_a.shape[0]} and {mu_b.shape[0]}")
     diff = mu_a - mu_b
-    covmean = linalg.sqrtm(sigma_a.dot(sigma_b))
-    if not np.isfinite(covmean).all():  # singular product: add eps to the diagonals
-        offset = np.eye(sigma_a.shape[0]) * eps
-        covmean = linalg.sqrtm((sigma_a + offset).dot(sigma_b + offset))
+    with warnings.catch_warnings():  # a singular product is handled below, not reported twice
+        warnings.simplefilter("ignore")
+        covmean = linalg.sqrtm(sigma_a.dot(sigma_b))
+        if not np.isfinite(covmean).all():  # singular product: add eps to the diagonals
+            offset = np.eye(sigma_a.shape[0]) * eps
+            covmean = linalg.sqrtm((sigma_a + offset).dot(sigma_b + offset))
     if np.iscomplexobj(covmean):
         if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
             raise ValueError(f"Frechet distance: imaginary component {np.max(np.abs(covmean.imag)):.3g} in sqrtm")
@@ -305,6 +310,10 @@ def fid_cli(argv: Sequence[str] | None = None) -> int:
             model = load_inception(device)
         stats = [compute_statistics(s, args.batch_size, device, args.progress, model)
                  for s in args.sources]
+        for source, st in zip(args.sources, stats):
+            if st[2] is not None and st[2] < MIN_RELIABLE_IMAGES:
+                print(f"parscale-ear fid: warning: {source} has {st[2]} images; FID from fewer than "
+                      f"{MIN_RELIABLE_IMAGES} is biased upwards and noisy (papers use 50,000)", file=sys.stderr)
         if args.save_stats is not None:
             path = save_statistics(args.save_stats, *stats[0])
             print(f"saved statistics of {args.sources[0]} ({stats[0][2]} images) to {path}")

@@ -306,3 +306,16 @@ def test_frechet_distance_is_pytorch_fids_formula(monkeypatch):
         x, y = g.normal(size=(50, 8)), g.normal(size=(40, 8)) + shift
         a, b = (x.mean(0), np.cov(x, rowvar=False)), (y.mean(0), np.cov(y, rowvar=False))
         assert fid_mod.frechet_distance(a, b) == pytest.approx(fid_score.calculate_frechet_distance(*a, *b), rel=1e-12)
+
+
+def test_fid_cli_warns_about_few_images_and_prints_no_scipy_warnings(tmp_path, monkeypatch, capsys):
+    model = StandIn()
+    monkeypatch.setattr(fid_mod, "load_inception", lambda device="cpu", allow_download=False: model)
+    images = random_uint8(24)
+    np.savez(tmp_path / "a.npz", images=images)
+    np.savez(tmp_path / "b.npz", images=(images // 2).astype(np.uint8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning (scipy's included) fails the call
+        assert fid_mod.fid_cli([str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 2 and "24 images" in err and "10000" in err

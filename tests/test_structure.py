@@ -76,3 +76,33 @@ def test_ci_run_sh_has_help():
     root = Path(__file__).resolve().parent.parent
     out = subprocess.run(["bash", str(root / "ci" / "run.sh"), "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--quick" in out.stdout and "--device" in out.stdout
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["train", "--help"], ["sample", "--help"]])
+def test_cli_help_and_version_answer_without_importing_torch(args):
+    code = ("import sys\nfrom parscale_ear.cli import main\ntry:\n    main(%r)\nexcept SystemExit as e:\n    assert e.code == 0\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n" % (args,))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    if args == ["--version"]:
+        assert out.stdout.startswith("parscale-ear 0.1.0")
+
+
+def test_every_optional_cli_flag_has_help_and_shows_its_default():
+    import argparse
+
+    from parscale_ear.cli import build_parser
+
+    parser = build_parser()
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in subs.choices.items():
+        if name in ("fid", "fid-weights"):  # their own parsers (parscale_ear.fid, fid_weights)
+            continue
+        sub.format_help()  # renders
+        formatter = sub._get_formatter()
+        for action in sub._actions:
+            if not action.option_strings or action.dest == "help":
+                continue
+            assert action.help, f"{name} {action.option_strings[0]} has no help"
+            if not action.required and action.default not in (None, False):
+                assert "default" in formatter._get_help_string(action), (name, action.dest)
