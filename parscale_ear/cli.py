@@ -60,6 +60,7 @@ def _train_args(p: argparse.ArgumentParser, lr: float, batch: int, ema: float) -
     p.add_argument("--no-bf16", action="store_true", help="train in float32 on CUDA (bf16 autocast is the default)")
     p.add_argument("--max-images", type=int, default=0, help="train on the first N images only (quick runs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-samples", action="store_true", help="no sample grids or loss plot during or after training")
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="model config overrides, e.g. hybrid.fine.depth=8")
 
 
@@ -169,7 +170,7 @@ def _train(args, kind: str) -> int:
     cfg = TrainConfig(kind=kind, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
                       ema_decay=args.ema_decay, seed=args.seed, log_every=args.log_every, sample_every=args.sample_every,
                       ckpt_every=args.ckpt_every, bf16=not args.no_bf16, compile=args.compile, max_minutes=args.max_minutes,
-                      data=data, max_images=args.max_images, vae_run=str(args.vae) if kind == "generator" else "")
+                      data=data, max_images=args.max_images, samples=not args.no_samples, vae_run=str(args.vae) if kind == "generator" else "")
     out = train(cfg, args.out, model_config, resume=args.resume, device=resolve_device(args.device), progress=not args.no_progress)
     print(f"run folder: {out}")
     return 0
@@ -195,7 +196,7 @@ def _sample(args) -> int:
     if labels is not None and len(labels) == 1:
         labels = labels * args.n
     batches = model.iter_generate(args.n, labels=labels, cfg=args.cfg, temperature=args.temperature, steps=args.steps,
-                                  seed=args.seed, batch_size=args.batch_size, progress=not as_grid)
+                                  seed=args.seed, batch_size=args.batch_size, progress=True)
     if as_grid:
         save_grid(torch.cat(list(batches)), out, nrow=min(10, args.n))
     else:

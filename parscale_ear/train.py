@@ -54,6 +54,7 @@ class TrainConfig:
     vae_run: str = ""  # generator runs: the VAE run folder
     kl_weight: float = 1e-6
     max_images: int = 0  # train on the first N images only (quick runs); 0 = all
+    samples: bool = True  # sample grids (and the loss plot) every sample_every steps and at the end
 
     def __post_init__(self):
         if self.kind not in ("vae", "generator"):
@@ -143,7 +144,8 @@ class VAETask:
     kind = "vae"
     loss_keys = ("loss",)
 
-    def __init__(self, model: ParScaleEAR, data: ImageData, cfg: TrainConfig, dev: torch.device, d: Dist, fresh: bool):
+    def __init__(self, model: ParScaleEAR, data: ImageData, cfg: TrainConfig, dev: torch.device, d: Dist, fresh: bool,
+                 progress: bool = False):
         self.model, self.data, self.dev = model, data, dev
         self.part, self.step = model.vae, VAEStep(model.vae, cfg.kl_weight)
         self.inputs = data.images.to(dev)
@@ -158,9 +160,10 @@ class VAETask:
         config["vae"]["latent_scale"] = latent_scale(ema, self.data, self.dev)  # latents of unit std for the generator
         return {"config": config}
 
-    def grid(self, ema_model: ParScaleEAR) -> tuple[torch.Tensor, int]:
+    def grid(self, ema_model: ParScaleEAR) -> tuple[torch.Tensor, int, list[str] | None]:
+        """32 originals, then their reconstructions, 16 per row."""
         x = from_uint8(self.data.images[:32].to(self.dev))
-        return torch.cat([x, ema_model.vae.decode(ema_model.vae.encode(x)).clamp(-1, 1)]), 16
+        return torch.cat([x, ema_model.vae.decode(ema_model.vae.encode(x)).clamp(-1, 1)]), 16, None
 
 
 class GeneratorTask:
@@ -171,10 +174,11 @@ class GeneratorTask:
     kind = "generator"
     loss_keys = ("loss", "coarse", "fine")
 
-    def __init__(self, model: ParScaleEAR, data: ImageData, cfg: TrainConfig, dev: torch.device, d: Dist, fresh: bool):
-        self.model = model
+    def __init__(self, model: ParScaleEAR, data: ImageData, cfg: TrainConfig, dev: torch.device, d: Dist, fresh: bool,
+                 progress: bool = False):
+        self.model, self.class_names = model, data.class_names
         model.vae.requires_grad_(False)
-        self.inputs = cached_latents(Path(cfg.vae_run), model, data, dev, d).to(dev)
+        self.inputs = cached_latents(Path(cfg.vae_run), model, data, dev, d, progress and d.main).to(dev)
         if fresh:
             model.hybrid.fit_token_scales(self.inputs[:10_000])
         self.labels = data.labels.to(dev) if model.config.num_classes else None
@@ -189,11 +193,14 @@ class GeneratorTask:
     def checkpoint(self, config: dict, ema: nn.Module) -> dict:
         return {"config": config, "vae": self.model.vae.state_dict()}
 
-    def grid(self, ema_model: ParScaleEAR) -> tuple[torch.Tensor, int]:
+    def grid(self, ema_model: ParScaleEAR) -> tuple[torch.Tensor, int, list[str] | None]:
+        """Samples of seeds 0..n-1; with classes, column j shows class j (named above it)."""
         classes = ema_model.config.num_classes
         n = 10 * max(1, min(10, classes))
         labels = None if not classes else torch.arange(n) % classes
-        return ema_model.generate(n, labels=labels, seed=0, batch_size=n), max(8, min(10, classes or 10))
+        nrow = max(8, min(10, classes or 10))
+        names = self.class_names[:nrow] if classes and nrow == min(10, classes) and self.class_names else None
+        return ema_model.generate(n, labels=labels, seed=0, batch_size=n), nrow, names
 
 
 def param_groups(module: nn.Module, cfg: TrainConfig) -> list[dict]:
@@ -246,17 +253,23 @@ def load_images(cfg: TrainConfig, config: ParScaleEARConfig) -> ImageData:
 
 
 @torch.no_grad()
-def encode_dataset(vae, images: torch.Tensor, device: torch.device, batch: int = 500) -> torch.Tensor:
+def encode_dataset(vae, images: torch.Tensor, device: torch.device, batch: int = 500, progress: bool = False) -> torch.Tensor:
     """Scaled posterior means (N, c, h, w) of uint8 images (N, C, H, W), in float32 on the CPU."""
     vae = vae.to(device).eval()
     out = []
-    for i in range(0, len(images), batch):
+    starts = range(0, len(images), batch)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="encode latents", unit="batch")
+    for i in starts:
         x = from_uint8(images[i : i + batch].to(device))
         out.append(vae.encode(x).float().cpu())
     return torch.cat(out)
 
 
-def cached_latents(vae_run: Path, model: ParScaleEAR, data: ImageData, device: torch.device, d: Dist) -> torch.Tensor:
+def cached_latents(vae_run: Path, model: ParScaleEAR, data: ImageData, device: torch.device, d: Dist,
+                   progress: bool = False) -> torch.Tensor:
     """Latents of the training images under the VAE run's weights, cached once in the VAE run folder."""
     path = vae_run / "latents-train.pt"
     key = {"vae_checkpoint_mtime": (vae_run / CHECKPOINT).stat().st_mtime_ns, "num_images": len(data)}
@@ -268,7 +281,7 @@ def cached_latents(vae_run: Path, model: ParScaleEAR, data: ImageData, device: t
         if isinstance(cache, dict) and cache.get("key") == key:
             return cache["latents"]
     if d.main:
-        latents = encode_dataset(model.vae, data.images, device)
+        latents = encode_dataset(model.vae, data.images, device, progress=progress)
         atomic_torch_save({"key": key, "latents": latents}, path)
     if d.world > 1:
         dist.barrier()
@@ -319,7 +332,7 @@ def train(cfg: TrainConfig, out: str | Path, model_config: ParScaleEARConfig | N
     data = load_images(cfg, model_config)
     if model_config.num_classes and data.num_classes != model_config.num_classes:
         raise ValueError(f"data has {data.num_classes} classes, the model expects {model_config.num_classes}")
-    task = (VAETask if cfg.kind == "vae" else GeneratorTask)(model, data, cfg, dev, d, fresh=ckpt is None)
+    task = (VAETask if cfg.kind == "vae" else GeneratorTask)(model, data, cfg, dev, d, fresh=ckpt is None, progress=progress)
     part = task.part
     model.to(dev)
     ema_model = copy.deepcopy(model).requires_grad_(False).eval()  # EMA of the trained part; used for samples
@@ -363,9 +376,9 @@ def train(cfg: TrainConfig, out: str | Path, model_config: ParScaleEARConfig | N
         if not d.main:
             return
         with torch.no_grad():
-            grid, nrow = task.grid(ema_model)
+            grid, nrow, names = task.grid(ema_model)
         (out / "samples").mkdir(exist_ok=True)
-        save_grid(grid, out / "samples" / f"step_{step:07d}.png", nrow=nrow)
+        save_grid(grid, out / "samples" / f"step_{step:07d}.png", nrow=nrow, column_labels=names)
         plot_losses(out / METRICS, out / "loss.png", keys=task.loss_keys)
 
     iterator = range(start, cfg.steps)
@@ -408,8 +421,11 @@ def train(cfg: TrainConfig, out: str | Path, model_config: ParScaleEARConfig | N
         out_of_time = cfg.max_minutes > 0 and (time.time() - t_start) > 60 * cfg.max_minutes
         if done % cfg.ckpt_every == 0 or done == cfg.steps or out_of_time:
             save(done)
-        if done % cfg.sample_every == 0 or done == cfg.steps or out_of_time:
+        if cfg.samples and (done % cfg.sample_every == 0 or done == cfg.steps or out_of_time):
+            t0 = time.time()
             snapshot(done)
+            spent = time.time() - t0  # sampling is not training: keep it out of images/s, elapsed_s and --max-minutes
+            t_start, window_t = t_start + spent, window_t + spent
         if out_of_time:
             break
     if d.world > 1:

@@ -232,18 +232,29 @@ def _pil(array) -> "Image.Image":
     return Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
 
 
-def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int = 8, pad: int = 2) -> Path:
-    """Save images (B, C, H, W) in [-1, 1] as one PNG grid, atomically."""
-    x = to_uint8(images)
-    B, H, W, C = x.shape
-    ncol = min(nrow, B)
-    rows = (B + ncol - 1) // ncol
-    canvas = torch.full((rows * (H + pad) + pad, ncol * (W + pad) + pad, C), 255, dtype=torch.uint8)
-    for i in range(B):
-        r, c = divmod(i, ncol)
-        canvas[pad + r * (H + pad) : pad + r * (H + pad) + H, pad + c * (W + pad) : pad + c * (W + pad) + W] = x[i]
+def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int = 8, pad: int = 2,
+              column_labels: list[str] | None = None) -> Path:
+    """Save images (B, C, H, W) in [-1, 1] as one PNG grid (torchvision's make_grid, white padding),
+    atomically; `column_labels` (one per column, e.g. class names) are written above the columns."""
+    from torchvision.utils import make_grid
+
+    x = (images.detach().float().clamp(-1, 1) + 1) / 2
+    grid = make_grid(x.cpu(), nrow=min(nrow, len(x)), padding=pad, pad_value=1.0)  # (3, H, W) in [0, 1]
+    array = (grid * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    image = _pil(array)
+    if column_labels:
+        from PIL import Image, ImageDraw
+
+        cell = images.shape[-1] + pad
+        head = 12
+        canvas = Image.new("RGB", (image.width, image.height + head), "white")
+        canvas.paste(image.convert("RGB"), (0, head))
+        draw = ImageDraw.Draw(canvas)
+        for i, label in enumerate(column_labels[: min(nrow, len(x))]):
+            draw.text((pad + i * cell, 0), str(label)[: max(1, cell // 6)], fill="black")
+        image = canvas
     with atomic_path(path) as tmp:
-        _pil(canvas.numpy()).save(tmp, format="PNG")
+        image.save(tmp, format="PNG")
     return Path(path)
 
 
@@ -256,38 +267,40 @@ def save_images(images: torch.Tensor, folder: str | os.PathLike, names: list[str
             _pil(img).save(tmp, format="PNG")
 
 
-def line_plot(path: str | os.PathLike, series: dict, title: str = "", xlabel: str = "", log_x: bool = False) -> Path:
-    """A small PNG line plot of {name: (xs, ys)} (PIL only, no matplotlib), written atomically."""
+def line_plot(path: str | os.PathLike, series: dict, title: str = "", xlabel: str = "", ylabel: str = "",
+              log_x: bool = False, log_y: bool = False) -> Path | None:
+    """A PNG line plot of {name: (xs, ys)} with matplotlib (the `plots` extra), axes, ticks and a
+    legend outside the lines, written atomically. Without matplotlib: no file, one line on stderr."""
     import math
+    import sys
 
-    from PIL import Image, ImageDraw
+    try:
+        import matplotlib
 
-    W, H, pad = 720, 400, 50
-    img = Image.new("RGB", (W, H), "white")
-    draw = ImageDraw.Draw(img)
-    fx = (lambda v: math.log2(v)) if log_x else (lambda v: v)  # noqa: E731
-    xs = [fx(x) for xs_, _ in series.values() for x in xs_]
-    ys = [y for _, ys_ in series.values() for y in ys_ if math.isfinite(y)]
-    if not xs or not ys:
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"note: no plot {path} (pip install 'parscale-ear[plots]' for matplotlib)", file=sys.stderr)
+        return None
+    if not any(math.isfinite(y) for _, ys in series.values() for y in ys):
         raise ValueError("line_plot: nothing to plot")
-    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
-    sx = lambda v: pad + (W - 2 * pad) * (fx(v) - x0) / ((x1 - x0) or 1)  # noqa: E731
-    sy = lambda v: H - pad - (H - 2 * pad) * (v - y0) / ((y1 - y0) or 1)  # noqa: E731
-    draw.rectangle([pad, pad, W - pad, H - pad], outline="black")
-    colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f"]
-    for k, (name, (xs_, ys_)) in enumerate(series.items()):
-        c = colors[k % len(colors)]
-        pts = [(sx(x), sy(y)) for x, y in zip(xs_, ys_) if math.isfinite(y)]
-        if len(pts) > 1:
-            draw.line(pts, fill=c, width=2)
-        for px, py in pts:
-            draw.ellipse([px - 2, py - 2, px + 2, py + 2], fill=c)
-        draw.text((pad + 6, pad + 6 + 13 * k), str(name), fill=c)
-    draw.text((pad, 15), title, fill="black")
-    draw.text((pad, H - pad + 8), f"{xlabel}: {min(v for s in series.values() for v in s[0]):g} .. "
-              f"{max(v for s in series.values() for v in s[0]):g}   y: {y0:.4g} .. {y1:.4g}", fill="black")
-    with atomic_path(path) as tmp:
-        img.save(tmp, format="PNG")
+    fig, ax = plt.subplots(figsize=(7.2, 4.0), dpi=100)
+    try:
+        for name, (xs, ys) in series.items():
+            ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.5, label=str(name))
+        ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+        if log_x:
+            ax.set_xscale("log", base=2)
+        if log_y:
+            ax.set_yscale("log")
+        ax.grid(True, alpha=0.3)
+        if len(series) > 1:
+            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+        fig.tight_layout()
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
     return Path(path)
 
 

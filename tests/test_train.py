@@ -229,3 +229,30 @@ def test_run_json_records_what_the_run_does(tmp_path, npz_data):
     run = json.loads((tmp_path / "v" / "run.json").read_text())
     assert run["train"]["bf16"] is False and run["requested"]["bf16"] is True  # no bf16 autocast on the CPU
     assert run["train"]["warmup_steps"] == 2 and run["requested"]["warmup_steps"] == 50
+
+
+def test_no_samples_and_sampling_time_stays_out_of_the_training_clock(tmp_path, npz_data, vae_run, monkeypatch):
+    c = TrainConfig(kind="generator", steps=4, batch_size=8, lr=1e-3, warmup_steps=1, log_every=1, sample_every=2,
+                    ckpt_every=4, data=npz_data, vae_run=str(vae_run), bf16=False, samples=False)
+    train(c, tmp_path / "quiet", None, progress=False)
+    assert not (tmp_path / "quiet" / "samples").exists() and not (tmp_path / "quiet" / "loss.png").exists()
+
+    import time as time_mod
+
+    real_generate = pe.ParScaleEAR.generate
+
+    def slow_generate(self, *a, **k):
+        time_mod.sleep(1.0)
+        return real_generate(self, *a, **k)
+
+    monkeypatch.setattr(pe.ParScaleEAR, "generate", slow_generate)
+    c.samples = True
+    train(c, tmp_path / "loud", None, progress=False)
+    rows = losses(tmp_path / "loud")
+    assert len(list((tmp_path / "loud" / "samples").glob("*.png"))) == 2
+    assert rows[-1]["elapsed_s"] < 1.0  # the 1 s grid at step 2 is not training time
+    grid = (tmp_path / "loud" / "samples" / "step_0000004.png")
+    from PIL import Image
+
+    with Image.open(grid) as im:  # class names above the 10 columns
+        assert im.height > 10 * 34
