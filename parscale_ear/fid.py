@@ -310,15 +310,15 @@ def fid_cli(argv: Sequence[str] | None = None) -> int:
             model = load_inception(device)
         stats = [compute_statistics(s, args.batch_size, device, args.progress, model)
                  for s in args.sources]
-        for source, st in zip(args.sources, stats):
-            if st[2] is not None and st[2] < MIN_RELIABLE_IMAGES:
-                print(f"parscale-ear fid: warning: {source} has {st[2]} images; FID from fewer than "
-                      f"{MIN_RELIABLE_IMAGES} is biased upwards and noisy (papers use 50,000)", file=sys.stderr)
         if args.save_stats is not None:
             path = save_statistics(args.save_stats, *stats[0])
             print(f"saved statistics of {args.sources[0]} ({stats[0][2]} images) to {path}")
         if len(stats) == 2:
             print(f"FID: {frechet_distance(stats[0], stats[1]):.4f}")
+        for source, st in zip(args.sources, stats):
+            if st[2] is not None and st[2] < MIN_RELIABLE_IMAGES:
+                print(f"parscale-ear fid: warning: {source} has {st[2]} images; FID from fewer than "
+                      f"{MIN_RELIABLE_IMAGES} is biased upwards and noisy (papers use 50,000)", file=sys.stderr)
     except (FIDWeightsError, OSError, ValueError, TypeError) as error:
         print(f"parscale-ear: error: {error}", file=sys.stderr)
         return 2
