@@ -15,18 +15,15 @@ from parscale_ear import fid as fidlib
 from parscale_ear.utils import environment
 from parscale_ear.benchmark import profile_latency
 from parscale_ear.pipeline import ParScaleEARConfig
-from parscale_ear.presets import merge_overrides
+from parscale_ear.presets import apply_overrides
 from parscale_ear.train import TrainConfig, load_checkpoint, load_pipeline, train
 from parscale_ear.utils import line_plot
 
-VARIANTS = {  # name -> hybrid overrides
+VARIANTS = {  # name -> create_model shorthands (presets.apply_overrides)
     "full": {},
     "no_coarse": {"mode": "no_coarse"},
     "no_fine": {"mode": "no_fine"},
-    "P=1": {"coarse": {"streams": 1}, "fine": {"streams": 1}},
-    "P=2": {"coarse": {"streams": 2}, "fine": {"streams": 2}},
-    "P=4": {"coarse": {"streams": 4}, "fine": {"streams": 4}},
-    "P=8": {"coarse": {"streams": 8}, "fine": {"streams": 8}},
+    **{f"P={p}": {"streams": p} for p in (1, 2, 4, 8)},
 }
 
 
@@ -40,7 +37,7 @@ def run(args) -> dict:
         args.data, "train", v.image_size, v.in_channels, inception, args.batch_size, limit=args.ref_limit)
     rows = []
     for name in args.variants:
-        config = merge_overrides(base, {"hybrid": VARIANTS[name]})
+        config = apply_overrides(base, **VARIANTS[name])
         run_dir = out / "ablation_runs" / name.replace("=", "")
         if run_dir.exists():
             shutil.rmtree(run_dir)

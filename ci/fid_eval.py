@@ -1,5 +1,6 @@
-"""M2-3 FID: FID of a checkpoint's samples against reference statistics, with and without CFG,
-plus the LiteVAE's rFID, PSNR and SSIM on the test split. Writes fid.json."""
+"""M2-3 FID: FID of a checkpoint's samples against reference statistics, with and without CFG (or
+over a --cfg x --temperature grid, for choosing sampling defaults), plus the LiteVAE's rFID, PSNR
+and SSIM on the test split. Writes fid.json."""
 from __future__ import annotations
 
 import _common
@@ -30,9 +31,10 @@ def run(args) -> dict:
     model = load_pipeline(args.ckpt, device=dev)
     inception = fidlib.load_inception(dev)
     ref = reference(args, model, inception)
-    cfgs = args.cfg if args.cfg else sorted({1.0, float(model.config.cfg) if model.config.cfg != 1.0 else 2.0})
-    rows = evaluate.evaluate_fid(model, ref, args.n, cfgs, inception, args.batch_size, seed=args.seed,
-                                 temperature=args.temperature, progress=not args.quick)
+    rows = []
+    for temperature in args.temperature or [None]:  # a cfg x temperature grid when several are given
+        rows += evaluate.evaluate_fid(model, ref, args.n, args.cfg or None, inception, args.batch_size, seed=args.seed,
+                                      temperature=temperature, progress=not args.quick)
     vae = evaluate.evaluate_vae(model, args.data, "test", inception, limit=args.vae_limit, batch_size=args.batch_size)
     return {"milestone": "M2-3", "env": environment(dev), "quick": args.quick, "checkpoint": str(args.ckpt),
             "model": model.config.name, "reference": {"source": args.ref or f"{args.data}:{args.ref_split}",
@@ -51,7 +53,7 @@ if __name__ == "__main__":
     p.add_argument("--save-ref", default=None, help="also write the computed reference statistics here")
     p.add_argument("--n", type=int, default=50_000, help="samples (50,000 for reported numbers)")
     p.add_argument("--cfg", type=float, nargs="*", default=None, help="guidance scales (default: 1 and the model's)")
-    p.add_argument("--temperature", type=float, default=None)
+    p.add_argument("--temperature", type=float, nargs="*", default=None, help="one or more (default: the model's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--vae-limit", type=int, default=None, help="test images for rFID/PSNR/SSIM (default all)")
@@ -60,6 +62,6 @@ if __name__ == "__main__":
         args.n, args.ref_limit, args.vae_limit, args.batch_size = 64, 128, 64, 64
     result = run(args)
     for r in result["fid"]:
-        print(f"cfg {r['cfg']:.2f}  FID {r['fid']:.3f}  ({r['num_samples']} samples, {r['sampling_seconds']} s sampling)")
+        print(f"cfg {r['cfg']:.2f}  temperature {r['temperature']:.2f}  FID {r['fid']:.3f}  ({r['num_samples']} samples, {r['sampling_seconds']} s sampling)")
     print(f"VAE  rFID {result['vae']['rfid']:.3f}  PSNR {result['vae']['psnr']:.2f} dB  SSIM {result['vae']['ssim']:.4f}")
     _common.write(args.out, "fid.json", result)

@@ -70,11 +70,17 @@ def sample_statistics(model: ParScaleEAR, n: int, inception=None, cfg: float | N
     return mu, sigma, n, t_sample
 
 
-def evaluate_fid(model: ParScaleEAR, reference, n: int, cfgs=(1.0,), inception=None, batch_size: int = 500,
+def default_guidance_scales(model: ParScaleEAR) -> list[float]:
+    """The scales a FID report shows by default: no guidance, and the model's own (2 if that is 1)."""
+    return sorted({1.0, float(model.config.cfg) if model.config.cfg != 1.0 else 2.0})
+
+
+def evaluate_fid(model: ParScaleEAR, reference, n: int, cfgs=None, inception=None, batch_size: int = 500,
                  seed: int = 0, temperature: float | None = None, steps=None, progress: bool = False) -> list[dict]:
-    """FID of n samples for each guidance scale in `cfgs` against `reference` (mu, sigma[, n])."""
+    """FID of n samples for each guidance scale in `cfgs` (default `default_guidance_scales`)
+    against `reference` (mu, sigma[, n])."""
     rows = []
-    for cfg in cfgs:
+    for cfg in default_guidance_scales(model) if cfgs is None else cfgs:
         mu, sigma, count, seconds = sample_statistics(model, n, inception, cfg, temperature, steps, seed, batch_size, progress)
         rows.append({"cfg": cfg, "temperature": model.config.temperature if temperature is None else temperature,
                      "num_samples": count, "fid": fidlib.frechet_distance((mu, sigma), reference),

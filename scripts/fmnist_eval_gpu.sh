@@ -11,4 +11,5 @@ mkdir -p "$out" "$run/stats"
 python3 ci/sanity.py --device cuda --out "$out"
 python3 ci/latency.py --device cuda --bf16 --cuda-graphs --channels-last --compile --out "$out"
 python3 ci/fid_eval.py --device cuda --ckpt "$run/release" --ref "$run/stats/fashion-mnist-train.npz" --n 50000 --cfg 1.0 2.0 --out "$out"
-python3 scripts/fid_sweep.py "$run/release" "$run/stats/fashion-mnist-train.npz" "$out/fid_sweep.json"
+python3 ci/fid_eval.py --device cuda --ckpt "$run/release" --ref "$run/stats/fashion-mnist-train.npz" --n 10000 \
+    --cfg 1 1.5 2 3 --temperature 1 0.85 0.7 --out "$out/sweep"
