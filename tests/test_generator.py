@@ -99,11 +99,19 @@ def test_identical_streams_reduce_to_single_stream():
 
 
 def test_streams_differ_with_random_prefixes():
+    """Different learned prefixes give different per-stream hidden states, and the output is their
+    per-token convex combination with the reported weights."""
     gen = small(streams=3).eval()
     tokens, known, labels, context = inputs()
     B, N = known.shape
-    # run the streams separately through the backbone: prefixes make them differ
+    seen = {}
+    gen.aggregate.register_forward_hook(lambda m, args, out: seen.update(streams=args[0].detach()))
     h, w = gen.hidden(tokens, known, labels, context, return_weights=True)
+    streams = seen["streams"].view(B, 3, N, -1)  # (B, P, N, d) before aggregation
+    for i, j in ((0, 1), (0, 2), (1, 2)):
+        gap = (streams[:, i] - streams[:, j]).norm() / streams[:, i].norm()
+        assert gap > 1e-3, f"streams {i} and {j} coincide (relative gap {gap:.2e})"
+    torch.testing.assert_close(h, torch.einsum("bnp,bpnd->bnd", w, streams))
     assert torch.all(w >= gen.config.agg_smoothing / 3 - 1e-7)
 
 
