@@ -22,6 +22,29 @@ FORMAT = "parscale-ear"
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+CARD_NAME = "README.md"
+CARD_MARK = "<!-- written by parscale-ear save_pretrained -->"
+HUB_ID = r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*"
+
+
+def _resolve_pretrained(name: str | Path, revision: str | None = None) -> Path:
+    """A local folder as given, or the snapshot folder of a Hub id that is not a local path."""
+    import re
+
+    path = Path(name)
+    if path.exists() or not isinstance(name, str) or not re.fullmatch(HUB_ID, name):
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise OSError(f"from_pretrained: {name} is not a local folder, and loading a Hub id needs huggingface_hub "
+                      f"(pip install huggingface_hub)") from None
+    try:
+        return Path(snapshot_download(name, revision=revision, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME]))
+    except Exception as e:  # offline, unknown repo, no access: one line
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise OSError(f"from_pretrained: {name} is not a local folder and could not be fetched from the Hugging Face "
+                      f"Hub ({type(e).__name__}: {first[:200]})") from None
 
 
 @dataclass
@@ -231,15 +254,38 @@ class ParScaleEAR(nn.Module):
             save_file(state, str(tmp), metadata={"format": FORMAT})
         with atomic_path(directory / CONFIG_NAME) as tmp:
             tmp.write_text(json.dumps({**meta, "config": self.config.to_dict()}, indent=2) + "\n")
+        card = directory / CARD_NAME
+        if not card.exists() or CARD_MARK in card.read_text(errors="replace"):  # never replace a card of your own
+            with atomic_path(card) as tmp:
+                tmp.write_text(self.model_card(dtype))
         return directory
 
+    def model_card(self, dtype: torch.dtype | None = None) -> str:
+        """A Hugging Face style model card (README.md) describing this model and how to load it."""
+        from . import __version__
+
+        c, counts = self.config, self.num_parameters()
+        kind = "DiT peer (diffusers)" if c.dit is not None else f"ParScale-EAR, hybrid mode {c.hybrid.mode}"
+        steps = self.hybrid.default_steps()
+        return (f"---\nlibrary_name: parscale-ear\ntags:\n- image-generation\n- energy-score\n- parscale-ear\n---\n"
+                f"{CARD_MARK}\n# {c.name}\n\n{kind}: {c.vae.image_size}x{c.vae.image_size}x{c.vae.in_channels} images, "
+                f"latent {c.vae.latent_channels}x{c.vae.latent_size}x{c.vae.latent_size}, {c.num_classes} classes; "
+                f"{counts['total'] / 1e6:.2f}M parameters ({counts['generator'] / 1e6:.2f}M generator), stored as "
+                f"{str(dtype or torch.float32).replace('torch.', '')}. Default sampling: steps {steps}, cfg {c.cfg:g}, "
+                f"temperature {c.temperature:g}.\n\n```python\nimport parscale_ear as pe\n\n"
+                f"model = pe.ParScaleEAR.from_pretrained(\"PATH_OR_HUB_ID\")\nimages = model.generate(16, seed=0)  "
+                f"# (16, C, H, W) in [-1, 1]\n```\n\nWritten by parscale-ear {__version__} (`save_pretrained`). "
+                f"Quality and speed numbers belong in this card only with the command that measured them.\n")
+
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: torch.device | str = "cpu") -> "ParScaleEAR":
-        """Load a folder written by `save_pretrained` (float32, on `device`)."""
+    def from_pretrained(cls, directory: str | Path, device: torch.device | str = "cpu", revision: str | None = None) -> "ParScaleEAR":
+        """Load a folder written by `save_pretrained`, or a Hugging Face Hub id ("org/name") that is
+        not a local folder (downloaded with huggingface_hub; a clear error without a network).
+        Weights load as float32, on `device`."""
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        directory = Path(directory)
+        directory = _resolve_pretrained(directory, revision)
         config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
         for p in (config_path, weights_path):
             if not p.is_file():

@@ -347,3 +347,31 @@ def test_save_pretrained_half_weights_load_back_as_float32(tmp_path):
         torch.testing.assert_close(b, a.half().to(a.dtype) if a.is_floating_point() and "std" not in name else a)
     with pytest.raises(ValueError, match="dtype must be"):
         model.save_pretrained(tmp_path / "bad", dtype=torch.int8)
+
+
+def test_release_folder_has_a_model_card_and_keeps_a_users_own(tmp_path):
+    import parscale_ear as pe
+
+    model = pe.create_model("tiny-32")
+    model.save_pretrained(tmp_path / "r")
+    card = (tmp_path / "r" / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: parscale-ear") and "tiny-32" in card and "from_pretrained" in card
+    model.save_pretrained(tmp_path / "r", dtype=torch.float16)  # our own card is refreshed
+    assert "float16" in (tmp_path / "r" / "README.md").read_text()
+    (tmp_path / "r" / "README.md").write_text("my notes\n")
+    model.save_pretrained(tmp_path / "r")
+    assert (tmp_path / "r" / "README.md").read_text() == "my notes\n"
+
+
+def test_hub_id_without_a_network_is_one_clear_error(tmp_path, monkeypatch):
+    import parscale_ear as pe
+
+    pytest.importorskip("huggingface_hub")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(OSError, match=r"^from_pretrained: parscale/fmnist-32 is not a local folder and could not be fetched") as e:
+        pe.ParScaleEAR.from_pretrained("parscale/fmnist-32")
+    assert "\n" not in str(e.value)
+    with pytest.raises(FileNotFoundError, match="config.json not found"):  # a path that is not a Hub id stays a path
+        pe.ParScaleEAR.from_pretrained(str(tmp_path / "missing" / "folder"))
