@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train-vae", help="train the LiteVAE of a preset on images")
     p.add_argument("--preset", default="fmnist-32", help="model preset (see `parscale-ear models`)")
     p.add_argument("--data", default="fashion-mnist", help="fashion-mnist, a folder (idx, ImageFolder, CIFAR-10) or .npz")
-    _train_args(p, lr=4e-4, batch=256, ema=0.999)
+    _train_args(p, lr=1e-3, batch=256, ema=0.999)  # the README recipe
 
     p = sub.add_parser("train", help="train the coarse/fine energy generators on a VAE run's cached latents")
     p.add_argument("--vae", required=True, help="VAE run folder (from train-vae)")
@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default=None, help="generator design from this preset (default: the VAE run's)")
     p.add_argument("--peer", choices=["dit-s", "dit-b"], default=None,
                    help="train the DiT peer (diffusers, rectified flow) instead of ParScale-EAR")
-    _train_args(p, lr=4e-4, batch=256, ema=0.999)
+    _train_args(p, lr=5e-4, batch=512, ema=0.999)  # the README recipe
 
     p = sub.add_parser("sample", help="generate images from a run or release folder")
     p.add_argument("--ckpt", required=True, help="run folder, checkpoint file or release folder")

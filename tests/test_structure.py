@@ -106,3 +106,14 @@ def test_every_optional_cli_flag_has_help_and_shows_its_default():
             assert action.help, f"{name} {action.option_strings[0]} has no help"
             if not action.required and action.default not in (None, False):
                 assert "default" in formatter._get_help_string(action), (name, action.dest)
+
+
+def test_cli_training_defaults_are_the_readme_recipe():
+    from parscale_ear.cli import build_parser
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    vae = build_parser().parse_args(["train-vae", "--steps", "1", "--out", "x"])
+    gen = build_parser().parse_args(["train", "--vae", "v", "--steps", "1", "--out", "x"])
+    assert f"train-vae --preset fmnist-32 --data fashion-mnist --steps 3000 --batch-size {vae.batch_size} --lr 1e-3" in readme
+    assert vae.lr == 1e-3
+    assert f"--batch-size {gen.batch_size} --lr 5e-4" in readme and gen.lr == 5e-4
