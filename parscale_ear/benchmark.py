@@ -111,7 +111,6 @@ def profile_latency(
             with torch.no_grad(), amp:
                 return sampler.decode(latents)
 
-        coarse_steps, fine_steps = sampler.steps
         parts = [("encode", encode)]
         if model.config.dit is not None:  # the peer: one stage, its own solver
 
@@ -119,16 +118,14 @@ def profile_latency(
                 with torch.no_grad(), amp:
                     return model.hybrid.sample(noise, labels, sampler.steps, sampler.cfg, sampler.temperature)
 
-            parts.append((f"generate.dit ({fine_steps} steps)", whole))
-        else:
-            hybrid = model.hybrid
-            ctx = None
-            if hybrid.coarse is not None:
-                parts.append((f"generate.coarse ({coarse_steps} steps)", stage("coarse", coarse_steps)))
-            if hybrid.fine is not None:
-                if hybrid.coarse is not None:  # the fine stage runs on the coarse stage's context
-                    ctx = hybrid.context(stage("coarse", coarse_steps)())
-                parts.append((f"generate.fine ({fine_steps} steps)", stage("fine", fine_steps, ctx)))
+            parts.append((f"generate.dit ({sampler.steps[-1]} steps)", whole))
+        else:  # each stage of the hybrid's list, in order, on the previous stages' outputs
+            hybrid, outputs = model.hybrid, {}
+            for st, k in zip(hybrid.stage_list, sampler.steps):
+                ctx = hybrid.context(outputs[st.context]) if st.context else None
+                run = stage(st.name, k, ctx)
+                outputs[st.name] = run()
+                parts.append((f"generate.{st.name} ({k} steps)", run))
         parts += [("decode", decode), ("end_to_end", sampler)]
         for name, fn in parts:
             if device.type == "cuda":

@@ -1,12 +1,15 @@
 """The coarse/fine hybrid: a coarse stage for global structure on the pooled grid and a fine stage
-for the local residual on the full grid, each an EnergyGenerator.
+for the local residual on the full grid, each a generation stage (EnergyGenerator or
+EnergyFlowGenerator).
 
 Coarse tokens + continuous residual after HART (Tang et al., arXiv 2410.10812), here both continuous.
-Modes (each a separately trained model, see docs/DESIGN.md):
+A mode names an ordered list of stages (`STAGE_LISTS`), each with its token mapping and context
+source (each mode is a separately trained model, see docs/DESIGN.md):
   full      coarse = avg_pool(z, pool) on the g/pool grid; fine = z - upsample(coarse) on the g grid,
             generated conditioned on the (upsampled) coarse tokens.
   no_coarse one stage on the g grid generating z itself; steps = coarse_steps + fine_steps.
   no_fine   one stage on the g/pool grid whose tokens are pool x pool patches of z (all of z).
+Steps are one value per stage of the list.
 """
 from __future__ import annotations
 
@@ -91,9 +94,30 @@ def make_stage(config: GeneratorConfig, num_tokens: int, token_dim: int, num_cla
     return EnergyGenerator(config, num_tokens, token_dim, num_classes, context_dim)
 
 
+# ----------------------------------------------------------------------------- stages
+@dataclass(frozen=True)
+class Stage:
+    """One generation stage: the module slot (and GeneratorConfig) it uses, how latents map to its
+    tokens, and which earlier stage's output conditions it."""
+
+    name: str  # "coarse" or "fine": the module attribute and the HybridConfig field of its generator
+    tokens: str  # "pooled" (pool x pool means on the g/pool grid), "residual" (z - upsampled means, as
+    #              fine_patch patches), "latent" (z as fine_patch patches), "patches" (pool x pool patches of z)
+    context: str | None = None  # the stage whose output is this one's per-token context
+
+
+# Each mode is an ordered list of stages; the hybrid runs them in this order.
+STAGE_LISTS: dict[str, tuple[Stage, ...]] = {
+    "full": (Stage("coarse", "pooled"), Stage("fine", "residual", context="coarse")),
+    "no_coarse": (Stage("fine", "latent"),),
+    "no_fine": (Stage("coarse", "patches"),),
+}
+
+
 # ----------------------------------------------------------------------------- module
 class CoarseFineHybrid(nn.Module):
-    """Holds the generation stages of one mode and maps latents <-> their normalised tokens."""
+    """The generation stages of one mode, run in order (`stage_list`), and the map between latents
+    and each stage's normalised tokens."""
 
     def __init__(self, config: HybridConfig, latent_shape: tuple[int, int, int], num_classes: int):
         super().__init__()
@@ -105,37 +129,57 @@ class CoarseFineHybrid(nn.Module):
                              f"and fine_patch {p}")
         self.latent_shape, self.num_classes = (C, g, g), num_classes
         self.coarse_side = g // cfg.pool
-        nc, nf, fine_dim = self.coarse_side**2, (g // p) ** 2, C * p * p
+        self.stage_list = STAGE_LISTS[cfg.mode]
         self.coarse = self.fine = None
-        if cfg.mode == "full":
-            self.coarse = make_stage(cfg.coarse, nc, C, num_classes)
-            self.fine = make_stage(cfg.fine, nf, fine_dim, num_classes, context_dim=fine_dim)
-        elif cfg.mode == "no_fine":
-            self.coarse = make_stage(cfg.coarse, nc, C * cfg.pool**2, num_classes)
-        else:  # no_coarse
-            self.fine = make_stage(cfg.fine, nf, fine_dim, num_classes)
+        for stage in self.stage_list:
+            tokens, dim = self._geometry(stage.tokens)
+            context_dim = dim if stage.context else 0  # the context arrives on this stage's token grid
+            setattr(self, stage.name, make_stage(getattr(cfg, stage.name), tokens, dim, num_classes, context_dim))
         # per-stage token std (set from data by `fit_token_scales`) so tokens enter at unit scale
         self.register_buffer("coarse_std", torch.ones(()))
         self.register_buffer("fine_std", torch.ones(()))
 
+    def _stage(self, name: str) -> Stage:
+        return next(s for s in self.stage_list if s.name == name)
+
+    def _geometry(self, tokens: str) -> tuple[int, int]:
+        """(number of tokens, token size) of a token mapping."""
+        C, g, _ = self.latent_shape
+        pool, p = self.config.pool, self.config.fine_patch
+        return {"pooled": ((g // pool) ** 2, C), "patches": ((g // pool) ** 2, C * pool * pool),
+                "residual": ((g // p) ** 2, C * p * p), "latent": ((g // p) ** 2, C * p * p)}[tokens]
+
     @property
-    def stages(self) -> dict[str, EnergyGenerator]:
-        return {name: g for name, g in (("coarse", self.coarse), ("fine", self.fine)) if g is not None}
+    def stages(self) -> dict[str, nn.Module]:
+        """The stage modules by name, in the order they run."""
+        return {s.name: getattr(self, s.name) for s in self.stage_list}
 
-    def default_steps(self) -> tuple[int, int]:
-        """(coarse, fine) steps; no_coarse runs coarse_steps + fine_steps on its single stage."""
+    def default_steps(self) -> tuple[int, ...]:
+        """Steps per stage, matched to `stage_list`; a one-stage model without the coarse split
+        ("latent" tokens) runs coarse_steps + fine_steps."""
         c = self.config
-        return (c.coarse_steps, c.fine_steps) if c.mode != "no_coarse" else (0, c.coarse_steps + c.fine_steps)
+        per_stage = {"pooled": c.coarse_steps, "patches": c.coarse_steps, "residual": c.fine_steps,
+                     "latent": c.coarse_steps + c.fine_steps}
+        return tuple(per_stage[s.tokens] for s in self.stage_list)
 
+    # ------------------------------------------------------------------ token maps
     def tokens(self, latents: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Unnormalised tokens of each stage: {'coarse': (B, Nc, Dc), 'fine': (B, Nf, C)}."""
-        mode, pool = self.config.mode, self.config.pool
-        if mode == "full":
-            coarse, fine = split_coarse_fine(latents, pool)
-            return {"coarse": to_tokens(coarse), "fine": self._fine_tokens(fine)}
-        if mode == "no_fine":
-            return {"coarse": patchify(latents, pool)}
-        return {"fine": self._fine_tokens(latents)}
+        """Unnormalised tokens of each stage, by name."""
+        pool = self.config.pool
+        maps = {"pooled": lambda z: to_tokens(F.avg_pool2d(z, pool)),
+                "residual": lambda z: self._fine_tokens(split_coarse_fine(z, pool)[1]),
+                "latent": self._fine_tokens,
+                "patches": lambda z: patchify(z, pool)}
+        return {s.name: maps[s.tokens](latents) for s in self.stage_list}
+
+    def _latents_part(self, stage: Stage, tokens: torch.Tensor) -> torch.Tensor:
+        """A stage's (unnormalised) tokens as its additive part of the latent grid."""
+        C = self.latent_shape[0]
+        if stage.tokens == "pooled":
+            return F.interpolate(from_tokens(tokens, self.coarse_side), scale_factor=self.config.pool, mode="nearest")
+        if stage.tokens == "patches":
+            return unpatchify(tokens, C, self.config.pool)
+        return self._fine_grid(tokens)
 
     def _fine_tokens(self, grid: torch.Tensor) -> torch.Tensor:
         p = self.config.fine_patch
@@ -145,6 +189,9 @@ class CoarseFineHybrid(nn.Module):
         C, g, _ = self.latent_shape
         p = self.config.fine_patch
         return unpatchify(tokens, C, p) if p > 1 else from_tokens(tokens, g)
+
+    def _std(self, stage: Stage) -> torch.Tensor:
+        return getattr(self, f"{stage.name}_std")
 
     @torch.no_grad()
     def fit_token_scales(self, latents: torch.Tensor) -> dict[str, float]:
@@ -157,44 +204,40 @@ class CoarseFineHybrid(nn.Module):
         return out
 
     def context(self, coarse_tokens: torch.Tensor) -> torch.Tensor:
-        """Normalised coarse tokens (B, Nc, C) -> per-fine-position context (B, Nf, C)."""
+        """Normalised coarse tokens (B, Nc, C) -> per-fine-position context (B, Nf, C * p * p)."""
         grid = from_tokens(coarse_tokens, self.coarse_side)
         return self._fine_tokens(F.interpolate(grid, scale_factor=self.config.pool, mode="nearest"))
 
+    # ------------------------------------------------------------------ training and sampling
     def loss(self, latents: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Energy loss of each stage on (scaled) latents (B, C, g, g); teacher-forced coarse context."""
+        """Energy loss of each stage on (scaled) latents (B, C, g, g); teacher-forced context."""
         toks = self.tokens(latents)
-        out = {}
-        if self.coarse is not None:
-            coarse = toks["coarse"] / self.coarse_std
-            out["coarse"] = self.coarse.loss(coarse, labels)
-        if self.fine is not None:
-            context = self.context(coarse) if self.config.mode == "full" else None
-            out["fine"] = self.fine.loss(toks["fine"] / self.fine_std, labels, context)
+        normalised, out = {}, {}
+        for stage in self.stage_list:
+            normalised[stage.name] = toks[stage.name] / self._std(stage)
+            context = self.context(normalised[stage.context]) if stage.context else None
+            out[stage.name] = getattr(self, stage.name).loss(normalised[stage.name], labels, context)
         out["loss"] = sum(out.values())
         return out
 
     @torch.no_grad()
     def sample(
         self,
-        noise: dict[str, tuple[torch.Tensor, torch.Tensor]],
+        noise: dict[str, tuple[torch.Tensor, ...]],
         labels: torch.Tensor | None = None,
-        steps: tuple[int, int] | None = None,
+        steps: tuple[int, ...] | None = None,
         cfg: float = 1.0,
         temperature: float = 1.0,
     ) -> torch.Tensor:
-        """Latents (B, C, g, g) from per-image noise {'coarse'|'fine': (head noise, order)}."""
-        coarse_steps, fine_steps = steps or self.default_steps()
-        C, g, _ = self.latent_shape
-        pool = self.config.pool
-        coarse = None
-        if self.coarse is not None:
-            coarse = self.coarse.sample(*noise["coarse"], labels, coarse_steps, cfg, temperature)  # (B, Nc, Dc)
-        if self.config.mode == "no_fine":
-            return unpatchify(coarse * self.coarse_std, C, pool)
-        context = self.context(coarse) if coarse is not None else None
-        fine = self.fine.sample(*noise["fine"], labels, fine_steps, cfg, temperature, context)  # (B, Nf, Df)
-        fine = self._fine_grid(fine * self.fine_std)
-        if coarse is None:
-            return fine
-        return merge_coarse_fine(from_tokens(coarse * self.coarse_std, self.coarse_side), fine, pool)
+        """Latents (B, C, g, g) from per-image noise {stage name: its draws}, running the stages in
+        order with `steps` matched to `stage_list` (default `default_steps()`)."""
+        steps = tuple(steps or self.default_steps())
+        if len(steps) != len(self.stage_list):
+            raise ValueError(f"steps: expected {len(self.stage_list)} value(s), one per stage "
+                             f"{[s.name for s in self.stage_list]}, got {steps}")
+        outputs, latents = {}, 0
+        for stage, k in zip(self.stage_list, steps):
+            context = self.context(outputs[stage.context]) if stage.context else None
+            outputs[stage.name] = getattr(self, stage.name).sample(*noise[stage.name], labels, k, cfg, temperature, context)
+            latents = latents + self._latents_part(stage, outputs[stage.name] * self._std(stage))
+        return latents

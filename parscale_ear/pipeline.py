@@ -140,22 +140,22 @@ class ParScaleEAR(nn.Module):
             return None
         return torch.tensor([int(s) % self.config.num_classes for s in seeds], dtype=torch.long)
 
-    def resolve_steps(self, steps) -> tuple[int, int]:
-        """(coarse, fine) steps from None (the config's), an int or a pair; see `generate`.
-
-        A pair is for the two-stage (full) model only: a one-stage model takes an int."""
-        coarse, fine = self.hybrid.default_steps()
-        mode = "dit" if self.config.dit is not None else self.config.hybrid.mode
+    def resolve_steps(self, steps) -> tuple[int, ...]:
+        """Steps per stage (matched to the hybrid's stage list) from None (the config's), an int or
+        a tuple. An int sets a one-stage model's steps, or the first (coarse) stage's of a two-stage
+        model (the fine stage keeps its default); a tuple gives every stage's."""
+        default = tuple(self.hybrid.default_steps())
         if steps is None:
-            return coarse, fine
+            return default
         if isinstance(steps, (tuple, list)):
-            if len(steps) != 2:
+            if len(steps) != len(default):
+                if len(default) == 1:
+                    raise ValueError(f"steps: this model has one stage; pass an int, got the pair {tuple(steps)}")
                 raise TypeError(f"steps: expected an int or a (coarse, fine) pair of ints, got {steps!r}")
-            if mode != "full":
-                raise ValueError(f"steps: this {mode} model has one stage; pass an int, got the pair {tuple(steps)}")
-            return check_int(steps[0], "steps[0] (coarse)"), check_int(steps[1], "steps[1] (fine)")
+            names = ("coarse", "fine") if len(default) == 2 else ("steps",)
+            return tuple(check_int(k, f"steps[{i}] ({n})") for i, (k, n) in enumerate(zip(steps, names)))
         steps = check_int(steps, "steps")
-        return (0, steps) if mode in ("no_coarse", "dit") else (steps, fine)
+        return (steps,) + default[1:]
 
     @torch.no_grad()
     def sample_latents(self, noise: dict, labels: torch.Tensor | None, steps=None, cfg: float = 1.0, temperature: float = 1.0) -> torch.Tensor:
@@ -204,7 +204,7 @@ class ParScaleEAR(nn.Module):
         """n images (n, C, H, W) in [-1, 1]; image i depends only on seed + i (and its label).
 
         labels: n class indices (default: (seed + i) mod num_classes); steps: int (coarse steps, or
-        the single stage's in no_coarse mode) or (coarse, fine); cfg/temperature default to the config's.
+        the single stage's) or (coarse, fine); cfg/temperature default to the config's.
         """
         return torch.cat(list(self.iter_generate(n, labels, cfg, temperature, steps, seed, batch_size, progress)))
 

@@ -128,7 +128,7 @@ def test_save_load_is_bit_identical(model, tmp_path):
     model.config.vae.latent_scale = 0.7
     before = model.generate(3, seed=4, cfg=1.5)
     model.save_pretrained(tmp_path / "m")
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["README.md", "config.json", "model.safetensors"]  # + the model card (issue 10)
     loaded = pe.ParScaleEAR.from_pretrained(tmp_path / "m")
     assert loaded.config == model.config
     assert torch.equal(loaded.generate(3, seed=4, cfg=1.5), before)
@@ -196,3 +196,23 @@ def test_every_pipeline_parameter_gets_a_gradient(model):
     total.backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("mode, names, default", [("full", ["coarse", "fine"], (4, 2)), ("no_coarse", ["fine"], (6,)),
+                                                  ("no_fine", ["coarse"], (4,))])
+def test_stages_run_as_an_ordered_list_with_one_step_count_each(mode, names, default):
+    """A mode is a list of stages (token mapping + context source); steps are one per stage, with
+    no (0, N) sentinel for one-stage models."""
+    from parscale_ear.hybrid import STAGE_LISTS
+
+    model = pe.create_model("tiny-32", mode=mode).eval()
+    assert [s.name for s in model.hybrid.stage_list] == names == list(model.hybrid.stages)
+    assert model.hybrid.stage_list == STAGE_LISTS[mode]
+    assert model.resolve_steps(None) == default and model.hybrid.default_steps() == default
+    assert model.resolve_steps(3) == (3,) + default[1:]
+    with pytest.raises(ValueError, match="one per stage"):
+        model.hybrid.sample(model.draw_noise([0]), None, (1,) * (len(names) + 1))
+    latents = torch.randn(2, 4, 16, 16)
+    tokens = model.hybrid.tokens(latents)  # the stages' parts add up to the latents again
+    rebuilt = sum(model.hybrid._latents_part(s, tokens[s.name]) for s in model.hybrid.stage_list)
+    torch.testing.assert_close(rebuilt, latents)

@@ -78,8 +78,9 @@ class DiTBaseline(nn.Module):
     def stages(self) -> dict[str, nn.Module]:
         return {"dit": self}
 
-    def default_steps(self) -> tuple[int, int]:
-        return (0, self.config.steps)
+    def default_steps(self) -> tuple[int]:
+        """One stage: the solver's steps."""
+        return (self.config.steps,)
 
     @torch.no_grad()
     def fit_token_scales(self, latents: torch.Tensor) -> dict[str, float]:
@@ -129,7 +130,7 @@ class DiTBaseline(nn.Module):
         """Latents (B, C, g, g) from x_1 = noise['dit'][0] in `steps[1]` solver steps; temperature
         scales x_1 (1 = the model's distribution)."""
         (x,) = noise["dit"]
-        steps = (steps or self.default_steps())[1]
+        steps = (steps or self.default_steps())[-1]
         if cfg != 1.0 and self.num_classes == 0:
             raise ValueError("cfg != 1 needs a class-conditional model; this one is unconditional")
         labels = self._labels(labels, x.shape[0], x.device)
