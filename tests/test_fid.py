@@ -189,12 +189,18 @@ def test_compute_statistics_and_fid_from_every_source(tmp_path):
     assert fid_mod.fid(images, darker, model=model) > 0.1
 
 
-def test_fid_cli_with_stand_in(tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def two_npz(tmp_path, monkeypatch):
+    """a.npz and b.npz (24 images each, b darker) in tmp_path, scored by a stand-in Inception."""
     model = StandIn()
     monkeypatch.setattr(fid_mod, "load_inception", lambda device="cpu", allow_download=False: model)
     images = random_uint8(24)
     np.savez(tmp_path / "a.npz", images=images)
     np.savez(tmp_path / "b.npz", images=(images // 2).astype(np.uint8))
+    return tmp_path
+
+
+def test_fid_cli_with_stand_in(tmp_path, two_npz, capsys):
 
     assert fid_mod.fid_cli([str(tmp_path / "a.npz"), "--save-stats", str(tmp_path / "a_stats.npz"),
                       "--device", "cpu"]) == 0
@@ -308,12 +314,7 @@ def test_frechet_distance_is_pytorch_fids_formula(monkeypatch):
         assert fid_mod.frechet_distance(a, b) == pytest.approx(fid_score.calculate_frechet_distance(*a, *b), rel=1e-12)
 
 
-def test_fid_cli_warns_about_few_images_and_prints_no_scipy_warnings(tmp_path, monkeypatch, capsys):
-    model = StandIn()
-    monkeypatch.setattr(fid_mod, "load_inception", lambda device="cpu", allow_download=False: model)
-    images = random_uint8(24)
-    np.savez(tmp_path / "a.npz", images=images)
-    np.savez(tmp_path / "b.npz", images=(images // 2).astype(np.uint8))
+def test_fid_cli_warns_about_few_images_and_prints_no_scipy_warnings(tmp_path, two_npz, capsys):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # any warning (scipy's included) fails the call
         assert fid_mod.fid_cli([str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "--device", "cpu"]) == 0
