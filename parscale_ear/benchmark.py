@@ -14,7 +14,6 @@ import numpy as np
 import torch
 
 from .fast import _capture
-from .utils import environment  # noqa: F401  (results files import it from here too)
 from .pipeline import ParScaleEAR
 
 

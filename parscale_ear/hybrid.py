@@ -22,7 +22,26 @@ from torch import nn
 from .generator import EnergyGenerator, GeneratorConfig
 from .utils import check_int
 
-MODES = ("full", "no_coarse", "no_fine")
+
+# ----------------------------------------------------------------------------- stages
+@dataclass(frozen=True)
+class Stage:
+    """One generation stage: the module slot (and GeneratorConfig) it uses, how latents map to its
+    tokens, and which earlier stage's output conditions it."""
+
+    name: str  # "coarse" or "fine": the module attribute and the HybridConfig field of its generator
+    tokens: str  # "pooled" (pool x pool means on the g/pool grid), "residual" (z - upsampled means, as
+    #              fine_patch patches), "latent" (z as fine_patch patches), "patches" (pool x pool patches of z)
+    context: str | None = None  # the stage whose output is this one's per-token context
+
+
+# Each mode is an ordered list of stages; the hybrid runs them in this order.
+STAGE_LISTS: dict[str, tuple[Stage, ...]] = {
+    "full": (Stage("coarse", "pooled"), Stage("fine", "residual", context="coarse")),
+    "no_coarse": (Stage("fine", "latent"),),
+    "no_fine": (Stage("coarse", "patches"),),
+}
+MODES = tuple(STAGE_LISTS)  # a mode is the name of a stage list
 
 
 @dataclass
@@ -94,26 +113,6 @@ def make_stage(config: GeneratorConfig, num_tokens: int, token_dim: int, num_cla
     return EnergyGenerator(config, num_tokens, token_dim, num_classes, context_dim)
 
 
-# ----------------------------------------------------------------------------- stages
-@dataclass(frozen=True)
-class Stage:
-    """One generation stage: the module slot (and GeneratorConfig) it uses, how latents map to its
-    tokens, and which earlier stage's output conditions it."""
-
-    name: str  # "coarse" or "fine": the module attribute and the HybridConfig field of its generator
-    tokens: str  # "pooled" (pool x pool means on the g/pool grid), "residual" (z - upsampled means, as
-    #              fine_patch patches), "latent" (z as fine_patch patches), "patches" (pool x pool patches of z)
-    context: str | None = None  # the stage whose output is this one's per-token context
-
-
-# Each mode is an ordered list of stages; the hybrid runs them in this order.
-STAGE_LISTS: dict[str, tuple[Stage, ...]] = {
-    "full": (Stage("coarse", "pooled"), Stage("fine", "residual", context="coarse")),
-    "no_coarse": (Stage("fine", "latent"),),
-    "no_fine": (Stage("coarse", "patches"),),
-}
-
-
 # ----------------------------------------------------------------------------- module
 class CoarseFineHybrid(nn.Module):
     """The generation stages of one mode, run in order (`stage_list`), and the map between latents
@@ -138,9 +137,6 @@ class CoarseFineHybrid(nn.Module):
         # per-stage token std (set from data by `fit_token_scales`) so tokens enter at unit scale
         self.register_buffer("coarse_std", torch.ones(()))
         self.register_buffer("fine_std", torch.ones(()))
-
-    def _stage(self, name: str) -> Stage:
-        return next(s for s in self.stage_list if s.name == name)
 
     def _geometry(self, tokens: str) -> tuple[int, int]:
         """(number of tokens, token size) of a token mapping."""
