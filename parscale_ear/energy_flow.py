@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .generator import EnergyHead, GeneratorConfig
-from .layers import AdaLNBlock, StreamAggregator, modulate, timestep_embedding
+from .layers import AdaLNBlock, modulate, prepend_stream_prefixes, stream_parts, timestep_embedding
 from .losses import energy_score_samples
 
 TIME_DIM = 256  # sinusoidal features of t
@@ -49,8 +49,7 @@ class EnergyFlowGenerator(nn.Module):
         self.time_embed = nn.Sequential(nn.Linear(TIME_DIM, d), nn.SiLU(), nn.Linear(d, d))
         P = cfg.streams
         if P > 1:
-            self.stream_prefix = nn.Parameter(torch.randn(P, cfg.prefix_len, d) * 0.02)  # (P, Lp, d)
-            self.aggregate = StreamAggregator(d, P, cfg.agg_smoothing)
+            self.stream_prefix, self.aggregate = stream_parts(P, cfg.prefix_len, d, cfg.agg_smoothing)
         self.blocks = nn.ModuleList(AdaLNBlock(d, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(d, elementwise_affine=False)
         self.ada_out = nn.Linear(d, 2 * d)
@@ -94,8 +93,7 @@ class EnergyFlowGenerator(nn.Module):
             x = x + self.context_in(context)
         c = self.time_embed(timestep_embedding(t).to(x.dtype)) + self.class_embed(labels)  # (B, d)
         if P > 1:  # P streams in one batched pass: (B * P, Lp + N, d), row b P + p
-            prefix = self.stream_prefix[None].expand(B, -1, -1, -1).to(x.dtype)
-            x = torch.cat([prefix, x[:, None].expand(-1, P, -1, -1)], dim=2).flatten(0, 1)
+            x = prepend_stream_prefixes(x, self.stream_prefix)
             c = c.repeat_interleave(P, dim=0)
         split = self.config.depth - self.config.noise_blocks if self.config.noise_blocks else 0
         if self.noise_in is None:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import StreamAggregator, TransformerBlock, modulate
+from .layers import TransformerBlock, modulate, prepend_stream_prefixes, stream_parts
 from .losses import energy_score_loss
 from .utils import check_int, check_real
 
@@ -147,8 +147,7 @@ class EnergyGenerator(nn.Module):
         nn.init.normal_(self.class_embed.weight, std=0.02)
         P = cfg.streams
         if P > 1:
-            self.stream_prefix = nn.Parameter(torch.randn(P, cfg.prefix_len, d) * 0.02)  # (P, Lp, d)
-            self.aggregate = StreamAggregator(d, P, cfg.agg_smoothing)
+            self.stream_prefix, self.aggregate = stream_parts(P, cfg.prefix_len, d, cfg.agg_smoothing)
         self.blocks = nn.ModuleList(TransformerBlock(d, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(d)
         self.head = EnergyHead(d, token_dim, cfg.head_width, cfg.head_depth, cfg.noise_dim)
@@ -188,8 +187,7 @@ class EnergyGenerator(nn.Module):
         cls = self.class_embed(self._labels_or_null(labels, B, tokens.device))[:, None]  # (B, 1, d)
         seq = torch.cat([cls, x], dim=1)  # (B, 1 + N, d)
         if P > 1:  # P streams in one batched pass: (B * P, Lp + 1 + N, d)
-            prefix = self.stream_prefix[None].expand(B, -1, -1, -1).to(seq.dtype)
-            seq = torch.cat([prefix, seq[:, None].expand(-1, P, -1, -1)], dim=2).flatten(0, 1)
+            seq = prepend_stream_prefixes(seq, self.stream_prefix)
         for block in self.blocks:
             seq = block(seq)
         h = self.norm(seq)[:, -N:]  # (B * P, N, d)

@@ -114,3 +114,17 @@ class StreamAggregator(nn.Module):
         logits = self.net(h.permute(0, 2, 1, 3).reshape(BP // P, N, P * d))  # (B, N, P)
         weights = logits.softmax(-1) * (1 - self.smoothing) + self.smoothing / P
         return torch.einsum("bnp,bpnd->bnd", weights, h), weights
+
+
+def stream_parts(streams: int, prefix_len: int, width: int, smoothing: float) -> tuple[nn.Parameter, StreamAggregator]:
+    """ParScale's per-stream learned prefixes (P, Lp, d) and their aggregation, created in this order."""
+    return nn.Parameter(torch.randn(streams, prefix_len, width) * 0.02), StreamAggregator(width, streams, smoothing)
+
+
+def prepend_stream_prefixes(seq: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
+    """(B, L, d) and prefixes (P, Lp, d) -> the P streams as one batch (B * P, Lp + L, d), row b P + p."""
+    B = seq.shape[0]
+    P = prefix.shape[0]
+    expanded = prefix[None].expand(B, -1, -1, -1).to(seq.dtype)
+    return torch.cat([expanded, seq[:, None].expand(-1, P, -1, -1)], dim=2).flatten(0, 1)
+
