@@ -7,6 +7,10 @@ Energy score: EAR (Shao, Meng, Zhou, arXiv 2505.07812). A generative denoiser tr
 rule and sampled with large DDIM-like steps: distributional diffusion (De Bortoli et al., arXiv
 2502.02483). Interpolation x_t: rectified flow (Liu et al. 2022). Streams: ParScale (arXiv 2505.10475).
 With one step it is a one-pass generator: x0 = G(eps, t=1, xi).
+Regression-anchored variant (`mean_weight > 0`): the backbone runs once per example without noise; a
+mean head (x0, or the rectified-flow velocity v with x0 = x_t - t v) learns by MSE, and EAR's head,
+optionally behind `residual_blocks` attention blocks that see the noise of every token, draws the
+residual around it, trained by the energy score.
 """
 from __future__ import annotations
 
@@ -57,10 +61,14 @@ class EnergyFlowGenerator(nn.Module):
         nn.init.zeros_(self.ada_out.bias)
         self.head = EnergyHead(d, token_dim, cfg.head_width, cfg.head_depth, cfg.noise_dim)
         self.mean_out = None
-        if cfg.mean_weight > 0:  # DiT-style zero-initialised output layer for the conditional mean of x0
+        if cfg.mean_weight > 0:  # DiT-style zero-initialised output layer for the conditional mean (x0 or v)
             self.mean_out = nn.Linear(d, token_dim)
             nn.init.zeros_(self.mean_out.weight)
             nn.init.zeros_(self.mean_out.bias)
+        # residual path of a mean-head stage: noise -> a few AdaLN blocks (tokens attend to each other's
+        # draws, so neighbours are drawn jointly) -> the EAR head
+        self.residual_noise_in = nn.Linear(cfg.noise_dim, d) if cfg.residual_blocks else None
+        self.residual_blocks = nn.ModuleList(AdaLNBlock(d, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.residual_blocks))
 
     @property
     def null_class(self) -> int:
@@ -91,7 +99,7 @@ class EnergyFlowGenerator(nn.Module):
         x = self.token_in(x_t) + self.pos_embed
         if self.context_in is not None:
             x = x + self.context_in(context)
-        c = self.time_embed(timestep_embedding(t).to(x.dtype)) + self.class_embed(labels)  # (B, d)
+        c = self.condition(t, labels, x.dtype)  # (B, d)
         if P > 1:  # P streams in one batched pass: (B * P, Lp + N, d), row b P + p
             x = prepend_stream_prefixes(x, self.stream_prefix)
             c = c.repeat_interleave(P, dim=0)
@@ -112,9 +120,33 @@ class EnergyFlowGenerator(nn.Module):
             h, _ = self.aggregate(h)
         return h
 
+    def condition(self, t: torch.Tensor, labels: torch.Tensor, dtype) -> torch.Tensor:
+        """adaLN conditioning (B, d) from time t (B,) and labels (B,)."""
+        return self.time_embed(timestep_embedding(t).to(dtype)) + self.class_embed(labels)
+
+    def mean_x0(self, h: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The mean head's x0 (B, N, D) from hidden states h (B, N, d) at x_t (B, N, D), t (B,)."""
+        out = self.mean_out(h)
+        if self.config.mean_param == "v":  # x_t = (1 - t) x0 + t eps and v = eps - x0 give x0 = x_t - t v
+            return x_t - t.to(out.dtype)[:, None, None] * out
+        return out
+
+    def residual(self, h: torch.Tensor, c: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
+        """The energy head's draws (m B, N, D) around the mean: h (m B, N, d), c (m B, d), xi (m B, N, noise_dim)."""
+        xi = xi.to(h.dtype)
+        if self.residual_noise_in is not None:
+            h = h + self.residual_noise_in(xi)
+            for block in self.residual_blocks:
+                h = block(h, c)
+        return self.head(h, xi)
+
     def _times(self, batch: int, device) -> torch.Tensor:
-        """Training times: t = 1 (the one-step case) with probability one_step_prob, else U(0, 1)."""
-        t = torch.rand(batch, device=device)
+        """Training times: t = 1 (the one-step case) with probability one_step_prob, else from
+        `time_dist` (U(0, 1) or logit-normal)."""
+        if self.config.time_dist == "logit_normal":
+            t = torch.sigmoid(torch.randn(batch, device=device))
+        else:
+            t = torch.rand(batch, device=device)
         return torch.where(torch.rand(batch, device=device) < self.config.one_step_prob, torch.ones_like(t), t)
 
     def loss(self, tokens: torch.Tensor, labels: torch.Tensor | None = None, context: torch.Tensor | None = None) -> torch.Tensor:
@@ -128,19 +160,25 @@ class EnergyFlowGenerator(nn.Module):
             drop = torch.rand(B, device=device) < c.class_dropout
             labels = torch.where(drop, torch.full_like(labels, self.null_class), labels)
         t = self._times(B, device)
-        x_t = (1 - t[:, None, None]) * tokens + t[:, None, None] * torch.randn_like(tokens)
+        eps = torch.randn_like(tokens)
+        x_t = (1 - t[:, None, None]) * tokens + t[:, None, None] * eps
         m = c.samples
         xi = torch.rand(m * B, N, c.noise_dim, device=device) - 0.5
-        if self.noise_in is not None:
-            h = self.hidden(x_t, t, xi, labels, context)  # (m B, N, d)
-        else:  # one backbone pass; the head draws the m samples
-            h = self.hidden(x_t, t, None, labels, context).repeat(m, 1, 1)
-        samples = self.head(h, xi.to(h.dtype)).float().view(m, B, N, D)
         target = tokens.float()
         mse = None
+        if self.noise_in is not None:
+            h = self.hidden(x_t, t, xi, labels, context)  # (m B, N, d)
+            samples = self.head(h, xi.to(h.dtype)).float().view(m, B, N, D)
+        else:  # one backbone pass; the residual path draws the m samples
+            h = self.hidden(x_t, t, None, labels, context)  # (B, N, d)
+            cond = self.condition(t, labels, h.dtype).repeat(m, 1)
+            samples = self.residual(h.repeat(m, 1, 1), cond, xi).float().view(m, B, N, D)
         if self.mean_out is not None:  # samples = mean + residual; the mean learns by regression
-            mean = self.mean_out(h[:B]).float()
-            mse = torch.nn.functional.mse_loss(mean, target)
+            if c.mean_param == "v":  # the rectified-flow loss on v = eps - x0
+                mse = torch.nn.functional.mse_loss(self.mean_out(h).float(), (eps - tokens).float())
+            else:
+                mse = torch.nn.functional.mse_loss(self.mean_out(h).float(), target)
+            mean = self.mean_x0(h, x_t, t).float()
             samples = mean.detach()[None] + samples
         loss = energy_score_samples(samples, target, c.alpha, c.tau)
         if c.global_weight > 0:  # the whole stage as one vector: trains the joint, not only marginals
@@ -191,8 +229,17 @@ class EnergyFlowGenerator(nn.Module):
                 h = cfg * h_c + (1.0 - cfg) * h_u
             else:
                 h = self.hidden(x, tt, xb, labels, context)
-            if self.mean_out is not None:
-                x0 = (self.mean_out(h) + temperature * self.head(h, xi.to(h.dtype))).to(x.dtype)
+            if self.mean_out is not None:  # the mean (x0 or v head) plus the scaled energy-head residual
+                if self.residual_noise_in is not None:
+                    cond = self.condition(tt, labels, h.dtype)
+                    if cfg != 1.0:  # mixed like the hidden states
+                        cond = cfg * cond + (1.0 - cfg) * self.condition(tt, torch.full_like(labels, self.null_class), h.dtype)
+                else:
+                    cond = None
+                x0 = self.mean_x0(h, x, tt)
+                if temperature > 0:
+                    x0 = x0 + temperature * self.residual(h, cond, xi)
+                x0 = x0.to(x.dtype)
             else:
                 x0 = self.head(h, xi.to(h.dtype), temperature).to(x.dtype)
             if t_next <= 0:

@@ -38,7 +38,7 @@ class FastSampler:
         self.steps = model.resolve_steps(steps)
         self.cfg = check_real(config.cfg if cfg is None else cfg, "cfg", minimum=0.0)
         self.temperature = check_real(config.temperature if temperature is None else temperature, "temperature",
-                                      minimum=0.0, inclusive=False)
+                                      minimum=0.0)
         if self.cfg != 1.0 and config.num_classes == 0:
             raise ValueError("compile_sampler: cfg != 1 needs a class-conditional model; this one is unconditional")
         self.device = device = model.device

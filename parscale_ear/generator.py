@@ -51,6 +51,14 @@ class GeneratorConfig:
     # > 0: a linear mean head on the (noise-free) hidden state is trained by MSE with this weight, and a
     # sample is mean + head residual, the residual trained by the energy score; needs backbone_noise False
     mean_weight: float = 0.0
+    # what the mean head predicts: "x0", or "v" = eps - x0 trained by the rectified-flow MSE (the DiT
+    # peer's loss: x0 errors weighted by 1/t^2), with mean x0 = x_t - t v; at temperature 0 a "v" stage
+    # samples exactly as an Euler flow solver
+    mean_param: str = "x0"
+    # AdaLN blocks after the noise enters the residual path (mean head only): attention couples the
+    # residual draws of neighbouring tokens; the m draws re-run only these blocks and the head
+    residual_blocks: int = 0
+    time_dist: str = "uniform"  # training t: "uniform" or "logit_normal" (sigmoid of N(0, 1), SD3)
     global_weight: float = 1.0  # weight of the whole-stage energy score beside the per-token one
     one_step_prob: float = 0.25  # share of training draws at t = 1 (the one-pass case)
     time_shift: float = 1.0  # sampling grid shift (> 1: more steps at high noise)
@@ -68,6 +76,15 @@ class GeneratorConfig:
         check_real(self.mean_weight, "GeneratorConfig.mean_weight", minimum=0.0)
         if self.mean_weight > 0 and self.backbone_noise:
             raise ValueError("GeneratorConfig: mean_weight > 0 needs backbone_noise False (the mean must not depend on the noise)")
+        if self.mean_param not in ("x0", "v"):
+            raise ValueError(f"GeneratorConfig: mean_param must be 'x0' or 'v', got {self.mean_param!r}")
+        if self.mean_param == "v" and self.mean_weight == 0:
+            raise ValueError("GeneratorConfig: mean_param 'v' needs a mean head (mean_weight > 0)")
+        check_int(self.residual_blocks, "GeneratorConfig.residual_blocks", minimum=0)
+        if self.residual_blocks and self.mean_weight == 0:
+            raise ValueError("GeneratorConfig: residual_blocks > 0 needs a mean head (mean_weight > 0)")
+        if self.time_dist not in ("uniform", "logit_normal"):
+            raise ValueError(f"GeneratorConfig: time_dist must be 'uniform' or 'logit_normal', got {self.time_dist!r}")
         check_real(self.time_shift, "GeneratorConfig.time_shift", minimum=0.0, inclusive=False)
         if not 0 <= self.one_step_prob <= 1:
             raise ValueError(f"GeneratorConfig: one_step_prob must be in [0, 1], got {self.one_step_prob}")

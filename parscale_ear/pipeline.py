@@ -56,7 +56,7 @@ class ParScaleEARConfig:
     # the DiT peer in place of the hybrid (baselines/dit.py), same VAE; None = ParScale-EAR
     dit: "DiTConfig | dict | None" = None
     cfg: float = 1.0  # default classifier-free guidance scale for `generate`
-    temperature: float = 1.0  # default temperature (scales the head's adaLN shift, EAR)
+    temperature: float = 1.0  # default temperature (scales the head's adaLN shift, EAR; with a mean head the residual, 0 = the mean path)
 
     def __post_init__(self):
         if isinstance(self.vae, dict):
@@ -69,7 +69,7 @@ class ParScaleEARConfig:
             self.dit = DiTConfig(**self.dit)
         check_int(self.num_classes, "ParScaleEARConfig.num_classes", minimum=0)
         check_real(self.cfg, "ParScaleEARConfig.cfg", minimum=0.0)
-        check_real(self.temperature, "ParScaleEARConfig.temperature", minimum=0.0, inclusive=False)
+        check_real(self.temperature, "ParScaleEARConfig.temperature", minimum=0.0)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -180,7 +180,7 @@ class ParScaleEAR(nn.Module):
         seed = check_int(seed, "seed", minimum=0)
         cfg = check_real(self.config.cfg if cfg is None else cfg, "cfg", minimum=0.0)
         temperature = check_real(self.config.temperature if temperature is None else temperature, "temperature",
-                                 minimum=0.0, inclusive=False)
+                                 minimum=0.0)
         seeds = list(range(seed, seed + n))
         if labels is not None:
             labels = check_labels(labels, self.config.num_classes, batch=n)

@@ -155,3 +155,114 @@ def test_mean_head_variant_trains_every_part_and_samples():
 def test_mean_head_needs_a_noise_free_backbone():
     with pytest.raises(ValueError, match="mean_weight > 0 needs backbone_noise False"):
         pe.GeneratorConfig(kind="flow", mean_weight=1.0)
+
+
+def _v_stage(**kw):
+    return dict(kind="flow", width=32, depth=1, heads=2, streams=2, prefix_len=2, head_width=32, head_depth=1,
+                noise_dim=8, max_steps=4, backbone_noise=False, mean_weight=1.0, mean_param="v", samples=3,
+                time_dist="logit_normal", **kw)
+
+
+def test_v_mean_stage_at_temperature_zero_is_an_euler_flow_solver():
+    """mean_param 'v': x0 = x_t - t v, so the DDIM step with the mean x0 is x_t + (t' - t) v."""
+    torch.manual_seed(0)
+    model = perturb_(pe.create_model("tiny-32-flow", hybrid={"coarse": _v_stage(), "fine": _v_stage()})).eval()
+    fine = model.hybrid.fine
+    x = torch.randn(2, 64, 16)
+    labels, ctx = torch.tensor([1, 2]), torch.randn(2, 64, 16)
+    xi = torch.rand(2, 4, 64, 8) - 0.5
+    with torch.no_grad():
+        got = fine.sample(xi, x, labels, steps=3, temperature=0.0, context=ctx)
+        want = x.clone()
+        times = time_grid(3)
+        for t, t_next in zip(times[:-1], times[1:]):
+            v = fine.mean_out(fine.hidden(want, torch.full((2,), t), None, labels, ctx))
+            want = want + (t_next - t) * v
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_v_mean_loss_is_the_rectified_flow_loss_plus_the_energy_score(monkeypatch):
+    """With the energy terms switched off (global_weight 0, zero-output head) the loss is mean_weight
+    times the MSE of the v head against eps - x0."""
+    torch.manual_seed(0)
+    stage = _v_stage(global_weight=0.0)
+    model = perturb_(pe.create_model("tiny-32-flow", hybrid={"coarse": stage, "fine": dict(stage)}))
+    fine = model.hybrid.fine
+    tokens = torch.randn(4, 64, 16)
+    torch.manual_seed(1)
+    loss = fine.loss(tokens, torch.arange(4), torch.zeros(4, 64, 16))
+    # replay the same draws: t, eps, xi (the class dropout draw comes first)
+    torch.manual_seed(1)
+    drop = torch.rand(4) < stage.get("class_dropout", 0.1)
+    labels = torch.where(drop, torch.full((4,), fine.null_class), torch.arange(4))
+    t = fine._times(4, "cpu")
+    eps = torch.randn_like(tokens)
+    xi = torch.rand(3 * 4, 64, 8) - 0.5
+    x_t = (1 - t[:, None, None]) * tokens + t[:, None, None] * eps
+    with torch.no_grad():
+        h = fine.hidden(x_t, t, None, labels, torch.zeros(4, 64, 16))
+        mse = torch.nn.functional.mse_loss(fine.mean_out(h), eps - tokens)
+        mean = fine.mean_x0(h, x_t, t)
+        res = fine.residual(h.repeat(3, 1, 1), fine.condition(t, labels, h.dtype).repeat(3, 1), xi).view(3, 4, 64, 16)
+        energy = energy_score_samples(mean[None] + res, tokens)
+    torch.testing.assert_close(loss.detach(), energy + mse, rtol=1e-5, atol=1e-6)
+
+
+def test_residual_blocks_draw_neighbouring_tokens_jointly():
+    """Without residual blocks the head draws each token from its own noise; with them, one token's
+    noise moves the other tokens' residuals too. The mean does not depend on the noise either way."""
+    torch.manual_seed(0)
+    for blocks, coupled in ((0, False), (1, True)):
+        stage = _v_stage(residual_blocks=blocks)
+        model = perturb_(pe.create_model("tiny-32-flow", hybrid={"coarse": stage, "fine": dict(stage)})).eval()
+        fine = model.hybrid.fine
+        assert (len(fine.residual_blocks) == blocks) and ((fine.residual_noise_in is not None) == bool(blocks))
+        x, labels, ctx = torch.randn(1, 64, 16), torch.tensor([3]), torch.randn(1, 64, 16)
+        xi = torch.rand(1, 4, 64, 8) - 0.5
+        xi2 = xi.clone()
+        xi2[:, :, 0] = torch.rand(8) - 0.5  # new noise for token 0 only
+        with torch.no_grad():
+            a = fine.sample(xi, x, labels, steps=1, context=ctx)
+            b = fine.sample(xi2, x, labels, steps=1, context=ctx)
+            cold_a = fine.sample(xi, x, labels, steps=1, temperature=0.0, context=ctx)
+            cold_b = fine.sample(xi2, x, labels, steps=1, temperature=0.0, context=ctx)
+        assert not torch.allclose(a[:, 0], b[:, 0])
+        assert torch.allclose(a[:, 1:], b[:, 1:]) != coupled
+        torch.testing.assert_close(cold_a, cold_b)
+
+
+def test_residual_blocks_variant_trains_every_part_and_generates_per_image():
+    torch.manual_seed(0)
+    stage = _v_stage(residual_blocks=1)
+    model = perturb_(pe.create_model("tiny-32-flow", hybrid={"coarse": stage, "fine": dict(stage)}))
+    model.hybrid.loss(torch.randn(6, 4, 16, 16), torch.arange(6))["loss"].backward()
+    dead = [n for n, p in model.hybrid.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert dead == []
+    model.eval()
+    both = model.generate(3, labels=[1, 2, 3], seed=4, steps=(2, 2), cfg=2.0, temperature=0.7, batch_size=3)
+    one = model.generate(1, labels=[3], seed=6, steps=(2, 2), cfg=2.0, temperature=0.7)
+    torch.testing.assert_close(both[2:], one, rtol=1e-5, atol=1e-5)
+    sampler = model.compile_sampler(3, steps=(2, 2), cfg=2.0, temperature=0.7)
+    assert torch.equal(sampler(seed=4, labels=[1, 2, 3]), both)
+
+
+def test_logit_normal_times_and_the_one_step_share():
+    torch.manual_seed(0)
+    fine = pe.create_model("tiny-32-flow", hybrid={"coarse": _v_stage(), "fine": _v_stage(one_step_prob=0.25)}).hybrid.fine
+    t = fine._times(20000, "cpu")
+    ones = (t == 1).float().mean().item()
+    rest = t[t < 1]
+    assert 0.23 < ones < 0.27 and rest.min() > 0
+    # sigmoid(N(0, 1)): median 0.5, and far fewer draws near 0 or 1 than uniform times
+    assert abs(rest.median().item() - 0.5) < 0.02 and (rest < 0.05).float().mean() < 0.01
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(mean_param="eps", backbone_noise=False, mean_weight=1.0), "mean_param must be 'x0' or 'v'"),
+    (dict(mean_param="v"), "mean_param 'v' needs a mean head"),
+    (dict(residual_blocks=1), "residual_blocks > 0 needs a mean head"),
+    (dict(time_dist="cosine"), "time_dist must be"),
+])
+def test_mean_head_options_are_checked(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        pe.GeneratorConfig(kind="flow", **kwargs)

@@ -97,7 +97,7 @@ def test_generate_respects_labels_and_settings(model):
         (dict(n=2, labels=[0, 10]), ValueError, r"\[0, 10\)"),
         (dict(n=2, labels=[0]), ValueError, "expected 2 labels"),
         (dict(n=2, labels=torch.tensor([0.0, 1.0])), TypeError, "integer"),
-        (dict(n=2, temperature=0.0), ValueError, "temperature"),
+        (dict(n=2, temperature=-0.5), ValueError, "temperature"),
         (dict(n=2, cfg=float("nan")), ValueError, "cfg"),
         (dict(n=2, steps=(99, 1)), ValueError, "steps must be in"),
         (dict(n=2, steps="4"), TypeError, "steps"),
