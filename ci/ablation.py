@@ -1,10 +1,12 @@
 """M3-1 ablation: full model vs no-coarse vs no-fine vs streams P in {1, 2, 4, 8}, each trained from
-the same VAE with the same budget (steps x batch), then FID and end-to-end latency in one table and
-one plot. Writes ablation.json, ablation.md and ablation.png."""
+the same VAE with the same budget (steps x batch) for each of --seeds, then FID (mean and spread over
+the seeds) and end-to-end latency in one table and one plot. Writes ablation.json, ablation.md and ablation.png."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
+import statistics
 from pathlib import Path
 
 import _common
@@ -15,7 +17,7 @@ from parscale_ear import fid as fidlib
 from parscale_ear.utils import environment
 from parscale_ear.benchmark import profile_latency
 from parscale_ear.pipeline import ParScaleEARConfig
-from parscale_ear.presets import apply_overrides
+from parscale_ear.presets import apply_overrides, get_config
 from parscale_ear.train import TrainConfig, load_checkpoint, load_pipeline, train
 from parscale_ear.utils import line_plot
 
@@ -31,32 +33,43 @@ def run(args) -> dict:
     dev = _common.device(args.device)
     out = Path(args.out)
     base = ParScaleEARConfig.from_dict(load_checkpoint(args.vae)["config"])
+    if args.preset:  # the preset's generator design on the VAE run's VAE
+        base = dataclasses.replace(get_config(args.preset), vae=base.vae)
     inception = fidlib.load_inception(dev)
     v = base.vae
     ref = fidlib.load_statistics(args.ref) if args.ref else evaluate.reference_statistics(
         args.data, "train", v.image_size, v.in_channels, inception, args.batch_size, limit=args.ref_limit)
     rows = []
     for name in args.variants:
-        config = apply_overrides(base, **VARIANTS[name])
-        run_dir = out / "ablation_runs" / name.replace("=", "")
-        if run_dir.exists():
-            shutil.rmtree(run_dir)
-        cfg = TrainConfig(kind="generator", steps=args.steps, batch_size=args.train_batch, lr=args.lr, warmup_steps=min(100, args.steps // 10 + 1),
-                          seed=args.seed, log_every=max(1, args.steps // 10), sample_every=args.steps, ckpt_every=args.steps,
-                          data=args.data, vae_run=str(args.vae), max_images=args.max_images, ema_decay=args.ema_decay)
-        train(cfg, run_dir, config, device=str(dev), progress=False)
-        model = load_pipeline(run_dir, device=dev)
-        fid_rows = evaluate.evaluate_fid(model, ref, args.n, [args.cfg], inception, args.batch_size, seed=0)
+        fids, train_rows = [], []
+        for seed in args.seeds:  # each seed: its own initial weights and data order
+            config = apply_overrides(base, **VARIANTS[name])
+            run_dir = out / "ablation_runs" / f"{name.replace('=', '')}-s{seed}"
+            if run_dir.exists():
+                shutil.rmtree(run_dir)
+            cfg = TrainConfig(kind="generator", steps=args.steps, batch_size=args.train_batch, lr=args.lr,
+                              warmup_steps=min(100, args.steps // 10 + 1), seed=seed, log_every=max(1, args.steps // 10),
+                              sample_every=args.steps, ckpt_every=args.steps, data=args.data, vae_run=str(args.vae),
+                              max_images=args.max_images, ema_decay=args.ema_decay)
+            train(cfg, run_dir, config, device=str(dev), progress=False)
+            model = load_pipeline(run_dir, device=dev)
+            fids.append(evaluate.evaluate_fid(model, ref, args.n, [args.cfg], inception, args.batch_size, seed=0)[0]["fid"])
+            metrics = [l for l in (run_dir / "metrics.jsonl").read_text().splitlines() if l.strip()]
+            train_rows.append(json.loads(metrics[-1]))
+            print(f"{name:10s} seed {seed}  FID {fids[-1]:8.3f}", flush=True)
         lat = [r for r in profile_latency(model, [args.latency_batch], runs=args.latency_runs, warmup=3, bf16=args.bf16)
                if r["name"] == "end_to_end"][0]
-        metrics = [l for l in (run_dir / "metrics.jsonl").read_text().splitlines() if l.strip()]
+        spread = statistics.stdev(fids) if len(fids) > 1 else None
         rows.append({"variant": name, "mode": model.config.hybrid.mode, "streams": model.config.hybrid.fine.streams,
-                     "generator_params": model.num_parameters()["generator"], "fid": fid_rows[0]["fid"],
+                     "generator_params": model.num_parameters()["generator"], "fid": statistics.fmean(fids),
+                     "fid_std": spread, "fid_seeds": fids, "seeds": list(args.seeds),
                      "num_samples": args.n, "cfg": args.cfg, "e2e_ms_per_image_p50": lat["ms_per_image_p50"],
-                     "e2e_ms_per_image_p99": lat["ms_per_image_p99"], "final_train_row": json.loads(metrics[-1])})
-        print(f"{name:10s} FID {rows[-1]['fid']:8.3f}  e2e {lat['ms_per_image_p50']:.4f} ms/image")
+                     "e2e_ms_per_image_p99": lat["ms_per_image_p99"], "final_train_rows": train_rows})
+        print(f"{name:10s} FID {rows[-1]['fid']:8.3f}{'' if spread is None else f' +- {spread:.3f}'}  "
+              f"e2e {lat['ms_per_image_p50']:.4f} ms/image", flush=True)
     return {"milestone": "M3-1", "env": environment(dev), "quick": args.quick, "vae_run": str(args.vae),
-            "budget": {"steps": args.steps, "batch_size": args.train_batch, "lr": args.lr}, "rows": rows}
+            "preset": args.preset or base.name, "budget": {"steps": args.steps, "batch_size": args.train_batch, "lr": args.lr,
+                                                          "seeds": list(args.seeds)}, "rows": rows}
 
 
 if __name__ == "__main__":
@@ -77,7 +90,8 @@ if __name__ == "__main__":
     p.add_argument("--latency-batch", type=int, default=16)
     p.add_argument("--latency-runs", type=int, default=100)
     p.add_argument("--bf16", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds per variant (FID: mean and spread)")
+    p.add_argument("--preset", default=None, help="generator design to ablate (default: the VAE run's preset)")
     args = p.parse_args()
     if args.quick:
         args.steps, args.train_batch, args.n, args.ref_limit, args.batch_size = 4, 16, 32, 64, 32
@@ -85,8 +99,11 @@ if __name__ == "__main__":
         args.variants = [v for v in args.variants if v != "P=8"]
     result = run(args)
     out = Path(args.out)
-    table = "| variant | mode | P | generator params | FID | e2e ms/image P50 | P99 |\n| --- | --- | --- | --- | --- | --- | --- |\n"
-    table += "".join(f"| {r['variant']} | {r['mode']} | {r['streams']} | {r['generator_params'] / 1e6:.2f}M | {r['fid']:.2f} | "
+    def fid_cell(r):
+        return f"{r['fid']:.2f}" + ("" if r["fid_std"] is None else f" +- {r['fid_std']:.2f}")
+
+    table = "| variant | mode | P | generator params | FID (mean +- std over seeds) | e2e ms/image P50 | P99 |\n| --- | --- | --- | --- | --- | --- | --- |\n"
+    table += "".join(f"| {r['variant']} | {r['mode']} | {r['streams']} | {r['generator_params'] / 1e6:.2f}M | {fid_cell(r)} | "
                      f"{r['e2e_ms_per_image_p50']:.4f} | {r['e2e_ms_per_image_p99']:.4f} |\n" for r in result["rows"])
     print(table)
     _common.write(out, "ablation.json", result)

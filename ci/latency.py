@@ -20,7 +20,9 @@ def run(device, quick: bool, preset: str, ckpt: str | None, batch_sizes, runs: i
     # weights do not change the timing: random weights for presets without a checkpoint
     model = (load_pipeline(ckpt) if ckpt else pe.create_model(preset)).to(device).eval()
     rows = profile_latency(model, batch_sizes, runs=runs, warmup=warmup, bf16=bf16, compile=compile, graphs=graphs,
-                           channels_last=channels_last, steps=steps, cfg=cfg, temperature=temperature)
+                           channels_last=channels_last, steps=steps, cfg=cfg, temperature=temperature,
+                           on_row=lambda r: print(f"{r['name']:28s} batch {r['batch']:4d}  P50 {r['ms_per_image_p50']:.4f}  "
+                                                  f"P99 {r['ms_per_image_p99']:.4f} ms/image", flush=True))
     return {"milestone": "M2-2", "env": environment(device), "quick": quick, "model": model.config.name,
             "checkpoint": ckpt, "params": model.num_parameters(),
             "settings": {"batch_sizes": list(batch_sizes), "runs": runs, "warmup": warmup, "bf16": bf16,

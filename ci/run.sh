@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Milestone validation: sanity (M2-1), latency (M2-2), fid_eval (M2-3), ablation (M3-1), then the gates.
+# Milestone validation: sanity (M2-1), latency (M2-2), fid_eval (M2-3), the DiT peer, ablation (M3-1), then the gates.
 #   bash ci/run.sh [--device cpu|cuda] [--quick] [--out DIR] [--ckpt RELEASE_OR_RUN] [--vae VAE_RUN]
-# --device cpu --quick: the whole pipeline at tiny sizes, no gates on numbers (3.6 minutes on a 2-core CPU).
+# --device cpu --quick: the whole pipeline at tiny sizes, no gates on numbers (about 4 minutes on a 2-core CPU).
 # --device cuda: full sizes, each milestone gated on ci/gates.json; exits non-zero naming failed gates.
-#   Without --ckpt/--vae it first trains the README recipe itself (there is no shipped default model yet).
+#   Without --ckpt/--vae it first trains the README recipe itself (there is no shipped default model yet);
+#   the peer trains for the generator's minutes; the ablation trains 7 variants x 2 seeds x 2000 steps.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 device=cpu quick=0 out="" ckpt="" vae=""
@@ -14,7 +15,7 @@ while [[ $# -gt 0 ]]; do
     --out) out=$2; shift 2 ;;
     --ckpt) ckpt=$2; shift 2 ;;
     --vae) vae=$2; shift 2 ;;
-    -h|--help) sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "ci/run.sh: unknown argument $1 (see bash ci/run.sh --help)" >&2; exit 2 ;;
   esac
 done
@@ -45,7 +46,11 @@ if [[ -z "$ckpt" || -z "$vae" ]]; then  # no model given: train one, so every mi
   ckpt=${ckpt:-$out/runs/gen}; vae=${vae:-$out/runs/vae}
 fi
 echo "== M2-3 fid_eval"; "$py" ci/fid_eval.py --device "$device" "${q[@]}" --out "$out" --ckpt "$ckpt"
-echo "== M3-1 ablation"; "$py" ci/ablation.py --device "$device" "${q[@]}" --out "$out" --vae "$vae" $([[ $quick == 1 ]] && echo --max-images 400)
+echo "== peer (DiT, same latents and minutes, reported, not gated)"
+"$py" ci/peer.py --device "$device" "${q[@]}" --out "$out" --vae "$vae" $([[ -f "$ckpt/metrics.jsonl" ]] && echo --gen-run "$ckpt")
+seeds=(--seeds 0); [[ $quick == 0 ]] && seeds=(--seeds 0 1)
+echo "== M3-1 ablation"; "$py" ci/ablation.py --device "$device" "${q[@]}" --out "$out" --vae "$vae" "${seeds[@]}" \
+    $([[ $quick == 1 ]] && echo --max-images 400)
 echo "== gates"
 gates=(); [[ $quick == 1 || $device == cpu ]] && gates=(--no-gates)
 "$py" ci/validate_results.py "$out" "${gates[@]}"

@@ -1,4 +1,4 @@
-"""Check a results folder (sanity/latency/fid/ablation JSON) against ci/gates.json and the files
+"""Check a results folder (sanity/latency/fid/peer/ablation JSON) against ci/gates.json and the files
 listed in SHA256SUMS; write report.md. Exit 1 naming each failed gate.
 
 Usage: python ci/validate_results.py DIR [--no-gates]
@@ -63,6 +63,11 @@ def evaluate_gates(folder: Path, gates: dict, use_gates: bool) -> list[tuple[str
     else:
         ok = fid["best_fid"] <= gf["max_fid"] and fid["num_samples"] >= gf["min_num_samples"]
         res.append(("fid_eval.fid", ok, f"best FID {fid['best_fid']:.3f} on {fid['num_samples']} samples (gate <= {gf['max_fid']} on >= {gf['min_num_samples']})"))
+    peer = load(folder, "peer.json")
+    if peer is not None:  # reported beside fid_eval, never gated
+        best = min(peer["rows"], key=lambda r: r["fid_train"])
+        res.append(("peer.fid", None, f"{peer['recipe']} after {peer['budget_minutes']} min: best FID {best['fid_train']:.3f} "
+                    f"({best['schedule']}, {best['passes_per_image']} passes) on {peer['num_samples']} samples (reported, not gated)"))
     abl = load(folder, "ablation.json")
     if abl is None:
         res.append(("ablation", False, "ablation.json missing"))
@@ -88,6 +93,11 @@ def report(folder: Path, results) -> str:
     if fid:
         lines += ["", "## FID", "", "| cfg | FID | samples |", "| --- | --- | --- |"]
         lines += [f"| {r['cfg']} | {r['fid']:.3f} | {r['num_samples']} |" for r in fid["fid"]]
+        peer = load(folder, "peer.json")
+        if peer:
+            lines += ["", f"Peer ({peer['recipe']}, {peer['budget_minutes']} training minutes, not gated):", "",
+                      "| schedule | passes | FID | samples |", "| --- | --- | --- | --- |"]
+            lines += [f"| {r['schedule']} | {r['passes_per_image']} | {r['fid_train']:.3f} | {r['n']} |" for r in peer["rows"]]
         v = fid["vae"]
         lines += ["", f"LiteVAE on {v['num_images']} test images: rFID {v['rfid']:.3f}, PSNR {v['psnr']:.2f} dB, SSIM {v['ssim']:.4f}"]
     return "\n".join(lines) + "\n"

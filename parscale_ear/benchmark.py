@@ -72,12 +72,14 @@ def profile_latency(
     channels_last: bool = False,
     steps=None,
     temperature: float | None = None,
+    on_row=None,
 ) -> list[dict]:
     """Time encode, each generation stage, decode and end to end per batch size, all through the
     sampler a user gets from `model.compile_sampler` (same schedule, dtype, graphs, decoder).
 
     end_to_end is `sampler()`: device noise -> latents -> pixels. The stage rows run the hybrid's
-    own stages on the sampler's inputs, coarse then fine on the coarse stage's context."""
+    own stages on the sampler's inputs, coarse then fine on the coarse stage's context. `on_row(row)`,
+    if given, is called as each row is measured (long compiled runs show where the time goes)."""
     device = model.device
     model.eval()
     dtype = torch.bfloat16 if bf16 else torch.float32
@@ -136,6 +138,8 @@ def profile_latency(
             if device.type == "cuda":
                 row["peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
             rows.append(row)
+            if on_row is not None:
+                on_row(row)
     return rows
 
 

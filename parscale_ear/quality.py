@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .pipeline import ParScaleEAR
+from .pipeline import ParScaleEAR, ParScaleEARConfig
 
 
 @dataclass
@@ -93,6 +93,55 @@ def evaluate_schedules(model: ParScaleEAR, schedules: list[Schedule], n: int, re
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows
+
+
+def recipe_config(recipe: str, vae_config: ParScaleEARConfig, overrides: dict | None = None) -> ParScaleEARConfig:
+    """The model of a named recipe on a VAE run's VAE: a preset's generator (and sampling defaults), or
+    a DiT peer (dit-s, dit-b), with create_model-style overrides."""
+    import dataclasses
+
+    from .baselines.dit import PEERS
+    from .presets import apply_overrides, get_config
+
+    if recipe in PEERS:
+        config = dataclasses.replace(vae_config, name=recipe, dit=PEERS[recipe], cfg=1.0, temperature=1.0)
+    else:
+        config = dataclasses.replace(get_config(recipe), vae=vae_config.vae)
+    return apply_overrides(config, **(overrides or {}))
+
+
+def train_for_minutes(config: ParScaleEARConfig, vae_run: str | Path, minutes: float, out: str | Path, device: str,
+                      probe_steps: int = 60, **train_options) -> dict:
+    """Train `config` on the VAE run's latents for about `minutes` of wall time: a probe of
+    `probe_steps` steps measures steps/s, the run is set to 97% of that many steps so its cosine
+    schedule ends inside the budget, and max_minutes caps it in any case. `train_options` go to
+    TrainConfig (batch_size, lr, ema_decay, head_lr_ratio, seed, ...). Returns the run's last
+    metrics row with the measured rate and wall seconds."""
+    import shutil
+
+    from .loading import load_checkpoint, read_metrics
+    from .train import METRICS, TrainConfig, train
+
+    out = Path(out)
+    data = load_checkpoint(vae_run)["train"]["data"]
+
+    def options(steps: int, max_minutes: float = 0.0) -> TrainConfig:
+        return TrainConfig(kind="generator", steps=steps, warmup_steps=min(100, steps // 10),
+                           log_every=max(1, min(20, probe_steps // 4)),
+                           sample_every=10**9, ckpt_every=10**9, max_minutes=max_minutes, data=data,
+                           vae_run=str(vae_run), samples=False, **train_options)
+
+    probe = out.with_name(out.name + "-probe")
+    train(options(probe_steps), probe, config, device=device, progress=False)
+    rows = read_metrics(probe / METRICS)
+    first = rows[0] if len(rows) > 1 else {"step": 0, "elapsed_s": 0.0}  # rate after the first row's warm-up
+    rate = (rows[-1]["step"] - first["step"]) / max(rows[-1]["elapsed_s"] - first["elapsed_s"], 1e-9)
+    shutil.rmtree(probe)
+    steps = max(1, int(rate * 60 * minutes * 0.97))
+    print(f"{config.name}: {rate:.2f} steps/s -> {steps} steps in {minutes} min", flush=True)
+    t0 = time.time()
+    train(options(steps, max_minutes=minutes), out, config, device=device, progress=False)
+    return {**read_metrics(out / METRICS)[-1], "steps_per_s": rate, "wall_s": time.time() - t0}
 
 
 def markdown(rows: list[dict]) -> str:

@@ -9,7 +9,6 @@ The step count is set from a 40-step throughput probe so the cosine schedule end
 """
 import argparse
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -18,11 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from parscale_ear import fid, quality, train as T  # noqa: E402
-from parscale_ear.baselines.dit import PEERS  # noqa: E402
 from parscale_ear.utils import environment  # noqa: E402
 from parscale_ear.pipeline import ParScaleEARConfig  # noqa: E402
-from parscale_ear.presets import apply_overrides, get_config  # noqa: E402
-import dataclasses  # noqa: E402
 
 p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 p.add_argument("--vae", required=True)
@@ -44,40 +40,17 @@ args = p.parse_args()
 from parscale_ear.cli import _overrides  # noqa: E402
 
 vae_ckpt = T.load_checkpoint(args.vae)
-base = ParScaleEARConfig.from_dict(vae_ckpt["config"])
-if args.recipe in PEERS:
-    config = dataclasses.replace(base, name=args.recipe, dit=PEERS[args.recipe], cfg=1.0, temperature=1.0)
-else:
-    config = dataclasses.replace(get_config(args.recipe), vae=base.vae)
-config = apply_overrides(config, **_overrides(args.set))
 out = Path(args.out)
 device = args.device
-
-
-def tcfg(steps, max_minutes=0.0):
-    return T.TrainConfig(kind="generator", steps=steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=min(100, steps // 10),
-                         ema_decay=args.ema_decay, head_lr_ratio=args.head_lr_ratio, seed=args.seed, log_every=20, sample_every=10**9, ckpt_every=10**9,
-                         max_minutes=max_minutes, data=vae_ckpt["train"]["data"], vae_run=args.vae)
-
-
-if (out / T.CHECKPOINT).exists():  # trained already (an earlier call): evaluate it
+if (out / T.CHECKPOINT).exists():  # trained already (an earlier call or another command): evaluate it;
+    # --recipe is then only the rows' label
     done = T.read_metrics(out / T.METRICS)[-1]
     train_s = done["elapsed_s"]
-    steps = None
 else:
-    steps = 0
-probe = out.with_name(out.name + "-probe")
-if steps is not None:
-    T.train(tcfg(60), probe, config, device=device, progress=False)
-    rows = T.read_metrics(probe / T.METRICS)
-    rate = (rows[-1]["step"] - rows[0]["step"]) / (rows[-1]["elapsed_s"] - rows[0]["elapsed_s"])  # steps/s after warm-up
-    shutil.rmtree(probe)
-    steps = int(rate * 60 * args.minutes * 0.97)
-    print(f"{args.recipe}: {rate:.2f} steps/s -> {steps} steps in {args.minutes} min", flush=True)
-    t0 = time.time()
-    T.train(tcfg(steps, max_minutes=args.minutes), out, config, device=device, progress=False)
-    train_s = time.time() - t0
-    done = T.read_metrics(out / T.METRICS)[-1]
+    config = quality.recipe_config(args.recipe, ParScaleEARConfig.from_dict(vae_ckpt["config"]), _overrides(args.set))
+    done = quality.train_for_minutes(config, args.vae, args.minutes, out, device, batch_size=args.batch_size, lr=args.lr,
+                                     ema_decay=args.ema_decay, head_lr_ratio=args.head_lr_ratio, seed=args.seed)
+    train_s = done["wall_s"]
 
 model = T.load_pipeline(out, device=device).eval()
 inception = fid.load_inception(device)

@@ -242,7 +242,7 @@ def test_no_samples_and_sampling_time_stays_out_of_the_training_clock(tmp_path, 
     real_generate = pe.ParScaleEAR.generate
 
     def slow_generate(self, *a, **k):
-        time_mod.sleep(1.0)
+        time_mod.sleep(3.0)
         return real_generate(self, *a, **k)
 
     monkeypatch.setattr(pe.ParScaleEAR, "generate", slow_generate)
@@ -250,9 +250,28 @@ def test_no_samples_and_sampling_time_stays_out_of_the_training_clock(tmp_path, 
     train(c, tmp_path / "loud", None, progress=False)
     rows = losses(tmp_path / "loud")
     assert len(list((tmp_path / "loud" / "samples").glob("*.png"))) == 2
-    assert rows[-1]["elapsed_s"] < 1.0  # the 1 s grid at step 2 is not training time
+    assert rows[-1]["elapsed_s"] < 3.0  # the 3 s grid at step 2 is not training time (4 tiny steps take far less)
     grid = (tmp_path / "loud" / "samples" / "step_0000004.png")
     from PIL import Image
 
     with Image.open(grid) as im:  # class names above the 10 columns
         assert im.height > 10 * 34
+
+
+def test_train_for_minutes_sets_steps_from_a_probe_and_keeps_the_budget(tmp_path, vae_run):
+    """The fixed-budget harness: a probe measures steps/s, the run's step count follows from it, the
+    probe folder is removed, and the run stops inside max_minutes whatever the probe said."""
+    from parscale_ear import quality
+
+    vae_config = pe.ParScaleEARConfig.from_dict(load_checkpoint(vae_run)["config"])
+    config = quality.recipe_config("tiny-32-flow", vae_config)
+    assert config.name == "tiny-32-flow" and config.vae == vae_config.vae and config.hybrid.coarse.kind == "flow"
+    done = quality.train_for_minutes(config, vae_run, 0.05, tmp_path / "run", "cpu", probe_steps=4, batch_size=8, lr=1e-3)
+    assert not (tmp_path / "run-probe").exists() and (tmp_path / "run" / "checkpoint.pt").is_file()
+    assert done["steps_per_s"] > 0 and done["step"] >= 1 and done["wall_s"] < 0.05 * 60 + 30
+    ckpt = load_checkpoint(tmp_path / "run")
+    assert ckpt["step"] == done["step"] and ckpt["train"]["max_minutes"] == 0.05
+    peer = quality.recipe_config("dit-s", vae_config, {"dit": {"num_layers": 1}})
+    assert peer.dit.num_layers == 1 and peer.cfg == 1.0
+    with pytest.raises(ValueError, match="unknown model"):
+        quality.recipe_config("no-such-recipe", config)

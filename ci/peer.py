@@ -1,0 +1,70 @@
+"""Peer: the DiT peer (diffusers' DiT, rectified flow) trained on the same VAE's latents for the same
+wall-clock budget as the generator, then scored by the same FID code at its few-step schedules.
+Reported beside fid_eval in report.md, not gated. Writes peer.json."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import _common
+
+from parscale_ear import evaluate, quality
+from parscale_ear import fid as fidlib
+from parscale_ear.loading import load_checkpoint, load_pipeline, read_metrics
+from parscale_ear.pipeline import ParScaleEARConfig
+from parscale_ear.utils import environment
+
+
+def budget_minutes(args) -> float:
+    """--minutes, else the generator run's own training minutes (equal budget), else 4."""
+    if args.minutes:
+        return args.minutes
+    metrics = Path(args.gen_run or "") / "metrics.jsonl"
+    if args.gen_run and metrics.is_file() and read_metrics(metrics):
+        return round(read_metrics(metrics)[-1]["elapsed_s"] / 60, 2)
+    return 4.0
+
+
+def run(args) -> dict:
+    dev = _common.device(args.device)
+    vae_config = ParScaleEARConfig.from_dict(load_checkpoint(args.vae)["config"])
+    overrides = {"dit": {"num_layers": 1, "heads": 1, "head_dim": 16}} if args.quick else {}
+    config = quality.recipe_config(args.recipe, vae_config, overrides)
+    minutes = budget_minutes(args)
+    run_dir = Path(args.out) / "peer_run"
+    extra = {"max_images": 400, "probe_steps": 3} if args.quick else {}
+    done = quality.train_for_minutes(config, args.vae, minutes, run_dir, str(dev), batch_size=args.train_batch, lr=args.lr,
+                                     ema_decay=args.ema_decay, seed=args.seed, **extra)
+    model = load_pipeline(run_dir, device=dev).eval()
+    inception = fidlib.load_inception(dev)
+    v = model.config.vae
+    if args.quick:  # as fid_eval --quick: statistics of a slice of the data
+        ref = evaluate.reference_statistics(args.data, "train", v.image_size, v.in_channels, inception, 64, limit=128)
+    else:
+        ref = fidlib.load_statistics(evaluate.shipped_statistics("fashion-mnist-train"))
+    rows = quality.evaluate_schedules(model, quality.parse_schedules(args.schedules), args.n, {"train": ref}, inception)
+    return {"milestone": "peer", "env": environment(dev), "quick": args.quick, "recipe": args.recipe,
+            "generator_params": model.num_parameters()["generator"], "budget_minutes": minutes,
+            "train": {"steps": done["step"], "wall_s": round(done["wall_s"], 1), "batch_size": args.train_batch, "lr": args.lr},
+            "rows": rows, "best_fid": min(r["fid_train"] for r in rows), "num_samples": args.n}
+
+
+if __name__ == "__main__":
+    p = _common.parser(__doc__.splitlines()[0])
+    p.add_argument("--vae", required=True, help="the VAE run whose latents both models train on")
+    p.add_argument("--gen-run", default=None, help="the generator run whose training minutes set the budget")
+    p.add_argument("--minutes", type=float, default=None, help="training budget (default: the --gen-run's minutes, else 4)")
+    p.add_argument("--recipe", default="dit-s", choices=["dit-s", "dit-b"])
+    p.add_argument("--schedules", default="4;8;8@1.5", help="Euler steps[@cfg] separated by ';'")
+    p.add_argument("--train-batch", type=int, default=512)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--n", type=int, default=10_000, help="samples per FID")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    if args.quick:
+        args.minutes, args.train_batch, args.n, args.schedules = 0.02, 16, 32, "2@1.5"
+    result = run(args)
+    for r in result["rows"]:
+        print(f"peer {r['schedule']:32s} FID {r['fid_train']:8.3f}  ({r['passes_per_image']} passes)")
+    _common.write(args.out, "peer.json", result)
