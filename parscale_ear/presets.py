@@ -54,6 +54,20 @@ def fmnist_32_flow() -> ParScaleEARConfig:
     )
 
 
+# A regression-anchored energy-flow stage: one backbone pass per example; a mean head trained by the
+# rectified-flow velocity loss (logit-normal t) plus EAR's head drawing the residual through one
+# attention block (neighbouring tokens drawn jointly), m = 4 energy-score draws per target.
+_VMEAN_STAGE = dict(backbone_noise=False, mean_weight=1.0, mean_param="v", time_dist="logit_normal", samples=4,
+                    residual_blocks=1)
+
+
+def fmnist_32_vflow() -> ParScaleEARConfig:
+    """fmnist-32-flow with v-mean stages (`_VMEAN_STAGE`): at temperature 0 each stage is an Euler flow
+    solver; temperature > 0 adds the energy head's draw around the mean."""
+    return apply_overrides(fmnist_32_flow(), name="fmnist-32-vflow", temperature=0.5,
+                           hybrid={"coarse": dict(_VMEAN_STAGE), "fine": dict(_VMEAN_STAGE)})
+
+
 def fmnist_32_cpu() -> ParScaleEARConfig:
     """A small fmnist-32-flow (~0.9M generator parameters) whose recipe in the README trains on a
     2-core CPU in minutes: rough samples, for trying the library without a GPU."""
@@ -108,6 +122,7 @@ _PRESETS: dict[str, Callable[[], ParScaleEARConfig]] = {
     "fmnist-32": fmnist_32,
     "fmnist-32-flow": fmnist_32_flow,
     "fmnist-32-cpu": fmnist_32_cpu,
+    "fmnist-32-vflow": fmnist_32_vflow,
     "tiny-32-flow": tiny_32_flow,
     "lite-256": lite_256,
     "tiny-32": tiny_32,
