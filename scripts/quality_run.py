@@ -60,8 +60,9 @@ vae_rows = T.read_metrics(Path(args.vae) / T.METRICS)
 for r in rows:
     r.update(recipe=args.recipe, seed=args.seed, train_minutes=round(train_s / 60, 2), train_steps=done["step"],
              final_loss=done["loss"], vae_minutes=round(vae_rows[-1]["elapsed_s"] / 60, 2) if vae_rows else None)
+trained = T.load_checkpoint(out)["train"]  # the run's own settings (also when it was trained by another command)
 meta = {"command": "python " + " ".join(sys.argv), **environment(torch.device(device)),
-        "generator_params": model.num_parameters()["generator"], "batch_size": args.batch_size, "lr": args.lr,
-        "head_lr_ratio": args.head_lr_ratio, "overrides": args.set}
+        "generator_params": model.num_parameters()["generator"], "batch_size": trained["batch_size"], "lr": trained["lr"],
+        "head_lr_ratio": trained["head_lr_ratio"], "overrides": args.set}
 quality.write_table(rows, out / "quality", meta)
 print(quality.markdown(rows))
