@@ -18,10 +18,8 @@ def budget_minutes(args) -> float:
     """--minutes, else the generator run's own training minutes (equal budget), else 4."""
     if args.minutes:
         return args.minutes
-    metrics = Path(args.gen_run or "") / "metrics.jsonl"
-    if args.gen_run and metrics.is_file() and read_metrics(metrics):
-        return round(read_metrics(metrics)[-1]["elapsed_s"] / 60, 2)
-    return 4.0
+    rows = read_metrics(Path(args.gen_run) / "metrics.jsonl") if args.gen_run else []
+    return round(rows[-1]["elapsed_s"] / 60, 2) if rows else 4.0
 
 
 def run(args) -> dict:

@@ -155,3 +155,16 @@ def _common_gates():
     import _common
 
     return _common.gates()
+
+
+def test_peer_budget_is_the_generator_runs_minutes(tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "ci"))
+    from types import SimpleNamespace
+
+    import peer
+
+    (tmp_path / "metrics.jsonl").write_text('{"step": 10, "elapsed_s": 60.0}\n{"step": 20, "elapsed_s": 331.0}\n')
+    assert peer.budget_minutes(SimpleNamespace(minutes=None, gen_run=str(tmp_path))) == 5.52
+    assert peer.budget_minutes(SimpleNamespace(minutes=2.5, gen_run=str(tmp_path))) == 2.5
+    assert peer.budget_minutes(SimpleNamespace(minutes=None, gen_run=None)) == 4.0
+    assert peer.budget_minutes(SimpleNamespace(minutes=None, gen_run=str(tmp_path / "release"))) == 4.0  # no metrics
