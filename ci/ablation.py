@@ -4,7 +4,6 @@ the seeds) and end-to-end latency in one table and one plot. Writes ablation.jso
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import statistics
 from pathlib import Path
@@ -18,6 +17,7 @@ from parscale_ear.utils import environment
 from parscale_ear.benchmark import profile_latency
 from parscale_ear.pipeline import ParScaleEARConfig
 from parscale_ear.presets import apply_overrides, get_config
+from parscale_ear.loading import read_metrics
 from parscale_ear.train import TrainConfig, load_checkpoint, load_pipeline, train
 from parscale_ear.utils import line_plot
 
@@ -54,8 +54,7 @@ def run(args) -> dict:
             train(cfg, run_dir, config, device=str(dev), progress=False)
             model = load_pipeline(run_dir, device=dev)
             fids.append(evaluate.evaluate_fid(model, ref, args.n, [args.cfg], inception, args.batch_size, seed=0)[0]["fid"])
-            metrics = [l for l in (run_dir / "metrics.jsonl").read_text().splitlines() if l.strip()]
-            train_rows.append(json.loads(metrics[-1]))
+            train_rows.append(read_metrics(run_dir / "metrics.jsonl")[-1])
             print(f"{name:10s} seed {seed}  FID {fids[-1]:8.3f}", flush=True)
         lat = [r for r in profile_latency(model, [args.latency_batch], runs=args.latency_runs, warmup=3, bf16=args.bf16)
                if r["name"] == "end_to_end"][0]
