@@ -3,6 +3,7 @@ wall-clock budget as the generator, then scored by the same FID code at its few-
 Reported beside fid_eval in report.md, not gated. Writes peer.json."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import _common
@@ -28,7 +29,9 @@ def run(args) -> dict:
     overrides = {"dit": {"num_layers": 1, "heads": 1, "head_dim": 16}} if args.quick else {}
     config = quality.recipe_config(args.recipe, vae_config, overrides)
     minutes = budget_minutes(args)
-    run_dir = Path(args.out) / "peer_run"
+    run_dir = Path(args.out) / "peer_run"  # this script's own run folder: a fresh one each time, as ci/ablation's
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
     extra = {"max_images": 400, "probe_steps": 3} if args.quick else {}
     done = quality.train_for_minutes(config, args.vae, minutes, run_dir, str(dev), batch_size=args.train_batch, lr=args.lr,
                                      ema_decay=args.ema_decay, seed=args.seed, **extra)

@@ -131,7 +131,9 @@ def train_for_minutes(config: ParScaleEARConfig, vae_run: str | Path, minutes: f
                            sample_every=10**9, ckpt_every=10**9, max_minutes=max_minutes, data=data,
                            vae_run=str(vae_run), samples=False, **train_options)
 
-    probe = out.with_name(out.name + "-probe")
+    probe = out.with_name(out.name + "-probe")  # the harness's own scratch run; one left by a killed call goes
+    if probe.exists():
+        shutil.rmtree(probe)
     train(options(probe_steps), probe, config, device=device, progress=False)
     rows = read_metrics(probe / METRICS)
     first = rows[0] if len(rows) > 1 else {"step": 0, "elapsed_s": 0.0}  # rate after the first row's warm-up

@@ -266,6 +266,8 @@ def test_train_for_minutes_sets_steps_from_a_probe_and_keeps_the_budget(tmp_path
     vae_config = pe.ParScaleEARConfig.from_dict(load_checkpoint(vae_run)["config"])
     config = quality.recipe_config("tiny-32-flow", vae_config)
     assert config.name == "tiny-32-flow" and config.vae == vae_config.vae and config.hybrid.coarse.kind == "flow"
+    (tmp_path / "run-probe").mkdir()  # a probe left by a killed call is the harness's own scratch: replaced
+    (tmp_path / "run-probe" / "metrics.jsonl").write_text('{"step": 1, "elapsed_s": 1.0}\n')
     done = quality.train_for_minutes(config, vae_run, 0.05, tmp_path / "run", "cpu", probe_steps=4, batch_size=8, lr=1e-3)
     assert not (tmp_path / "run-probe").exists() and (tmp_path / "run" / "checkpoint.pt").is_file()
     assert done["steps_per_s"] > 0 and done["step"] >= 1 and done["wall_s"] < 0.05 * 60 + 30
