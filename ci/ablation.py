@@ -3,20 +3,18 @@ the same VAE with the same budget (steps x batch) for each of --seeds, then FID 
 the seeds) and end-to-end latency in one table and one plot. Writes ablation.json, ablation.md and ablation.png."""
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import statistics
 from pathlib import Path
 
 import _common
-import torch
 
-from parscale_ear import evaluate
+from parscale_ear import evaluate, quality
 from parscale_ear import fid as fidlib
 from parscale_ear.utils import environment
 from parscale_ear.benchmark import profile_latency
 from parscale_ear.pipeline import ParScaleEARConfig
-from parscale_ear.presets import apply_overrides, get_config
+from parscale_ear.presets import apply_overrides
 from parscale_ear.loading import read_metrics
 from parscale_ear.train import TrainConfig, load_checkpoint, load_pipeline, train
 from parscale_ear.utils import line_plot
@@ -34,7 +32,7 @@ def run(args) -> dict:
     out = Path(args.out)
     base = ParScaleEARConfig.from_dict(load_checkpoint(args.vae)["config"])
     if args.preset:  # the preset's generator design on the VAE run's VAE
-        base = dataclasses.replace(get_config(args.preset), vae=base.vae)
+        base = quality.recipe_config(args.preset, base)
     inception = fidlib.load_inception(dev)
     v = base.vae
     ref = fidlib.load_statistics(args.ref) if args.ref else evaluate.reference_statistics(

@@ -153,18 +153,13 @@ def _train(args, kind: str) -> int:
         if not args.resume:
             from .presets import apply_overrides
 
+            from .quality import recipe_config
+
             shorthand = {k: v for k, v in (("mode", args.mode), ("streams", args.streams)) if v is not None}
             base = ParScaleEARConfig.from_dict(vae_ckpt["config"])
-            if args.preset:  # the preset's generator and sampling defaults on the VAE run's VAE
-                import dataclasses
-
-                base = dataclasses.replace(get_config(args.preset), vae=base.vae)
-            if args.peer:
-                import dataclasses
-
-                from .baselines.dit import PEERS
-
-                base = dataclasses.replace(base, name=args.peer, dit=PEERS[args.peer], cfg=1.0, temperature=1.0)
+            recipe = args.peer or args.preset  # the peer, or the preset's generator and sampling defaults, on the VAE run's VAE
+            if recipe:
+                base = recipe_config(recipe, base)
             model_config = apply_overrides(base, **{**overrides, **shorthand})
         data = args.data or vae_ckpt["train"]["data"]
     cfg = TrainConfig(kind=kind, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,

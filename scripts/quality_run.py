@@ -4,13 +4,11 @@
       --schedules '1,1;2,2;2,2@2' --n 10000
   python scripts/quality_run.py --vae runs/vae --recipe dit-s --minutes 6 --out runs/q/dit --schedules '4;8;20;8@2'
 
-The step count is set from a 40-step throughput probe so the cosine schedule ends inside the budget;
+The step count is set from a 60-step throughput probe (quality.train_for_minutes) so the cosine schedule ends inside the budget;
 --max-minutes caps the run in any case. The VAE's own minutes (from its run) are reported beside.
 """
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
