@@ -34,6 +34,11 @@ def time_grid(steps: int, shift: float = 1.0) -> list[float]:
     return [shift * t / (1 + (shift - 1) * t) for t in ts]
 
 
+def _scale_grad(x: torch.Tensor, weight: float) -> torch.Tensor:
+    """x in the forward pass; its gradient times `weight` in the backward pass (0: stopped)."""
+    return x.detach() if weight == 0 else x.detach() + weight * (x - x.detach())
+
+
 class EnergyFlowGenerator(nn.Module):
     """A stage of N tokens (B, N, D): transformer with adaLN(t, class) over x_t + noise + context tokens."""
 
@@ -171,8 +176,11 @@ class EnergyFlowGenerator(nn.Module):
             samples = self.head(h, xi.to(h.dtype)).float().view(m, B, N, D)
         else:  # one backbone pass; the residual path draws the m samples
             h = self.hidden(x_t, t, None, labels, context)  # (B, N, d)
-            cond = self.condition(t, labels, h.dtype).repeat(m, 1)
-            samples = self.residual(h.repeat(m, 1, 1), cond, xi).float().view(m, B, N, D)
+            cond = self.condition(t, labels, h.dtype)
+            h_r, cond_r = h, cond
+            if c.mean_weight > 0 and c.residual_grad < 1:  # scale the score's gradient into the backbone
+                h_r, cond_r = _scale_grad(h, c.residual_grad), _scale_grad(cond, c.residual_grad)
+            samples = self.residual(h_r.repeat(m, 1, 1), cond_r.repeat(m, 1), xi).float().view(m, B, N, D)
         if self.mean_out is not None:  # samples = mean + residual; the mean learns by regression
             if c.mean_param == "v":  # the rectified-flow loss on v = eps - x0
                 mse = torch.nn.functional.mse_loss(self.mean_out(h).float(), (eps - tokens).float())

@@ -58,6 +58,9 @@ class GeneratorConfig:
     # AdaLN blocks after the noise enters the residual path (mean head only): attention couples the
     # residual draws of neighbouring tokens; the m draws re-run only these blocks and the head
     residual_blocks: int = 0
+    # mean head only: share of the energy score's gradient that reaches the backbone through the residual
+    # path (1: all of it; 0: the backbone learns from the mean's MSE alone, the residual path from the score)
+    residual_grad: float = 1.0
     time_dist: str = "uniform"  # training t: "uniform" or "logit_normal" (sigmoid of N(0, 1), SD3)
     global_weight: float = 1.0  # weight of the whole-stage energy score beside the per-token one
     one_step_prob: float = 0.25  # share of training draws at t = 1 (the one-pass case)
@@ -83,6 +86,8 @@ class GeneratorConfig:
         check_int(self.residual_blocks, "GeneratorConfig.residual_blocks", minimum=0)
         if self.residual_blocks and self.mean_weight == 0:
             raise ValueError("GeneratorConfig: residual_blocks > 0 needs a mean head (mean_weight > 0)")
+        if not 0 <= self.residual_grad <= 1:
+            raise ValueError(f"GeneratorConfig: residual_grad must be in [0, 1], got {self.residual_grad}")
         if self.time_dist not in ("uniform", "logit_normal"):
             raise ValueError(f"GeneratorConfig: time_dist must be 'uniform' or 'logit_normal', got {self.time_dist!r}")
         check_real(self.time_shift, "GeneratorConfig.time_shift", minimum=0.0, inclusive=False)

@@ -246,6 +246,28 @@ def test_residual_blocks_variant_trains_every_part_and_generates_per_image():
     assert torch.equal(sampler(seed=4, labels=[1, 2, 3]), both)
 
 
+def test_residual_grad_scales_the_energy_scores_gradient_into_the_backbone():
+    """The loss is the same for every residual_grad; the backbone's gradient is the MSE's plus
+    residual_grad times the score's (so 0.5 lies halfway between 0 and 1), and the residual path
+    itself always learns from the whole score."""
+    losses, grads, head_grads = {}, {}, {}
+    for w in (0.0, 0.5, 1.0):
+        torch.manual_seed(0)
+        stage = _v_stage(residual_blocks=1, residual_grad=w)
+        model = perturb_(pe.create_model("tiny-32-flow", hybrid={"coarse": stage, "fine": dict(stage)}))
+        fine = model.hybrid.fine
+        torch.manual_seed(1)
+        losses[w] = fine.loss(torch.randn(4, 64, 16), torch.arange(4), torch.randn(4, 64, 16))
+        losses[w].backward()
+        grads[w] = torch.cat([p.grad.flatten() for p in fine.blocks.parameters()])
+        head_grads[w] = torch.cat([p.grad.flatten() for p in fine.head.parameters()])
+    torch.testing.assert_close(losses[0.0], losses[1.0])
+    torch.testing.assert_close(losses[0.5], losses[1.0])
+    assert not torch.allclose(grads[0.0], grads[1.0], rtol=1e-3, atol=1e-6)
+    torch.testing.assert_close(grads[0.5], (grads[0.0] + grads[1.0]) / 2, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(head_grads[0.0], head_grads[1.0])
+
+
 def test_logit_normal_times_and_the_one_step_share():
     torch.manual_seed(0)
     fine = pe.create_model("tiny-32-flow", hybrid={"coarse": _v_stage(), "fine": _v_stage(one_step_prob=0.25)}).hybrid.fine
@@ -261,6 +283,7 @@ def test_logit_normal_times_and_the_one_step_share():
     (dict(mean_param="eps", backbone_noise=False, mean_weight=1.0), "mean_param must be 'x0' or 'v'"),
     (dict(mean_param="v"), "mean_param 'v' needs a mean head"),
     (dict(residual_blocks=1), "residual_blocks > 0 needs a mean head"),
+    (dict(residual_grad=1.5), "residual_grad must be in"),
     (dict(time_dist="cosine"), "time_dist must be"),
 ])
 def test_mean_head_options_are_checked(kwargs, match):
