@@ -3,9 +3,11 @@
   python scripts/quality_run.py --vae runs/vae --recipe fmnist-32-flow --minutes 6 --out runs/q/ef \
       --schedules '1,1;2,2;2,2@2' --n 10000
   python scripts/quality_run.py --vae runs/vae --recipe dit-s --minutes 6 --out runs/q/dit --schedules '4;8;20;8@2'
+  python scripts/quality_run.py --vae runs/vae --recipe dit-s --minutes 6 --out runs/q/dit --schedules '8@2' --n 50000 --table fid50k
 
 The step count is set from a 60-step throughput probe (quality.train_for_minutes) so the cosine schedule ends inside the budget;
---max-minutes caps the run in any case. The VAE's own minutes (from its run) are reported beside.
+the run is also capped at --minutes of wall time. The VAE's own minutes (from its run) are reported beside. A folder
+that holds a trained run already is only scored (e.g. FID-50k at the best schedule into --table fid50k).
 """
 import argparse
 import sys
@@ -32,6 +34,7 @@ p.add_argument("--lr", type=float, default=4e-4)
 p.add_argument("--ema-decay", type=float, default=0.999)
 p.add_argument("--head-lr-ratio", type=float, default=0.25, help="energy head lr / --lr (EAR: 0.25)")
 p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+p.add_argument("--table", default="quality", help="name of the results table written in --out (NAME.json, NAME.md)")
 p.add_argument("--stats-dir", default=str(Path(__file__).resolve().parent.parent / "parscale_ear" / "stats"))
 args = p.parse_args()
 
@@ -62,5 +65,5 @@ trained = T.load_checkpoint(out)["train"]  # the run's own settings (also when i
 meta = {"command": "python " + " ".join(sys.argv), **environment(torch.device(device)),
         "generator_params": model.num_parameters()["generator"], "batch_size": trained["batch_size"], "lr": trained["lr"],
         "head_lr_ratio": trained["head_lr_ratio"], "overrides": args.set}
-quality.write_table(rows, out / "quality", meta)
+quality.write_table(rows, out / args.table, meta)
 print(quality.markdown(rows))
