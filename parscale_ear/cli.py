@@ -109,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     _train_args(p, lr=5e-4, batch=512, ema=0.999)  # the README recipe
 
     p = sub.add_parser("sample", help="generate images from a run or release folder")
-    p.add_argument("--ckpt", required=True, help="run folder, checkpoint file or release folder")
+    p.add_argument("--ckpt", default=None,
+                   help="run folder, checkpoint file or release folder (default: the embedded fmnist-32-vflow-s)")
     p.add_argument("--n", type=int, default=64, help="number of images")
     p.add_argument("--labels", type=int, nargs="*", default=None, help="one label for all, or one per image")
     p.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's)")

@@ -61,8 +61,11 @@ def model_from_checkpoint(ckpt: dict, use_ema: bool = True) -> ParScaleEAR:
     return model.eval()
 
 
-def load_pipeline(path: str | Path, device: str | torch.device = "cpu") -> ParScaleEAR:
-    """A pipeline from a release folder (config.json) or a run folder / checkpoint file."""
+def load_pipeline(path: str | Path | None, device: str | torch.device = "cpu") -> ParScaleEAR:
+    """A pipeline from a release folder (config.json) or a run folder / checkpoint file; None: the
+    embedded default model."""
+    if path is None:
+        return ParScaleEAR.from_pretrained(device=device)
     path = Path(path)
     if (path / CONFIG_NAME).is_file():
         return ParScaleEAR.from_pretrained(path, device=device)

@@ -24,6 +24,8 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
 CARD_MARK = "<!-- written by parscale-ear save_pretrained -->"
+# the embedded default model (docs: its README.md; numbers: results/fashion_mnist.json)
+DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "fmnist-32-vflow-s"
 HUB_ID = r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*"
 
 
@@ -278,10 +280,14 @@ class ParScaleEAR(nn.Module):
                 f"Quality and speed numbers belong in this card only with the command that measured them.\n")
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: torch.device | str = "cpu", revision: str | None = None) -> "ParScaleEAR":
+    def from_pretrained(cls, directory: str | Path | None = None, device: torch.device | str = "cpu",
+                        revision: str | None = None) -> "ParScaleEAR":
         """Load a folder written by `save_pretrained`, or a Hugging Face Hub id ("org/name") that is
-        not a local folder (downloaded with huggingface_hub; a clear error without a network).
+        not a local folder (downloaded with huggingface_hub; a clear error without a network); with
+        no directory, the embedded default (`DEFAULT_MODEL`, fmnist-32-vflow-s).
         Weights load as float32, on `device`."""
+        if directory is None:
+            directory = DEFAULT_MODEL
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 

@@ -1,0 +1,65 @@
+"""The embedded default model (parscale_ear/weights/fmnist-32-vflow-s): it is the preset it names,
+its weights are the ones SHA256SUMS lists, and the API and the CLI use it when given no path."""
+import dataclasses
+import hashlib
+from pathlib import Path
+
+import pytest
+import torch
+
+import parscale_ear as pe
+from parscale_ear.cli import main
+from parscale_ear.pipeline import DEFAULT_MODEL
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def default():
+    return pe.ParScaleEAR.from_pretrained()
+
+
+def test_default_is_the_named_preset_at_its_measured_schedule(default):
+    shipped, preset = default.config, pe.get_config("fmnist-32-vflow-s")
+    # everything but the VAE's latent scale, which training measured, matches the preset
+    assert dataclasses.replace(shipped, vae=dataclasses.replace(shipped.vae, latent_scale=1.0)) == preset
+    assert shipped.vae.latent_scale != 1.0
+    assert default.resolve_steps(None) == (4, 4) and shipped.cfg == 2.0 and shipped.temperature == 0.0
+    assert 6.0e6 < default.num_parameters()["generator"] < 6.6e6
+
+
+def test_default_weights_match_sha256sums():
+    sums = dict(reversed(line.split()) for line in (ROOT / "SHA256SUMS").read_text().splitlines() if line.strip())
+    weights = DEFAULT_MODEL / "model.safetensors"
+    rel = weights.relative_to(ROOT).as_posix()
+    assert rel in sums, f"{rel} is not listed in SHA256SUMS"
+    assert hashlib.sha256(weights.read_bytes()).hexdigest() == sums[rel]
+
+
+def test_default_generates_per_image_seeded_images(default):
+    both = default.generate(2, labels=[7, 9], seed=3)
+    assert both.shape == (2, 1, 32, 32) and both.min() >= -1 and both.max() <= 1
+    torch.testing.assert_close(default.generate(1, labels=[9], seed=4), both[1:], rtol=1e-4, atol=1e-4)
+    # a trained model: class 1 (trousers) and class 8 (bag) give different mean images
+    trousers, bags = default.generate(4, labels=[1] * 4, seed=0), default.generate(4, labels=[8] * 4, seed=0)
+    assert (trousers.mean(0) - bags.mean(0)).abs().mean() > 0.1
+
+
+def test_cli_sample_without_ckpt_uses_the_default(tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    assert main(["sample", "--n", "4", "--labels", "0", "1", "2", "3", "--device", "cpu", "--out", str(out)]) == 0
+    assert out.is_file() and out.stat().st_size > 200
+
+
+def test_results_table_describes_the_default_at_its_schedule(default):
+    import json
+
+    res = json.loads((ROOT / "results" / "fashion_mnist.json").read_text())
+    for key in ("fid_train_50k", "fid_test", "fid_no_cfg", "steps", "passes_per_image", "ms_per_image_b256", "peer",
+                "device", "command", "commit", "date"):
+        assert key in res, f"results/fashion_mnist.json lacks {key}"
+    assert {"fid_train_50k", "ms_per_image_b256"} <= set(res["peer"])
+    # the speed and FID published are those of the default's own sampling schedule
+    assert tuple(res["steps"]) == default.resolve_steps(None)
+    assert (res["cfg"], res["temperature"]) == (default.config.cfg, default.config.temperature)
+    assert res["passes_per_image"] == 2 * sum(res["steps"])  # cfg doubles each pass
