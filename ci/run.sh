@@ -3,11 +3,12 @@
 #   bash ci/run.sh [--device cpu|cuda] [--quick] [--out DIR] [--ckpt RELEASE_OR_RUN] [--vae VAE_RUN]
 # --device cpu --quick: the whole pipeline at tiny sizes, no gates on numbers (about 4 minutes on a 2-core CPU).
 # --device cuda: full sizes, each milestone gated on ci/gates.json; exits non-zero naming failed gates.
-#   Without --ckpt/--vae it first trains the README recipe itself (there is no shipped default model yet);
-#   the peer trains for the generator's minutes; the ablation trains 7 variants x 2 seeds x 2000 steps.
+#   Without --ckpt it scores the shipped default model (parscale_ear/weights/fmnist-32-vflow-s); without
+#   --vae it trains the README's LiteVAE (~1 min on an H200) for the peer and the ablation; the peer trains
+#   for the default's 3 generator minutes; the ablation trains 7 variants x 2 seeds x 2000 steps.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-device=cpu quick=0 out="" ckpt="" vae=""
+device=cpu quick=0 out="" ckpt="" vae="" peer_minutes=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --device) device=$2; shift 2 ;;
@@ -15,7 +16,7 @@ while [[ $# -gt 0 ]]; do
     --out) out=$2; shift 2 ;;
     --ckpt) ckpt=$2; shift 2 ;;
     --vae) vae=$2; shift 2 ;;
-    -h|--help) sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "ci/run.sh: unknown argument $1 (see bash ci/run.sh --help)" >&2; exit 2 ;;
   esac
 done
@@ -30,27 +31,33 @@ export PYTHONUNBUFFERED=1
 echo "== M2-1 sanity"; "$py" ci/sanity.py --device "$device" "${q[@]}" --out "$out"
 echo "== M2-2 latency"; "$py" ci/latency.py --device "$device" "${q[@]}" --out "$out" $([[ $device == cuda ]] && echo --bf16 --cuda-graphs --channels-last --compile)
 
-if [[ -z "$ckpt" || -z "$vae" ]]; then  # no model given: train one, so every milestone has a checkpoint
-  rm -rf "$out/runs"
+if [[ -z "$ckpt" || -z "$vae" ]]; then  # no model given: the shipped one, or train one, so every milestone has one
   if [[ $quick == 1 ]]; then  # a tiny real training run on a slice of the data
     echo "== quick training run (tiny-32, 400 images)"
+    rm -rf "$out/runs"  # this script's own folder
     "$py" -m parscale_ear train-vae --preset tiny-32 --steps 3 --batch-size 16 --max-images 400 --out "$out/runs/vae" \
         --log-every 1 --sample-every 3 --ckpt-every 3 --warmup-steps 1 --no-progress
     "$py" -m parscale_ear train --vae "$out/runs/vae" --steps 3 --batch-size 16 --max-images 400 --out "$out/runs/gen" \
         --log-every 1 --sample-every 3 --ckpt-every 3 --warmup-steps 1 --no-progress
-  else  # the README recipe (fmnist-32 on Fashion-MNIST); ~8 minutes on one H100
-    echo "== training the README recipe (LiteVAE 3000 steps, generator 2600 steps)"
-    "$py" -m parscale_ear train-vae --preset fmnist-32 --data fashion-mnist --steps 3000 --out "$out/runs/vae" --no-progress
-    "$py" -m parscale_ear train --vae "$out/runs/vae" --steps 2600 --out "$out/runs/gen" --no-progress
+    ckpt=${ckpt:-$out/runs/gen}
+  else  # full size: the shipped default model, and the README's LiteVAE for the models trained here
+    [[ -z "$ckpt" ]] && { ckpt=parscale_ear/weights/fmnist-32-vflow-s; peer_minutes=(--minutes 3); }
+    if [[ -z "$vae" ]]; then
+      echo "== training the README's LiteVAE (3000 steps) for the peer and the ablation"
+      rm -rf "$out/runs/vae"  # this script's own folder
+      "$py" -m parscale_ear train-vae --preset fmnist-32 --data fashion-mnist --steps 3000 --batch-size 256 --lr 1e-3 \
+          --out "$out/runs/vae" --no-progress
+    fi
   fi
-  ckpt=${ckpt:-$out/runs/gen}; vae=${vae:-$out/runs/vae}
+  vae=${vae:-$out/runs/vae}
 fi
 echo "== M2-3 fid_eval"; "$py" ci/fid_eval.py --device "$device" "${q[@]}" --out "$out" --ckpt "$ckpt"
 echo "== peer (DiT, same latents and minutes, reported, not gated)"
-"$py" ci/peer.py --device "$device" "${q[@]}" --out "$out" --vae "$vae" $([[ -f "$ckpt/metrics.jsonl" ]] && echo --gen-run "$ckpt")
+"$py" ci/peer.py --device "$device" "${q[@]}" --out "$out" --vae "$vae" $([[ -f "$ckpt/metrics.jsonl" ]] && echo --gen-run "$ckpt") \
+    ${peer_minutes[@]+"${peer_minutes[@]}"}
 seeds=(--seeds 0); [[ $quick == 0 ]] && seeds=(--seeds 0 1)
 echo "== M3-1 ablation"; "$py" ci/ablation.py --device "$device" "${q[@]}" --out "$out" --vae "$vae" "${seeds[@]}" \
-    $([[ $quick == 1 ]] && echo --max-images 400)
+    $([[ $quick == 1 ]] && echo --max-images 400) $([[ $quick == 0 ]] && echo --preset fmnist-32-vflow-s)
 echo "== gates"
 gates=(); [[ $quick == 1 || $device == cpu ]] && gates=(--no-gates)
 "$py" ci/validate_results.py "$out" "${gates[@]}"
