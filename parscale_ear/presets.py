@@ -103,6 +103,20 @@ def lite_256() -> ParScaleEARConfig:
     )
 
 
+def lite_256_vflow() -> ParScaleEARConfig:
+    """lite-256's LiteVAE with the shipped default's design and token geometry (fmnist-32-vflow-s):
+    v-mean energy-flow stages, coarse 4x4 grid and fine 2x2 latent patches (64 tokens of 128 dims),
+    residual_grad 0, sampled at the default's 4 + 4 steps, cfg 2, temperature 0; 30-40M generator
+    parameters like lite-256 (the seeds' size). Untrained here: it exists to be timed at that schedule."""
+    base = lite_256()
+    stage = dict(_VMEAN_STAGE, kind="flow", streams=2, head_depth=2, residual_grad=0.0)
+    return dataclasses.replace(base, name="lite-256-vflow", cfg=2.0, temperature=0.0, hybrid=HybridConfig(
+        fine_patch=2,
+        coarse=GeneratorConfig(**stage, width=320, depth=3, heads=5, head_width=320, noise_dim=16),
+        fine=GeneratorConfig(**stage, width=448, depth=5, heads=7, head_width=448, noise_dim=32),
+        coarse_steps=4, fine_steps=4))
+
+
 def tiny_32() -> ParScaleEARConfig:
     """A few-thousand-parameter 32x32 model for tests and smoke runs (not for quality)."""
     return ParScaleEARConfig(
@@ -137,6 +151,7 @@ _PRESETS: dict[str, Callable[[], ParScaleEARConfig]] = {
     "fmnist-32-vflow-s": fmnist_32_vflow_s,
     "tiny-32-flow": tiny_32_flow,
     "lite-256": lite_256,
+    "lite-256-vflow": lite_256_vflow,
     "tiny-32": tiny_32,
 }
 

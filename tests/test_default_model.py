@@ -63,3 +63,19 @@ def test_results_table_describes_the_default_at_its_schedule(default):
     assert tuple(res["steps"]) == default.resolve_steps(None)
     assert (res["cfg"], res["temperature"]) == (default.config.cfg, default.config.temperature)
     assert res["passes_per_image"] == 2 * sum(res["steps"])  # cfg doubles each pass
+
+
+def test_lite_256_vflow_follows_the_shipped_design(default):
+    """The 256x256 preset to be timed uses the default's stage design, token geometry and schedule."""
+    big, ship = pe.get_config("lite-256-vflow"), default.config
+    assert big.hybrid.fine_patch == ship.hybrid.fine_patch == 2 and big.hybrid.pool == ship.hybrid.pool
+    design = ("kind", "streams", "backbone_noise", "mean_weight", "mean_param", "residual_blocks", "residual_grad",
+              "time_dist", "samples")
+    for name in ("coarse", "fine"):
+        a, b = getattr(big.hybrid, name), getattr(ship.hybrid, name)
+        assert {k: getattr(a, k) for k in design} == {k: getattr(b, k) for k in design}
+    assert (big.hybrid.coarse_steps, big.hybrid.fine_steps, big.cfg, big.temperature) == \
+           (ship.hybrid.coarse_steps, ship.hybrid.fine_steps, ship.cfg, ship.temperature)
+    model = pe.create_model("lite-256-vflow").eval()
+    assert 30e6 <= model.num_parameters()["generator"] <= 40e6
+    assert model.hybrid.fine.num_tokens == 64 and model.hybrid.fine.token_dim == 128
