@@ -23,3 +23,7 @@ score dit '2;4;8;16'
 FLAT=(); for o in "${NEW[@]}"; do [[ $o == hybrid.fine.* ]] && FLAT+=("$o"); done
 train flat --lr 1e-3 --mode no_coarse --set "${FLAT[@]}" hybrid.fine.depth=5 hybrid.fine.width=128 hybrid.fine.heads=2
 score flat '2@1@0;2'
+# session 5: the flat stage with the energy score's gradient kept out of the backbone (residual_grad 0)
+train flat0 --lr 1e-3 --mode no_coarse --set "${FLAT[@]}" hybrid.fine.depth=5 hybrid.fine.width=128 hybrid.fine.heads=2 \
+    hybrid.fine.residual_grad=0
+score flat0 '2@1@0;2'
