@@ -177,9 +177,8 @@ class EnergyFlowGenerator(nn.Module):
         else:  # one backbone pass; the residual path draws the m samples
             h = self.hidden(x_t, t, None, labels, context)  # (B, N, d)
             cond = self.condition(t, labels, h.dtype)
-            h_r, cond_r = h, cond
-            if c.mean_weight > 0 and c.residual_grad < 1:  # scale the score's gradient into the backbone
-                h_r, cond_r = _scale_grad(h, c.residual_grad), _scale_grad(cond, c.residual_grad)
+            w = c.residual_grad  # the share of the score's gradient that reaches the backbone (checked: < 1 needs a mean head)
+            h_r, cond_r = (h, cond) if w == 1 else (_scale_grad(h, w), _scale_grad(cond, w))
             samples = self.residual(h_r.repeat(m, 1, 1), cond_r.repeat(m, 1), xi).float().view(m, B, N, D)
         if self.mean_out is not None:  # samples = mean + residual; the mean learns by regression
             if c.mean_param == "v":  # the rectified-flow loss on v = eps - x0

@@ -88,6 +88,9 @@ class GeneratorConfig:
             raise ValueError("GeneratorConfig: residual_blocks > 0 needs a mean head (mean_weight > 0)")
         if not 0 <= self.residual_grad <= 1:
             raise ValueError(f"GeneratorConfig: residual_grad must be in [0, 1], got {self.residual_grad}")
+        if self.residual_grad < 1 and self.mean_weight == 0:
+            raise ValueError("GeneratorConfig: residual_grad < 1 needs a mean head (mean_weight > 0), "
+                             "or the backbone would get no gradient")
         if self.time_dist not in ("uniform", "logit_normal"):
             raise ValueError(f"GeneratorConfig: time_dist must be 'uniform' or 'logit_normal', got {self.time_dist!r}")
         check_real(self.time_shift, "GeneratorConfig.time_shift", minimum=0.0, inclusive=False)

@@ -284,6 +284,7 @@ def test_logit_normal_times_and_the_one_step_share():
     (dict(mean_param="v"), "mean_param 'v' needs a mean head"),
     (dict(residual_blocks=1), "residual_blocks > 0 needs a mean head"),
     (dict(residual_grad=1.5), "residual_grad must be in"),
+    (dict(backbone_noise=False, residual_grad=0.0), "residual_grad < 1 needs a mean head"),
     (dict(time_dist="cosine"), "time_dist must be"),
 ])
 def test_mean_head_options_are_checked(kwargs, match):
