@@ -10,6 +10,7 @@ the run is also capped at --minutes of wall time. The VAE's own minutes (from it
 that holds a trained run already is only scored (e.g. FID-50k at the best schedule into --table fid50k).
 """
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -61,7 +62,7 @@ vae_rows = T.read_metrics(Path(args.vae) / T.METRICS)
 for r in rows:
     r.update(recipe=args.recipe, seed=args.seed, train_minutes=round(train_s / 60, 2), train_steps=done["step"],
              final_loss=done["loss"], vae_minutes=round(vae_rows[-1]["elapsed_s"] / 60, 2) if vae_rows else None)
-trained = T.load_checkpoint(out)["train"]  # the run's own settings (also when it was trained by another command)
+trained = json.loads((out / T.RUN_CONFIG).read_text())["train"]  # the run's own settings (also from another command)
 meta = {"command": "python " + " ".join(sys.argv), **environment(torch.device(device)),
         "generator_params": model.num_parameters()["generator"], "batch_size": trained["batch_size"], "lr": trained["lr"],
         "head_lr_ratio": trained["head_lr_ratio"], "overrides": args.set}
