@@ -153,7 +153,6 @@ def _train(args, kind: str) -> int:
         vae_ckpt = load_checkpoint(args.vae)
         if not args.resume:
             from .presets import apply_overrides
-
             from .quality import recipe_config
 
             shorthand = {k: v for k, v in (("mode", args.mode), ("streams", args.streams)) if v is not None}

@@ -62,7 +62,9 @@ def test_results_table_describes_the_default_at_its_schedule(default):
     # the speed and FID published are those of the default's own sampling schedule
     assert tuple(res["steps"]) == default.resolve_steps(None)
     assert (res["cfg"], res["temperature"]) == (default.config.cfg, default.config.temperature)
-    assert res["passes_per_image"] == 2 * sum(res["steps"])  # cfg doubles each pass
+    from parscale_ear.quality import Schedule, passes_per_image
+
+    assert res["passes_per_image"] == passes_per_image(default, Schedule(tuple(res["steps"]), res["cfg"], res["temperature"]))
 
 
 def test_lite_256_vflow_follows_the_shipped_design(default):
