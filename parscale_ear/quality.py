@@ -112,11 +112,12 @@ def recipe_config(recipe: str, vae_config: ParScaleEARConfig, overrides: dict | 
 
 def train_for_minutes(config: ParScaleEARConfig, vae_run: str | Path, minutes: float, out: str | Path, device: str,
                       probe_steps: int = 60, **train_options) -> dict:
-    """Train `config` on the VAE run's latents for about `minutes` of wall time: a probe of
-    `probe_steps` steps measures steps/s, the run is set to 97% of that many steps so its cosine
-    schedule ends inside the budget, and max_minutes caps it in any case. `train_options` go to
-    TrainConfig (batch_size, lr, ema_decay, head_lr_ratio, seed, ...). Returns the run's last
-    metrics row with the measured rate and wall seconds."""
+    """Train `config` on the VAE run's latents for about `minutes` of wall time, probe included: a
+    probe of `probe_steps` steps measures steps/s and the start-up cost (torch.compile's, with
+    `compile=True`), the run gets the minutes the probe left (its max_minutes) and 97% of the steps
+    that fit in them after the same start-up, so its cosine schedule ends inside the budget.
+    `train_options` go to TrainConfig (batch_size, lr, ema_decay, head_lr_ratio, seed, compile, ...).
+    Returns the run's last metrics row with the measured rate, the probe's and the total wall seconds."""
     import shutil
 
     from .loading import load_checkpoint, read_metrics
@@ -134,16 +135,24 @@ def train_for_minutes(config: ParScaleEARConfig, vae_run: str | Path, minutes: f
     probe = out.with_name(out.name + "-probe")  # the harness's own scratch run; one left by a killed call goes
     if probe.exists():
         shutil.rmtree(probe)
+    t0 = time.time()
     train(options(probe_steps), probe, config, device=device, progress=False)
     rows = read_metrics(probe / METRICS)
     first = rows[0] if len(rows) > 1 else {"step": 0, "elapsed_s": 0.0}  # rate after the first row's warm-up
     rate = (rows[-1]["step"] - first["step"]) / max(rows[-1]["elapsed_s"] - first["elapsed_s"], 1e-9)
+    startup_s = max(0.0, first["elapsed_s"] - first["step"] / rate)  # compile and first-call cost
     shutil.rmtree(probe)
-    steps = max(1, int(rate * 60 * minutes * 0.97))
-    print(f"{config.name}: {rate:.2f} steps/s -> {steps} steps in {minutes} min", flush=True)
-    t0 = time.time()
-    train(options(steps, max_minutes=minutes), out, config, device=device, progress=False)
-    return {**read_metrics(out / METRICS)[-1], "steps_per_s": rate, "wall_s": time.time() - t0}
+    probe_s = time.time() - t0
+    left_s = 60 * minutes - probe_s
+    if left_s <= 0:
+        raise ValueError(f"--minutes {minutes}: the {probe_steps}-step probe alone took {probe_s:.0f} s; give a larger budget")
+    steps = max(1, int(rate * max(0.0, left_s - startup_s) * 0.97))
+    print(f"{config.name}: {rate:.2f} steps/s, start-up {startup_s:.1f} s, probe {probe_s:.1f} s -> {steps} steps "
+          f"in the {left_s / 60:.2f} of {minutes} min left", flush=True)
+    t1 = time.time()
+    train(options(steps, max_minutes=left_s / 60), out, config, device=device, progress=False)
+    return {**read_metrics(out / METRICS)[-1], "steps_per_s": rate, "startup_s": startup_s, "probe_s": probe_s,
+            "wall_s": time.time() - t1 + probe_s}
 
 
 def markdown(rows: list[dict]) -> str:

@@ -5,8 +5,8 @@
   python scripts/quality_run.py --vae runs/vae --recipe dit-s --minutes 6 --out runs/q/dit --schedules '4;8;20;8@2'
   python scripts/quality_run.py --vae runs/vae --recipe dit-s --minutes 6 --out runs/q/dit --schedules '8@2' --n 50000 --table fid50k
 
-The step count is set from a 60-step throughput probe (quality.train_for_minutes) so the cosine schedule ends inside the budget;
-the run is also capped at --minutes of wall time. The VAE's own minutes (from its run) are reported beside. A folder
+The step count is set from a 60-step throughput probe (200 with --compile; quality.train_for_minutes) so the cosine
+schedule ends inside the budget; probe and run together are capped at --minutes of wall time. The VAE's own minutes (from its run) are reported beside. A folder
 that holds a trained run already is only scored (e.g. FID-50k at the best schedule into --table fid50k).
 """
 import argparse
@@ -34,6 +34,7 @@ p.add_argument("--batch-size", type=int, default=256)
 p.add_argument("--lr", type=float, default=4e-4)
 p.add_argument("--ema-decay", type=float, default=0.999)
 p.add_argument("--head-lr-ratio", type=float, default=0.25, help="energy head lr / --lr (EAR: 0.25)")
+p.add_argument("--compile", action="store_true", help="torch.compile the training step (its compile time counts in --minutes)")
 p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
 p.add_argument("--table", default="quality", help="name of the results table written in --out (NAME.json, NAME.md)")
 p.add_argument("--stats-dir", default=str(Path(__file__).resolve().parent.parent / "parscale_ear" / "stats"))
@@ -51,7 +52,8 @@ if (out / T.CHECKPOINT).exists():  # trained already (an earlier call or another
 else:
     config = quality.recipe_config(args.recipe, ParScaleEARConfig.from_dict(vae_ckpt["config"]), _overrides(args.set))
     done = quality.train_for_minutes(config, args.vae, args.minutes, out, device, batch_size=args.batch_size, lr=args.lr,
-                                     ema_decay=args.ema_decay, head_lr_ratio=args.head_lr_ratio, seed=args.seed)
+                                     ema_decay=args.ema_decay, head_lr_ratio=args.head_lr_ratio, seed=args.seed,
+                                     compile=args.compile, probe_steps=200 if args.compile else 60)
     train_s = done["wall_s"]
 
 model = T.load_pipeline(out, device=device).eval()
@@ -65,6 +67,6 @@ for r in rows:
 trained = json.loads((out / T.RUN_CONFIG).read_text())["train"]  # the run's own settings (also from another command)
 meta = {"command": "python " + " ".join(sys.argv), **environment(torch.device(device)),
         "generator_params": model.num_parameters()["generator"], "batch_size": trained["batch_size"], "lr": trained["lr"],
-        "head_lr_ratio": trained["head_lr_ratio"], "overrides": args.set}
+        "head_lr_ratio": trained["head_lr_ratio"], "compile": trained["compile"], "overrides": args.set}
 quality.write_table(rows, out / args.table, meta)
 print(quality.markdown(rows))

@@ -1,4 +1,5 @@
 """Training, resume, CLI and evaluation plumbing on tiny CPU runs over a small real-format dataset."""
+import copy
 import json
 from pathlib import Path
 
@@ -271,9 +272,47 @@ def test_train_for_minutes_sets_steps_from_a_probe_and_keeps_the_budget(tmp_path
     done = quality.train_for_minutes(config, vae_run, 0.05, tmp_path / "run", "cpu", probe_steps=4, batch_size=8, lr=1e-3)
     assert not (tmp_path / "run-probe").exists() and (tmp_path / "run" / "checkpoint.pt").is_file()
     assert done["steps_per_s"] > 0 and done["step"] >= 1 and done["wall_s"] < 0.05 * 60 + 30
+    assert 0 < done["probe_s"] < done["wall_s"] and done["startup_s"] >= 0
     ckpt = load_checkpoint(tmp_path / "run")
-    assert ckpt["step"] == done["step"] and ckpt["train"]["max_minutes"] == 0.05
+    # the probe's time is part of the budget: the run gets what it left
+    assert ckpt["step"] == done["step"] and ckpt["train"]["max_minutes"] == pytest.approx(0.05 - done["probe_s"] / 60)
+    with pytest.raises(ValueError, match="probe alone took"):
+        quality.train_for_minutes(config, vae_run, 1e-4, tmp_path / "none", "cpu", probe_steps=4, batch_size=8, lr=1e-3)
+    assert not (tmp_path / "none").exists() and not (tmp_path / "none-probe").exists()
     peer = quality.recipe_config("dit-s", vae_config, {"dit": {"num_layers": 1}})
     assert peer.dit.num_layers == 1 and peer.cfg == 1.0
     with pytest.raises(ValueError, match="unknown model"):
         quality.recipe_config("no-such-recipe", config)
+
+
+def test_ema_update_is_the_lerp_of_every_parameter_and_copies_buffers():
+    """One foreach call does what the per-parameter loop did: ema = decay ema + (1 - decay) p."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    ema = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+        model[1].running_mean.fill_(0.5)
+    before = [e.clone() for e in ema.parameters()]
+    train_mod.ema_update(ema, model, 0.9)
+    for e, b, p in zip(ema.parameters(), before, model.parameters()):
+        torch.testing.assert_close(e, 0.9 * b + 0.1 * p)
+    assert torch.equal(ema[1].running_mean, model[1].running_mean)
+
+
+def test_compile_wraps_the_training_step_once_with_a_static_shape(tmp_path, monkeypatch, npz_data, vae_run):
+    """--compile hands the generator's step to torch.compile (static shapes: the batch never changes)
+    and trains through what it returns; the real Inductor compile is timed on the GPU."""
+    calls = []
+
+    def fake_compile(module, **kw):
+        calls.append((type(module).__name__, kw))
+        return module
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    c = cfg("generator", npz_data, str(vae_run), steps=2)
+    c.compile = True
+    train(c, tmp_path / "g", progress=False)
+    assert calls == [("GeneratorStep", {"dynamic": False})]
+    assert load_checkpoint(tmp_path / "g")["step"] == 2
