@@ -139,14 +139,18 @@ def train_for_minutes(config: ParScaleEARConfig, vae_run: str | Path, minutes: f
     train(options(probe_steps), probe, config, device=device, progress=False)
     rows = read_metrics(probe / METRICS)
     first = rows[0] if len(rows) > 1 else {"step": 0, "elapsed_s": 0.0}  # rate after the first row's warm-up
-    rate = (rows[-1]["step"] - first["step"]) / max(rows[-1]["elapsed_s"] - first["elapsed_s"], 1e-9)
-    startup_s = max(0.0, first["elapsed_s"] - first["step"] / rate)  # compile and first-call cost
+    half = rows[len(rows) // 2] if len(rows) > 3 else first  # steady state: the probe's second half
+    rate = (rows[-1]["step"] - half["step"]) / max(rows[-1]["elapsed_s"] - half["elapsed_s"], 1e-9)
+    startup_s = max(0.0, first["elapsed_s"] - first["step"] / rate)  # the probe's compile and first-call cost
     shutil.rmtree(probe)
     probe_s = time.time() - t0
     left_s = 60 * minutes - probe_s
     if left_s <= 0:
         raise ValueError(f"--minutes {minutes}: the {probe_steps}-step probe alone took {probe_s:.0f} s; give a larger budget")
-    steps = max(1, int(rate * max(0.0, left_s - startup_s) * 0.97))
+    # the run's own start-up: the same as the probe's without compile; with it, the probe filled
+    # Inductor's cache, so the run only retraces (measured ~1 s on an H200)
+    run_startup_s = 5.0 if train_options.get("compile") else startup_s
+    steps = max(1, int(rate * max(0.0, left_s - run_startup_s) * 0.97))
     print(f"{config.name}: {rate:.2f} steps/s, start-up {startup_s:.1f} s, probe {probe_s:.1f} s -> {steps} steps "
           f"in the {left_s / 60:.2f} of {minutes} min left", flush=True)
     t1 = time.time()
