@@ -61,10 +61,10 @@ inception = fid.load_inception(device)
 refs = {name: fid.load_statistics(Path(args.stats_dir) / f"fashion-mnist-{name}.npz") for name in ("train", "test")}
 rows = quality.evaluate_schedules(model, quality.parse_schedules(args.schedules), args.n, refs, inception, seed=0)
 vae_rows = T.read_metrics(Path(args.vae) / T.METRICS)
-for r in rows:
-    r.update(recipe=args.recipe, seed=args.seed, train_minutes=round(train_s / 60, 2), train_steps=done["step"],
-             final_loss=done["loss"], vae_minutes=round(vae_rows[-1]["elapsed_s"] / 60, 2) if vae_rows else None)
 trained = json.loads((out / T.RUN_CONFIG).read_text())["train"]  # the run's own settings (also from another command)
+for r in rows:
+    r.update(recipe=args.recipe, seed=trained["seed"], train_minutes=round(train_s / 60, 2), train_steps=done["step"],
+             final_loss=done["loss"], vae_minutes=round(vae_rows[-1]["elapsed_s"] / 60, 2) if vae_rows else None)
 meta = {"command": "python " + " ".join(sys.argv), **environment(torch.device(device)),
         "generator_params": model.num_parameters()["generator"], "batch_size": trained["batch_size"], "lr": trained["lr"],
         "head_lr_ratio": trained["head_lr_ratio"], "compile": trained["compile"], "overrides": args.set}
