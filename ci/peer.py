@@ -32,7 +32,7 @@ def run(args) -> dict:
     run_dir = Path(args.out) / "peer_run"  # this script's own run folder: a fresh one each time, as ci/ablation's
     if run_dir.exists():
         shutil.rmtree(run_dir)
-    extra = {"max_images": 400, "probe_steps": 3} if args.quick else {}
+    extra = {"max_images": 400, "warmup_steps": 12} if args.quick else {}
     done = quality.train_for_minutes(config, args.vae, minutes, run_dir, str(dev), batch_size=args.train_batch, lr=args.lr,
                                      ema_decay=args.ema_decay, seed=args.seed, **extra)
     model = load_pipeline(run_dir, device=dev).eval()

@@ -56,6 +56,9 @@ def _train_args(p: argparse.ArgumentParser, lr: float, batch: int, ema: float) -
     p.add_argument("--sample-every", type=int, default=1000, help="steps between sample grids")
     p.add_argument("--ckpt-every", type=int, default=1000, help="steps between checkpoints")
     p.add_argument("--max-minutes", type=float, default=0.0, help="stop and checkpoint after this wall time")
+    p.add_argument("--fit-to-budget", action="store_true",
+                   help="with --max-minutes: at the end of warm-up, set --steps from the measured rate so the "
+                        "learning-rate decay ends at the budget (--steps is then an upper bound)")
     p.add_argument("--compile", action="store_true", help="torch.compile the training step")
     p.add_argument("--no-bf16", action="store_true", help="train in float32 on CUDA (bf16 autocast is the default)")
     p.add_argument("--max-images", type=int, default=0, help="train on the first N images only (quick runs)")
@@ -165,6 +168,7 @@ def _train(args, kind: str) -> int:
     cfg = TrainConfig(kind=kind, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
                       ema_decay=args.ema_decay, seed=args.seed, log_every=args.log_every, sample_every=args.sample_every,
                       ckpt_every=args.ckpt_every, bf16=not args.no_bf16, compile=args.compile, max_minutes=args.max_minutes,
+                      fit_steps_to_budget=args.fit_to_budget,
                       data=data, max_images=args.max_images, samples=not args.no_samples, vae_run=str(args.vae) if kind == "generator" else "")
     out = train(cfg, args.out, model_config, resume=args.resume, device=resolve_device(args.device), progress=not args.no_progress)
     print(f"run folder: {out}")

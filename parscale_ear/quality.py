@@ -111,52 +111,29 @@ def recipe_config(recipe: str, vae_config: ParScaleEARConfig, overrides: dict | 
 
 
 def train_for_minutes(config: ParScaleEARConfig, vae_run: str | Path, minutes: float, out: str | Path, device: str,
-                      probe_steps: int = 60, **train_options) -> dict:
-    """Train `config` on the VAE run's latents for about `minutes` of wall time, probe included: a
-    probe of `probe_steps` steps measures steps/s and the start-up cost (torch.compile's, with
-    `compile=True`), the run gets the minutes the probe left (its max_minutes) and 97% of the steps
-    that fit in them after the same start-up, so its cosine schedule ends inside the budget.
+                      warmup_steps: int = 100, **train_options) -> dict:
+    """Train `config` on the VAE run's latents for `minutes` of wall time, compile included: the run
+    measures its own rate during its warm-up and sets its step count there so that its cosine decay
+    ends at the budget (TrainConfig.fit_steps_to_budget), and max_minutes caps it in any case.
     `train_options` go to TrainConfig (batch_size, lr, ema_decay, head_lr_ratio, seed, compile, ...).
-    Returns the run's last metrics row with the measured rate, the probe's and the total wall seconds."""
-    import shutil
-
+    Returns the run's last metrics row with the measured rate, the planned steps and the wall seconds."""
     from .loading import load_checkpoint, read_metrics
-    from .train import METRICS, TrainConfig, train
+    from .train import METRICS, RUN_CONFIG, TrainConfig, train
 
     out = Path(out)
     data = load_checkpoint(vae_run)["train"]["data"]
-
-    def options(steps: int, max_minutes: float = 0.0) -> TrainConfig:
-        return TrainConfig(kind="generator", steps=steps, warmup_steps=min(100, steps // 10),
-                           log_every=max(1, min(20, probe_steps // 4)),
-                           sample_every=10**9, ckpt_every=10**9, max_minutes=max_minutes, data=data,
-                           vae_run=str(vae_run), samples=False, **train_options)
-
-    probe = out.with_name(out.name + "-probe")  # the harness's own scratch run; one left by a killed call goes
-    if probe.exists():
-        shutil.rmtree(probe)
+    # steps is an upper bound until the warm-up's end sets it; the warm-up does not depend on it
+    cfg = TrainConfig(kind="generator", steps=10**7, warmup_steps=warmup_steps, log_every=20, sample_every=10**9,
+                      ckpt_every=10**9, max_minutes=minutes, fit_steps_to_budget=True, data=data, vae_run=str(vae_run),
+                      samples=False, **train_options)
     t0 = time.time()
-    train(options(probe_steps), probe, config, device=device, progress=False)
-    rows = read_metrics(probe / METRICS)
-    first = rows[0] if len(rows) > 1 else {"step": 0, "elapsed_s": 0.0}  # rate after the first row's warm-up
-    half = rows[len(rows) // 2] if len(rows) > 3 else first  # steady state: the probe's second half
-    rate = (rows[-1]["step"] - half["step"]) / max(rows[-1]["elapsed_s"] - half["elapsed_s"], 1e-9)
-    startup_s = max(0.0, first["elapsed_s"] - first["step"] / rate)  # the probe's compile and first-call cost
-    shutil.rmtree(probe)
-    probe_s = time.time() - t0
-    left_s = 60 * minutes - probe_s
-    if left_s <= 0:
-        raise ValueError(f"--minutes {minutes}: the {probe_steps}-step probe alone took {probe_s:.0f} s; give a larger budget")
-    # the run's own start-up: the same as the probe's without compile; with it, the probe filled
-    # Inductor's cache, so the run only retraces (measured ~1 s on an H200)
-    run_startup_s = 5.0 if train_options.get("compile") else startup_s
-    steps = max(1, int(rate * max(0.0, left_s - run_startup_s) * 0.97))
-    print(f"{config.name}: {rate:.2f} steps/s, start-up {startup_s:.1f} s, probe {probe_s:.1f} s -> {steps} steps "
-          f"in the {left_s / 60:.2f} of {minutes} min left", flush=True)
-    t1 = time.time()
-    train(options(steps, max_minutes=left_s / 60), out, config, device=device, progress=False)
-    return {**read_metrics(out / METRICS)[-1], "steps_per_s": rate, "startup_s": startup_s, "probe_s": probe_s,
-            "wall_s": time.time() - t1 + probe_s}
+    train(cfg, out, config, device=device, progress=False)
+    wall = time.time() - t0
+    fitted = json.loads((out / RUN_CONFIG).read_text()).get("fitted", {})
+    print(f"{config.name}: {fitted.get('steps_per_s', float('nan')):.2f} steps/s in warm-up -> {fitted.get('steps')} steps "
+          f"planned in {minutes} min; wall {wall:.1f} s", flush=True)
+    return {**read_metrics(out / METRICS)[-1], "steps_per_s": fitted.get("steps_per_s"), "planned_steps": fitted.get("steps"),
+            "wall_s": wall}
 
 
 def markdown(rows: list[dict]) -> str:

@@ -50,6 +50,9 @@ class TrainConfig:
     bf16: bool = True  # autocast on CUDA only
     compile: bool = False
     max_minutes: float = 0.0  # stop (and checkpoint) after this wall time; 0 = no limit
+    # with max_minutes: at the end of warm-up, set `steps` from the rate measured during warm-up so the
+    # cosine decay ends at the budget (the warm-up is the same for any total, so nothing changes before)
+    fit_steps_to_budget: bool = False
     data: str = "fashion-mnist"
     vae_run: str = ""  # generator runs: the VAE run folder
     kl_weight: float = 1e-6
@@ -68,6 +71,8 @@ class TrainConfig:
         check_real(self.ema_decay, "TrainConfig.ema_decay (--ema-decay)", minimum=0.0)
         if not self.ema_decay < 1:
             raise ValueError(f"TrainConfig.ema_decay (--ema-decay): expected a value in [0, 1), got {self.ema_decay}")
+        if self.fit_steps_to_budget and not self.max_minutes > 0:
+            raise ValueError("TrainConfig.fit_steps_to_budget needs a budget: set max_minutes (--max-minutes) > 0")
 
 
 # ----------------------------------------------------------------------------- distributed
@@ -228,6 +233,16 @@ def warmup_steps(cfg: TrainConfig) -> int:
     return min(cfg.warmup_steps, cfg.steps // 2)
 
 
+FIT_FROM = 10  # fit_steps_to_budget: the rate is measured from this many steps into the run (compile done) to warm-up's end
+
+
+def fitted_steps(done: int, rate: float, elapsed_s: float, cfg: TrainConfig) -> int:
+    """fit_steps_to_budget's total: the steps done plus 98% of what `rate` (steps/s) fits in the budget's
+    remaining time, at least twice the warm-up (so the warm-up already run stays what it was)."""
+    left_s = max(0.0, 60 * cfg.max_minutes - elapsed_s)
+    return max(done + int(rate * left_s * 0.98), 2 * warmup_steps(cfg), done + 1)
+
+
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Linear warm-up to cfg.lr over `warmup_steps(cfg)`, then cosine decay to cfg.lr * min_lr_ratio."""
     warm = warmup_steps(cfg)
@@ -304,6 +319,9 @@ def plot_losses(metrics_path: Path, out: Path, keys=("loss",)) -> None:
 def train(cfg: TrainConfig, out: str | Path, model_config: ParScaleEARConfig | None = None, resume: bool = False,
           device: str = "cpu", progress: bool = True) -> Path:
     """Train a VAE (`kind='vae'`) or the generators (`kind='generator'`) into run folder `out`."""
+    import dataclasses
+
+    cfg = dataclasses.replace(cfg)  # fit_steps_to_budget may set cfg.steps: never the caller's object
     out = Path(out)
     d, dev = setup_distributed(device)
     if d.main:
@@ -386,14 +404,17 @@ def train(cfg: TrainConfig, out: str | Path, model_config: ParScaleEARConfig | N
         save_grid(grid, out / "samples" / f"step_{step:07d}.png", nrow=nrow, column_labels=names)
         plot_losses(out / METRICS, out / "loss.png", keys=task.loss_keys)
 
-    iterator = range(start, cfg.steps)
+    bar = None
     if progress and d.main:
         from tqdm.auto import tqdm
 
-        iterator = tqdm(iterator, initial=start, total=cfg.steps, desc=f"train-{cfg.kind}", unit="step")
+        bar = tqdm(initial=start, total=cfg.steps, desc=f"train-{cfg.kind}", unit="step")
     t_start, window_t, window_n = time.time(), time.time(), 0
+    warm = warmup_steps(cfg)
+    fit = cfg.fit_steps_to_budget and start + FIT_FROM < warm  # a resumed run past its warm-up keeps its steps
+    fit_mark = None
     step = start
-    for step in iterator:
+    while step < cfg.steps:
         torch.manual_seed(step_seed(cfg.seed, step, d.rank))
         idx = batch_indices(len(task.inputs), cfg.batch_size, step, cfg.seed, d).to(dev)
         for g in optimizer.param_groups:
@@ -407,7 +428,27 @@ def train(cfg: TrainConfig, out: str | Path, model_config: ParScaleEARConfig | N
         ema_update(ema, part, min(cfg.ema_decay, (1 + step) / (10 + step)))
         window_n += len(idx) * d.world
         done = step + 1
-        if done % cfg.log_every == 0 or done == cfg.steps:
+        if fit and done in (start + FIT_FROM, warm):
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            if done == start + FIT_FROM:
+                fit_mark = (done, time.time())
+            else:
+                rate = (done - fit_mark[0]) / max(time.time() - fit_mark[1], 1e-9)
+                planned = torch.tensor([fitted_steps(done, rate, time.time() - t_start, cfg)], device=dev)
+                if d.world > 1:  # every rank must stop at the same step: rank 0's plan
+                    dist.broadcast(planned, 0)
+                cfg.steps = int(planned)
+                if bar is not None:
+                    bar.total = cfg.steps
+                    bar.refresh()
+                if d.main:
+                    run = json.loads((out / RUN_CONFIG).read_text())
+                    run["train"]["steps"] = cfg.steps
+                    run["fitted"] = {"at_step": done, "steps_per_s": round(rate, 3), "steps": cfg.steps}
+                    atomic_write_json(out / RUN_CONFIG, run)
+        out_of_time = cfg.max_minutes > 0 and (time.time() - t_start) > 60 * cfg.max_minutes
+        if done % cfg.log_every == 0 or done == cfg.steps or out_of_time:  # the last step is always logged
             vals = {k: v.detach().float() for k, v in losses.items()}
             if d.world > 1:
                 for v in vals.values():
@@ -423,7 +464,6 @@ def train(cfg: TrainConfig, out: str | Path, model_config: ParScaleEARConfig | N
             if d.main:
                 with open(out / METRICS, "a") as f:
                     f.write(json.dumps(row) + "\n")
-        out_of_time = cfg.max_minutes > 0 and (time.time() - t_start) > 60 * cfg.max_minutes
         if done % cfg.ckpt_every == 0 or done == cfg.steps or out_of_time:
             save(done)
         if cfg.samples and (done % cfg.sample_every == 0 or done == cfg.steps or out_of_time):
@@ -431,8 +471,13 @@ def train(cfg: TrainConfig, out: str | Path, model_config: ParScaleEARConfig | N
             snapshot(done)
             spent = time.time() - t0  # sampling is not training: keep it out of images/s, elapsed_s and --max-minutes
             t_start, window_t = t_start + spent, window_t + spent
+        step = done
+        if bar is not None:
+            bar.update(1)
         if out_of_time:
             break
+    if bar is not None:
+        bar.close()
     if d.world > 1:
         dist.barrier()
         dist.destroy_process_group()

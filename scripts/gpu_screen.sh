@@ -8,7 +8,7 @@
 # (At commit 3d89936, where rows 21-36 of docs/QUALITY.md ran, s1/s3 spelled that size as --set overrides
 # on fmnist-32-vflow; the preset is the same model, tested in tests/test_default_model.py.)
 # peer50k / ours50k: FID-50k of d1 at 8 Euler + cfg 1.5, and of SHIP (default s3) at SHIP_SCHEDULES (default its two best).
-# Session 6 parts, training step compiled (quality_run --compile; the probe and compile count in MIN):
+# Session 6 parts, training step compiled (quality_run --compile; the compile counts in MIN):
 # s3c / s3c1 (seed 1) / v3c / d1c: s3, s3 again, v3, d1; c50k: FID-50k of C50K (default s3c) at C50K_SCHEDULES;
 # lat256: ci/latency.py on lite-256-vflow at the shipped schedule and the DiT-XL/2 reference (scripts/dit_xl_latency.py).
 # Expects diffusers and pytorch-fid importable, Fashion-MNIST ($PARSCALE_EAR_DATA), FID weights ($TORCH_HOME).

@@ -5,8 +5,8 @@
   python scripts/quality_run.py --vae runs/vae --recipe dit-s --minutes 6 --out runs/q/dit --schedules '4;8;20;8@2'
   python scripts/quality_run.py --vae runs/vae --recipe dit-s --minutes 6 --out runs/q/dit --schedules '8@2' --n 50000 --table fid50k
 
-The step count is set from a 60-step throughput probe (200 with --compile; quality.train_for_minutes) so the cosine
-schedule ends inside the budget; probe and run together are capped at --minutes of wall time. The VAE's own minutes (from its run) are reported beside. A folder
+The run measures its own rate during its warm-up and sets its step count there (quality.train_for_minutes) so the
+cosine schedule ends at the budget; --minutes of wall time (compile included) caps it in any case. The VAE's own minutes (from its run) are reported beside. A folder
 that holds a trained run already is only scored (e.g. FID-50k at the best schedule into --table fid50k).
 """
 import argparse
@@ -53,7 +53,7 @@ else:
     config = quality.recipe_config(args.recipe, ParScaleEARConfig.from_dict(vae_ckpt["config"]), _overrides(args.set))
     done = quality.train_for_minutes(config, args.vae, args.minutes, out, device, batch_size=args.batch_size, lr=args.lr,
                                      ema_decay=args.ema_decay, head_lr_ratio=args.head_lr_ratio, seed=args.seed,
-                                     compile=args.compile, probe_steps=200 if args.compile else 60)
+                                     compile=args.compile)
     train_s = done["wall_s"]
 
 model = T.load_pipeline(out, device=device).eval()

@@ -10,6 +10,7 @@ import torch
 import parscale_ear as pe
 from parscale_ear import train as train_mod
 from parscale_ear.cli import main
+from parscale_ear.loading import read_metrics
 from parscale_ear.train import TrainConfig, load_checkpoint, load_pipeline, train
 from parscale_ear.utils import atomic_path
 
@@ -113,6 +114,7 @@ def test_generator_run_export_and_sample_cli(tmp_path, npz_data, vae_run, capsys
         (["train-vae", "--steps", "1", "--out", "{tmp}/r", "--resume"], "no checkpoint"),
         (["sample", "--ckpt", "{tmp}/missing", "--out", "{tmp}/x.png"], "no checkpoint"),
         (["train-vae", "--preset", "tiny-32", "--steps", "1", "--out", "{tmp}/r", "--set", "vae.latent_chanels=2"], "unknown option"),
+        (["train-vae", "--preset", "tiny-32", "--steps", "1", "--out", "{tmp}/r", "--fit-to-budget"], "needs a budget"),
     ],
 )
 def test_cli_errors_are_one_line(argv, match, tmp_path, capsys):
@@ -259,27 +261,26 @@ def test_no_samples_and_sampling_time_stays_out_of_the_training_clock(tmp_path, 
         assert im.height > 10 * 34
 
 
-def test_train_for_minutes_sets_steps_from_a_probe_and_keeps_the_budget(tmp_path, vae_run):
-    """The fixed-budget harness: a probe measures steps/s, the run's step count follows from it, the
-    probe folder is removed, and the run stops inside max_minutes whatever the probe said."""
+def test_train_for_minutes_fits_the_steps_to_the_budget_in_the_run_itself(tmp_path, vae_run):
+    """The fixed-budget harness: one run measures its rate during its warm-up, sets its step count so
+    the cosine decay ends at the budget, records the plan in run.json, and stops inside max_minutes."""
     from parscale_ear import quality
 
     vae_config = pe.ParScaleEARConfig.from_dict(load_checkpoint(vae_run)["config"])
     config = quality.recipe_config("tiny-32-flow", vae_config)
     assert config.name == "tiny-32-flow" and config.vae == vae_config.vae and config.hybrid.coarse.kind == "flow"
-    (tmp_path / "run-probe").mkdir()  # a probe left by a killed call is the harness's own scratch: replaced
-    (tmp_path / "run-probe" / "metrics.jsonl").write_text('{"step": 1, "elapsed_s": 1.0}\n')
-    budget = 0.15  # minutes: the probe (4 tiny steps, a few seconds on a loaded CPU) counts in it
-    done = quality.train_for_minutes(config, vae_run, budget, tmp_path / "run", "cpu", probe_steps=4, batch_size=8, lr=1e-3)
-    assert not (tmp_path / "run-probe").exists() and (tmp_path / "run" / "checkpoint.pt").is_file()
-    assert done["steps_per_s"] > 0 and done["step"] >= 1 and done["wall_s"] < budget * 60 + 30
-    assert 0 < done["probe_s"] < done["wall_s"] and done["startup_s"] >= 0
+    budget = 0.25  # minutes (a loaded 2-core machine runs a tiny step in ~0.5 s)
+    done = quality.train_for_minutes(config, vae_run, budget, tmp_path / "run", "cpu", warmup_steps=14, batch_size=8,
+                                     lr=1e-3)
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["fitted"]["at_step"] == 14 and run["fitted"]["steps_per_s"] > 0
+    assert done["planned_steps"] == run["fitted"]["steps"] == run["train"]["steps"] >= 28  # at least 2x the warm-up
+    assert 14 < done["step"] <= done["planned_steps"] and done["wall_s"] < budget * 60 + 30
     ckpt = load_checkpoint(tmp_path / "run")
-    # the probe's time is part of the budget: the run gets what it left
-    assert ckpt["step"] == done["step"] and ckpt["train"]["max_minutes"] == pytest.approx(budget - done["probe_s"] / 60)
-    with pytest.raises(ValueError, match="probe alone took"):
-        quality.train_for_minutes(config, vae_run, 1e-4, tmp_path / "none", "cpu", probe_steps=4, batch_size=8, lr=1e-3)
-    assert not (tmp_path / "none").exists() and not (tmp_path / "none-probe").exists()
+    assert ckpt["step"] == done["step"] and ckpt["train"]["max_minutes"] == budget
+    assert ckpt["train"]["steps"] == done["planned_steps"]
+    # the run's elapsed training time is inside the budget, give or take the last step
+    assert read_metrics(tmp_path / "run" / "metrics.jsonl")[-1]["elapsed_s"] < budget * 60 + 5
     peer = quality.recipe_config("dit-s", vae_config, {"dit": {"num_layers": 1}})
     assert peer.dit.num_layers == 1 and peer.cfg == 1.0
     with pytest.raises(ValueError, match="unknown model"):
@@ -317,3 +318,22 @@ def test_compile_wraps_the_training_step_once_with_a_static_shape(tmp_path, monk
     train(c, tmp_path / "g", progress=False)
     assert calls == [("GeneratorStep", {"dynamic": False})]
     assert load_checkpoint(tmp_path / "g")["step"] == 2
+
+
+def test_fit_steps_to_budget_changes_nothing_before_the_warm_up_ends(tmp_path, npz_data, vae_run):
+    """The fitted run is the plain run up to the end of warm-up (same losses, same learning rates),
+    and its total follows fitted_steps: the steps done plus 98% of what the measured rate fits."""
+    common = dict(kind="generator", batch_size=8, lr=1e-3, warmup_steps=14, log_every=1, sample_every=10**6,
+                  ckpt_every=10**6, data=npz_data, vae_run=str(vae_run), bf16=False, samples=False)
+    train(TrainConfig(steps=40, **common), tmp_path / "plain", progress=False)
+    train(TrainConfig(steps=10**6, max_minutes=0.25, fit_steps_to_budget=True, **common), tmp_path / "fit", progress=False)
+    plain, fit = losses(tmp_path / "plain"), losses(tmp_path / "fit")
+    assert strip_timing(fit[:14]) == strip_timing(plain[:14])
+    steps = json.loads((tmp_path / "fit" / "run.json").read_text())["train"]["steps"]
+    assert 28 <= steps < 10**6 and fit[-1]["step"] <= steps
+
+    cfg = TrainConfig(kind="generator", steps=10**6, warmup_steps=100, max_minutes=1.0, fit_steps_to_budget=True)
+    assert train_mod.fitted_steps(100, 10.0, 30.0, cfg) == 100 + int(10.0 * 30.0 * 0.98)
+    assert train_mod.fitted_steps(100, 0.01, 59.0, cfg) == 200  # never below twice the warm-up
+    with pytest.raises(ValueError, match="needs a budget"):
+        TrainConfig(kind="generator", fit_steps_to_budget=True)
