@@ -12,7 +12,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -240,7 +240,7 @@ def fitted_steps(done: int, rate: float, elapsed_s: float, cfg: TrainConfig) -> 
     """fit_steps_to_budget's total: the steps done plus 98% of what `rate` (steps/s) fits in the budget's
     remaining time, at least twice the warm-up (so the warm-up already run stays what it was)."""
     left_s = max(0.0, 60 * cfg.max_minutes - elapsed_s)
-    return max(done + int(rate * left_s * 0.98), 2 * warmup_steps(cfg), done + 1)
+    return max(done + int(rate * left_s * 0.98), 2 * warmup_steps(cfg))
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -319,9 +319,7 @@ def plot_losses(metrics_path: Path, out: Path, keys=("loss",)) -> None:
 def train(cfg: TrainConfig, out: str | Path, model_config: ParScaleEARConfig | None = None, resume: bool = False,
           device: str = "cpu", progress: bool = True) -> Path:
     """Train a VAE (`kind='vae'`) or the generators (`kind='generator'`) into run folder `out`."""
-    import dataclasses
-
-    cfg = dataclasses.replace(cfg)  # fit_steps_to_budget may set cfg.steps: never the caller's object
+    cfg = replace(cfg)  # fit_steps_to_budget may set cfg.steps: never the caller's object
     out = Path(out)
     d, dev = setup_distributed(device)
     if d.main:
@@ -378,10 +376,12 @@ def train(cfg: TrainConfig, out: str | Path, model_config: ParScaleEARConfig | N
     if d.main:
         prepare_output_folder(out)
         remove_stale_temporaries(out, (CHECKPOINT, METRICS, RUN_CONFIG))
-        used = {"bf16": use_bf16, "warmup_steps": warmup_steps(cfg)}  # what this run does, not only what was asked
-        atomic_write_json(out / RUN_CONFIG, {"train": {**asdict(cfg), **used}, "requested": {k: getattr(cfg, k) for k in used},
-                                             "model": model_config.to_dict(), "world_size": d.world,
-                                             "device": str(dev), "torch": torch.__version__, "num_images": len(data)})
+    used = {"bf16": use_bf16, "warmup_steps": warmup_steps(cfg)}  # what this run does, not only what was asked
+    run_info = {"train": {**asdict(cfg), **used}, "requested": {k: getattr(cfg, k) for k in used},
+                "model": model_config.to_dict(), "world_size": d.world, "device": str(dev), "torch": torch.__version__,
+                "num_images": len(data)}  # rewritten with the plan by fit_steps_to_budget
+    if d.main:
+        atomic_write_json(out / RUN_CONFIG, run_info)
         metrics = out / METRICS
         if metrics.exists():  # drop rows past the checkpoint we resume from (a killed run's tail)
             keep = [r for r in read_metrics(metrics) if r.get("step", 0) <= start]
@@ -443,10 +443,9 @@ def train(cfg: TrainConfig, out: str | Path, model_config: ParScaleEARConfig | N
                     bar.total = cfg.steps
                     bar.refresh()
                 if d.main:
-                    run = json.loads((out / RUN_CONFIG).read_text())
-                    run["train"]["steps"] = cfg.steps
-                    run["fitted"] = {"at_step": done, "steps_per_s": round(rate, 3), "steps": cfg.steps}
-                    atomic_write_json(out / RUN_CONFIG, run)
+                    run_info["train"]["steps"] = cfg.steps
+                    run_info["fitted"] = {"at_step": done, "steps_per_s": round(rate, 3), "steps": cfg.steps}
+                    atomic_write_json(out / RUN_CONFIG, run_info)
         out_of_time = cfg.max_minutes > 0 and (time.time() - t_start) > 60 * cfg.max_minutes
         if done % cfg.log_every == 0 or done == cfg.steps or out_of_time:  # the last step is always logged
             vals = {k: v.detach().float() for k, v in losses.items()}
