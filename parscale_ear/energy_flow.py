@@ -212,7 +212,8 @@ class EnergyFlowGenerator(nn.Module):
         Each step draws x0 ~ G(x_t, t, xi_k) and moves to t' along the line through x_t and that
         sample (DDIM with a sampled x0). CFG mixes hidden states before the head (EAR),
         h = cfg h_c + (1 - cfg) h_u; temperature scales the head's adaLN shift (EAR), or, with a mean
-        head, the residual: x0 = mean + temperature * residual.
+        head, the residual: x0 = mean + temperature * residual, drawn on the last `config.head_steps`
+        steps only when that is > 0 (the earlier steps take the mean alone: Euler steps of the flow).
         """
         B = x_init.shape[0]
         if not 1 <= steps <= self.config.max_steps:
@@ -222,6 +223,7 @@ class EnergyFlowGenerator(nn.Module):
         if labels is None:
             labels = torch.full((B,), self.null_class, dtype=torch.long, device=x_init.device)
         times = time_grid(steps, self.config.time_shift)
+        first_draw = steps - self.config.head_steps if self.config.head_steps else 0  # the head's first step
         x = x_init
         for k in range(steps):
             t, t_next = times[k], times[k + 1]
@@ -237,14 +239,15 @@ class EnergyFlowGenerator(nn.Module):
             else:
                 h = self.hidden(x, tt, xb, labels, context)
             if self.mean_out is not None:  # the mean (x0 or v head) plus the scaled energy-head residual
-                if self.residual_noise_in is not None:
+                draw = temperature > 0 and k >= first_draw
+                if self.residual_noise_in is not None and draw:
                     cond = self.condition(tt, labels, h.dtype)
                     if cfg != 1.0:  # mixed like the hidden states
                         cond = cfg * cond + (1.0 - cfg) * self.condition(tt, torch.full_like(labels, self.null_class), h.dtype)
                 else:
                     cond = None
                 x0 = self.mean_x0(h, x, tt)
-                if temperature > 0:
+                if draw:
                     x0 = x0 + temperature * self.residual(h, cond, xi)
                 x0 = x0.to(x.dtype)
             else:

@@ -65,6 +65,9 @@ class GeneratorConfig:
     global_weight: float = 1.0  # weight of the whole-stage energy score beside the per-token one
     one_step_prob: float = 0.25  # share of training draws at t = 1 (the one-pass case)
     time_shift: float = 1.0  # sampling grid shift (> 1: more steps at high noise)
+    # mean-head stages, sampling: the energy head draws (temperature > 0) on the last head_steps steps only,
+    # the earlier steps follow the mean (the Euler path); 0: it draws on every step
+    head_steps: int = 0
     max_steps: int = 8  # per-image noise is drawn for this many steps
 
     def __post_init__(self):
@@ -94,6 +97,10 @@ class GeneratorConfig:
         if self.time_dist not in ("uniform", "logit_normal"):
             raise ValueError(f"GeneratorConfig: time_dist must be 'uniform' or 'logit_normal', got {self.time_dist!r}")
         check_real(self.time_shift, "GeneratorConfig.time_shift", minimum=0.0, inclusive=False)
+        check_int(self.head_steps, "GeneratorConfig.head_steps", minimum=0)
+        if self.head_steps and self.mean_weight == 0:
+            raise ValueError("GeneratorConfig: head_steps > 0 needs a mean head (mean_weight > 0): without one the "
+                             "energy head draws every step")
         if not 0 <= self.one_step_prob <= 1:
             raise ValueError(f"GeneratorConfig: one_step_prob must be in [0, 1], got {self.one_step_prob}")
         for name in ("width", "depth", "heads", "head_width", "head_depth", "noise_dim", "prefix_len"):

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -16,26 +17,66 @@ import torch
 from .pipeline import ParScaleEAR, ParScaleEARConfig
 
 
+# stage config fields that only change sampling, settable per schedule (see `stage_settings`)
+SAMPLING_FIELDS = ("head_steps", "time_shift", "max_steps")
+
+
 @dataclass
 class Schedule:
     steps: object  # int (one stage / DiT) or (coarse, fine)
     cfg: float = 1.0
     temperature: float = 1.0
+    # sampling fields of the stage configs for this schedule: {"fine.head_steps": 1, "time_shift": 1.5}
+    # (no stage prefix: every stage); {} keeps the model's own
+    settings: dict = field(default_factory=dict)
 
     @property
     def label(self) -> str:
         steps = "+".join(map(str, self.steps)) if isinstance(self.steps, (tuple, list)) else str(self.steps)
-        return f"steps {steps}, cfg {self.cfg:g}, temp {self.temperature:g}"
+        extra = "".join(f", {k} {v:g}" for k, v in self.settings.items())
+        return f"steps {steps}, cfg {self.cfg:g}, temp {self.temperature:g}{extra}"
 
 
 def parse_schedules(text: str) -> list[Schedule]:
-    """'1,1@2.0;2,2@1.5@0.9;8@2' -> schedules: steps[@cfg[@temperature]] separated by ';'."""
+    """'1,1@2.0;2,2@1.5@0.9;8@2;4,4@1@0.5@fine.head_steps=1,time_shift=1.5' -> schedules:
+    steps[@cfg[@temperature[@settings]]] separated by ';', settings as comma-separated KEY=VALUE with
+    KEY one of SAMPLING_FIELDS, optionally prefixed by a stage name."""
     out = []
     for part in filter(None, (p.strip() for p in text.split(";"))):
         fields = part.split("@")
+        if len(fields) > 4:
+            raise ValueError(f"schedule {part!r}: expected steps[@cfg[@temperature[@settings]]]")
         steps = tuple(int(s) for s in fields[0].split(","))
-        out.append(Schedule(steps[0] if len(steps) == 1 else steps, *(float(f) for f in fields[1:3])))
+        settings = {}
+        for item in filter(None, fields[3].split(",")) if len(fields) == 4 else ():
+            key, sep, value = item.partition("=")
+            if not sep or key.rpartition(".")[2] not in SAMPLING_FIELDS:
+                raise ValueError(f"schedule {part!r}: settings are KEY=VALUE with KEY in {SAMPLING_FIELDS} "
+                                 f"(optionally STAGE.KEY), got {item!r}")
+            settings[key] = float(value) if key.endswith("time_shift") else int(value)
+        out.append(Schedule(steps[0] if len(steps) == 1 else steps, *(float(f) for f in fields[1:3]), settings=settings))
     return out
+
+
+@contextmanager
+def stage_settings(model: ParScaleEAR, settings: dict):
+    """Set sampling fields of the model's stage configs for the duration of the block, then restore them."""
+    stages = model.hybrid.stages
+    saved = []
+    try:
+        for key, value in settings.items():
+            stage, _, name = key.rpartition(".")
+            if stage and stage not in stages:
+                raise ValueError(f"schedule setting {key!r}: no stage {stage!r}; the model has {list(stages)}")
+            for config in [stages[stage].config] if stage else [s.config for s in stages.values()]:
+                if not hasattr(config, name):
+                    raise ValueError(f"schedule setting {key!r}: the stage config has no field {name!r}")
+                saved.append((config, name, getattr(config, name)))
+                setattr(config, name, value)
+        yield model
+    finally:
+        for config, name, value in reversed(saved):
+            setattr(config, name, value)
 
 
 def passes_per_image(model: ParScaleEAR, schedule: Schedule) -> int:
@@ -79,16 +120,18 @@ def evaluate_schedules(model: ParScaleEAR, schedules: list[Schedule], n: int, re
     rows = []
     for s in schedules:
         t0 = time.time()
-        stats = generated_statistics(model, s, n, inception, seed=seed)
-        row = {"schedule": s.label, "steps": list(model.resolve_steps(s.steps)), "cfg": s.cfg,
-               "temperature": s.temperature, "n": n, "passes_per_image": passes_per_image(model, s)}
-        for name, ref in references.items():
-            row[f"fid_{name}"] = round(frechet_distance(stats, ref), 3)
-        if model.device.type == "cuda":
-            for b in time_batches:
-                t = time_sampling(model, s, b)
-                row[f"ms_per_image_b{b}"] = round(t["ms_per_image_p50"], 4)
-                row[f"ms_per_image_b{b}_p99"] = round(t["ms_per_image_p99"], 4)
+        with stage_settings(model, s.settings):
+            stats = generated_statistics(model, s, n, inception, seed=seed)
+            row = {"schedule": s.label, "steps": list(model.resolve_steps(s.steps)), "cfg": s.cfg,
+                   "temperature": s.temperature, **({"settings": s.settings} if s.settings else {}), "n": n,
+                   "passes_per_image": passes_per_image(model, s)}
+            for name, ref in references.items():
+                row[f"fid_{name}"] = round(frechet_distance(stats, ref), 3)
+            if model.device.type == "cuda":
+                for b in time_batches:
+                    t = time_sampling(model, s, b)
+                    row[f"ms_per_image_b{b}"] = round(t["ms_per_image_p50"], 4)
+                    row[f"ms_per_image_b{b}_p99"] = round(t["ms_per_image_p99"], 4)
         row["eval_s"] = round(time.time() - t0, 1)
         print(json.dumps(row), flush=True)
         rows.append(row)

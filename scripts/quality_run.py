@@ -5,6 +5,9 @@
   python scripts/quality_run.py --vae runs/vae --recipe dit-s --minutes 6 --out runs/q/dit --schedules '4;8;20;8@2'
   python scripts/quality_run.py --vae runs/vae --recipe dit-s --minutes 6 --out runs/q/dit --schedules '8@2' --n 50000 --table fid50k
 
+A release folder (config.json + model.safetensors, e.g. parscale_ear/weights/fmnist-32-vflow-s) is only scored;
+its rows then carry no training minutes or steps.
+
 The run measures its own rate during its warm-up and sets its step count there (quality.train_for_minutes) so the
 cosine schedule ends at the budget; --minutes of wall time (compile included) caps it in any case. The VAE's own minutes (from its run) are reported beside. A folder
 that holds a trained run already is only scored (e.g. FID-50k at the best schedule into --table fid50k).
@@ -19,7 +22,7 @@ import torch  # noqa: E402
 
 from parscale_ear import fid, quality, train as T  # noqa: E402
 from parscale_ear.utils import environment  # noqa: E402
-from parscale_ear.pipeline import ParScaleEARConfig  # noqa: E402
+from parscale_ear.pipeline import CONFIG_NAME, ParScaleEARConfig  # noqa: E402
 
 p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 p.add_argument("--vae", required=True)
@@ -36,6 +39,7 @@ p.add_argument("--ema-decay", type=float, default=0.999)
 p.add_argument("--head-lr-ratio", type=float, default=0.25, help="energy head lr / --lr (EAR: 0.25)")
 p.add_argument("--compile", action="store_true", help="torch.compile the training step (its compile time counts in --minutes)")
 p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+p.add_argument("--train-only", action="store_true", help="train (unless --out holds a run) and stop before scoring")
 p.add_argument("--table", default="quality", help="name of the results table written in --out (NAME.json, NAME.md)")
 p.add_argument("--stats-dir", default=str(Path(__file__).resolve().parent.parent / "parscale_ear" / "stats"))
 args = p.parse_args()
@@ -45,7 +49,10 @@ from parscale_ear.cli import _overrides  # noqa: E402
 vae_ckpt = T.load_checkpoint(args.vae)
 out = Path(args.out)
 device = args.device
-if (out / T.CHECKPOINT).exists():  # trained already (an earlier call or another command): evaluate it;
+release = (out / CONFIG_NAME).is_file()
+if release:  # a released model: scored as it is (--recipe is the rows' label)
+    done, train_s = {}, None
+elif (out / T.CHECKPOINT).exists():  # trained already (an earlier call or another command): evaluate it;
     # --recipe is then only the rows' label
     done = T.read_metrics(out / T.METRICS)[-1]
     train_s = done["elapsed_s"]
@@ -56,17 +63,21 @@ else:
                                      compile=args.compile)
     train_s = done["wall_s"]
 
+if args.train_only:
+    sys.exit(0)
 model = T.load_pipeline(out, device=device).eval()
 inception = fid.load_inception(device)
 refs = {name: fid.load_statistics(Path(args.stats_dir) / f"fashion-mnist-{name}.npz") for name in ("train", "test")}
 rows = quality.evaluate_schedules(model, quality.parse_schedules(args.schedules), args.n, refs, inception, seed=0)
 vae_rows = T.read_metrics(Path(args.vae) / T.METRICS)
-trained = json.loads((out / T.RUN_CONFIG).read_text())["train"]  # the run's own settings (also from another command)
+# the run's own settings (also from another command); a release folder has none
+trained = {} if release else json.loads((out / T.RUN_CONFIG).read_text())["train"]
 for r in rows:
-    r.update(recipe=args.recipe, seed=trained["seed"], train_minutes=round(train_s / 60, 2), train_steps=done["step"],
-             final_loss=done["loss"], vae_minutes=round(vae_rows[-1]["elapsed_s"] / 60, 2) if vae_rows else None)
+    r.update(recipe=args.recipe, seed=trained.get("seed"), train_minutes=None if train_s is None else round(train_s / 60, 2),
+             train_steps=done.get("step"), final_loss=done.get("loss"),
+             vae_minutes=round(vae_rows[-1]["elapsed_s"] / 60, 2) if vae_rows else None)
 meta = {"command": "python " + " ".join(sys.argv), **environment(torch.device(device)),
-        "generator_params": model.num_parameters()["generator"], "batch_size": trained["batch_size"], "lr": trained["lr"],
-        "head_lr_ratio": trained["head_lr_ratio"], "compile": trained["compile"], "overrides": args.set}
+        "generator_params": model.num_parameters()["generator"], "overrides": args.set,
+        **{k: trained.get(k) for k in ("batch_size", "lr", "head_lr_ratio", "compile")}}
 quality.write_table(rows, out / args.table, meta)
 print(quality.markdown(rows))

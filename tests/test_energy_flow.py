@@ -8,7 +8,7 @@ import parscale_ear as pe
 from parscale_ear.energy_flow import time_grid
 from parscale_ear.losses import energy_score_loss, energy_score_samples
 
-from helpers import perturb_
+from helpers import perturb_, v_stage
 
 
 @pytest.fixture
@@ -157,16 +157,10 @@ def test_mean_head_needs_a_noise_free_backbone():
         pe.GeneratorConfig(kind="flow", mean_weight=1.0)
 
 
-def _v_stage(**kw):
-    return dict(kind="flow", width=32, depth=1, heads=2, streams=2, prefix_len=2, head_width=32, head_depth=1,
-                noise_dim=8, max_steps=4, backbone_noise=False, mean_weight=1.0, mean_param="v", samples=3,
-                time_dist="logit_normal", **kw)
-
-
 def test_v_mean_stage_at_temperature_zero_is_an_euler_flow_solver():
     """mean_param 'v': x0 = x_t - t v, so the DDIM step with the mean x0 is x_t + (t' - t) v."""
     torch.manual_seed(0)
-    model = perturb_(pe.create_model("tiny-32-flow", hybrid={"coarse": _v_stage(), "fine": _v_stage()})).eval()
+    model = perturb_(pe.create_model("tiny-32-flow", hybrid={"coarse": v_stage(), "fine": v_stage()})).eval()
     fine = model.hybrid.fine
     x = torch.randn(2, 64, 16)
     labels, ctx = torch.tensor([1, 2]), torch.randn(2, 64, 16)
@@ -185,7 +179,7 @@ def test_v_mean_loss_is_the_rectified_flow_loss_plus_the_energy_score(monkeypatc
     """With the energy terms switched off (global_weight 0, zero-output head) the loss is mean_weight
     times the MSE of the v head against eps - x0."""
     torch.manual_seed(0)
-    stage = _v_stage(global_weight=0.0)
+    stage = v_stage(global_weight=0.0)
     model = perturb_(pe.create_model("tiny-32-flow", hybrid={"coarse": stage, "fine": dict(stage)}))
     fine = model.hybrid.fine
     tokens = torch.randn(4, 64, 16)
@@ -213,7 +207,7 @@ def test_residual_blocks_draw_neighbouring_tokens_jointly():
     noise moves the other tokens' residuals too. The mean does not depend on the noise either way."""
     torch.manual_seed(0)
     for blocks, coupled in ((0, False), (1, True)):
-        stage = _v_stage(residual_blocks=blocks)
+        stage = v_stage(residual_blocks=blocks)
         model = perturb_(pe.create_model("tiny-32-flow", hybrid={"coarse": stage, "fine": dict(stage)})).eval()
         fine = model.hybrid.fine
         assert (len(fine.residual_blocks) == blocks) and ((fine.residual_noise_in is not None) == bool(blocks))
@@ -233,7 +227,7 @@ def test_residual_blocks_draw_neighbouring_tokens_jointly():
 
 def test_residual_blocks_variant_trains_every_part_and_generates_per_image():
     torch.manual_seed(0)
-    stage = _v_stage(residual_blocks=1)
+    stage = v_stage(residual_blocks=1)
     model = perturb_(pe.create_model("tiny-32-flow", hybrid={"coarse": stage, "fine": dict(stage)}))
     model.hybrid.loss(torch.randn(6, 4, 16, 16), torch.arange(6))["loss"].backward()
     dead = [n for n, p in model.hybrid.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
@@ -253,7 +247,7 @@ def test_residual_grad_scales_the_energy_scores_gradient_into_the_backbone():
     losses, grads, head_grads = {}, {}, {}
     for w in (0.0, 0.5, 1.0):
         torch.manual_seed(0)
-        stage = _v_stage(residual_blocks=1, residual_grad=w)
+        stage = v_stage(residual_blocks=1, residual_grad=w)
         model = perturb_(pe.create_model("tiny-32-flow", hybrid={"coarse": stage, "fine": dict(stage)}))
         fine = model.hybrid.fine
         torch.manual_seed(1)
@@ -270,7 +264,7 @@ def test_residual_grad_scales_the_energy_scores_gradient_into_the_backbone():
 
 def test_logit_normal_times_and_the_one_step_share():
     torch.manual_seed(0)
-    fine = pe.create_model("tiny-32-flow", hybrid={"coarse": _v_stage(), "fine": _v_stage(one_step_prob=0.25)}).hybrid.fine
+    fine = pe.create_model("tiny-32-flow", hybrid={"coarse": v_stage(), "fine": v_stage(one_step_prob=0.25)}).hybrid.fine
     t = fine._times(20000, "cpu")
     ones = (t == 1).float().mean().item()
     rest = t[t < 1]
@@ -290,3 +284,39 @@ def test_logit_normal_times_and_the_one_step_share():
 def test_mean_head_options_are_checked(kwargs, match):
     with pytest.raises(ValueError, match=match):
         pe.GeneratorConfig(kind="flow", **kwargs)
+
+
+def test_head_steps_draws_on_the_last_steps_only():
+    """head_steps k: the first steps follow the mean (as temperature 0), the last k add the head's draw
+    (as every step does with head_steps 0); the noise of the earlier steps then changes nothing."""
+    torch.manual_seed(0)
+    model = perturb_(pe.create_model("tiny-32-flow", hybrid={"coarse": v_stage(residual_blocks=1),
+                                                             "fine": v_stage(residual_blocks=1)})).eval()
+    fine = model.hybrid.fine
+    x, labels, ctx = torch.randn(2, 64, 16), torch.tensor([1, 2]), torch.randn(2, 64, 16)
+    xi = torch.rand(2, 4, 64, 8) - 0.5
+    xi_early = xi.clone()
+    xi_early[:, :2] = torch.rand(2, 2, 64, 8) - 0.5  # new noise for steps 0 and 1 only
+    run = lambda noise, temperature: fine.sample(noise, x, labels, steps=3, cfg=1.5, temperature=temperature,  # noqa: E731
+                                                 context=ctx)
+    with torch.no_grad():
+        every = run(xi, 0.7)
+        fine.config.head_steps = 1
+        last = run(xi, 0.7)
+        last_other_early = run(xi_early, 0.7)
+        cold = run(xi, 0.0)
+        fine.config.head_steps = 3  # all three steps: the same as 0
+        all_three = run(xi, 0.7)
+        fine.config.head_steps = 0
+        mean_path = run(xi, 0.0)
+    torch.testing.assert_close(last, last_other_early)  # steps 0-1 ignore their noise
+    assert not torch.allclose(last, every) and not torch.allclose(last, mean_path)
+    torch.testing.assert_close(cold, mean_path)
+    torch.testing.assert_close(all_three, every)
+
+
+def test_head_steps_needs_a_mean_head():
+    with pytest.raises(ValueError, match="head_steps > 0 needs a mean head"):
+        pe.GeneratorConfig(kind="flow", head_steps=1)
+    with pytest.raises(ValueError, match="head_steps"):
+        pe.GeneratorConfig(**v_stage(head_steps=-1))

@@ -2,12 +2,13 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 
 import parscale_ear as pe
 from parscale_ear import evaluate, fid, quality
 
-from helpers import StandIn, perturb_
+from helpers import StandIn, perturb_, v_stage
 
 
 def test_parse_schedules_and_passes():
@@ -52,3 +53,28 @@ def test_time_sampling_uses_the_public_sampler_on_cpu():
     model = pe.create_model("tiny-32-flow").eval()
     t = quality.time_sampling(model, quality.Schedule((1, 1)), batch=2, runs=2)
     assert t["ms_per_image_p50"] > 0 and t["ms_per_image_p99"] >= t["ms_per_image_p50"]
+
+
+def test_schedule_settings_are_parsed_applied_and_restored():
+    """The fourth field sets sampling fields of the stage configs for that schedule only."""
+    s = quality.parse_schedules("2,2@1@0.5@fine.head_steps=1,time_shift=1.5;1,1")
+    assert s[0].settings == {"fine.head_steps": 1, "time_shift": 1.5} and s[1].settings == {}
+    assert s[0].label == "steps 2+2, cfg 1, temp 0.5, fine.head_steps 1, time_shift 1.5"
+    for bad in ("2,2@1@0@depth=3", "2,2@1@0@head_steps", "2,2@1@0@x@y"):
+        with pytest.raises(ValueError, match="schedule"):
+            quality.parse_schedules(bad)
+    torch.manual_seed(0)
+    model = perturb_(pe.create_model("tiny-32-flow", hybrid={"coarse": v_stage(), "fine": v_stage()})).eval()
+    with quality.stage_settings(model, s[0].settings):
+        assert model.hybrid.fine.config.head_steps == 1 and model.hybrid.coarse.config.head_steps == 0
+        assert model.hybrid.fine.config.time_shift == model.hybrid.coarse.config.time_shift == 1.5
+        with_settings = model.generate(2, steps=(2, 2), temperature=0.5)
+    assert model.hybrid.fine.config.head_steps == 0 and model.hybrid.coarse.config.time_shift == 1.0
+    assert not torch.allclose(with_settings, model.generate(2, steps=(2, 2), temperature=0.5))
+    with pytest.raises(ValueError, match="no stage 'middle'"):
+        with quality.stage_settings(model, {"middle.time_shift": 2.0}):
+            pass
+    ref = fid.statistics(np.random.default_rng(0).normal(size=(40, 8)))
+    rows = quality.evaluate_schedules(model, s, 6, {"train": ref}, StandIn())
+    assert rows[0]["settings"] == s[0].settings and "settings" not in rows[1]
+    assert model.hybrid.fine.config.head_steps == 0  # restored after the evaluation
