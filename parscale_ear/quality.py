@@ -179,6 +179,30 @@ def train_for_minutes(config: ParScaleEARConfig, vae_run: str | Path, minutes: f
             "wall_s": wall}
 
 
+def lower_envelope(rows: list[dict], batch: int, key: str = "fid_train") -> list[tuple[float, float]]:
+    """(ms/image, FID) points of the best FID reached at or below each latency: a run's FID-vs-latency curve
+    over its schedules, from the rows of `evaluate_schedules` timed at `batch`."""
+    points, best = [], float("inf")
+    for r in sorted(rows, key=lambda r: r[f"ms_per_image_b{batch}"]):
+        if r[key] < best:
+            best = r[key]
+            points.append((r[f"ms_per_image_b{batch}"], best))
+    return points
+
+
+def compare_curves(ours: list[dict], peer: list[dict], batch: int, key: str = "fid_train") -> list[dict]:
+    """At each point of the peer's curve (its latency and FID), our best FID at that latency or less
+    (None where we have no schedule that fast): our curve lies below the peer's at every latency the
+    peer reaches when every row has `below` True."""
+    curve = lower_envelope(ours, batch, key)
+    out = []
+    for ms, fid in lower_envelope(peer, batch, key):
+        reached = [f for m, f in curve if m <= ms]
+        best = min(reached) if reached else None
+        out.append({"ms_per_image": ms, "peer_fid": fid, "our_fid": best, "below": best is not None and best < fid})
+    return out
+
+
 def markdown(rows: list[dict]) -> str:
     keys = [k for k in ("recipe", "seed", "train_minutes", "schedule", "passes_per_image", "fid_train", "fid_test",
                         "ms_per_image_b256", "ms_per_image_b16", "ms_per_image_b16_p99") if any(k in r for r in rows)]

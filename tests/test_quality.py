@@ -78,3 +78,15 @@ def test_schedule_settings_are_parsed_applied_and_restored():
     rows = quality.evaluate_schedules(model, s, 6, {"train": ref}, StandIn())
     assert rows[0]["settings"] == s[0].settings and "settings" not in rows[1]
     assert model.hybrid.fine.config.head_steps == 0  # restored after the evaluation
+
+
+def test_lower_envelope_and_curve_comparison():
+    """The envelope keeps the best FID at or below each latency; the comparison asks, at each point of
+    the peer's curve, for our best FID at that latency or less."""
+    row = lambda ms, fid: {"ms_per_image_b16": ms, "fid_train": fid}  # noqa: E731
+    ours = [row(0.3, 20.0), row(0.1, 40.0), row(0.2, 45.0), row(0.5, 15.0)]
+    assert quality.lower_envelope(ours, 16) == [(0.1, 40.0), (0.3, 20.0), (0.5, 15.0)]
+    peer = [row(0.05, 90.0), row(0.15, 35.0), row(0.6, 12.0)]
+    got = quality.compare_curves(ours, peer, 16)
+    assert [(g["our_fid"], g["below"]) for g in got] == [(None, False), (40.0, False), (15.0, False)]
+    assert [g["below"] for g in quality.compare_curves(ours, [row(0.35, 25.0), row(0.5, 16.0)], 16)] == [True, True]
