@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default=None, help="generator design from this preset (default: the VAE run's)")
     p.add_argument("--peer", choices=["dit-s", "dit-b"], default=None,
                    help="train the DiT peer (diffusers, rectified flow) instead of ParScale-EAR")
-    _train_args(p, lr=4e-4, batch=256, ema=0.999)  # the README recipe (the shipped default's)
+    _train_args(p, lr=8e-4, batch=1024, ema=0.999)  # the README recipe (the shipped default's)
 
     p = sub.add_parser("sample", help="generate images from a run or release folder")
     p.add_argument("--ckpt", default=None,

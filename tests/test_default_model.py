@@ -24,7 +24,7 @@ def test_default_is_the_named_preset_at_its_measured_schedule(default):
     # everything but the VAE's latent scale, which training measured, matches the preset
     assert dataclasses.replace(shipped, vae=dataclasses.replace(shipped.vae, latent_scale=1.0)) == preset
     assert shipped.vae.latent_scale != 1.0
-    assert default.resolve_steps(None) == (4, 4) and shipped.cfg == 1.5 and shipped.temperature == 0.0
+    assert default.resolve_steps(None) == (4, 4) and shipped.cfg == 1.0 and shipped.temperature == 0.0
     assert 6.0e6 < default.num_parameters()["generator"] < 6.6e6
 
 

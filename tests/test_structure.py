@@ -116,10 +116,10 @@ def test_cli_training_defaults_are_the_readme_recipe():
     gen = build_parser().parse_args(["train", "--vae", "v", "--steps", "1", "--out", "x"])
     assert f"train-vae --preset fmnist-32 --data fashion-mnist --steps 3000 --batch-size {vae.batch_size} --lr 1e-3" in readme
     assert vae.lr == 1e-3
-    # the generator recipe is the shipped default's (preset fmnist-32-vflow-s, 5,080 steps, compiled step)
-    assert (f"train --vae runs/vae --preset fmnist-32-vflow-s --steps 5080 --batch-size {gen.batch_size} --lr 4e-4 "
+    # the generator recipe is the shipped default's (preset fmnist-32-vflow-s, 12,183 steps, compiled step)
+    assert (f"train --vae runs/vae --preset fmnist-32-vflow-s --steps 12183 --batch-size {gen.batch_size} --lr 8e-4 "
             "--compile") in readme
-    assert gen.lr == 4e-4 and not gen.compile  # compile is asked for, not a default (CPU runs pay its cost for nothing)
+    assert gen.batch_size == 1024 and gen.lr == 8e-4 and not gen.compile  # compile is asked for, not a default
 
 
 def test_gates_read_the_seed_mean_and_report_the_peer(tmp_path, monkeypatch):
