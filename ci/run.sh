@@ -5,7 +5,7 @@
 # --device cuda: full sizes, each milestone gated on ci/gates.json; exits non-zero naming failed gates.
 #   Without --ckpt it scores the shipped default model (parscale_ear/weights/fmnist-32-vflow-s); without
 #   --vae it trains the README's LiteVAE (~1 min on an H200) for the peer and the ablation; the peer trains
-#   for the default's 3 generator minutes; the ablation trains 7 variants x 2 seeds x 2000 steps.
+#   for the default's 8 generator minutes; the ablation trains 7 variants x 2 seeds x 2000 steps.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 device=cpu quick=0 out="" ckpt="" vae="" peer_minutes=()
@@ -41,7 +41,7 @@ if [[ -z "$ckpt" || -z "$vae" ]]; then  # no model given: the shipped one, or tr
         --log-every 1 --sample-every 3 --ckpt-every 3 --warmup-steps 1 --no-progress
     ckpt=${ckpt:-$out/runs/gen}
   else  # full size: the shipped default model, and the README's LiteVAE for the models trained here
-    [[ -z "$ckpt" ]] && { ckpt=parscale_ear/weights/fmnist-32-vflow-s; peer_minutes=(--minutes 3); }
+    [[ -z "$ckpt" ]] && { ckpt=parscale_ear/weights/fmnist-32-vflow-s; peer_minutes=(--minutes 8); }
     if [[ -z "$vae" ]]; then
       echo "== training the README's LiteVAE (3000 steps) for the peer and the ablation"
       rm -rf "$out/runs/vae"  # this script's own folder
