@@ -35,7 +35,7 @@ def run(device, quick: bool, preset: str, ckpt: str | None, batch_sizes, runs: i
 
 if __name__ == "__main__":
     p = _common.parser(__doc__.splitlines()[0])
-    p.add_argument("--preset", default="lite-256")
+    p.add_argument("--preset", default=_common.gates()["latency"]["preset"], help="(default: the gated one, the shipped design at 256x256)")
     p.add_argument("--ckpt", default=None, help="time a trained pipeline instead of a preset")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 16, 64])
     p.add_argument("--runs", type=int, default=300)

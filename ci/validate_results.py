@@ -39,10 +39,15 @@ def evaluate_gates(folder: Path, gates: dict, use_gates: bool) -> list[tuple[str
         res.append(("sanity", False, "sanity.json missing"))
     else:
         res.append(("sanity.all_checks_pass", sanity["all_checks_pass"], "per-preset checks"))
-        g = sanity["presets"]["lite-256"]["params"]["generator"]
         gs = gates["sanity"]
-        res.append(("sanity.lite_256_generator_params", gs["lite_256_generator_params_min"] <= g <= gs["lite_256_generator_params_max"],
-                    f"{g / 1e6:.2f}M in [{gs['lite_256_generator_params_min'] / 1e6:.0f}M, {gs['lite_256_generator_params_max'] / 1e6:.0f}M]"))
+        checked = sanity["presets"].get(gs["preset_256"])
+        if checked is None:
+            res.append(("sanity.generator_params_256", False, f"{gs['preset_256']} was not checked"))
+        else:
+            g = checked["params"]["generator"]
+            res.append(("sanity.generator_params_256", gs["generator_params_256_min"] <= g <= gs["generator_params_256_max"],
+                        f"{gs['preset_256']} {g / 1e6:.2f}M in [{gs['generator_params_256_min'] / 1e6:.0f}M, "
+                        f"{gs['generator_params_256_max'] / 1e6:.0f}M]"))
     lat = load(folder, "latency.json")
     gl = gates["latency"]
     if lat is None:

@@ -133,8 +133,8 @@ def test_gates_read_the_seed_mean_and_report_the_peer(tmp_path, monkeypatch):
         (tmp_path / name).write_text(_json.dumps(obj))
 
     env = {"device_type": "cuda", "device": "GPU", "date": "d"}
-    write("sanity.json", {"all_checks_pass": True, "presets": {"lite-256": {"params": {"generator": 35_000_000}}}})
-    write("latency.json", {"quick": False, "env": env, "model": "lite-256",
+    write("sanity.json", {"all_checks_pass": True, "presets": {"lite-256-vflow": {"params": {"generator": 35_000_000}}}})
+    write("latency.json", {"quick": False, "env": env, "model": "lite-256-vflow",
                            "rows": [{"name": "end_to_end", "batch": 16, "ms_per_image_p99": 0.4}]})
     write("fid.json", {"quick": False, "best_fid": 4.0, "num_samples": 50000, "fid": [{"cfg": 1.0, "fid": 4.0, "num_samples": 50000}],
                        "vae": {"num_images": 10, "rfid": 1.0, "psnr": 30.0, "ssim": 0.9}})
@@ -148,6 +148,11 @@ def test_gates_read_the_seed_mean_and_report_the_peer(tmp_path, monkeypatch):
     assert gates["ablation.full_beats_no_coarse"][0] is False and gates["ablation.full_beats_no_fine"][0] is True
     assert gates["peer.fid"][0] is None and "13.500" in gates["peer.fid"][1] and "steps 8" in gates["peer.fid"][1]
     assert gates["fid_eval.fid"][0] is True and gates["latency.end_to_end_p99"][0] is True
+    assert gates["sanity.generator_params_256"][0] is True
+    write("sanity.json", {"all_checks_pass": True, "presets": {"lite-256": {"params": {"generator": 35_000_000}}}})
+    stale = {n: (ok, d) for n, ok, d in validate_results.evaluate_gates(tmp_path, _common_gates(), True)}
+    assert stale["sanity.generator_params_256"] == (False, "lite-256-vflow was not checked")  # the old preset does not count
+    write("sanity.json", {"all_checks_pass": True, "presets": {"lite-256-vflow": {"params": {"generator": 35_000_000}}}})
     monkeypatch.setattr(validate_results, "check_sha256sums", lambda root: [])
     assert validate_results.main([str(tmp_path)]) == 1  # the no_coarse gate fails and is named
     report = (tmp_path / "report.md").read_text()
