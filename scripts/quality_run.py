@@ -5,8 +5,8 @@
   python scripts/quality_run.py --vae runs/vae --recipe dit-s --minutes 6 --out runs/q/dit --schedules '4;8;20;8@2'
   python scripts/quality_run.py --vae runs/vae --recipe dit-s --minutes 6 --out runs/q/dit --schedules '8@2' --n 50000 --table fid50k
 
-A release folder (config.json + model.safetensors, e.g. parscale_ear/weights/fmnist-32-vflow-s) is only scored;
-its rows then carry no training minutes or steps.
+A release folder (config.json + model.safetensors, e.g. parscale_ear/weights/fmnist-32-vflow-s) is only scored,
+into a --table path outside it; its rows then carry no training minutes or steps.
 
 The run measures its own rate during its warm-up and sets its step count there (quality.train_for_minutes) so the
 cosine schedule ends at the budget; --minutes of wall time (compile included) caps it in any case. The VAE's own minutes (from its run) are reported beside. A folder
@@ -50,7 +50,9 @@ vae_ckpt = T.load_checkpoint(args.vae)
 out = Path(args.out)
 device = args.device
 release = (out / CONFIG_NAME).is_file()
-if release:  # a released model: scored as it is (--recipe is the rows' label)
+if release:  # a released model: scored as it is (--recipe is the rows' label), and never written into
+    if out.resolve() in (out / args.table).resolve().parents:
+        sys.exit(f"quality_run: {out} is a release folder and is not written into; pass --table PATH outside it")
     done, train_s = {}, None
 elif (out / T.CHECKPOINT).exists():  # trained already (an earlier call or another command): evaluate it;
     # --recipe is then only the rows' label
