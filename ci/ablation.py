@@ -3,6 +3,9 @@ the same VAE with the same budget (steps x batch) for each of --seeds, then FID 
 the seeds) and end-to-end latency in one table and one plot. Writes ablation.json, ablation.md and ablation.png."""
 from __future__ import annotations
 
+import concurrent.futures
+import json
+import multiprocessing
 import shutil
 import statistics
 from pathlib import Path
@@ -33,26 +36,39 @@ def run(args) -> dict:
     base = ParScaleEARConfig.from_dict(load_checkpoint(args.vae)["config"])
     if args.preset:  # the preset's generator design on the VAE run's VAE
         base = quality.recipe_config(args.preset, base)
+    compiled = dev.type == "cuda" and not args.quick  # the shipped recipe's compiled training step, on a GPU
+    # each seed: its own initial weights and data order; a variant equal to another one (P=2 when the design
+    # has 2 streams is "full") shares that one's runs instead of training the same model twice
+    configs, folder = {}, {}
+    for name in args.variants:
+        config = apply_overrides(base, **VARIANTS[name])
+        key = json.dumps(config.to_dict(), sort_keys=True)
+        folder[name] = configs.setdefault(key, (name.replace("=", ""), config))
+    jobs = [(name, seed, folder[name][1], out / "ablation_runs" / f"{folder[name][0]}-s{seed}")
+            for name in args.variants for seed in args.seeds]
+    train_options = dict(steps=args.steps, batch_size=args.train_batch, lr=args.lr, warmup_steps=min(100, args.steps // 10 + 1),
+                         log_every=max(1, args.steps // 10), sample_every=args.steps, ckpt_every=args.steps, data=args.data,
+                         vae_run=str(args.vae), max_images=args.max_images, ema_decay=args.ema_decay, compile=compiled)
+    todo = list({run_dir: (config, run_dir, seed, train_options, str(dev)) for _, seed, config, run_dir in jobs}.values())
+    if args.jobs > 1:  # fixed steps: sharing the device changes the wall time, never the trained weights' recipe
+        ctx = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool:
+            list(pool.map(train_one, *zip(*todo)))
+    else:
+        for job in todo:
+            train_one(*job)
     inception = fidlib.load_inception(dev)
     v = base.vae
-    ref = fidlib.load_statistics(args.ref) if args.ref else evaluate.reference_statistics(
-        args.data, "train", v.image_size, v.in_channels, inception, args.batch_size, limit=args.ref_limit)
-    compiled = dev.type == "cuda" and not args.quick  # the shipped recipe's compiled training step, on a GPU
-    rows = []
+    ref, ref_source = evaluate.resolve_reference(args.ref, args.data, "train", v.image_size, v.in_channels, inception,
+                                                 args.batch_size, limit=args.ref_limit)
+    rows, scored = [], {}
     for name in args.variants:
         fids, train_rows = [], []
-        for seed in args.seeds:  # each seed: its own initial weights and data order
-            config = apply_overrides(base, **VARIANTS[name])
-            run_dir = out / "ablation_runs" / f"{name.replace('=', '')}-s{seed}"
-            if run_dir.exists():
-                shutil.rmtree(run_dir)
-            cfg = TrainConfig(kind="generator", steps=args.steps, batch_size=args.train_batch, lr=args.lr,
-                              warmup_steps=min(100, args.steps // 10 + 1), seed=seed, log_every=max(1, args.steps // 10),
-                              sample_every=args.steps, ckpt_every=args.steps, data=args.data, vae_run=str(args.vae),
-                              max_images=args.max_images, ema_decay=args.ema_decay, compile=compiled)
-            train(cfg, run_dir, config, device=str(dev), progress=False)
+        for _, seed, _, run_dir in [j for j in jobs if j[0] == name]:
             model = load_pipeline(run_dir, device=dev)
-            fids.append(evaluate.evaluate_fid(model, ref, args.n, [args.cfg], inception, args.batch_size, seed=0)[0]["fid"])
+            if run_dir not in scored:
+                scored[run_dir] = evaluate.evaluate_fid(model, ref, args.n, [args.cfg], inception, args.batch_size, seed=0)[0]["fid"]
+            fids.append(scored[run_dir])
             train_rows.append(read_metrics(run_dir / "metrics.jsonl")[-1])
             print(f"{name:10s} seed {seed}  FID {fids[-1]:8.3f}", flush=True)
         lat = [r for r in profile_latency(model, [args.latency_batch], runs=args.latency_runs, warmup=3, bf16=args.bf16)
@@ -65,9 +81,17 @@ def run(args) -> dict:
                      "e2e_ms_per_image_p99": lat["ms_per_image_p99"], "final_train_rows": train_rows})
         print(f"{name:10s} FID {rows[-1]['fid']:8.3f}{'' if spread is None else f' +- {spread:.3f}'}  "
               f"e2e {lat['ms_per_image_p50']:.4f} ms/image", flush=True)
-    return {"milestone": "M3-1", "env": environment(dev), "quick": args.quick, "vae_run": str(args.vae),
+    return {"milestone": "M3-1", "env": environment(dev), "quick": args.quick, "vae_run": str(args.vae), "reference": ref_source,
             "preset": args.preset or base.name, "budget": {"steps": args.steps, "batch_size": args.train_batch, "lr": args.lr,
-                                                          "compile": compiled, "seeds": list(args.seeds)}, "rows": rows}
+                                                          "compile": compiled, "seeds": list(args.seeds), "jobs": args.jobs},
+            "rows": rows}
+
+
+def train_one(config, run_dir: Path, seed: int, options: dict, device: str) -> None:
+    """One variant's training run (a fresh folder: this script's own), in this process or a worker's."""
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    train(TrainConfig(kind="generator", seed=seed, **options), run_dir, config, device=device, progress=False)
 
 
 if __name__ == "__main__":
@@ -80,7 +104,7 @@ if __name__ == "__main__":
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--max-images", type=int, default=0)
     p.add_argument("--data", default="fashion-mnist")
-    p.add_argument("--ref", default=None, help="reference statistics .npz")
+    p.add_argument("--ref", default=None, help="reference statistics .npz (default: the shipped ones for all of Fashion-MNIST)")
     p.add_argument("--ref-limit", type=int, default=None)
     p.add_argument("--n", type=int, default=10_000, help="samples per FID")
     p.add_argument("--cfg", type=float, default=1.0)
@@ -89,8 +113,11 @@ if __name__ == "__main__":
     p.add_argument("--latency-runs", type=int, default=100)
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds per variant (FID: mean and spread)")
+    p.add_argument("--jobs", type=int, default=1, help="training runs at a time on the one device (fixed steps: only the wall time changes)")
     p.add_argument("--preset", default=None, help="generator design to ablate (default: the VAE run's preset)")
     args = p.parse_args()
+    if args.jobs < 1:
+        p.error("--jobs must be >= 1")
     if args.quick:
         args.steps, args.train_batch, args.n, args.ref_limit, args.batch_size = 4, 16, 32, 64, 32
         args.latency_runs, args.latency_batch = 3, 4

@@ -13,14 +13,9 @@ from parscale_ear.loading import load_pipeline
 
 
 def reference(args, model, inception):
-    if args.ref:
-        return fidlib.load_statistics(args.ref)
-    if args.data == "fashion-mnist" and args.ref_limit is None:  # the shipped statistics (SHA256SUMS)
-        args.ref = str(evaluate.shipped_statistics(f"fashion-mnist-{args.ref_split}"))
-        return fidlib.load_statistics(args.ref)
     v = model.config.vae
-    stats = evaluate.reference_statistics(args.data, args.ref_split, v.image_size, v.in_channels, inception,
-                                          args.batch_size, limit=args.ref_limit)
+    stats, args.ref = evaluate.resolve_reference(args.ref, args.data, args.ref_split, v.image_size, v.in_channels, inception,
+                                                 args.batch_size, limit=args.ref_limit)
     if args.save_ref:
         evaluate.save_reference(args.save_ref, stats)
     return stats
@@ -37,7 +32,7 @@ def run(args) -> dict:
                                       temperature=temperature, progress=not args.quick)
     vae = evaluate.evaluate_vae(model, args.data, "test", inception, limit=args.vae_limit, batch_size=args.batch_size)
     return {"milestone": "M2-3", "env": environment(dev), "quick": args.quick, "checkpoint": str(args.ckpt),
-            "model": model.config.name, "reference": {"source": args.ref or f"{args.data}:{args.ref_split}",
+            "model": model.config.name, "reference": {"source": args.ref,
                                                         "num_images": int(ref[2]) if len(ref) > 2 and ref[2] else None},
             "fid": rows, "vae": vae, "best_fid": min(r["fid"] for r in rows), "num_samples": args.n}
 

@@ -47,6 +47,21 @@ def reference_statistics(source: str = "fashion-mnist", split: str = "train", im
     return mu, sigma, len(feats)
 
 
+def resolve_reference(ref: str | Path | None = None, data: str = "fashion-mnist", split: str = "train",
+                      image_size: int = 32, channels: int = 1, inception=None, batch_size: int = 500,
+                      limit: int | None = None) -> tuple[tuple, str]:
+    """Reference statistics for FID and where they came from: the file `ref` when given; for the whole
+    of Fashion-MNIST, the shipped statistics (exact, offline, in SHA256SUMS); else computed from the
+    data split (a `limit` of images, or all). Returns ((mu, sigma, n), source)."""
+    if ref:
+        return fidlib.load_statistics(ref), str(ref)
+    if data == "fashion-mnist" and limit is None:
+        path = shipped_statistics(f"fashion-mnist-{split}")
+        return fidlib.load_statistics(path), str(path)
+    stats = reference_statistics(data, split, image_size, channels, inception, batch_size, limit=limit)
+    return stats, f"{data}:{split}" + ("" if limit is None else f"[:{limit}]")
+
+
 @torch.no_grad()
 def sample_statistics(model: ParScaleEAR, n: int, inception=None, cfg: float | None = None, temperature: float | None = None,
                       steps=None, seed: int = 0, batch_size: int = 500, progress: bool = False, bf16: bool = False) -> tuple:

@@ -489,3 +489,27 @@ def latent_scale(vae, data: ImageData, device: torch.device, n: int = 5000) -> f
     scale = vae.config.latent_scale
     z = encode_dataset(vae, data.images[:n], device) / scale
     return float(1.0 / z.std().clamp_min(1e-6))
+
+
+def vae_run_from_release(out: str | Path, release: str | Path | None = None, data: str = "fashion-mnist",
+                         metrics: str | Path | None = None) -> Path:
+    """A LiteVAE run folder holding a release's VAE (default: the shipped model's), so generators (ours,
+    the peer, the ablation's variants) train on exactly that model's latents without training a VAE again.
+    The folder's checkpoint has kind "vae", the release's VAE weights as model and EMA, its config and the
+    data it was trained on; `metrics`, the VAE's own training log, is copied beside it when given."""
+    import shutil
+
+    out = Path(out)
+    if (out / CHECKPOINT).exists():
+        raise FileExistsError(f"{out} already holds a run; choose a new folder")
+    if metrics is not None and not Path(metrics).is_file():
+        raise FileNotFoundError(f"metrics file not found: {metrics}")
+    model = ParScaleEAR.from_pretrained(release)
+    prepare_output_folder(out)
+    vae = {k: v.float() for k, v in model.vae.state_dict().items()}
+    atomic_torch_save({"kind": "vae", "version": CHECKPOINT_VERSION, "step": 0, "train": asdict(TrainConfig(kind="vae", data=data)),
+                       "model": vae, "ema": vae, "config": model.config.to_dict(), "source": str(release or "shipped")},
+                      out / CHECKPOINT)
+    if metrics is not None:
+        shutil.copyfile(metrics, out / METRICS)
+    return out

@@ -337,3 +337,59 @@ def test_fit_steps_to_budget_changes_nothing_before_the_warm_up_ends(tmp_path, n
     assert train_mod.fitted_steps(100, 0.01, 59.0, cfg) == 200  # never below twice the warm-up
     with pytest.raises(ValueError, match="needs a budget"):
         TrainConfig(kind="generator", fit_steps_to_budget=True)
+
+
+def test_ablation_trains_each_distinct_variant_once_two_at_a_time(tmp_path, npz_data, vae_run):
+    """ci/ablation --jobs 2: the runs train in worker processes, to the same weights as in this process; a
+    variant equal to another (P=2 of a 2-stream design is "full") shares that one's runs and FIDs."""
+    import sys
+    from types import SimpleNamespace
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "ci"))
+    import ablation
+
+    args = SimpleNamespace(device="cpu", out=str(tmp_path / "abl"), vae=str(vae_run), preset=None, variants=["full", "P=2", "no_fine"],
+                           seeds=[0], steps=3, train_batch=8, lr=1e-3, ema_decay=0.99, max_images=0, data=npz_data, ref=None,
+                           ref_limit=16, n=8, cfg=1.0, batch_size=8, latency_batch=2, latency_runs=1, bf16=False, quick=True, jobs=2)
+    result = ablation.run(args)
+    runs = tmp_path / "abl" / "ablation_runs"
+    assert sorted(p.name for p in runs.iterdir()) == ["full-s0", "no_fine-s0"]
+    by = {r["variant"]: r for r in result["rows"]}
+    assert by["P=2"]["fid_seeds"] == by["full"]["fid_seeds"] and by["P=2"]["streams"] == by["full"]["streams"] == 2
+    assert by["no_fine"]["mode"] == "no_fine" and result["budget"]["jobs"] == 2
+    assert result["reference"] == f"{npz_data}:train[:16]"
+    here = tmp_path / "here"  # the same run ("full": the VAE run's design unchanged) trained in this process
+    design = ablation.ParScaleEARConfig.from_dict(load_checkpoint(vae_run)["config"])
+    ablation.train_one(design, here, 0, dict(steps=3, batch_size=8, lr=1e-3, warmup_steps=1, log_every=1, sample_every=3,
+                                             ckpt_every=3, data=npz_data, vae_run=str(vae_run), max_images=0, ema_decay=0.99,
+                                             compile=False), "cpu")
+    worker, local = load_checkpoint(runs / "full-s0")["ema"], load_checkpoint(here)["ema"]
+    assert worker.keys() == local.keys() and all(torch.equal(worker[k], local[k]) for k in worker)
+
+
+def test_vae_run_from_release(tmp_path):
+    out = train_mod.vae_run_from_release(tmp_path / "vae")
+    ckpt, shipped = load_checkpoint(out), pe.ParScaleEAR.from_pretrained()
+    assert ckpt["kind"] == "vae" and ckpt["train"]["data"] == "fashion-mnist" and ckpt["config"] == shipped.config.to_dict()
+    assert all(torch.equal(ckpt["ema"][k], v.float()) for k, v in shipped.vae.state_dict().items())
+    with pytest.raises(ValueError, match="is a LiteVAE run"):  # a VAE run, not something to sample from
+        load_pipeline(out)
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        train_mod.vae_run_from_release(out)
+    with pytest.raises(FileNotFoundError, match="metrics file not found"):
+        train_mod.vae_run_from_release(tmp_path / "other", metrics=tmp_path / "missing.jsonl")
+    assert not (tmp_path / "other").exists()  # nothing half-made
+
+
+def test_reference_statistics_policy(tmp_path):
+    """A given file first; all of Fashion-MNIST: the shipped statistics; else computed from the data."""
+    from parscale_ear import evaluate
+    from parscale_ear import fid as fidlib
+
+    stats, source = evaluate.resolve_reference(data="fashion-mnist", split="test")
+    assert source == str(evaluate.shipped_statistics("fashion-mnist-test")) and stats[0].shape == (2048,)
+    path = fidlib.save_statistics(tmp_path / "ref.npz", stats[0], stats[1], stats[2])
+    again, source = evaluate.resolve_reference(path, data="somewhere-else")
+    assert source == str(path) and np.array_equal(again[0], stats[0]) and np.array_equal(again[1], stats[1])
+    with pytest.raises(FileNotFoundError, match="statistics file not found"):
+        evaluate.resolve_reference(tmp_path / "missing.npz")
