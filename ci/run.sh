@@ -3,9 +3,13 @@
 #   bash ci/run.sh [--device cpu|cuda] [--quick] [--out DIR] [--ckpt RELEASE_OR_RUN] [--vae VAE_RUN]
 # --device cpu --quick: the whole pipeline at tiny sizes, no gates on numbers (about 4 minutes on a 2-core CPU).
 # --device cuda: full sizes, each milestone gated on ci/gates.json; exits non-zero naming failed gates.
-#   Without --ckpt it scores the shipped default model (parscale_ear/weights/fmnist-32-vflow-s); without
-#   --vae it trains the README's LiteVAE (~1 min on an H200) for the peer and the ablation; the peer trains
-#   for the default's 8 generator minutes; the ablation trains 7 variants x 2 seeds x 2000 steps.
+#   Without --ckpt it scores the shipped default model (parscale_ear/weights/fmnist-32-vflow-s); without --vae the
+#   peer and the ablation train on that model's own LiteVAE latents (a run folder made from its weights, no VAE
+#   training); the peer trains for the default's 8 generator minutes; the ablation trains 4 variants (full, no
+#   coarse, no fine, P=1) x 2 seeds x 1000 steps of the default's recipe, two runs at a time on the one GPU.
+#   Measured on one H200 (2026-12-02, results/2026-12-02-h200-seeds-ablation/): sanity 7 s, latency 62 s, fid_eval
+#   101 s, the ablation 13.2 min (sharing the GPU with another training run); the peer's 8 minutes plus its FIDs
+#   (~1 min) were not run in that lease: about 25 minutes in all. Each stage's seconds go to DIR/stage_seconds.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 device=cpu quick=0 out="" ckpt="" vae="" peer_minutes=()
@@ -27,9 +31,11 @@ py=${PYTHON:-python3}
 q=(); [[ $quick == 1 ]] && q=(--quick)
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
+stage_seconds=()  # "name": seconds, written to $out/stage_seconds.json at the end
+timed() { local name=$1 t0=$SECONDS; shift; "$@"; stage_seconds+=("\"$name\": $((SECONDS - t0))"); }
 
-echo "== M2-1 sanity"; "$py" ci/sanity.py --device "$device" "${q[@]}" --out "$out"
-echo "== M2-2 latency"; "$py" ci/latency.py --device "$device" "${q[@]}" --out "$out" $([[ $device == cuda ]] && echo --bf16 --cuda-graphs --channels-last --compile)
+echo "== M2-1 sanity"; timed sanity "$py" ci/sanity.py --device "$device" "${q[@]}" --out "$out"
+echo "== M2-2 latency"; timed latency "$py" ci/latency.py --device "$device" "${q[@]}" --out "$out" $([[ $device == cuda ]] && echo --bf16 --cuda-graphs --channels-last --compile)
 
 if [[ -z "$ckpt" || -z "$vae" ]]; then  # no model given: the shipped one, or train one, so every milestone has one
   if [[ $quick == 1 ]]; then  # a tiny real training run on a slice of the data
@@ -40,24 +46,27 @@ if [[ -z "$ckpt" || -z "$vae" ]]; then  # no model given: the shipped one, or tr
     "$py" -m parscale_ear train --vae "$out/runs/vae" --steps 3 --batch-size 16 --max-images 400 --out "$out/runs/gen" \
         --log-every 1 --sample-every 3 --ckpt-every 3 --warmup-steps 1 --no-progress
     ckpt=${ckpt:-$out/runs/gen}
-  else  # full size: the shipped default model, and the README's LiteVAE for the models trained here
+  else  # full size: the shipped default model, and its LiteVAE for the models trained here
     [[ -z "$ckpt" ]] && { ckpt=parscale_ear/weights/fmnist-32-vflow-s; peer_minutes=(--minutes 8); }
-    if [[ -z "$vae" ]]; then
-      echo "== training the README's LiteVAE (3000 steps) for the peer and the ablation"
+    if [[ -z "$vae" ]]; then  # the shipped model's LiteVAE: the peer and the ablation share the default's latents
+      echo "== the shipped model's LiteVAE as the VAE run of the peer and the ablation"
       rm -rf "$out/runs/vae"  # this script's own folder
-      "$py" -m parscale_ear train-vae --preset fmnist-32 --data fashion-mnist --steps 3000 --batch-size 256 --lr 1e-3 \
-          --out "$out/runs/vae" --no-progress
+      "$py" scripts/vae_run_from_release.py --out "$out/runs/vae"
     fi
   fi
   vae=${vae:-$out/runs/vae}
 fi
-echo "== M2-3 fid_eval"; "$py" ci/fid_eval.py --device "$device" "${q[@]}" --out "$out" --ckpt "$ckpt"
+echo "== M2-3 fid_eval"; timed fid_eval "$py" ci/fid_eval.py --device "$device" "${q[@]}" --out "$out" --ckpt "$ckpt"
 echo "== peer (DiT, same latents and minutes, reported, not gated)"
-"$py" ci/peer.py --device "$device" "${q[@]}" --out "$out" --vae "$vae" $([[ -f "$ckpt/metrics.jsonl" ]] && echo --gen-run "$ckpt") \
+timed peer "$py" ci/peer.py --device "$device" "${q[@]}" --out "$out" --vae "$vae" $([[ -f "$ckpt/metrics.jsonl" ]] && echo --gen-run "$ckpt") \
     ${peer_minutes[@]+"${peer_minutes[@]}"}
 seeds=(--seeds 0); [[ $quick == 0 ]] && seeds=(--seeds 0 1)
-echo "== M3-1 ablation"; "$py" ci/ablation.py --device "$device" "${q[@]}" --out "$out" --vae "$vae" "${seeds[@]}" \
-    $([[ $quick == 1 ]] && echo --max-images 400) $([[ $quick == 0 ]] && echo --preset fmnist-32-vflow-s)
+ablation=(--max-images 400)  # --quick: every variant, tiny
+[[ $quick == 0 ]] && ablation=(--preset fmnist-32-vflow-s --variants full no_coarse no_fine P=1 --steps 1000)
+[[ $quick == 0 && $device == cuda ]] && ablation+=(--jobs 2)
+echo "== M3-1 ablation"; timed ablation "$py" ci/ablation.py --device "$device" "${q[@]}" --out "$out" --vae "$vae" "${seeds[@]}" \
+    "${ablation[@]}"
+(IFS=,; echo "{${stage_seconds[*]}}") > "$out/stage_seconds.json"
 echo "== gates"
 gates=(); [[ $quick == 1 || $device == cpu ]] && gates=(--no-gates)
 "$py" ci/validate_results.py "$out" "${gates[@]}"

@@ -105,6 +105,10 @@ def report(folder: Path, results) -> str:
             lines += [f"| {r['schedule']} | {r['passes_per_image']} | {r['fid_train']:.3f} | {r['n']} |" for r in peer["rows"]]
         v = fid["vae"]
         lines += ["", f"LiteVAE on {v['num_images']} test images: rFID {v['rfid']:.3f}, PSNR {v['psnr']:.2f} dB, SSIM {v['ssim']:.4f}"]
+    seconds = load(folder, "stage_seconds.json")
+    if seconds:
+        lines += ["", "## Stage durations (ci/run.sh)", "", "| stage | seconds |", "| --- | --- |"]
+        lines += [f"| {name} | {s} |" for name, s in seconds.items()] + [f"| all timed stages | {sum(seconds.values())} |"]
     return "\n".join(lines) + "\n"
 
 
