@@ -196,6 +196,14 @@ class EnergyFlowGenerator(nn.Module):
         return loss
 
     # ------------------------------------------------------------------ sampling
+    def passes(self, steps: int, temperature: float = 0.0) -> int:
+        """Backbone passes per image for `steps` steps (without CFG's doubling): one a step, plus Heun's
+        correction on every step but the last and the steps the energy head draws on."""
+        if self.config.solver != "heun":
+            return steps
+        drawn = 0 if temperature <= 0 else (min(self.config.head_steps, steps) if self.config.head_steps else steps)
+        return steps + max(0, min(steps - 1, steps - drawn))
+
     @torch.no_grad()
     def sample(
         self,
@@ -214,6 +222,8 @@ class EnergyFlowGenerator(nn.Module):
         h = cfg h_c + (1 - cfg) h_u; temperature scales the head's adaLN shift (EAR), or, with a mean
         head, the residual: x0 = mean + temperature * residual, drawn on the last `config.head_steps`
         steps only when that is > 0 (the earlier steps take the mean alone: Euler steps of the flow).
+        With `config.solver` "heun", each mean-path step but the last is corrected by a second pass at
+        its end (the trapezoid of the velocities at t and t'), as the DiT peer's Heun solver.
         """
         B = x_init.shape[0]
         if not 1 <= steps <= self.config.max_steps:
@@ -225,21 +235,32 @@ class EnergyFlowGenerator(nn.Module):
         times = time_grid(steps, self.config.time_shift)
         first_draw = steps - self.config.head_steps if self.config.head_steps else 0  # the head's first step
         x = x_init
+
+        def guided_hidden(x, tt, xb):
+            if cfg == 1.0:
+                return self.hidden(x, tt, xb, labels, context)
+            null = torch.full_like(labels, self.null_class)
+            ctx = None if context is None else torch.cat([context, context])
+            h_c, h_u = self.hidden(torch.cat([x, x]), torch.cat([tt, tt]), None if xb is None else torch.cat([xb, xb]),
+                                   torch.cat([labels, null]), ctx).chunk(2)
+            return cfg * h_c + (1.0 - cfg) * h_u
+
         for k in range(steps):
             t, t_next = times[k], times[k + 1]
             tt = torch.full((B,), t, device=x.device)
             xi = noise[:, k]
             xb = xi if self.noise_in is not None else None
-            if cfg != 1.0:
-                null = torch.full_like(labels, self.null_class)
-                ctx = None if context is None else torch.cat([context, context])
-                h_c, h_u = self.hidden(torch.cat([x, x]), torch.cat([tt, tt]), None if xb is None else torch.cat([xb, xb]),
-                                       torch.cat([labels, null]), ctx).chunk(2)
-                h = cfg * h_c + (1.0 - cfg) * h_u
-            else:
-                h = self.hidden(x, tt, xb, labels, context)
+            h = guided_hidden(x, tt, xb)
             if self.mean_out is not None:  # the mean (x0 or v head) plus the scaled energy-head residual
                 draw = temperature > 0 and k >= first_draw
+                if self.config.solver == "heun" and not draw and t_next > 0:  # mean path, corrected (below)
+                    x0 = self.mean_x0(h, x, tt).to(x.dtype)
+                    v = (x - x0) / t  # dx/dt of x_t = (1 - t) x0 + t eps along the predicted line
+                    x_euler = x + (t_next - t) * v
+                    tn = torch.full((B,), t_next, device=x.device)
+                    x0_next = self.mean_x0(guided_hidden(x_euler, tn, xb), x_euler, tn).to(x.dtype)
+                    x = x + (t_next - t) * 0.5 * (v + (x_euler - x0_next) / t_next)
+                    continue
                 if self.residual_noise_in is not None and draw:
                     cond = self.condition(tt, labels, h.dtype)
                     if cfg != 1.0:  # mixed like the hidden states

@@ -69,6 +69,10 @@ class GeneratorConfig:
     # the earlier steps follow the mean (the Euler path); 0: it draws on every step
     head_steps: int = 0
     max_steps: int = 8  # per-image noise is drawn for this many steps
+    # mean-head flow stages, sampling: "euler" (DDIM with the predicted x0: one pass a step) or "heun" (a second
+    # pass at the step's end corrects it, the trapezoid of the two velocities, on every step but the last
+    # and the steps whose x0 the energy head draws: 2 steps - 1 passes at temperature 0)
+    solver: str = "euler"
 
     def __post_init__(self):
         if self.kind not in ("mar", "flow"):
@@ -101,6 +105,11 @@ class GeneratorConfig:
         if self.head_steps and self.mean_weight == 0:
             raise ValueError("GeneratorConfig: head_steps > 0 needs a mean head (mean_weight > 0): without one the "
                              "energy head draws every step")
+        if self.solver not in ("euler", "heun"):
+            raise ValueError(f"GeneratorConfig: solver must be 'euler' or 'heun', got {self.solver!r}")
+        if self.solver == "heun" and (self.kind != "flow" or self.mean_weight == 0):
+            raise ValueError("GeneratorConfig: solver 'heun' needs a flow stage with a mean head (kind 'flow', "
+                             "mean_weight > 0): it corrects the mean path")
         if not 0 <= self.one_step_prob <= 1:
             raise ValueError(f"GeneratorConfig: one_step_prob must be in [0, 1], got {self.one_step_prob}")
         for name in ("width", "depth", "heads", "head_width", "head_depth", "noise_dim", "prefix_len"):

@@ -150,6 +150,12 @@ class CoarseFineHybrid(nn.Module):
         """The stage modules by name, in the order they run."""
         return {s.name: getattr(self, s.name) for s in self.stage_list}
 
+    def passes(self, steps: tuple[int, ...], temperature: float = 0.0) -> int:
+        """Backbone passes per image for per-stage `steps` (without CFG's doubling): each stage's own count
+        (a Heun flow stage adds its corrections), one a step otherwise."""
+        return sum(stage.passes(k, temperature) if hasattr(stage, "passes") else k
+                   for stage, k in zip(self.stages.values(), steps))
+
     def default_steps(self) -> tuple[int, ...]:
         """Steps per stage, matched to `stage_list`; a one-stage model without the coarse split
         ("latent" tokens) runs coarse_steps + fine_steps."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -18,7 +18,7 @@ from .pipeline import ParScaleEAR, ParScaleEARConfig
 
 
 # stage config fields that only change sampling, settable per schedule (see `stage_settings`)
-SAMPLING_FIELDS = ("head_steps", "time_shift", "max_steps")
+SAMPLING_FIELDS = ("head_steps", "time_shift", "max_steps", "solver")
 
 
 @dataclass
@@ -33,12 +33,12 @@ class Schedule:
     @property
     def label(self) -> str:
         steps = "+".join(map(str, self.steps)) if isinstance(self.steps, (tuple, list)) else str(self.steps)
-        extra = "".join(f", {k} {v:g}" for k, v in self.settings.items())
+        extra = "".join(f", {k} {v:g}" if isinstance(v, (int, float)) else f", {k} {v}" for k, v in self.settings.items())
         return f"steps {steps}, cfg {self.cfg:g}, temp {self.temperature:g}{extra}"
 
 
 def parse_schedules(text: str) -> list[Schedule]:
-    """'1,1@2.0;2,2@1.5@0.9;8@2;4,4@1@0.5@fine.head_steps=1,time_shift=1.5' -> schedules:
+    """'1,1@2.0;2,2@1.5@0.9;8@2;4,4@1@0.5@fine.head_steps=1,time_shift=1.5;4,4@1@0@solver=heun' -> schedules:
     steps[@cfg[@temperature[@settings]]] separated by ';', settings as comma-separated KEY=VALUE with
     KEY one of SAMPLING_FIELDS, optionally prefixed by a stage name."""
     out = []
@@ -53,7 +53,8 @@ def parse_schedules(text: str) -> list[Schedule]:
             if not sep or key.rpartition(".")[2] not in SAMPLING_FIELDS:
                 raise ValueError(f"schedule {part!r}: settings are KEY=VALUE with KEY in {SAMPLING_FIELDS} "
                                  f"(optionally STAGE.KEY), got {item!r}")
-            settings[key] = float(value) if key.endswith("time_shift") else int(value)
+            name = key.rpartition(".")[2]
+            settings[key] = float(value) if name == "time_shift" else value if name == "solver" else int(value)
         out.append(Schedule(steps[0] if len(steps) == 1 else steps, *(float(f) for f in fields[1:3]), settings=settings))
     return out
 
@@ -73,6 +74,7 @@ def stage_settings(model: ParScaleEAR, settings: dict):
                     raise ValueError(f"schedule setting {key!r}: the stage config has no field {name!r}")
                 saved.append((config, name, getattr(config, name)))
                 setattr(config, name, value)
+                replace(config)  # the config's own checks, on the new value
         yield model
     finally:
         for config, name, value in reversed(saved):
@@ -85,7 +87,7 @@ def passes_per_image(model: ParScaleEAR, schedule: Schedule) -> int:
     guided = 2 if schedule.cfg != 1.0 else 1
     if model.config.dit is not None:
         return model.hybrid.passes(steps[-1]) * guided
-    return sum(steps) * guided
+    return model.hybrid.passes(steps, schedule.temperature) * guided
 
 
 def time_sampling(model: ParScaleEAR, schedule: Schedule, batch: int, runs: int = 50, bf16: bool = True,

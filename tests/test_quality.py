@@ -90,3 +90,18 @@ def test_lower_envelope_and_curve_comparison():
     got = quality.compare_curves(ours, peer, 16)
     assert [(g["our_fid"], g["below"]) for g in got] == [(None, False), (40.0, False), (15.0, False)]
     assert [g["below"] for g in quality.compare_curves(ours, [row(0.35, 25.0), row(0.5, 16.0)], 16)] == [True, True]
+
+
+def test_a_schedule_can_ask_for_the_heun_solver():
+    from parscale_ear import quality
+
+    (s,) = quality.parse_schedules("4,4@1@0@fine.solver=heun")
+    assert s.settings == {"fine.solver": "heun"} and s.label == "steps 4+4, cfg 1, temp 0, fine.solver heun"
+    model = pe.create_model("tiny-32-flow", hybrid={"coarse": v_stage(), "fine": v_stage()}).eval()
+    with quality.stage_settings(model, s.settings):
+        assert model.hybrid.fine.config.solver == "heun" and quality.passes_per_image(model, s) == 4 + 7
+    assert model.hybrid.fine.config.solver == "euler" and quality.passes_per_image(model, s) == 8
+    with pytest.raises(ValueError, match="solver must be 'euler' or 'heun'"):
+        with quality.stage_settings(model, {"solver": "rk4"}):
+            pass
+    assert model.hybrid.coarse.config.solver == "euler"  # restored after the refusal
