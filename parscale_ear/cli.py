@@ -119,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's)")
     p.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: the model's)")
     p.add_argument("--steps", type=_steps, default=None, help="N or COARSE,FINE (default: the model's)")
+    p.add_argument("--solver", choices=("euler", "heun"), default=None,
+                   help="flow solver: heun corrects each step but the last with a second pass (default: the model's)")
     p.add_argument("--seed", type=int, default=0, help="image i is drawn from seed + i")
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
@@ -195,7 +197,7 @@ def _sample(args) -> int:
     if labels is not None and len(labels) == 1:
         labels = labels * args.n
     batches = model.iter_generate(args.n, labels=labels, cfg=args.cfg, temperature=args.temperature, steps=args.steps,
-                                  seed=args.seed, batch_size=args.batch_size, progress=True)
+                                  solver=args.solver, seed=args.seed, batch_size=args.batch_size, progress=True)
     if as_grid:
         save_grid(torch.cat(list(batches)), out, nrow=min(10, args.n))
     else:

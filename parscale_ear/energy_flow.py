@@ -196,10 +196,19 @@ class EnergyFlowGenerator(nn.Module):
         return loss
 
     # ------------------------------------------------------------------ sampling
-    def passes(self, steps: int, temperature: float = 0.0) -> int:
+    def solver(self, solver: str | None = None) -> str:
+        """The solver a call uses: `solver`, else the config's; checked against this stage."""
+        solver = self.config.solver if solver is None else solver
+        if solver not in ("euler", "heun"):
+            raise ValueError(f"solver must be 'euler' or 'heun', got {solver!r}")
+        if solver == "heun" and self.mean_out is None:
+            raise ValueError("solver 'heun' needs a flow stage with a mean head (mean_weight > 0)")
+        return solver
+
+    def passes(self, steps: int, temperature: float = 0.0, solver: str | None = None) -> int:
         """Backbone passes per image for `steps` steps (without CFG's doubling): one a step, plus Heun's
         correction on every step but the last and the steps the energy head draws on."""
-        if self.config.solver != "heun":
+        if self.solver(solver) != "heun":
             return steps
         drawn = 0 if temperature <= 0 else (min(self.config.head_steps, steps) if self.config.head_steps else steps)
         return steps + max(0, min(steps - 1, steps - drawn))
@@ -214,6 +223,7 @@ class EnergyFlowGenerator(nn.Module):
         cfg: float = 1.0,
         temperature: float = 1.0,
         context: torch.Tensor | None = None,
+        solver: str | None = None,
     ) -> torch.Tensor:
         """Tokens (B, N, D) in `steps` passes from x_1 = x_init; noise (B, S, N, noise_dim) gives step k its xi.
 
@@ -222,8 +232,8 @@ class EnergyFlowGenerator(nn.Module):
         h = cfg h_c + (1 - cfg) h_u; temperature scales the head's adaLN shift (EAR), or, with a mean
         head, the residual: x0 = mean + temperature * residual, drawn on the last `config.head_steps`
         steps only when that is > 0 (the earlier steps take the mean alone: Euler steps of the flow).
-        With `config.solver` "heun", each mean-path step but the last is corrected by a second pass at
-        its end (the trapezoid of the velocities at t and t'), as the DiT peer's Heun solver.
+        With `solver` "heun" (default: `config.solver`), each mean-path step but the last is corrected by
+        a second pass at its end (the trapezoid of the velocities at t and t'), as the DiT peer's Heun solver.
         """
         B = x_init.shape[0]
         if not 1 <= steps <= self.config.max_steps:
@@ -232,6 +242,7 @@ class EnergyFlowGenerator(nn.Module):
             raise ValueError("cfg != 1 needs a class-conditional model; this one is unconditional")
         if labels is None:
             labels = torch.full((B,), self.null_class, dtype=torch.long, device=x_init.device)
+        heun = self.solver(solver) == "heun"
         times = time_grid(steps, self.config.time_shift)
         first_draw = steps - self.config.head_steps if self.config.head_steps else 0  # the head's first step
         x = x_init
@@ -253,7 +264,7 @@ class EnergyFlowGenerator(nn.Module):
             h = guided_hidden(x, tt, xb)
             if self.mean_out is not None:  # the mean (x0 or v head) plus the scaled energy-head residual
                 draw = temperature > 0 and k >= first_draw
-                if self.config.solver == "heun" and not draw and t_next > 0:  # mean path, corrected (below)
+                if heun and not draw and t_next > 0:  # mean path, corrected (below)
                     x0 = self.mean_x0(h, x, tt).to(x.dtype)
                     v = (x - x0) / t  # dx/dt of x_t = (1 - t) x0 + t eps along the predicted line
                     x_euler = x + (t_next - t) * v

@@ -31,7 +31,7 @@ class FastSampler:
 
     def __init__(self, model, batch_size: int, steps=None, cfg: float | None = None, temperature: float | None = None,
                  dtype: torch.dtype | None = None, graphs: bool | None = None, compile: bool = False,
-                 channels_last: bool = False):
+                 channels_last: bool = False, solver: str | None = None):
         self.model = model.eval()
         self.batch_size = B = check_int(batch_size, "batch_size")
         config = model.config
@@ -39,6 +39,8 @@ class FastSampler:
         self.cfg = check_real(config.cfg if cfg is None else cfg, "cfg", minimum=0.0)
         self.temperature = check_real(config.temperature if temperature is None else temperature, "temperature",
                                       minimum=0.0)
+        self.solver = solver
+        model.hybrid.passes(self.steps, self.temperature, solver)  # checks the solver
         if self.cfg != 1.0 and config.num_classes == 0:
             raise ValueError("compile_sampler: cfg != 1 needs a class-conditional model; this one is unconditional")
         self.device = device = model.device
@@ -55,7 +57,7 @@ class FastSampler:
         model.vae.decoder.to(memory_format=fmt)
         self._decoder = torch.compile(model.vae.decoder) if compile else model.vae.decoder
         self.settings = {"batch_size": B, "steps": list(self.steps), "cfg": self.cfg, "temperature": self.temperature,
-                         "dtype": str(self.dtype).replace("torch.", ""), "cuda_graphs": self.graphs, "compile": compile,
+                         "solver": solver, "dtype": str(self.dtype).replace("torch.", ""), "cuda_graphs": self.graphs, "compile": compile,
                          "channels_last": channels_last}
         # static inputs: per-image noise (filled from seeds) and labels
         self._noise = model.draw_noise_on_device(B)
@@ -75,7 +77,7 @@ class FastSampler:
 
     def _run(self, noise: dict) -> torch.Tensor:
         with torch.no_grad(), self._amp:
-            z = self.model.hybrid.sample(noise, self._labels, self.steps, self.cfg, self.temperature)
+            z = self.model.hybrid.sample(noise, self._labels, self.steps, self.cfg, self.temperature, self.solver)
             return self.decode(z).float()
 
     def _seeded(self) -> torch.Tensor:

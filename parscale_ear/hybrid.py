@@ -150,11 +150,22 @@ class CoarseFineHybrid(nn.Module):
         """The stage modules by name, in the order they run."""
         return {s.name: getattr(self, s.name) for s in self.stage_list}
 
-    def passes(self, steps: tuple[int, ...], temperature: float = 0.0) -> int:
+    def passes(self, steps: tuple[int, ...], temperature: float = 0.0, solver: str | None = None) -> int:
         """Backbone passes per image for per-stage `steps` (without CFG's doubling): each stage's own count
         (a Heun flow stage adds its corrections), one a step otherwise."""
-        return sum(stage.passes(k, temperature) if hasattr(stage, "passes") else k
-                   for stage, k in zip(self.stages.values(), steps))
+        return sum(stage.passes(k, temperature, solver) if hasattr(stage, "passes") else k
+                   for stage, k in zip(self._solver_stages(solver), steps))
+
+    def _solver_stages(self, solver: str | None) -> list[nn.Module]:
+        """The stage modules in order, after checking that each can take `solver` (None: their own)."""
+        stages = list(self.stages.values())
+        for module in stages:
+            if hasattr(module, "solver"):
+                module.solver(solver)
+            elif solver not in (None, "euler"):
+                raise ValueError(f"solver {solver!r}: the {module.config.kind} stages sample with their own steps; "
+                                 "only flow stages with a mean head take 'heun'")
+        return stages
 
     def default_steps(self) -> tuple[int, ...]:
         """Steps per stage, matched to `stage_list`; a one-stage model without the coarse split
@@ -230,16 +241,20 @@ class CoarseFineHybrid(nn.Module):
         steps: tuple[int, ...] | None = None,
         cfg: float = 1.0,
         temperature: float = 1.0,
+        solver: str | None = None,
     ) -> torch.Tensor:
         """Latents (B, C, g, g) from per-image noise {stage name: its draws}, running the stages in
-        order with `steps` matched to `stage_list` (default `default_steps()`)."""
+        order with `steps` matched to `stage_list` (default `default_steps()`); `solver` ("euler" or
+        "heun", flow stages; None: each stage's config) for this call."""
         steps = tuple(steps or self.default_steps())
         if len(steps) != len(self.stage_list):
             raise ValueError(f"steps: expected {len(self.stage_list)} value(s), one per stage "
                              f"{[s.name for s in self.stage_list]}, got {steps}")
         outputs, latents = {}, 0
-        for stage, k in zip(self.stage_list, steps):
+        extra = {} if solver is None else {"solver": solver}
+        for stage, k, module in zip(self.stage_list, steps, self._solver_stages(solver)):
             context = self.context(outputs[stage.context]) if stage.context else None
-            outputs[stage.name] = getattr(self, stage.name).sample(*noise[stage.name], labels, k, cfg, temperature, context)
+            outputs[stage.name] = module.sample(*noise[stage.name], labels, k, cfg, temperature, context,
+                                                **(extra if hasattr(module, "solver") else {}))
             latents = latents + self._latents_part(stage, outputs[stage.name] * self._std(stage))
         return latents

@@ -160,9 +160,10 @@ class ParScaleEAR(nn.Module):
         return (steps,) + default[1:]
 
     @torch.no_grad()
-    def sample_latents(self, noise: dict, labels: torch.Tensor | None, steps=None, cfg: float = 1.0, temperature: float = 1.0) -> torch.Tensor:
+    def sample_latents(self, noise: dict, labels: torch.Tensor | None, steps=None, cfg: float = 1.0, temperature: float = 1.0,
+                       solver: str | None = None) -> torch.Tensor:
         """Latents (B, c, h, w) from pre-drawn noise; static shapes (the timed path)."""
-        return self.hybrid.sample(noise, labels, self.resolve_steps(steps), cfg, temperature)
+        return self.hybrid.sample(noise, labels, self.resolve_steps(steps), cfg, temperature, solver)
 
     @torch.no_grad()
     def iter_generate(
@@ -175,6 +176,7 @@ class ParScaleEAR(nn.Module):
         seed: int = 0,
         batch_size: int = 64,
         progress: bool = False,
+        solver: str | None = None,
     ) -> Iterator[torch.Tensor]:
         """Yield image batches (b, C, H, W) in [-1, 1] for images seed, seed + 1, ..., seed + n - 1."""
         n = check_int(n, "n")
@@ -189,6 +191,7 @@ class ParScaleEAR(nn.Module):
         else:
             labels = self.default_labels(seeds)
         steps = self.resolve_steps(steps)
+        self.hybrid.passes(steps, temperature, solver)  # checks the solver before any work
         starts = range(0, n, batch_size)
         if progress:
             from tqdm.auto import tqdm
@@ -198,27 +201,29 @@ class ParScaleEAR(nn.Module):
             chunk = seeds[i : i + batch_size]
             noise = self.draw_noise(chunk)
             y = None if labels is None else labels[i : i + len(chunk)].to(self.device)
-            latents = self.hybrid.sample(noise, y, steps, cfg, temperature)
+            latents = self.hybrid.sample(noise, y, steps, cfg, temperature, solver)
             yield self.vae.decode(latents).clamp(-1, 1)
 
     @torch.no_grad()
-    def generate(self, n: int, labels=None, cfg: float | None = None, temperature: float | None = None, steps=None, seed: int = 0, batch_size: int = 64, progress: bool = False) -> torch.Tensor:
+    def generate(self, n: int, labels=None, cfg: float | None = None, temperature: float | None = None, steps=None, seed: int = 0,
+                 batch_size: int = 64, progress: bool = False, solver: str | None = None) -> torch.Tensor:
         """n images (n, C, H, W) in [-1, 1]; image i depends only on seed + i (and its label).
 
         labels: n class indices (default: (seed + i) mod num_classes); steps: int (coarse steps, or
-        the single stage's) or (coarse, fine); cfg/temperature default to the config's.
+        the single stage's) or (coarse, fine); cfg/temperature default to the config's; solver: "euler"
+        or "heun" (flow stages with a mean head, and the DiT peer; default: each stage's config).
         """
-        return torch.cat(list(self.iter_generate(n, labels, cfg, temperature, steps, seed, batch_size, progress)))
+        return torch.cat(list(self.iter_generate(n, labels, cfg, temperature, steps, seed, batch_size, progress, solver)))
 
     def compile_sampler(self, batch_size: int, steps=None, cfg: float | None = None, temperature: float | None = None,
                         dtype: torch.dtype | None = None, graphs: bool | None = None, compile: bool = False,
-                        channels_last: bool = False):
+                        channels_last: bool = False, solver: str | None = None):
         """A `FastSampler` (parscale_ear.fast): noise -> pixels for `batch_size` images at this schedule,
         bfloat16 + CUDA graphs on a GPU (the benchmarked speed through the public API), eager float32
         on the CPU. `sampler(seed=s)` gives generate's per-image seeds; `sampler(seed=None)` device noise."""
         from .fast import FastSampler
 
-        return FastSampler(self, batch_size, steps, cfg, temperature, dtype, graphs, compile, channels_last)
+        return FastSampler(self, batch_size, steps, cfg, temperature, dtype, graphs, compile, channels_last, solver)
 
     @torch.no_grad()
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:

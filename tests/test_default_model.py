@@ -51,6 +51,14 @@ def test_cli_sample_without_ckpt_uses_the_default(tmp_path, capsys):
     assert out.is_file() and out.stat().st_size > 200
 
 
+def test_cli_samples_the_default_with_the_heun_solver(tmp_path, default):
+    out = tmp_path / "heun.png"
+    assert main(["sample", "--n", "2", "--steps", "2,2", "--solver", "heun", "--device", "cpu", "--out", str(out)]) == 0
+    assert out.is_file() and out.stat().st_size > 200
+    with pytest.raises(SystemExit):
+        main(["sample", "--n", "2", "--solver", "rk4", "--out", str(tmp_path / "x.png")])
+
+
 def test_results_table_describes_the_default_at_its_schedule(default):
     import json
 

@@ -72,3 +72,14 @@ def test_dit_through_the_fast_sampler(dit):
     want = dit.generate(3, seed=4, steps=2, cfg=1.5)
     got = dit.compile_sampler(3, steps=2, cfg=1.5)(seed=4)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+def test_dit_solver_per_call(dit):
+    """generate(solver=...) overrides the peer's configured solver for that call only."""
+    heun = dit.generate(2, seed=1, steps=3, solver="heun")
+    assert dit.hybrid.config.solver == "euler" and dit.hybrid.passes(3, solver="heun") == 5
+    assert not torch.equal(heun, dit.generate(2, seed=1, steps=3))
+    dit.hybrid.config.solver = "heun"
+    assert torch.equal(heun, dit.generate(2, seed=1, steps=3))
+    with pytest.raises(ValueError, match="solver must be 'euler' or 'heun'"):
+        dit.generate(2, steps=3, solver="rk4")

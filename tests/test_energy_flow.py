@@ -375,6 +375,25 @@ def test_heun_is_counted_and_skips_the_steps_the_energy_head_draws():
     model.hybrid.coarse.config.solver = model.hybrid.fine.config.solver = "euler"
     euler = model.generate(2, labels=[3, 4], steps=(2, 3), cfg=1.5, temperature=0.0, seed=0)
     assert torch.isfinite(heun).all() and not torch.allclose(heun, euler)
+    # per call, through the public API: the same images as the configs set to heun, the configs untouched
+    assert torch.equal(model.generate(2, labels=[3, 4], steps=(2, 3), cfg=1.5, temperature=0.0, seed=0, solver="heun"), heun)
+    sampler = model.compile_sampler(2, (2, 3), 1.5, 0.0, solver="heun")
+    assert torch.equal(sampler(seed=0, labels=[3, 4]), heun) and sampler.settings["solver"] == "heun"
+    assert model.hybrid.fine.config.solver == "euler" and model.hybrid.passes((2, 3), 0.0, "heun") == 3 + 5
+    with pytest.raises(ValueError, match="solver must be 'euler' or 'heun'"):
+        model.generate(1, solver="rk4")
+
+
+def test_heun_is_refused_where_there_is_no_mean_path():
+    mar = pe.create_model("tiny-32").eval()  # MAR stages: no mean path to correct
+    with pytest.raises(ValueError, match="only flow stages with a mean head take 'heun'"):
+        mar.generate(1, solver="heun")
+    with pytest.raises(ValueError, match="only flow stages with a mean head take 'heun'"):
+        mar.compile_sampler(1, solver="heun")
+    flow = pe.create_model("tiny-32-flow").eval()  # flow stages drawn by the energy head alone
+    with pytest.raises(ValueError, match="solver 'heun' needs a flow stage with a mean head"):
+        flow.generate(1, solver="heun")
+    assert mar.generate(1, solver="euler").shape == (1, 1, 32, 32)  # the plain path is every stage's
 
 
 def test_solver_is_checked():

@@ -126,9 +126,10 @@ class DiTBaseline(nn.Module):
 
     @torch.no_grad()
     def sample(self, noise: dict, labels: torch.Tensor | None = None, steps: tuple[int, int] | None = None,
-               cfg: float = 1.0, temperature: float = 1.0) -> torch.Tensor:
-        """Latents (B, C, g, g) from x_1 = noise['dit'][0] in `steps[1]` solver steps; temperature
-        scales x_1 (1 = the model's distribution)."""
+               cfg: float = 1.0, temperature: float = 1.0, solver: str | None = None) -> torch.Tensor:
+        """Latents (B, C, g, g) from x_1 = noise['dit'][0] in `steps[1]` solver steps (`solver`, default
+        the config's); temperature scales x_1 (1 = the model's distribution)."""
+        heun = self._solver(solver) == "heun"
         (x,) = noise["dit"]
         steps = (steps or self.default_steps())[-1]
         if cfg != 1.0 and self.num_classes == 0:
@@ -141,12 +142,20 @@ class DiTBaseline(nn.Module):
         for k in range(steps):
             t, t_next = times[k], times[k + 1]
             v = self._guided(x, t, labels, cfg)
-            if self.config.solver == "heun" and t_next > 0:
+            if heun and t_next > 0:
                 x_pred = x + (t_next - t) * v
                 v = 0.5 * (v + self._guided(x_pred, t_next, labels, cfg))
             x = x + (t_next - t) * v
         return x * self.latent_std
 
-    def passes(self, steps: int) -> int:
-        """Network evaluations per image for `steps` solver steps (without CFG's doubling)."""
-        return steps if self.config.solver == "euler" else 2 * steps - 1
+    def passes(self, steps: int, temperature: float = 0.0, solver: str | None = None) -> int:
+        """Network evaluations per image for `steps` solver steps (an int, or the per-stage tuple whose last
+        entry is the DiT's), without CFG's doubling."""
+        steps = steps[-1] if isinstance(steps, (tuple, list)) else steps
+        return steps if self._solver(solver) == "euler" else 2 * steps - 1
+
+    def _solver(self, solver: str | None) -> str:
+        solver = self.config.solver if solver is None else solver
+        if solver not in ("euler", "heun"):
+            raise ValueError(f"solver must be 'euler' or 'heun', got {solver!r}")
+        return solver
