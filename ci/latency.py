@@ -15,12 +15,13 @@ from parscale_ear.utils import line_plot
 
 
 def run(device, quick: bool, preset: str, ckpt: str | None, batch_sizes, runs: int, warmup: int, bf16: bool, compile: bool,
-        graphs: bool, channels_last: bool = False, steps=None, cfg: float | None = None, temperature: float | None = None) -> dict:
+        graphs: bool, channels_last: bool = False, steps=None, cfg: float | None = None, temperature: float | None = None,
+        solver: str | None = None) -> dict:
     torch.manual_seed(0)
     # weights do not change the timing: random weights for presets without a checkpoint
     model = (load_pipeline(ckpt) if ckpt else pe.create_model(preset)).to(device).eval()
     rows = profile_latency(model, batch_sizes, runs=runs, warmup=warmup, bf16=bf16, compile=compile, graphs=graphs,
-                           channels_last=channels_last, steps=steps, cfg=cfg, temperature=temperature,
+                           channels_last=channels_last, steps=steps, cfg=cfg, temperature=temperature, solver=solver,
                            on_row=lambda r: print(f"{r['name']:28s} batch {r['batch']:4d}  P50 {r['ms_per_image_p50']:.4f}  "
                                                   f"P99 {r['ms_per_image_p99']:.4f} ms/image", flush=True))
     return {"milestone": "M2-2", "env": environment(device), "quick": quick, "model": model.config.name,
@@ -29,7 +30,7 @@ def run(device, quick: bool, preset: str, ckpt: str | None, batch_sizes, runs: i
                          "compile": compile, "cuda_graphs": graphs, "channels_last": channels_last,
                          "cfg": model.config.cfg if cfg is None else cfg,
                          "temperature": model.config.temperature if temperature is None else temperature,
-                         "steps": list(model.resolve_steps(steps))},
+                         "steps": list(model.resolve_steps(steps)), "solver": solver or "the model's"},
             "rows": rows}
 
 
@@ -47,13 +48,18 @@ if __name__ == "__main__":
     p.add_argument("--steps", default=None, help="schedule to time: N or COARSE,FINE (default: the model's)")
     p.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's)")
     p.add_argument("--temperature", type=float, default=None, help="(default: the model's)")
+    p.add_argument("--solver", choices=("euler", "heun"), default=None, help="flow solver (default: the model's)")
     args = p.parse_args()
     steps = None if args.steps is None else tuple(int(x) for x in args.steps.split(","))
     steps = steps[0] if steps is not None and len(steps) == 1 else steps
     if args.quick:
         args.preset, args.batch_sizes, args.runs, args.warmup = "tiny-32", [1, 4], 5, 1
-    result = run(_common.device(args.device), args.quick, args.preset, args.ckpt, args.batch_sizes, args.runs, args.warmup,
-                 args.bf16, args.compile, args.cuda_graphs, args.channels_last, steps, args.cfg, args.temperature)
+    try:
+        result = run(_common.device(args.device), args.quick, args.preset, args.ckpt, args.batch_sizes, args.runs, args.warmup,
+                     args.bf16, args.compile, args.cuda_graphs, args.channels_last, steps, args.cfg, args.temperature,
+                     args.solver)
+    except ValueError as e:  # a schedule the model cannot run (steps, cfg, solver): one line
+        raise SystemExit(f"ci/latency.py: {e}") from None
     table = markdown_table(result["rows"])
     print(table)
     _common.write(args.out, "latency.json", result)

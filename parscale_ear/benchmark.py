@@ -73,6 +73,7 @@ def profile_latency(
     steps=None,
     temperature: float | None = None,
     on_row=None,
+    solver: str | None = None,
 ) -> list[dict]:
     """Time encode, each generation stage, decode and end to end per batch size, all through the
     sampler a user gets from `model.compile_sampler` (same schedule, dtype, graphs, decoder).
@@ -88,12 +89,12 @@ def profile_latency(
     rows = []
     for B in batch_sizes:
         sampler = model.compile_sampler(B, steps, cfg, temperature, dtype=dtype, graphs=use_graphs, compile=compile,
-                                        channels_last=channels_last)
+                                        channels_last=channels_last, solver=solver)
         amp = sampler._amp
         labels, noise = sampler._labels, sampler._noise
         images = torch.rand(B, c, s, s, device=device) * 2 - 1
         with torch.no_grad(), amp:
-            latents = model.hybrid.sample(noise, labels, sampler.steps, sampler.cfg, sampler.temperature)
+            latents = model.hybrid.sample(noise, labels, sampler.steps, sampler.cfg, sampler.temperature, solver)
 
         def encode():
             with torch.no_grad(), amp:
@@ -101,10 +102,12 @@ def profile_latency(
 
         def stage(name, steps, context=None):
             gen_stage = model.hybrid.stages[name]
+            extra = {"solver": solver} if solver is not None and hasattr(gen_stage, "solver") else {}  # flow stages
 
             def run():
                 with torch.no_grad(), amp:
-                    return gen_stage.sample(*noise[name], labels, steps, sampler.cfg, sampler.temperature, context)
+                    return gen_stage.sample(*noise[name], labels, steps, sampler.cfg, sampler.temperature, context,
+                                            **extra)
 
             return run
 
@@ -117,7 +120,7 @@ def profile_latency(
 
             def whole():
                 with torch.no_grad(), amp:
-                    return model.hybrid.sample(noise, labels, sampler.steps, sampler.cfg, sampler.temperature)
+                    return model.hybrid.sample(noise, labels, sampler.steps, sampler.cfg, sampler.temperature, solver)
 
             parts.append((f"generate.dit ({sampler.steps[-1]} steps)", whole))
         else:  # each stage of the hybrid's list, in order, on the previous stages' outputs

@@ -69,3 +69,24 @@ def test_profile_latency_times_the_sampler_stage_by_stage(mode):
     assert names[0] == "encode" and names[-2:] == ["decode", "end_to_end"]
     assert any(n.startswith("generate.") for n in names)
     assert all(r["ms_per_image_p50"] > 0 for r in rows)
+
+
+def test_profile_latency_times_the_heun_solver(monkeypatch):
+    """profile_latency(solver="heun") runs every timed part with that solver (ci/latency.py --solver)."""
+    from helpers import v_stage
+
+    from parscale_ear.benchmark import profile_latency
+    from parscale_ear.energy_flow import EnergyFlowGenerator
+
+    model = pe.create_model("tiny-32-flow", hybrid={"coarse": v_stage(), "fine": v_stage()}).eval()
+    seen, real = [], EnergyFlowGenerator.sample
+
+    def spy(self, *args, solver=None, **kwargs):
+        seen.append(solver)
+        return real(self, *args, solver=solver, **kwargs)
+
+    monkeypatch.setattr(EnergyFlowGenerator, "sample", spy)
+    rows = profile_latency(model, batch_sizes=(2,), runs=1, warmup=1, steps=(2, 2), temperature=0.0, solver="heun")
+    assert [r["name"] for r in rows][-2:] == ["decode", "end_to_end"] and seen and set(seen) == {"heun"}
+    with pytest.raises(ValueError, match="solver must be 'euler' or 'heun'"):
+        profile_latency(model, batch_sizes=(2,), runs=1, warmup=1, solver="rk4")
