@@ -192,6 +192,16 @@ def lower_envelope(rows: list[dict], batch: int, key: str = "fid_train") -> list
     return points
 
 
+def plot_curves(rows: dict[str, list[dict]], path: str | Path, batch: int, key: str = "fid_train") -> dict:
+    """Plot each run's FID-vs-latency curve (`lower_envelope` at `batch`) into `path`; returns the curves."""
+    from .utils import line_plot
+
+    curves = {name: lower_envelope(r, batch, key) for name, r in rows.items()}
+    line_plot(path, {name: tuple(map(list, zip(*c))) for name, c in curves.items()}, ylabel="FID-10k (train)",
+              xlabel="ms/image", log_x=True, title=f"FID-10k vs ms/image, batch {batch}, H200 bf16 CUDA graphs")
+    return curves
+
+
 def compare_curves(ours: list[dict], peer: list[dict], batch: int, key: str = "fid_train") -> list[dict]:
     """At each point of the peer's curve (its latency and FID), our best FID at that latency or less
     (None where we have no schedule that fast): our curve lies below the peer's at every latency the

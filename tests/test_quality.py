@@ -105,3 +105,11 @@ def test_a_schedule_can_ask_for_the_heun_solver():
         with quality.stage_settings(model, {"solver": "rk4"}):
             pass
     assert model.hybrid.coarse.config.solver == "euler"  # restored after the refusal
+
+
+def test_plot_curves_writes_each_runs_lower_envelope(tmp_path):
+    rows = {"a": [{"fid_train": 30.0, "ms_per_image_b16": 0.2}, {"fid_train": 35.0, "ms_per_image_b16": 0.3},
+                  {"fid_train": 20.0, "ms_per_image_b16": 0.4}],
+            "b": [{"fid_train": 25.0, "ms_per_image_b16": 0.1}]}
+    curves = quality.plot_curves(rows, tmp_path / "c.png", 16)
+    assert curves == {"a": [(0.2, 30.0), (0.4, 20.0)], "b": [(0.1, 25.0)]} and (tmp_path / "c.png").stat().st_size > 1000

@@ -5,8 +5,7 @@ of each 3-minute peer's curve, our best FID at that latency or less).
 import json
 from pathlib import Path
 
-from parscale_ear.quality import compare_curves, lower_envelope
-from parscale_ear.utils import line_plot
+from parscale_ear.quality import compare_curves, plot_curves
 
 here = Path(__file__).resolve().parent
 compiled = here.parent / "2026-12-02-h200-compiled"
@@ -17,10 +16,8 @@ runs = {"ours, 3 min, batch 1024 (R1)": here / "r1_quality.json", "ours, 8 min, 
 rows = {k: json.loads(p.read_text())["rows"] for k, p in runs.items()}
 out = {}
 for batch in (256, 16):
-    series = {k: tuple(map(list, zip(*lower_envelope(r, batch)))) for k, r in rows.items()}
-    line_plot(here / f"curve_b{batch}.png", series, ylabel="FID-10k (train)", xlabel="ms/image", log_x=True,
-              title=f"FID-10k vs ms/image, batch {batch}, H200 bf16 CUDA graphs")
-    out[f"b{batch}"] = {"curves": {k: lower_envelope(r, batch) for k, r in rows.items()},
+    curves = plot_curves(rows, here / f"curve_b{batch}.png", batch)
+    out[f"b{batch}"] = {"curves": curves,
                         "ours_3min_vs_peer_3min_b1024": compare_curves(rows["ours, 3 min, batch 1024 (R1)"], rows["DiT-S/2 peer, 3 min, batch 1024 (P1)"], batch),
                         "ours_8min_vs_peer_3min_b1024": compare_curves(rows["ours, 8 min, batch 1024 (R2, shipped)"], rows["DiT-S/2 peer, 3 min, batch 1024 (P1)"], batch)}
 (here / "curves.json").write_text(json.dumps(out, indent=1) + "\n")

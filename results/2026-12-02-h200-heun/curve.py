@@ -6,8 +6,7 @@ at that latency or less, Euler only and with Heun).
 import json
 from pathlib import Path
 
-from parscale_ear.quality import compare_curves, lower_envelope
-from parscale_ear.utils import line_plot
+from parscale_ear.quality import compare_curves, plot_curves
 
 here = Path(__file__).resolve().parent
 batch1024 = here.parent / "2026-12-02-h200-batch1024"
@@ -18,10 +17,8 @@ rows = {"ours, 8 min (R2, shipped), Euler": r2, "ours, 8 min (R2, shipped), Eule
         "DiT-S/2 peer, 3 min (P1), Euler": p1}
 out = {}
 for batch in (256, 16):
-    series = {k: tuple(map(list, zip(*lower_envelope(r, batch)))) for k, r in rows.items()}
-    line_plot(here / f"curve_b{batch}.png", series, ylabel="FID-10k (train)", xlabel="ms/image", log_x=True,
-              title=f"FID-10k vs ms/image, batch {batch}, H200 bf16 CUDA graphs")
-    out[f"b{batch}"] = {"curves": {k: lower_envelope(r, batch) for k, r in rows.items()},
+    curves = plot_curves(rows, here / f"curve_b{batch}.png", batch)
+    out[f"b{batch}"] = {"curves": curves,
                         "r2_euler_vs_p1": compare_curves(r2, p1, batch), "r2_heun_vs_p1": compare_curves(r2 + heun, p1, batch)}
 (here / "curves.json").write_text(json.dumps(out, indent=1) + "\n")
 for b, o in out.items():
