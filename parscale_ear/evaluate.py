@@ -57,7 +57,7 @@ def resolve_reference(ref: str | Path | None = None, data: str = "fashion-mnist"
         return fidlib.load_statistics(ref), str(ref)
     if data == "fashion-mnist" and limit is None:
         path = shipped_statistics(f"fashion-mnist-{split}")
-        return fidlib.load_statistics(path), str(path)
+        return fidlib.load_statistics(path), f"parscale_ear/stats/{path.name}"  # no machine path in results
     stats = reference_statistics(data, split, image_size, channels, inception, batch_size, limit=limit)
     return stats, f"{data}:{split}" + ("" if limit is None else f"[:{limit}]")
 
