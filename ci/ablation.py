@@ -37,19 +37,19 @@ def run(args) -> dict:
     if args.preset:  # the preset's generator design on the VAE run's VAE
         base = quality.recipe_config(args.preset, base)
     compiled = dev.type == "cuda" and not args.quick  # the shipped recipe's compiled training step, on a GPU
-    # each seed: its own initial weights and data order; a variant equal to another one (P=2 when the design
-    # has 2 streams is "full") shares that one's runs instead of training the same model twice
-    configs, folder = {}, {}
-    for name in args.variants:
-        config = apply_overrides(base, **VARIANTS[name])
-        key = json.dumps(config.to_dict(), sort_keys=True)
-        folder[name] = configs.setdefault(key, (name.replace("=", ""), config))
-    jobs = [(name, seed, folder[name][1], out / "ablation_runs" / f"{folder[name][0]}-s{seed}")
-            for name in args.variants for seed in args.seeds]
     train_options = dict(steps=args.steps, batch_size=args.train_batch, lr=args.lr, warmup_steps=min(100, args.steps // 10 + 1),
                          log_every=max(1, args.steps // 10), sample_every=args.steps, ckpt_every=args.steps, data=args.data,
                          vae_run=str(args.vae), max_images=args.max_images, ema_decay=args.ema_decay, compile=compiled)
-    todo = list({run_dir: (config, run_dir, seed, train_options, str(dev)) for _, seed, config, run_dir in jobs}.values())
+    # each seed: its own initial weights and data order; a variant equal to another one (P=2 when the design
+    # has 2 streams is "full") shares that one's run folders instead of training the same model twice
+    stems, run_dirs, todo = {}, {}, {}
+    for name in args.variants:
+        config = apply_overrides(base, **VARIANTS[name])
+        stem = stems.setdefault(json.dumps(config.to_dict(), sort_keys=True), name.replace("=", ""))
+        run_dirs[name] = [out / "ablation_runs" / f"{stem}-s{seed}" for seed in args.seeds]
+        for seed, run_dir in zip(args.seeds, run_dirs[name]):
+            todo.setdefault(run_dir, (config, run_dir, seed, train_options, str(dev)))
+    todo = list(todo.values())
     if args.jobs > 1:  # fixed steps: sharing the device changes the wall time, never the trained weights' recipe
         ctx = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool:
@@ -64,7 +64,7 @@ def run(args) -> dict:
     rows, scored = [], {}
     for name in args.variants:
         fids, train_rows = [], []
-        for _, seed, _, run_dir in [j for j in jobs if j[0] == name]:
+        for seed, run_dir in zip(args.seeds, run_dirs[name]):
             model = load_pipeline(run_dir, device=dev)
             if run_dir not in scored:
                 scored[run_dir] = evaluate.evaluate_fid(model, ref, args.n, [args.cfg], inception, args.batch_size, seed=0)[0]["fid"]

@@ -10,6 +10,7 @@ import torch
 import parscale_ear as pe
 from parscale_ear.utils import environment
 from parscale_ear.benchmark import markdown_table, profile_latency
+from parscale_ear.generator import SOLVERS
 from parscale_ear.loading import load_pipeline
 from parscale_ear.utils import line_plot
 
@@ -48,7 +49,7 @@ if __name__ == "__main__":
     p.add_argument("--steps", default=None, help="schedule to time: N or COARSE,FINE (default: the model's)")
     p.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's)")
     p.add_argument("--temperature", type=float, default=None, help="(default: the model's)")
-    p.add_argument("--solver", choices=("euler", "heun"), default=None, help="flow solver (default: the model's)")
+    p.add_argument("--solver", choices=SOLVERS, default=None, help="flow solver (default: the model's)")
     args = p.parse_args()
     steps = None if args.steps is None else tuple(int(x) for x in args.steps.split(","))
     steps = steps[0] if steps is not None and len(steps) == 1 else steps

@@ -102,12 +102,11 @@ def profile_latency(
 
         def stage(name, steps, context=None):
             gen_stage = model.hybrid.stages[name]
-            extra = {"solver": solver} if solver is not None and hasattr(gen_stage, "solver") else {}  # flow stages
 
             def run():
                 with torch.no_grad(), amp:
                     return gen_stage.sample(*noise[name], labels, steps, sampler.cfg, sampler.temperature, context,
-                                            **extra)
+                                            solver=solver)
 
             return run
 

@@ -19,7 +19,7 @@ import math
 import torch
 from torch import nn
 
-from .generator import EnergyHead, GeneratorConfig
+from .generator import EnergyHead, GeneratorConfig, check_solver
 from .layers import AdaLNBlock, modulate, prepend_stream_prefixes, stream_parts, timestep_embedding
 from .losses import energy_score_samples
 
@@ -198,9 +198,7 @@ class EnergyFlowGenerator(nn.Module):
     # ------------------------------------------------------------------ sampling
     def solver(self, solver: str | None = None) -> str:
         """The solver a call uses: `solver`, else the config's; checked against this stage."""
-        solver = self.config.solver if solver is None else solver
-        if solver not in ("euler", "heun"):
-            raise ValueError(f"solver must be 'euler' or 'heun', got {solver!r}")
+        solver = check_solver(self.config.solver if solver is None else solver)
         if solver == "heun" and self.mean_out is None:
             raise ValueError("solver 'heun' needs a flow stage with a mean head (mean_weight > 0)")
         return solver

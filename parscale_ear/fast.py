@@ -40,7 +40,7 @@ class FastSampler:
         self.temperature = check_real(config.temperature if temperature is None else temperature, "temperature",
                                       minimum=0.0)
         self.solver = solver
-        model.hybrid.passes(self.steps, self.temperature, solver)  # checks the solver
+        model.hybrid.check_solver(solver)
         if self.cfg != 1.0 and config.num_classes == 0:
             raise ValueError("compile_sampler: cfg != 1 needs a class-conditional model; this one is unconditional")
         self.device = device = model.device
@@ -57,8 +57,8 @@ class FastSampler:
         model.vae.decoder.to(memory_format=fmt)
         self._decoder = torch.compile(model.vae.decoder) if compile else model.vae.decoder
         self.settings = {"batch_size": B, "steps": list(self.steps), "cfg": self.cfg, "temperature": self.temperature,
-                         "solver": solver, "dtype": str(self.dtype).replace("torch.", ""), "cuda_graphs": self.graphs, "compile": compile,
-                         "channels_last": channels_last}
+                         "solver": solver, "dtype": str(self.dtype).replace("torch.", ""), "cuda_graphs": self.graphs,
+                         "compile": compile, "channels_last": channels_last}
         # static inputs: per-image noise (filled from seeds) and labels
         self._noise = model.draw_noise_on_device(B)
         self._labels = None

@@ -18,6 +18,16 @@ from .losses import energy_score_loss
 from .utils import check_int, check_real
 
 
+SOLVERS = ("euler", "heun")  # flow solvers: one pass a step, or a second pass correcting each step but the last
+
+
+def check_solver(solver: str, name: str = "solver") -> str:
+    """`solver` if it is one of SOLVERS, else a one-line ValueError naming `name`."""
+    if solver not in SOLVERS:
+        raise ValueError(f"{name} must be 'euler' or 'heun', got {solver!r}")
+    return solver
+
+
 @dataclass
 class GeneratorConfig:
     """One generation stage. Its geometry (tokens, token size, context) comes from the hybrid."""
@@ -105,8 +115,7 @@ class GeneratorConfig:
         if self.head_steps and self.mean_weight == 0:
             raise ValueError("GeneratorConfig: head_steps > 0 needs a mean head (mean_weight > 0): without one the "
                              "energy head draws every step")
-        if self.solver not in ("euler", "heun"):
-            raise ValueError(f"GeneratorConfig: solver must be 'euler' or 'heun', got {self.solver!r}")
+        check_solver(self.solver, "GeneratorConfig: solver")
         if self.solver == "heun" and (self.kind != "flow" or self.mean_weight == 0):
             raise ValueError("GeneratorConfig: solver 'heun' needs a flow stage with a mean head (kind 'flow', "
                              "mean_weight > 0): it corrects the mean path")
@@ -262,6 +271,19 @@ class EnergyGenerator(nn.Module):
         return energy_score_loss(x1.float(), x2.float(), tokens.float(), self.config.alpha, self.config.tau, weight=masked)
 
     @torch.no_grad()
+    def solver(self, solver: str | None = None) -> str:
+        """A MAR stage has no flow path to correct: only "euler" (its own steps) or None."""
+        if solver not in (None, "euler"):
+            check_solver(solver)
+            raise ValueError(f"solver {solver!r}: the mar stages sample with their own steps; "
+                             "only flow stages with a mean head take 'heun'")
+        return "euler"
+
+    def passes(self, steps: int, temperature: float = 0.0, solver: str | None = None) -> int:
+        """Backbone passes per image (without CFG's doubling): one a step."""
+        self.solver(solver)
+        return steps
+
     def sample(
         self,
         noise: torch.Tensor,
@@ -271,6 +293,7 @@ class EnergyGenerator(nn.Module):
         cfg: float = 1.0,
         temperature: float = 1.0,
         context: torch.Tensor | None = None,
+        solver: str | None = None,
     ) -> torch.Tensor:
         """Generate tokens (B, N, D) in `steps` cosine steps over per-sample random `orders` (B, N).
 
@@ -278,6 +301,7 @@ class EnergyGenerator(nn.Module):
         sample depends only on its own noise, order and label. CFG mixes hidden states before the
         head, h = cfg_k h_c + (1 - cfg_k) h_u, with cfg_k ramped linearly in generated tokens (MAR).
         """
+        self.solver(solver)
         B, N = orders.shape
         if cfg != 1.0 and self.num_classes == 0:
             raise ValueError("cfg != 1 needs a class-conditional model; this one is unconditional")

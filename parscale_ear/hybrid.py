@@ -153,19 +153,12 @@ class CoarseFineHybrid(nn.Module):
     def passes(self, steps: tuple[int, ...], temperature: float = 0.0, solver: str | None = None) -> int:
         """Backbone passes per image for per-stage `steps` (without CFG's doubling): each stage's own count
         (a Heun flow stage adds its corrections), one a step otherwise."""
-        return sum(stage.passes(k, temperature, solver) if hasattr(stage, "passes") else k
-                   for stage, k in zip(self._solver_stages(solver), steps))
+        return sum(stage.passes(k, temperature, solver) for stage, k in zip(self.stages.values(), steps))
 
-    def _solver_stages(self, solver: str | None) -> list[nn.Module]:
-        """The stage modules in order, after checking that each can take `solver` (None: their own)."""
-        stages = list(self.stages.values())
-        for module in stages:
-            if hasattr(module, "solver"):
-                module.solver(solver)
-            elif solver not in (None, "euler"):
-                raise ValueError(f"solver {solver!r}: the {module.config.kind} stages sample with their own steps; "
-                                 "only flow stages with a mean head take 'heun'")
-        return stages
+    def check_solver(self, solver: str | None = None) -> None:
+        """A one-line ValueError unless every stage can sample with `solver` (None: each stage's own)."""
+        for stage in self.stages.values():
+            stage.solver(solver)
 
     def default_steps(self) -> tuple[int, ...]:
         """Steps per stage, matched to `stage_list`; a one-stage model without the coarse split
@@ -251,10 +244,10 @@ class CoarseFineHybrid(nn.Module):
             raise ValueError(f"steps: expected {len(self.stage_list)} value(s), one per stage "
                              f"{[s.name for s in self.stage_list]}, got {steps}")
         outputs, latents = {}, 0
-        extra = {} if solver is None else {"solver": solver}
-        for stage, k, module in zip(self.stage_list, steps, self._solver_stages(solver)):
+        self.check_solver(solver)  # before any stage runs
+        for stage, k in zip(self.stage_list, steps):
             context = self.context(outputs[stage.context]) if stage.context else None
-            outputs[stage.name] = module.sample(*noise[stage.name], labels, k, cfg, temperature, context,
-                                                **(extra if hasattr(module, "solver") else {}))
+            outputs[stage.name] = getattr(self, stage.name).sample(*noise[stage.name], labels, k, cfg, temperature, context,
+                                                                   solver=solver)
             latents = latents + self._latents_part(stage, outputs[stage.name] * self._std(stage))
         return latents

@@ -191,7 +191,7 @@ class ParScaleEAR(nn.Module):
         else:
             labels = self.default_labels(seeds)
         steps = self.resolve_steps(steps)
-        self.hybrid.passes(steps, temperature, solver)  # checks the solver before any work
+        self.hybrid.check_solver(solver)  # before any work
         starts = range(0, n, batch_size)
         if progress:
             from tqdm.auto import tqdm

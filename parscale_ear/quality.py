@@ -85,9 +85,7 @@ def passes_per_image(model: ParScaleEAR, schedule: Schedule) -> int:
     """Backbone passes per image (the P streams of a pass run together in it); CFG doubles each."""
     steps = model.resolve_steps(schedule.steps)
     guided = 2 if schedule.cfg != 1.0 else 1
-    if model.config.dit is not None:
-        return model.hybrid.passes(steps[-1]) * guided
-    return model.hybrid.passes(steps, schedule.temperature) * guided
+    return model.hybrid.passes(steps, schedule.temperature) * guided  # each stage's count (a Heun stage's corrections)
 
 
 def time_sampling(model: ParScaleEAR, schedule: Schedule, batch: int, runs: int = 50, bf16: bool = True,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..generator import check_solver
 from ..utils import check_int, check_real
 
 
@@ -33,8 +34,7 @@ class DiTConfig:
     def __post_init__(self):
         for name in ("num_layers", "heads", "head_dim", "patch_size", "steps"):
             check_int(getattr(self, name), f"DiTConfig.{name}")
-        if self.solver not in ("euler", "heun"):
-            raise ValueError(f"DiTConfig: solver must be 'euler' or 'heun', got {self.solver!r}")
+        check_solver(self.solver, "DiTConfig: solver")
         check_real(self.logit_normal_std, "DiTConfig.logit_normal_std", minimum=0.0, inclusive=False)
         check_real(self.time_shift, "DiTConfig.time_shift", minimum=0.0, inclusive=False)
 
@@ -129,7 +129,7 @@ class DiTBaseline(nn.Module):
                cfg: float = 1.0, temperature: float = 1.0, solver: str | None = None) -> torch.Tensor:
         """Latents (B, C, g, g) from x_1 = noise['dit'][0] in `steps[1]` solver steps (`solver`, default
         the config's); temperature scales x_1 (1 = the model's distribution)."""
-        heun = self._solver(solver) == "heun"
+        heun = self.check_solver(solver) == "heun"
         (x,) = noise["dit"]
         steps = (steps or self.default_steps())[-1]
         if cfg != 1.0 and self.num_classes == 0:
@@ -152,10 +152,8 @@ class DiTBaseline(nn.Module):
         """Network evaluations per image for `steps` solver steps (an int, or the per-stage tuple whose last
         entry is the DiT's), without CFG's doubling."""
         steps = steps[-1] if isinstance(steps, (tuple, list)) else steps
-        return steps if self._solver(solver) == "euler" else 2 * steps - 1
+        return steps if self.check_solver(solver) == "euler" else 2 * steps - 1
 
-    def _solver(self, solver: str | None) -> str:
-        solver = self.config.solver if solver is None else solver
-        if solver not in ("euler", "heun"):
-            raise ValueError(f"solver must be 'euler' or 'heun', got {solver!r}")
-        return solver
+    def check_solver(self, solver: str | None = None) -> str:
+        """The solver a call uses: `solver`, else the config's (checked)."""
+        return check_solver(self.config.solver if solver is None else solver)
