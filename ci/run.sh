@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Milestone validation: sanity (M2-1), latency (M2-2), fid_eval (M2-3), the DiT peer, ablation (M3-1), then the gates.
 #   bash ci/run.sh [--device cpu|cuda] [--quick] [--out DIR] [--ckpt RELEASE_OR_RUN] [--vae VAE_RUN]
+# No --device: cuda where torch sees a CUDA device (the full validation), else the quick CPU run (--device cpu --quick).
 # --device cpu --quick: the whole pipeline at tiny sizes, no gates on numbers (about 4 minutes on a 2-core CPU).
 # --device cuda: full sizes, each milestone gated on ci/gates.json; exits non-zero naming failed gates.
 #   Without --ckpt it scores the shipped default model (parscale_ear/weights/fmnist-32-vflow-s); without --vae the
@@ -12,7 +13,7 @@
 #   (~1 min) were not run in that lease: about 25 minutes in all. Each stage's seconds go to DIR/stage_seconds.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-device=cpu quick=0 out="" ckpt="" vae="" peer_minutes=()
+device="" quick=0 out="" ckpt="" vae="" peer_minutes=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --device) device=$2; shift 2 ;;
@@ -20,14 +21,18 @@ while [[ $# -gt 0 ]]; do
     --out) out=$2; shift 2 ;;
     --ckpt) ckpt=$2; shift 2 ;;
     --vae) vae=$2; shift 2 ;;
-    -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "ci/run.sh: unknown argument $1 (see bash ci/run.sh --help)" >&2; exit 2 ;;
   esac
 done
-[[ "$device" == cpu || "$device" == cuda ]] || { echo "ci/run.sh: --device must be cpu or cuda" >&2; exit 2; }
-out=${out:-results/ci-$device}
 py=${PYTHON:-python3}
 [[ -x .venv/bin/python && -z "${PYTHON:-}" ]] && py=.venv/bin/python
+if [[ -z "$device" ]]; then  # no --device: the GPU when there is one, else the quick CPU run
+  device=$("$py" -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
+  [[ $device == cpu && $quick == 0 ]] && { echo "ci/run.sh: no CUDA device, so the quick CPU run (--device cpu for full sizes)"; quick=1; }
+fi
+[[ "$device" == cpu || "$device" == cuda ]] || { echo "ci/run.sh: --device must be cpu or cuda" >&2; exit 2; }
+out=${out:-results/ci-$device}
 q=(); [[ $quick == 1 ]] && q=(--quick)
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
@@ -66,6 +71,7 @@ ablation=(--max-images 400)  # --quick: every variant, tiny
 [[ $quick == 0 && $device == cuda ]] && ablation+=(--jobs 2)
 echo "== M3-1 ablation"; timed ablation "$py" ci/ablation.py --device "$device" "${q[@]}" --out "$out" --vae "$vae" "${seeds[@]}" \
     "${ablation[@]}"
+stage_seconds+=("\"total\": $SECONDS")  # the whole run, set-up steps included
 (IFS=,; echo "{${stage_seconds[*]}}") > "$out/stage_seconds.json"
 echo "== gates"
 gates=(); [[ $quick == 1 || $device == cpu ]] && gates=(--no-gates)

@@ -144,7 +144,7 @@ def test_gates_read_the_seed_mean_and_report_the_peer(tmp_path, monkeypatch):
     rows = [{"variant": "full", "fid": 50.0, "fid_std": 1.0}, {"variant": "no_coarse", "fid": 49.0, "fid_std": 9.0},
             {"variant": "no_fine", "fid": 60.0, "fid_std": 1.0}]
     write("ablation.json", {"quick": False, "rows": rows})
-    write("stage_seconds.json", {"sanity": 7, "latency": 62, "fid_eval": 101})
+    write("stage_seconds.json", {"sanity": 7, "latency": 62, "fid_eval": 101, "total": 190})
     gates = {n: (ok, d) for n, ok, d in validate_results.evaluate_gates(tmp_path, _common_gates(), True)}
     assert gates["ablation.full_beats_no_coarse"][0] is False and gates["ablation.full_beats_no_fine"][0] is True
     assert gates["peer.fid"][0] is None and "13.500" in gates["peer.fid"][1] and "steps 8" in gates["peer.fid"][1]
@@ -159,6 +159,7 @@ def test_gates_read_the_seed_mean_and_report_the_peer(tmp_path, monkeypatch):
     report = (tmp_path / "report.md").read_text()
     assert "Peer (dit-s, 4.0 training minutes, not gated)" in report and "| steps 8 | 8 | 13.500 | 10000 |" in report
     assert "| latency | 62 |" in report and "| all timed stages | 170 |" in report  # ci/run.sh's stage durations
+    assert "| the whole run | 190 |" in report  # ci/run.sh's total, set-up included, not summed as a stage
 
 
 def _common_gates():
