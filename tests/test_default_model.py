@@ -24,7 +24,8 @@ def test_default_is_the_named_preset_at_its_measured_schedule(default):
     # everything but the VAE's latent scale, which training measured, matches the preset
     assert dataclasses.replace(shipped, vae=dataclasses.replace(shipped.vae, latent_scale=1.0)) == preset
     assert shipped.vae.latent_scale != 1.0
-    assert default.resolve_steps(None) == (4, 4) and shipped.cfg == 1.0 and shipped.temperature == 0.0
+    assert default.resolve_steps(None) == (3, 3) and shipped.cfg == 1.0 and shipped.temperature == 0.0
+    assert shipped.hybrid.coarse.solver == shipped.hybrid.fine.solver == "heun"  # 10 passes per image
     assert 6.0e6 < default.num_parameters()["generator"] < 6.6e6
 
 
@@ -55,6 +56,9 @@ def test_cli_samples_the_default_with_the_heun_solver(tmp_path, default):
     out = tmp_path / "heun.png"
     assert main(["sample", "--n", "2", "--steps", "2,2", "--solver", "heun", "--device", "cpu", "--out", str(out)]) == 0
     assert out.is_file() and out.stat().st_size > 200
+    euler = tmp_path / "euler.png"  # the default is Heun: the one-pass-a-step path stays one flag away
+    assert main(["sample", "--n", "2", "--steps", "2,2", "--solver", "euler", "--device", "cpu", "--out", str(euler)]) == 0
+    assert euler.is_file() and euler.read_bytes() != out.read_bytes()
     with pytest.raises(SystemExit):
         main(["sample", "--n", "2", "--solver", "rk4", "--out", str(tmp_path / "x.png")])
 
@@ -70,6 +74,7 @@ def test_results_table_describes_the_default_at_its_schedule(default):
     # the speed and FID published are those of the default's own sampling schedule
     assert tuple(res["steps"]) == default.resolve_steps(None)
     assert (res["cfg"], res["temperature"]) == (default.config.cfg, default.config.temperature)
+    assert res["solver"] == default.config.hybrid.coarse.solver == default.config.hybrid.fine.solver
     from parscale_ear.quality import Schedule, passes_per_image
 
     assert res["passes_per_image"] == passes_per_image(default, Schedule(tuple(res["steps"]), res["cfg"], res["temperature"]))
@@ -86,6 +91,7 @@ def test_lite_256_vflow_follows_the_shipped_design(default):
         assert {k: getattr(a, k) for k in design} == {k: getattr(b, k) for k in design}
     assert (big.hybrid.coarse_steps, big.hybrid.fine_steps, big.cfg, big.temperature) == \
            (ship.hybrid.coarse_steps, ship.hybrid.fine_steps, ship.cfg, ship.temperature)
+    assert [s.solver for s in (big.hybrid.coarse, big.hybrid.fine)] == [s.solver for s in (ship.hybrid.coarse, ship.hybrid.fine)]
     model = pe.create_model("lite-256-vflow").eval()
     assert 30e6 <= model.num_parameters()["generator"] <= 40e6
     assert model.hybrid.fine.num_tokens == 64 and model.hybrid.fine.token_dim == 128
