@@ -8,9 +8,8 @@
 #   peer and the ablation train on that model's own LiteVAE latents (a run folder made from its weights, no VAE
 #   training); the peer trains for the default's 8 generator minutes; the ablation trains 4 variants (full, no
 #   coarse, no fine, P=1) x 2 seeds x 1000 steps of the default's recipe, two runs at a time on the one GPU.
-#   Measured on one H200 (2026-12-02, results/2026-12-02-h200-seeds-ablation/): sanity 7 s, latency 62 s, fid_eval
-#   101 s, the ablation 13.2 min (sharing the GPU with another training run); the peer's 8 minutes plus its FIDs
-#   (~1 min) were not run in that lease: about 25 minutes in all. Each stage's seconds go to DIR/stage_seconds.json.
+#   Measured end to end on one H200 (2026-12-02, results/2026-12-02-h200-ci-run/): 20.4 minutes (sanity 8 s,
+#   latency 65 s, fid_eval 100 s, peer 546 s, ablation 493 s). Each stage's seconds go to DIR/stage_seconds.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 device="" quick=0 out="" ckpt="" vae="" peer_minutes=()
@@ -21,7 +20,7 @@ while [[ $# -gt 0 ]]; do
     --out) out=$2; shift 2 ;;
     --ckpt) ckpt=$2; shift 2 ;;
     --vae) vae=$2; shift 2 ;;
-    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "ci/run.sh: unknown argument $1 (see bash ci/run.sh --help)" >&2; exit 2 ;;
   esac
 done
