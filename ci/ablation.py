@@ -14,13 +14,12 @@ import _common
 
 from parscale_ear import evaluate, quality
 from parscale_ear import fid as fidlib
-from parscale_ear.utils import environment
 from parscale_ear.benchmark import profile_latency
+from parscale_ear.loading import load_checkpoint, load_pipeline, read_metrics
 from parscale_ear.pipeline import ParScaleEARConfig
 from parscale_ear.presets import apply_overrides
-from parscale_ear.loading import read_metrics
-from parscale_ear.train import TrainConfig, load_checkpoint, load_pipeline, train
-from parscale_ear.utils import line_plot
+from parscale_ear.train import TrainConfig, train
+from parscale_ear.utils import environment, line_plot
 
 VARIANTS = {  # name -> create_model shorthands (presets.apply_overrides)
     "full": {},
