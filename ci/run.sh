@@ -2,7 +2,7 @@
 # Milestone validation: sanity (M2-1), latency (M2-2), fid_eval (M2-3), the DiT peer, ablation (M3-1), then the gates.
 #   bash ci/run.sh [--device cpu|cuda] [--quick] [--out DIR] [--ckpt RELEASE_OR_RUN] [--vae VAE_RUN]
 # No --device: cuda where torch sees a CUDA device (the full validation), else the quick CPU run (--device cpu --quick).
-# --device cpu --quick: the whole pipeline at tiny sizes, no gates on numbers (about 4 minutes on a 2-core CPU).
+# --device cpu --quick: the whole pipeline at tiny sizes, no gates on numbers (4-6 minutes on a 2-core CPU).
 # --device cuda: full sizes, each milestone gated on ci/gates.json; exits non-zero naming failed gates.
 #   Without --ckpt it scores the shipped default model (parscale_ear/weights/fmnist-32-vflow-s); without --vae the
 #   peer and the ablation train on that model's own LiteVAE latents (a run folder made from its weights, no VAE
