@@ -27,7 +27,8 @@ done
 py=${PYTHON:-python3}
 [[ -x .venv/bin/python && -z "${PYTHON:-}" ]] && py=.venv/bin/python
 if [[ -z "$device" ]]; then  # no --device: the GPU when there is one, else the quick CPU run
-  device=$("$py" -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
+  device=$("$py" -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')" 2>/dev/null) \
+    || { echo "ci/run.sh: $py cannot import torch (run: bash setup_env.sh)" >&2; exit 2; }
   [[ $device == cpu && $quick == 0 ]] && { echo "ci/run.sh: no CUDA device, so the quick CPU run (--device cpu for full sizes)"; quick=1; }
 fi
 [[ "$device" == cpu || "$device" == cuda ]] || { echo "ci/run.sh: --device must be cpu or cuda" >&2; exit 2; }

@@ -1,4 +1,5 @@
 """Structure (issue 9): what each module imports and where each concept lives."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -76,6 +77,16 @@ def test_ci_run_sh_has_help():
     root = Path(__file__).resolve().parent.parent
     out = subprocess.run(["bash", str(root / "ci" / "run.sh"), "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--quick" in out.stdout and "--device" in out.stdout
+
+
+def test_ci_run_sh_without_device_needs_a_python_with_torch(tmp_path):
+    """No --device: ci/run.sh asks torch for a GPU first, and says so in one line when it cannot."""
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHON": "false"}
+    out = subprocess.run(["bash", str(root / "ci" / "run.sh"), "--out", str(tmp_path / "ci")], capture_output=True,
+                         text=True, env=env)
+    assert out.returncode == 2 and out.stderr.strip() == "ci/run.sh: false cannot import torch (run: bash setup_env.sh)"
+    assert not (tmp_path / "ci").exists()  # nothing ran
 
 
 @pytest.mark.parametrize("args", [["--help"], ["--version"], ["train", "--help"], ["sample", "--help"]])
