@@ -270,7 +270,6 @@ class EnergyGenerator(nn.Module):
         x1, x2 = self.head(h[None].expand(2, -1, -1, -1), noise)  # two independent samples
         return energy_score_loss(x1.float(), x2.float(), tokens.float(), self.config.alpha, self.config.tau, weight=masked)
 
-    @torch.no_grad()
     def solver(self, solver: str | None = None) -> str:
         """A MAR stage has no flow path to correct: only "euler" (its own steps) or None."""
         if solver not in (None, "euler"):
@@ -284,6 +283,7 @@ class EnergyGenerator(nn.Module):
         self.solver(solver)
         return steps
 
+    @torch.no_grad()
     def sample(
         self,
         noise: torch.Tensor,

@@ -152,6 +152,7 @@ def test_sample_fills_every_token_and_depends_on_noise():
     out = gen.sample(noise, orders, labels, steps=4, cfg=2.0, context=ctx)
     assert out.shape == (2, 16, 4) and torch.isfinite(out).all() and (out != 0).all()
     assert not torch.equal(out, gen.sample(noise.flip(0), orders, labels, steps=4, cfg=2.0, context=ctx))
+    assert not out.requires_grad  # sampling builds no autograd graph, called directly too
 
 
 def test_unconditional_model_rejects_cfg():
