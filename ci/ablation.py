@@ -60,18 +60,22 @@ def run(args) -> dict:
     v = base.vae
     ref, ref_source = evaluate.resolve_reference(args.ref, args.data, "train", v.image_size, v.in_channels, inception,
                                                  args.batch_size, limit=args.ref_limit)
-    rows, scored = [], {}
+    rows, scored, timed = [], {}, {}  # by run folder: a variant sharing another's runs reuses their model, FID, latency
     for name in args.variants:
         fids, train_rows = [], []
         for seed, run_dir in zip(args.seeds, run_dirs[name]):
-            model = load_pipeline(run_dir, device=dev)
             if run_dir not in scored:
-                scored[run_dir] = evaluate.evaluate_fid(model, ref, args.n, [args.cfg], inception, args.batch_size, seed=0)[0]["fid"]
-            fids.append(scored[run_dir])
+                model = load_pipeline(run_dir, device=dev)
+                scored[run_dir] = model, evaluate.evaluate_fid(model, ref, args.n, [args.cfg], inception, args.batch_size,
+                                                               seed=0)[0]["fid"]
+            model, fid = scored[run_dir]
+            fids.append(fid)
             train_rows.append(read_metrics(run_dir / "metrics.jsonl")[-1])
             print(f"{name:10s} seed {seed}  FID {fids[-1]:8.3f}", flush=True)
-        lat = [r for r in profile_latency(model, [args.latency_batch], runs=args.latency_runs, warmup=3, bf16=args.bf16)
-               if r["name"] == "end_to_end"][0]
+        if run_dir not in timed:
+            timed[run_dir] = [r for r in profile_latency(model, [args.latency_batch], runs=args.latency_runs, warmup=3,
+                                                         bf16=args.bf16) if r["name"] == "end_to_end"][0]
+        lat = timed[run_dir]
         spread = statistics.stdev(fids) if len(fids) > 1 else None
         rows.append({"variant": name, "mode": model.config.hybrid.mode, "streams": model.config.hybrid.fine.streams,
                      "generator_params": model.num_parameters()["generator"], "fid": statistics.fmean(fids),

@@ -356,6 +356,7 @@ def test_ablation_trains_each_distinct_variant_once_two_at_a_time(tmp_path, npz_
     assert sorted(p.name for p in runs.iterdir()) == ["full-s0", "no_fine-s0"]
     by = {r["variant"]: r for r in result["rows"]}
     assert by["P=2"]["fid_seeds"] == by["full"]["fid_seeds"] and by["P=2"]["streams"] == by["full"]["streams"] == 2
+    assert by["P=2"]["e2e_ms_per_image_p50"] == by["full"]["e2e_ms_per_image_p50"]  # timed once, not again
     assert by["no_fine"]["mode"] == "no_fine" and result["budget"]["jobs"] == 2
     assert result["reference"] == f"{npz_data}:train[:16]"
     here = tmp_path / "here"  # the same run ("full": the VAE run's design unchanged) trained in this process
