@@ -10,7 +10,7 @@ import torch
 import parscale_ear as pe
 from parscale_ear.utils import environment
 from parscale_ear.benchmark import markdown_table, profile_latency
-from parscale_ear.generator import SOLVERS
+from parscale_ear.solvers import SOLVERS
 from parscale_ear.loading import load_pipeline
 from parscale_ear.utils import line_plot
 
@@ -50,6 +50,9 @@ if __name__ == "__main__":
     p.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's)")
     p.add_argument("--temperature", type=float, default=None, help="(default: the model's)")
     p.add_argument("--solver", choices=SOLVERS, default=None, help="flow solver (default: the model's)")
+    p.add_argument("--dit-xl", action="store_true",
+                   help="also time DiT-XL/2 (250 guided steps + SD-VAE-sized decoder, bf16, CUDA graphs) at each batch size")
+    p.add_argument("--dit-xl-runs", type=int, default=3, help="whole DiT-XL/2 runs timed per batch size")
     args = p.parse_args()
     steps = None if args.steps is None else tuple(int(x) for x in args.steps.split(","))
     steps = steps[0] if steps is not None and len(steps) == 1 else steps
@@ -61,7 +64,22 @@ if __name__ == "__main__":
                      args.solver)
     except ValueError as e:  # a schedule the model cannot run (steps, cfg, solver): one line
         raise SystemExit(f"ci/latency.py: {e}") from None
+    if args.dit_xl:  # the reference, side by side in the same run
+        from parscale_ear.benchmark import time_dit_xl
+
+        dev = _common.device(args.device)
+        result["dit_xl"] = [time_dit_xl(b, dev, runs=args.dit_xl_runs) for b in args.batch_sizes]
+        ours = {r["batch"]: r for r in result["rows"] if r["name"] == "end_to_end"}
+        for r in result["dit_xl"]:
+            r["ours_ms_per_image_p99"] = ours[r["batch"]]["ms_per_image_p99"]
+            r["speedup_p99"] = round(r["ms_per_image_p99"] / ours[r["batch"]]["ms_per_image_p99"], 1)
+            print(f"{r['name']:40s} batch {r['batch']:4d}  P50 {r['ms_per_image_p50']:.3f}  P99 {r['ms_per_image_p99']:.3f} "
+                  f"ms/image  ({r['speedup_p99']}x ours at P99)", flush=True)
     table = markdown_table(result["rows"])
+    if result.get("dit_xl"):
+        table += ("\n| reference | batch | ms/image P50 | P99 | ours P99 | speed-up at P99 |\n| --- | --- | --- | --- | --- | --- |\n"
+                  + "".join(f"| {r['name']} | {r['batch']} | {r['ms_per_image_p50']:.3f} | {r['ms_per_image_p99']:.3f} | "
+                            f"{r['ours_ms_per_image_p99']:.4f} | {r['speedup_p99']}x |\n" for r in result["dit_xl"]))
     print(table)
     _common.write(args.out, "latency.json", result)
     s = result["settings"]

@@ -15,17 +15,8 @@ from torch import nn
 
 from .layers import TransformerBlock, modulate, prepend_stream_prefixes, stream_parts
 from .losses import energy_score_loss
+from .solvers import SOLVERS, check_solver  # noqa: F401  (SOLVERS re-exported)
 from .utils import check_int, check_real
-
-
-SOLVERS = ("euler", "heun")  # flow solvers: one pass a step, or a second pass correcting each step but the last
-
-
-def check_solver(solver: str, name: str = "solver") -> str:
-    """`solver` if it is one of SOLVERS, else a one-line ValueError naming `name`."""
-    if solver not in SOLVERS:
-        raise ValueError(f"{name} must be 'euler' or 'heun', got {solver!r}")
-    return solver
 
 
 @dataclass
@@ -83,6 +74,10 @@ class GeneratorConfig:
     # pass at the step's end corrects it, the trapezoid of the two velocities, on every step but the last
     # and the steps whose x0 the energy head draws: 2 steps - 1 passes at temperature 0)
     solver: str = "euler"
+    # kind "flow" with a mean head, training: "flow" (the mean learns by the velocity MSE, the residual path by the
+    # energy score around the detached mean) or "energy" (the energy score of the drawn x0 = mean + residual trains
+    # the whole stage, every gradient kept; mean_weight then weights an optional velocity MSE beside it)
+    objective: str = "flow"
 
     def __post_init__(self):
         if self.kind not in ("mar", "flow"):
@@ -94,29 +89,34 @@ class GeneratorConfig:
             raise ValueError(f"GeneratorConfig: noise_blocks {self.noise_blocks} exceeds depth {self.depth}")
         check_real(self.global_weight, "GeneratorConfig.global_weight", minimum=0.0)
         check_real(self.mean_weight, "GeneratorConfig.mean_weight", minimum=0.0)
-        if self.mean_weight > 0 and self.backbone_noise:
+        if self.objective not in ("flow", "energy"):
+            raise ValueError(f"GeneratorConfig: objective must be 'flow' or 'energy', got {self.objective!r}")
+        if self.objective == "energy" and (self.kind != "flow" or self.backbone_noise):
+            raise ValueError("GeneratorConfig: objective 'energy' needs kind 'flow' with backbone_noise False "
+                             "(a mean head; the noise enters the residual path)")
+        if self.has_mean_head and self.backbone_noise:
             raise ValueError("GeneratorConfig: mean_weight > 0 needs backbone_noise False (the mean must not depend on the noise)")
         if self.mean_param not in ("x0", "v"):
             raise ValueError(f"GeneratorConfig: mean_param must be 'x0' or 'v', got {self.mean_param!r}")
-        if self.mean_param == "v" and self.mean_weight == 0:
+        if self.mean_param == "v" and not self.has_mean_head:
             raise ValueError("GeneratorConfig: mean_param 'v' needs a mean head (mean_weight > 0)")
         check_int(self.residual_blocks, "GeneratorConfig.residual_blocks", minimum=0)
-        if self.residual_blocks and self.mean_weight == 0:
+        if self.residual_blocks and not self.has_mean_head:
             raise ValueError("GeneratorConfig: residual_blocks > 0 needs a mean head (mean_weight > 0)")
         if not 0 <= self.residual_grad <= 1:
             raise ValueError(f"GeneratorConfig: residual_grad must be in [0, 1], got {self.residual_grad}")
-        if self.residual_grad < 1 and self.mean_weight == 0:
+        if self.residual_grad < 1 and not self.has_mean_head:
             raise ValueError("GeneratorConfig: residual_grad < 1 needs a mean head (mean_weight > 0), "
                              "or the backbone would get no gradient")
         if self.time_dist not in ("uniform", "logit_normal"):
             raise ValueError(f"GeneratorConfig: time_dist must be 'uniform' or 'logit_normal', got {self.time_dist!r}")
         check_real(self.time_shift, "GeneratorConfig.time_shift", minimum=0.0, inclusive=False)
         check_int(self.head_steps, "GeneratorConfig.head_steps", minimum=0)
-        if self.head_steps and self.mean_weight == 0:
+        if self.head_steps and not self.has_mean_head:
             raise ValueError("GeneratorConfig: head_steps > 0 needs a mean head (mean_weight > 0): without one the "
                              "energy head draws every step")
         check_solver(self.solver, "GeneratorConfig: solver")
-        if self.solver == "heun" and (self.kind != "flow" or self.mean_weight == 0):
+        if self.solver == "heun" and (self.kind != "flow" or not self.has_mean_head):
             raise ValueError("GeneratorConfig: solver 'heun' needs a flow stage with a mean head (kind 'flow', "
                              "mean_weight > 0): it corrects the mean path")
         if not 0 <= self.one_step_prob <= 1:
@@ -133,6 +133,11 @@ class GeneratorConfig:
             raise ValueError(f"GeneratorConfig: tau must be in [0, 1], got {self.tau}")
         if not 0 < self.mask_ratio_min <= 1:
             raise ValueError(f"GeneratorConfig: mask_ratio_min must be in (0, 1], got {self.mask_ratio_min}")
+
+    @property
+    def has_mean_head(self) -> bool:
+        """A flow stage with a mean head: trained by its MSE (mean_weight > 0) or by the energy objective."""
+        return self.kind == "flow" and (self.mean_weight > 0 or self.objective == "energy")
 
 
 def unmask_schedule(num_tokens: int, steps: int) -> list[int]:

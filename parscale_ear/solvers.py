@@ -1,0 +1,29 @@
+"""Time grids and solver bookkeeping shared by every flow-type sampler (our stages and the peers).
+
+Rectified flow x_t = (1 - t) x0 + t eps runs from t = 1 (noise) to t = 0 (data) (Liu et al. 2022).
+A step from t to t' either follows one velocity (Euler: one network pass) or averages the velocities
+at both ends (Heun: a second pass at t', skipped on the step that lands on t' = 0).
+"""
+from __future__ import annotations
+
+SOLVERS = ("euler", "heun")
+
+
+def check_solver(solver: str, name: str = "solver") -> str:
+    """`solver` if it is one of SOLVERS, else a one-line ValueError naming `name`."""
+    if solver not in SOLVERS:
+        raise ValueError(f"{name} must be 'euler' or 'heun', got {solver!r}")
+    return solver
+
+
+def time_grid(steps: int, shift: float = 1.0) -> list[float]:
+    """steps + 1 times from 1 down to 0; shift > 1 spends more steps at high noise (SD3's shift)."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    ts = [1.0 - k / steps for k in range(steps + 1)]
+    return [shift * t / (1 + (shift - 1) * t) for t in ts]
+
+
+def solver_passes(steps: int, solver: str) -> int:
+    """Network passes of `steps` solver steps: one a step (Euler), two a step but the last (Heun)."""
+    return steps if check_solver(solver) == "euler" else 2 * steps - 1
