@@ -31,3 +31,18 @@ def v_stage(**kw) -> dict:
     return dict(kind="flow", width=32, depth=1, heads=2, streams=2, prefix_len=2, head_width=32, head_depth=1,
                 noise_dim=8, max_steps=4, backbone_noise=False, mean_weight=1.0, mean_param="v", samples=3,
                 time_dist="logit_normal", **kw)
+
+
+def interrupt_after(monkeypatch, calls: int):
+    """Make a training run die (as if killed) inside its step `calls + 1`, after the checkpoint at `calls`."""
+    from parscale_ear import train as train_mod
+
+    real, count = train_mod.ema_update, {"n": 0}
+
+    def dying(*a, **k):
+        count["n"] += 1
+        if count["n"] > calls:
+            raise KeyboardInterrupt("killed")
+        return real(*a, **k)
+
+    monkeypatch.setattr(train_mod, "ema_update", dying)

@@ -14,7 +14,7 @@ from parscale_ear.loading import read_metrics
 from parscale_ear.train import TrainConfig, load_checkpoint, load_pipeline, train
 from parscale_ear.utils import atomic_path
 
-from helpers import StandIn
+from helpers import StandIn, interrupt_after
 
 
 @pytest.fixture(scope="module")
@@ -36,19 +36,6 @@ def cfg(kind, data, vae_run="", steps=6):
 
 def losses(run: Path) -> list[dict]:
     return [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
-
-
-def interrupt_after(monkeypatch, calls: int):
-    """Make the run die (as if killed) inside its step `calls + 1`, after the checkpoint at `calls`."""
-    real, count = train_mod.ema_update, {"n": 0}
-
-    def dying(*a, **k):
-        count["n"] += 1
-        if count["n"] > calls:
-            raise KeyboardInterrupt("killed")
-        return real(*a, **k)
-
-    monkeypatch.setattr(train_mod, "ema_update", dying)
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,15 @@
-"""The DiT peer: diffusers' `DiTTransformer2DModel` (Peebles & Xie, ICCV 2023) trained with rectified
-flow (Liu et al. 2022; logit-normal times as in SD3, Esser et al. 2024) on the LiteVAE's latents, and
-sampled with Euler or Heun steps and classifier-free guidance.
+"""The DiT peers: diffusers' `DiTTransformer2DModel` (Peebles & Xie, ICCV 2023) on the LiteVAE's latents,
+trained with one of two objectives and sampled with the matching few-step sampler:
 
-It stands where the coarse/fine hybrid stands in `ParScaleEAR` (same `loss`, `sample`, `stages`,
+- "flow": rectified flow (Liu et al. 2022; logit-normal times as in SD3, Esser et al. 2024), the network
+  predicts v = eps - x0; Euler or Heun steps (`solvers.py`), classifier-free guidance.
+- "meanflow": MeanFlow (Geng, Deng, Bai, Kolter, He 2025, arXiv 2505.13447), the network predicts the
+  average velocity u(z_t, r, t) over [r, t], trained from the MeanFlow identity u = v - (t - r) du/dt with
+  one JVP (`torch.func.jvp`) and the paper's adaptive loss weight; one pass a step, z_r = z_t - (t - r) u.
+  Each block's conditioning embeds t as DiT does plus t - r through a second, zero-initialised timestep
+  embedder (`_TwoTimeEmbedding`), so at initialisation the network is the flow peer's.
+
+A peer stands where the coarse/fine hybrid stands in `ParScaleEAR` (same `loss`, `sample`, `stages`,
 `fit_token_scales`), so training, EMA, resume, DDP, per-image seeds, decoding and FID are shared.
 Needs the optional `diffusers` package (`pip install 'parscale-ear[baselines]'`).
 """
@@ -13,8 +20,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..generator import check_solver
+from ..solvers import check_solver, solver_passes, time_grid
 from ..utils import check_int, check_real
+
+OBJECTIVES = ("flow", "meanflow")
 
 
 @dataclass
@@ -25,36 +34,75 @@ class DiTConfig:
     heads: int = 6
     head_dim: int = 64
     patch_size: int = 2
+    objective: str = "flow"  # "flow" (rectified flow, v) or "meanflow" (average velocity u(z, r, t))
     steps: int = 8  # default sampling steps
-    solver: str = "euler"  # "euler" (1 pass a step) or "heun" (2 passes a step, 1 on the last)
-    logit_normal_mean: float = 0.0  # training t = sigmoid(N(mean, std)) (SD3)
+    solver: str = "euler"  # flow: "euler" (1 pass a step) or "heun" (2 passes a step, 1 on the last)
+    logit_normal_mean: float = 0.0  # training t = sigmoid(N(mean, std)) (SD3); MeanFlow draws r and t this way
     logit_normal_std: float = 1.0
     time_shift: float = 1.0  # sampling grid shift (> 1: more steps at high noise)
+    # meanflow only (the paper's ImageNet ablation winners): share of training pairs with r != t (the rest
+    # are plain flow matching, r = t), and the adaptive weight 1 / (||err||^2 + loss_eps)^loss_power
+    meanflow_ratio: float = 0.25
+    loss_power: float = 1.0
+    loss_eps: float = 1e-3
 
     def __post_init__(self):
         for name in ("num_layers", "heads", "head_dim", "patch_size", "steps"):
             check_int(getattr(self, name), f"DiTConfig.{name}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"DiTConfig: objective must be one of {OBJECTIVES}, got {self.objective!r}")
         check_solver(self.solver, "DiTConfig: solver")
+        if self.objective == "meanflow" and self.solver != "euler":
+            raise ValueError("DiTConfig: a meanflow peer samples with its own one-pass steps; solver must be 'euler'")
         check_real(self.logit_normal_std, "DiTConfig.logit_normal_std", minimum=0.0, inclusive=False)
         check_real(self.time_shift, "DiTConfig.time_shift", minimum=0.0, inclusive=False)
+        if not 0 <= self.meanflow_ratio <= 1:
+            raise ValueError(f"DiTConfig: meanflow_ratio must be in [0, 1], got {self.meanflow_ratio}")
+        check_real(self.loss_power, "DiTConfig.loss_power", minimum=0.0)
+        check_real(self.loss_eps, "DiTConfig.loss_eps", minimum=0.0, inclusive=False)
 
 
 PEERS = {  # DiT sizes (Peebles & Xie, Table 1); the latent and patch 2 follow the VAE
     "dit-s": DiTConfig(num_layers=12, heads=6, head_dim=64),
     "dit-b": DiTConfig(num_layers=12, heads=12, head_dim=64),
+    # MeanFlow's ImageNet recipe: (r, t) from logit-normal(-0.4, 1), 25% of pairs with r != t, p = 1
+    "meanflow-s": DiTConfig(num_layers=12, heads=6, head_dim=64, objective="meanflow", steps=1, logit_normal_mean=-0.4),
 }
 
 
-def _diffusers_dit():
+def _diffusers():
     try:
-        from diffusers import DiTTransformer2DModel
+        import diffusers  # noqa: F401
     except ImportError:
-        raise ImportError("the DiT peer needs diffusers: pip install 'parscale-ear[baselines]'") from None
-    return DiTTransformer2DModel
+        raise ImportError("the DiT peers need diffusers: pip install 'parscale-ear[baselines]'") from None
+    from diffusers import DiTTransformer2DModel
+    from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+
+    return DiTTransformer2DModel, TimestepEmbedding, Timesteps
+
+
+class _TwoTimeEmbedding(nn.Module):
+    """A DiT block's conditioning for MeanFlow: diffusers' timestep + label embedding of t (`base`) plus an
+    embedding of the interval t - r. `timestep` is (B, 2): 1000 t and 1000 (t - r)."""
+
+    def __init__(self, base: nn.Module, width: int):
+        super().__init__()
+        _, TimestepEmbedding, Timesteps = _diffusers()
+        self.base = base
+        self.interval_proj = Timesteps(num_channels=256, flip_sin_to_cos=True, downscale_freq_shift=1)
+        self.interval_embedder = TimestepEmbedding(in_channels=256, time_embed_dim=width)
+        nn.init.zeros_(self.interval_embedder.linear_2.weight)  # starts as the flow peer's conditioning
+        nn.init.zeros_(self.interval_embedder.linear_2.bias)
+
+    def forward(self, timestep: torch.Tensor, class_labels: torch.Tensor, hidden_dtype=None) -> torch.Tensor:
+        t, interval = timestep.unbind(-1)
+        extra = self.interval_embedder(self.interval_proj(interval).to(dtype=hidden_dtype))
+        return self.base(t, class_labels, hidden_dtype=hidden_dtype) + extra
 
 
 class DiTBaseline(nn.Module):
-    """Rectified flow x_t = (1 - t) x0 + t eps with a DiT predicting v = eps - x0; one stage named 'dit'."""
+    """x_t = (1 - t) x0 + t eps with a DiT predicting v = eps - x0 (flow) or u(x_t, r, t) (meanflow); one
+    stage named 'dit'."""
 
     def __init__(self, config: DiTConfig, latent_shape: tuple[int, int, int], num_classes: int):
         super().__init__()
@@ -63,13 +111,18 @@ class DiTBaseline(nn.Module):
         if g % config.patch_size:
             raise ValueError(f"DiTBaseline: latent grid {g} is not divisible by patch_size {config.patch_size}")
         self.latent_shape, self.num_classes = (C, g, g), num_classes
+        DiTTransformer2DModel, _, _ = _diffusers()
         # num_embeds_ada_norm = classes; diffusers adds the null class (index num_classes) and drops
         # labels with probability 0.1 in training mode, as DiT does for CFG.
-        self.dit = _diffusers_dit()(
+        self.dit = DiTTransformer2DModel(
             num_attention_heads=config.heads, attention_head_dim=config.head_dim, in_channels=C, out_channels=C,
             num_layers=config.num_layers, sample_size=g, patch_size=config.patch_size,
             num_embeds_ada_norm=max(1, num_classes),
         )
+        if config.objective == "meanflow":
+            width = config.heads * config.head_dim
+            for block in self.dit.transformer_blocks:
+                block.norm1.emb = _TwoTimeEmbedding(block.norm1.emb, width)
         self.register_buffer("latent_std", torch.ones(()))
         self.num_tokens = (g // config.patch_size) ** 2
 
@@ -95,53 +148,90 @@ class DiTBaseline(nn.Module):
     def draw_batch(self, batch: int, device, dtype, generator: torch.Generator | None = None) -> tuple[torch.Tensor]:
         return (torch.randn(batch, *self.latent_shape, generator=generator, device=device, dtype=dtype),)
 
-    def velocity(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """v (B, C, g, g) at x_t (B, C, g, g), t (B,) in [0, 1]; DiT's timestep embedding sees 1000 t."""
-        return self.dit(x, timestep=t * 1000.0, class_labels=labels, return_dict=False)[0]
+    def velocity(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, r: torch.Tensor | None = None) -> torch.Tensor:
+        """The network at x_t (B, C, g, g), t (B,) in [0, 1]: v (flow), or u over [r, t] (meanflow; r (B,),
+        default r = t, the instantaneous velocity). DiT's timestep embedding sees 1000 t."""
+        timestep = t * 1000.0
+        if self.config.objective == "meanflow":
+            timestep = torch.stack([timestep, (t - (t if r is None else r)) * 1000.0], dim=-1)
+        return self.dit(x, timestep=timestep, class_labels=labels, return_dict=False)[0]
 
     def _labels(self, labels: torch.Tensor | None, batch: int, device) -> torch.Tensor:
         if labels is None or self.num_classes == 0:
             return torch.full((batch,), self.num_classes if self.num_classes else 0, dtype=torch.long, device=device)
         return labels
 
+    def _times(self, batch: int, device) -> torch.Tensor:
+        c = self.config
+        return torch.sigmoid(c.logit_normal_mean + c.logit_normal_std * torch.randn(batch, device=device))
+
     def loss(self, latents: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         x0 = latents / self.latent_std
         B = x0.shape[0]
         c = self.config
-        t = torch.sigmoid(c.logit_normal_mean + c.logit_normal_std * torch.randn(B, device=x0.device))
+        labels = self._labels(labels, B, x0.device)
+        t = self._times(B, x0.device)
+        if c.objective == "meanflow":  # (r, t): two draws, t the larger; r = t (flow matching) but for a share
+            s = self._times(B, x0.device)
+            t, r = torch.maximum(t, s), torch.minimum(t, s)
+            r = torch.where(torch.rand_like(t) < c.meanflow_ratio, r, t)
         eps = torch.randn_like(x0)
         x_t = (1 - t.view(-1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1) * eps
-        v = self.velocity(x_t, t, self._labels(labels, B, x0.device))
-        loss = (v.float() - (eps - x0).float()).pow(2).mean()
+        v = eps - x0
+        if c.objective == "meanflow":
+            loss, mse = self._meanflow_loss(x_t, v, t, r, labels)
+            return {"dit": loss, "loss": loss, "mse": mse}
+        loss = (self.velocity(x_t, t, labels).float() - v.float()).pow(2).mean()
         return {"dit": loss, "loss": loss}
 
-    def _guided(self, x, t, labels, cfg):
+    def _meanflow_loss(self, x_t: torch.Tensor, v: torch.Tensor, t: torch.Tensor, r: torch.Tensor,
+                       labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """MeanFlow's loss: ||u(x_t, r, t) - sg(v - (t - r) du/dt)||^2 with du/dt = v . d_x u + d_t u (one JVP
+        along (v, 0, 1)), each example weighted by sg(1 / (||err||^2 + eps)^p); and, to log, the unweighted
+        error per latent element."""
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        c = self.config
+
+        def u(x, tt, rr):
+            return self.velocity(x, tt, labels, rr)
+
+        with sdpa_kernel(SDPBackend.MATH):  # the fused attention kernels have no forward-mode derivative
+            out, dudt = torch.func.jvp(u, (x_t, t, r), (v, torch.ones_like(t), torch.zeros_like(r)))
+        target = (v - (t - r).view(-1, 1, 1, 1) * dudt).detach()
+        err = (out.float() - target.float()).pow(2).flatten(1).sum(1)  # (B,)
+        weight = (err.detach() + c.loss_eps).pow(-c.loss_power)
+        return (weight * err).mean(), err.detach().mean() / out[0].numel()
+
+    def _guided(self, x, t, labels, cfg, r=None):
         B = x.shape[0]
         tt = torch.full((B,), t, device=x.device, dtype=x.dtype)
+        extra = () if r is None else (torch.full((B,), r, device=x.device, dtype=x.dtype),)  # meanflow's r
         if cfg == 1.0:
-            return self.velocity(x, tt, labels)
+            return self.velocity(x, tt, labels, *extra)
         null = torch.full_like(labels, self.num_classes)
-        v_c, v_u = self.velocity(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([labels, null])).chunk(2)
+        v_c, v_u = self.velocity(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([labels, null]),
+                                 *(torch.cat([a, a]) for a in extra)).chunk(2)
         return v_u + cfg * (v_c - v_u)
 
     @torch.no_grad()
     def sample(self, noise: dict, labels: torch.Tensor | None = None, steps: tuple[int, int] | None = None,
                cfg: float = 1.0, temperature: float = 1.0, solver: str | None = None) -> torch.Tensor:
-        """Latents (B, C, g, g) from x_1 = noise['dit'][0] in `steps[1]` solver steps (`solver`, default
-        the config's); temperature scales x_1 (1 = the model's distribution)."""
+        """Latents (B, C, g, g) from x_1 = noise['dit'][0] in `steps[-1]` steps: Euler or Heun steps of the
+        flow (`solver`, default the config's), or MeanFlow's z_r = z_t - (t - r) u(z_t, r, t);
+        temperature scales x_1 (1 = the model's distribution)."""
         heun = self.check_solver(solver) == "heun"
         (x,) = noise["dit"]
         steps = (steps or self.default_steps())[-1]
         if cfg != 1.0 and self.num_classes == 0:
             raise ValueError("cfg != 1 needs a class-conditional model; this one is unconditional")
         labels = self._labels(labels, x.shape[0], x.device)
-        from ..energy_flow import time_grid
-
+        meanflow = self.config.objective == "meanflow"
         times = time_grid(steps, self.config.time_shift)
         x = x * temperature
         for k in range(steps):
             t, t_next = times[k], times[k + 1]
-            v = self._guided(x, t, labels, cfg)
+            v = self._guided(x, t, labels, cfg, t_next if meanflow else None)
             if heun and t_next > 0:
                 x_pred = x + (t_next - t) * v
                 v = 0.5 * (v + self._guided(x_pred, t_next, labels, cfg))
@@ -152,8 +242,11 @@ class DiTBaseline(nn.Module):
         """Network evaluations per image for `steps` solver steps (an int, or the per-stage tuple whose last
         entry is the DiT's), without CFG's doubling."""
         steps = steps[-1] if isinstance(steps, (tuple, list)) else steps
-        return steps if self.check_solver(solver) == "euler" else 2 * steps - 1
+        return solver_passes(steps, self.check_solver(solver))
 
     def check_solver(self, solver: str | None = None) -> str:
-        """The solver a call uses: `solver`, else the config's (checked)."""
-        return check_solver(self.config.solver if solver is None else solver)
+        """The solver a call uses: `solver`, else the config's (checked; a meanflow peer has only its own)."""
+        solver = check_solver(self.config.solver if solver is None else solver)
+        if self.config.objective == "meanflow" and solver != "euler":
+            raise ValueError(f"solver {solver!r}: a meanflow peer samples with its own one-pass steps (solver 'euler')")
+        return solver
