@@ -107,8 +107,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["full", "no_coarse", "no_fine"], default=None, help="hybrid mode (ablations)")
     p.add_argument("--streams", type=int, default=None, help="ParScale streams P of every stage")
     p.add_argument("--preset", default=None, help="generator design from this preset (default: the VAE run's)")
-    p.add_argument("--peer", choices=["dit-s", "dit-b"], default=None,
-                   help="train the DiT peer (diffusers, rectified flow) instead of ParScale-EAR")
+    p.add_argument("--peer", choices=["dit-s", "dit-b", "meanflow-s"], default=None,
+                   help="train a peer instead of ParScale-EAR: the DiT flow peer (dit-s, dit-b: diffusers, rectified "
+                        "flow) or the one-step MeanFlow peer on the same DiT-S/2 (meanflow-s)")
+    p.add_argument("--init", default=None,
+                   help="start from this release or run folder's generator weights ('default': the embedded model)")
+    p.add_argument("--teacher", default=None,
+                   help="train on a teacher's pairs (its noise -> its sample) instead of the data: a release or run "
+                        "folder ('default': the embedded model); needs --pairs")
+    p.add_argument("--pairs", type=int, default=0, help="with --teacher: how many teacher pairs to draw")
+    p.add_argument("--teacher-steps", type=_steps, default=None, help="with --teacher: its steps, N or COARSE,FINE "
+                                                                      "(default: the teacher's own)")
+    p.add_argument("--teacher-solver", choices=("euler", "heun"), default=None, help="with --teacher: its solver "
+                                                                                      "(default: the teacher's own)")
     _train_args(p, lr=8e-4, batch=1024, ema=0.999)  # the README recipe (the shipped default's)
 
     p = sub.add_parser("sample", help="generate images from a run or release folder")
@@ -167,7 +178,13 @@ def _train(args, kind: str) -> int:
                 base = recipe_config(recipe, base)
             model_config = apply_overrides(base, **{**overrides, **shorthand})
         data = args.data or vae_ckpt["train"]["data"]
-    cfg = TrainConfig(kind=kind, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
+    extra = {}
+    if kind == "generator":
+        teacher_steps = args.teacher_steps
+        extra = dict(init=args.init or "", teacher=args.teacher or "", pairs=args.pairs, teacher_solver=args.teacher_solver or "",
+                     teacher_steps=[] if teacher_steps is None else list(teacher_steps if isinstance(teacher_steps, tuple)
+                                                                             else (teacher_steps,)))
+    cfg = TrainConfig(**extra, kind=kind, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
                       ema_decay=args.ema_decay, seed=args.seed, log_every=args.log_every, sample_every=args.sample_every,
                       ckpt_every=args.ckpt_every, bf16=not args.no_bf16, compile=args.compile, max_minutes=args.max_minutes,
                       fit_steps_to_budget=args.fit_to_budget,

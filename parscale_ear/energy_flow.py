@@ -19,19 +19,12 @@ import math
 import torch
 from torch import nn
 
-from .generator import EnergyHead, GeneratorConfig, check_solver
+from .generator import EnergyHead, GeneratorConfig
 from .layers import AdaLNBlock, modulate, prepend_stream_prefixes, stream_parts, timestep_embedding
 from .losses import energy_score_samples
+from .solvers import check_solver, time_grid
 
 TIME_DIM = 256  # sinusoidal features of t
-
-
-def time_grid(steps: int, shift: float = 1.0) -> list[float]:
-    """steps + 1 times from 1 down to 0; shift > 1 spends more steps at high noise (SD3's shift)."""
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    ts = [1.0 - k / steps for k in range(steps + 1)]
-    return [shift * t / (1 + (shift - 1) * t) for t in ts]
 
 
 def _scale_grad(x: torch.Tensor, weight: float) -> torch.Tensor:
@@ -66,7 +59,7 @@ class EnergyFlowGenerator(nn.Module):
         nn.init.zeros_(self.ada_out.bias)
         self.head = EnergyHead(d, token_dim, cfg.head_width, cfg.head_depth, cfg.noise_dim)
         self.mean_out = None
-        if cfg.mean_weight > 0:  # DiT-style zero-initialised output layer for the conditional mean (x0 or v)
+        if cfg.has_mean_head:  # DiT-style zero-initialised output layer for the conditional mean (x0 or v)
             self.mean_out = nn.Linear(d, token_dim)
             nn.init.zeros_(self.mean_out.weight)
             nn.init.zeros_(self.mean_out.bias)
@@ -154,8 +147,13 @@ class EnergyFlowGenerator(nn.Module):
             t = torch.rand(batch, device=device)
         return torch.where(torch.rand(batch, device=device) < self.config.one_step_prob, torch.ones_like(t), t)
 
-    def loss(self, tokens: torch.Tensor, labels: torch.Tensor | None = None, context: torch.Tensor | None = None) -> torch.Tensor:
-        """Energy score of m samples of x0 given x_t, per token plus over the whole stage; global RNG."""
+    def loss(self, tokens: torch.Tensor, labels: torch.Tensor | None = None, context: torch.Tensor | None = None,
+             noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Energy score of m samples of x0 given x_t, per token plus over the whole stage; global RNG.
+
+        tokens (B, N, D) are the targets x0; `noise` (B, N, D), when given, is the x_1 paired with each target
+        (a teacher's coupling: x_t lies on the line from that noise to the teacher's sample), else fresh noise
+        (the data's coupling)."""
         B, N, D = tokens.shape
         c = self.config
         device = tokens.device
@@ -165,7 +163,7 @@ class EnergyFlowGenerator(nn.Module):
             drop = torch.rand(B, device=device) < c.class_dropout
             labels = torch.where(drop, torch.full_like(labels, self.null_class), labels)
         t = self._times(B, device)
-        eps = torch.randn_like(tokens)
+        eps = torch.randn_like(tokens) if noise is None else noise.to(tokens.dtype)
         x_t = (1 - t[:, None, None]) * tokens + t[:, None, None] * eps
         m = c.samples
         xi = torch.rand(m * B, N, c.noise_dim, device=device) - 0.5
@@ -177,21 +175,24 @@ class EnergyFlowGenerator(nn.Module):
         else:  # one backbone pass; the residual path draws the m samples
             h = self.hidden(x_t, t, None, labels, context)  # (B, N, d)
             cond = self.condition(t, labels, h.dtype)
-            w = c.residual_grad  # the share of the score's gradient that reaches the backbone (checked: < 1 needs a mean head)
+            # the share of the score's gradient that reaches the backbone (checked: < 1 needs a mean head); the
+            # energy objective keeps all of it
+            w = 1.0 if c.objective == "energy" else c.residual_grad
             h_r, cond_r = (h, cond) if w == 1 else (_scale_grad(h, w), _scale_grad(cond, w))
             samples = self.residual(h_r.repeat(m, 1, 1), cond_r.repeat(m, 1), xi).float().view(m, B, N, D)
-        if self.mean_out is not None:  # samples = mean + residual; the mean learns by regression
+        if self.mean_out is not None:  # samples = mean + residual
             if c.mean_param == "v":  # the rectified-flow loss on v = eps - x0
                 mse = torch.nn.functional.mse_loss(self.mean_out(h).float(), (eps - tokens).float())
             else:
                 mse = torch.nn.functional.mse_loss(self.mean_out(h).float(), target)
             mean = self.mean_x0(h, x_t, t).float()
-            samples = mean.detach()[None] + samples
+            # flow: the mean learns by regression alone; energy: the score of the whole draw trains it too
+            samples = (mean if c.objective == "energy" else mean.detach())[None] + samples
         loss = energy_score_samples(samples, target, c.alpha, c.tau)
         if c.global_weight > 0:  # the whole stage as one vector: trains the joint, not only marginals
             scale = 1.0 / math.sqrt(N)
             loss = loss + c.global_weight * energy_score_samples(samples.flatten(2) * scale, target.flatten(1) * scale, c.alpha, c.tau)
-        if mse is not None:
+        if mse is not None and c.mean_weight > 0:
             loss = loss + c.mean_weight * mse
         return loss
 
@@ -200,7 +201,7 @@ class EnergyFlowGenerator(nn.Module):
         """The solver a call uses: `solver`, else the config's; checked against this stage."""
         solver = check_solver(self.config.solver if solver is None else solver)
         if solver == "heun" and self.mean_out is None:
-            raise ValueError("solver 'heun' needs a flow stage with a mean head (mean_weight > 0)")
+            raise ValueError("solver 'heun' needs a flow stage with a mean head (mean_weight > 0 or objective 'energy')")
         return solver
 
     def passes(self, steps: int, temperature: float = 0.0, solver: str | None = None) -> int:

@@ -215,19 +215,26 @@ class CoarseFineHybrid(nn.Module):
         return self._fine_tokens(F.interpolate(grid, scale_factor=self.config.pool, mode="nearest"))
 
     # ------------------------------------------------------------------ training and sampling
-    def loss(self, latents: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Energy loss of each stage on (scaled) latents (B, C, g, g); teacher-forced context."""
-        toks = self.tokens(latents)
-        normalised, out = {}, {}
+    def loss(self, latents: torch.Tensor | None, labels: torch.Tensor | None = None,
+             pairs: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Energy loss of each stage on (scaled) latents (B, C, g, g) with fresh noise and teacher-forced
+        context; or on a teacher's `pairs` ({NAME_x1, NAME_x0} per stage: its noise and its normalised output
+        tokens, from `teacher_pairs`), the context then the teacher's own earlier stage."""
+        if pairs is not None:
+            normalised = {s.name: pairs[f"{s.name}_x0"] for s in self.stage_list}
+        else:
+            toks = self.tokens(latents)
+            normalised = {s.name: toks[s.name] / self._std(s) for s in self.stage_list}
+        out = {}
         for stage in self.stage_list:
-            normalised[stage.name] = toks[stage.name] / self._std(stage)
             context = self.context(normalised[stage.context]) if stage.context else None
-            out[stage.name] = getattr(self, stage.name).loss(normalised[stage.name], labels, context)
+            paired = {} if pairs is None else {"noise": pairs[f"{stage.name}_x1"]}  # a teacher's x_1 (flow stages)
+            out[stage.name] = getattr(self, stage.name).loss(normalised[stage.name], labels, context, **paired)
         out["loss"] = sum(out.values())
         return out
 
     @torch.no_grad()
-    def sample(
+    def sample_stages(
         self,
         noise: dict[str, tuple[torch.Tensor, ...]],
         labels: torch.Tensor | None = None,
@@ -235,19 +242,29 @@ class CoarseFineHybrid(nn.Module):
         cfg: float = 1.0,
         temperature: float = 1.0,
         solver: str | None = None,
-    ) -> torch.Tensor:
-        """Latents (B, C, g, g) from per-image noise {stage name: its draws}, running the stages in
-        order with `steps` matched to `stage_list` (default `default_steps()`); `solver` ("euler" or
-        "heun", flow stages; None: each stage's config) for this call."""
+    ) -> dict[str, torch.Tensor]:
+        """Each stage's normalised output tokens {name: (B, N, D)} from per-image noise {stage name: its draws},
+        running the stages in order with `steps` matched to `stage_list` (default `default_steps()`); `solver`
+        ("euler" or "heun", flow stages; None: each stage's config) for this call."""
         steps = tuple(steps or self.default_steps())
         if len(steps) != len(self.stage_list):
             raise ValueError(f"steps: expected {len(self.stage_list)} value(s), one per stage "
                              f"{[s.name for s in self.stage_list]}, got {steps}")
-        outputs, latents = {}, 0
+        outputs = {}
         self.check_solver(solver)  # before any stage runs
         for stage, k in zip(self.stage_list, steps):
             context = self.context(outputs[stage.context]) if stage.context else None
             outputs[stage.name] = getattr(self, stage.name).sample(*noise[stage.name], labels, k, cfg, temperature, context,
                                                                    solver=solver)
-            latents = latents + self._latents_part(stage, outputs[stage.name] * self._std(stage))
-        return latents
+        return outputs
+
+    def latents_from_stages(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Latents (B, C, g, g): the sum of each stage's part, from its normalised output tokens."""
+        return sum(self._latents_part(stage, outputs[stage.name] * self._std(stage)) for stage in self.stage_list)
+
+    @torch.no_grad()
+    def sample(self, noise: dict[str, tuple[torch.Tensor, ...]], labels: torch.Tensor | None = None,
+               steps: tuple[int, ...] | None = None, cfg: float = 1.0, temperature: float = 1.0,
+               solver: str | None = None) -> torch.Tensor:
+        """Latents (B, C, g, g) from per-image noise (see `sample_stages`)."""
+        return self.latents_from_stages(self.sample_stages(noise, labels, steps, cfg, temperature, solver))

@@ -87,6 +87,21 @@ def fmnist_32_vflow_s() -> ParScaleEARConfig:
     return apply_overrides(fmnist_32_flow(), name="fmnist-32-vflow-s", hybrid=small, **_SHIPPED_SAMPLING)
 
 
+# The few-step energy student (distill.py): the shipped flow design, its whole stage trained by the energy score
+# of the drawn x0 (mean + the residual path's draw), half the training draws at t = 1 (the one-pass case) and the
+# rest uniform; sampled with one DDIM-like step per stage, each drawing x0 from the energy head (temperature 1).
+_STUDENT_STAGE = dict(objective="energy", mean_weight=0.0, solver="euler", one_step_prob=0.5, time_dist="uniform")
+_STUDENT_SAMPLING = dict(cfg=1.0, temperature=1.0)
+
+
+def fmnist_32_es() -> ParScaleEARConfig:
+    """The few-step energy student of fmnist-32-vflow-s (same architecture and size, 6.3M generator
+    parameters), trained from that model's weights on its teacher pairs (`parscale-ear train --init default
+    --teacher default --pairs N`); default sampling: 1 + 1 steps (2 passes), temperature 1, cfg 1."""
+    stages = {"coarse": dict(_STUDENT_STAGE), "fine": dict(_STUDENT_STAGE), "coarse_steps": 1, "fine_steps": 1}
+    return apply_overrides(fmnist_32_vflow_s(), name="fmnist-32-es", hybrid=stages, **_STUDENT_SAMPLING)
+
+
 def fmnist_32_cpu() -> ParScaleEARConfig:
     """A small fmnist-32-flow (~0.9M generator parameters) whose recipe in the README trains on a
     2-core CPU in minutes: rough samples, for trying the library without a GPU."""
@@ -124,6 +139,13 @@ def lite_256_vflow() -> ParScaleEARConfig:
         coarse_steps=_SHIPPED_STEPS[0], fine_steps=_SHIPPED_STEPS[1]))
 
 
+def lite_256_es() -> ParScaleEARConfig:
+    """lite-256-vflow as a few-step energy student (fmnist-32-es's objective and schedule: 1 + 1 steps drawn by
+    the energy head, 2 passes); untrained here: it exists to be timed at that schedule."""
+    stages = {"coarse": dict(_STUDENT_STAGE), "fine": dict(_STUDENT_STAGE), "coarse_steps": 1, "fine_steps": 1}
+    return apply_overrides(lite_256_vflow(), name="lite-256-es", hybrid=stages, **_STUDENT_SAMPLING)
+
+
 def tiny_32() -> ParScaleEARConfig:
     """A few-thousand-parameter 32x32 model for tests and smoke runs (not for quality)."""
     return ParScaleEARConfig(
@@ -156,6 +178,8 @@ _PRESETS: dict[str, Callable[[], ParScaleEARConfig]] = {
     "fmnist-32-cpu": fmnist_32_cpu,
     "fmnist-32-vflow": fmnist_32_vflow,
     "fmnist-32-vflow-s": fmnist_32_vflow_s,
+    "fmnist-32-es": fmnist_32_es,
+    "lite-256-es": lite_256_es,
     "tiny-32-flow": tiny_32_flow,
     "lite-256": lite_256,
     "lite-256-vflow": lite_256_vflow,

@@ -24,6 +24,7 @@ from .vae_objective import vae_loss
 from .loading import CHECKPOINT, METRICS, export, load_checkpoint, load_pipeline, model_from_checkpoint, read_metrics  # noqa: F401
 from .pipeline import ParScaleEAR, ParScaleEARConfig
 from .presets import get_config
+from .solvers import check_solver
 from .utils import (atomic_torch_save, atomic_write_json, atomic_write_text, check_int, check_real, from_uint8, line_plot,
                     prepare_output_folder, remove_stale_temporaries, save_grid)
 
@@ -58,6 +59,16 @@ class TrainConfig:
     kl_weight: float = 1e-6
     max_images: int = 0  # train on the first N images only (quick runs); 0 = all
     samples: bool = True  # sample grids (and the loss plot) every sample_every steps and at the end
+    # generator runs: start from this release or run folder's generator weights ("default": the embedded model);
+    # new modules keep their initialisation
+    init: str = ""
+    # generator runs: train on a teacher's pairs (its noise -> its sample, per stage; distill.py) instead of the
+    # data: `pairs` of them from this release or run folder ("default": the embedded model) at `teacher_steps`
+    # per stage with `teacher_solver` (empty: the teacher's own schedule)
+    teacher: str = ""
+    pairs: int = 0
+    teacher_steps: list = field(default_factory=list)
+    teacher_solver: str = ""
 
     def __post_init__(self):
         if self.kind not in ("vae", "generator"):
@@ -73,6 +84,15 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.ema_decay (--ema-decay): expected a value in [0, 1), got {self.ema_decay}")
         if self.fit_steps_to_budget and not self.max_minutes > 0:
             raise ValueError("TrainConfig.fit_steps_to_budget needs a budget: set max_minutes (--max-minutes) > 0")
+        check_int(self.pairs, "TrainConfig.pairs (--pairs)", minimum=0)
+        if bool(self.teacher) != (self.pairs > 0):
+            raise ValueError("TrainConfig: --teacher and --pairs go together (a teacher and how many of its pairs)")
+        if (self.init or self.teacher) and self.kind != "generator":
+            raise ValueError("TrainConfig: --init and --teacher are for generator runs")
+        for k in self.teacher_steps:
+            check_int(k, "TrainConfig.teacher_steps (--teacher-steps)")
+        if self.teacher_solver:
+            check_solver(self.teacher_solver, "TrainConfig.teacher_solver (--teacher-solver)")
 
 
 # ----------------------------------------------------------------------------- distributed
@@ -132,13 +152,17 @@ class VAEStep(nn.Module):
 
 
 class GeneratorStep(nn.Module):
-    """One generator training forward: the losses of every stage (or of the DiT peer) on latents."""
+    """One generator training forward: the losses of every stage (or of the DiT peer) on latents, or on a
+    teacher's pairs."""
 
     def __init__(self, hybrid):
         super().__init__()
         self.hybrid = hybrid
 
-    def forward(self, latents: torch.Tensor, labels: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    def forward(self, latents: torch.Tensor | None, labels: torch.Tensor | None,
+                pairs: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        if pairs is not None:
+            return self.hybrid.loss(None, labels, pairs=pairs)
         return self.hybrid.loss(latents, labels)
 
 
@@ -150,10 +174,11 @@ class VAETask:
     loss_keys = ("loss",)
 
     def __init__(self, model: ParScaleEAR, data: ImageData, cfg: TrainConfig, dev: torch.device, d: Dist, fresh: bool,
-                 progress: bool = False):
+                 progress: bool = False, run: Path | None = None):
         self.model, self.data, self.dev = model, data, dev
         self.part, self.step = model.vae, VAEStep(model.vae, cfg.kl_weight)
         self.inputs = data.images.to(dev)
+        self.num_items, self.info = len(self.inputs), {}
 
     def trained(self, model: ParScaleEAR) -> nn.Module:
         return model.vae
@@ -172,28 +197,67 @@ class VAETask:
 
 
 class GeneratorTask:
-    """What the loop needs to train the generator (or the DiT peer) on a VAE run's cached latents:
-    its trainable part, inputs and labels, the step, the VAE weights kept in the checkpoint and a
-    class grid of samples."""
+    """What the loop needs to train the generator (or the DiT peer) on a VAE run's cached latents, or on a
+    teacher's pairs (`--teacher`): its trainable part, inputs and labels, the step, the VAE weights kept in
+    the checkpoint and a class grid of samples."""
 
     kind = "generator"
     loss_keys = ("loss", "coarse", "fine")
 
     def __init__(self, model: ParScaleEAR, data: ImageData, cfg: TrainConfig, dev: torch.device, d: Dist, fresh: bool,
-                 progress: bool = False):
+                 progress: bool = False, run: Path | None = None):
         self.model, self.class_names = model, data.class_names
         model.vae.requires_grad_(False)
-        self.inputs = cached_latents(Path(cfg.vae_run), model, data, dev, d, progress and d.main).to(dev)
-        if fresh:
-            model.hybrid.fit_token_scales(self.inputs[:10_000])
-        self.labels = data.labels.to(dev) if model.config.num_classes else None
+        self.info: dict = {}
+        if fresh and cfg.init:
+            from .distill import check_same_vae, init_generator
+
+            source = load_pipeline(None if cfg.init == "default" else cfg.init)
+            check_same_vae(model, source, "--init")
+            self.info["init_new_weights"] = len(init_generator(model, source))
+        self.pairs = None
+        if cfg.teacher:
+            self.inputs, self.pairs = None, self._teacher_pairs(cfg, dev, d, run, progress and d.main)
+            self.num_items = len(self.pairs["labels"]) if "labels" in self.pairs else cfg.pairs
+        else:
+            self.inputs = cached_latents(Path(cfg.vae_run), model, data, dev, d, progress and d.main).to(dev)
+            self.num_items = len(self.inputs)
+            if fresh and not cfg.init:  # an initialised model keeps its source's token scales
+                model.hybrid.fit_token_scales(self.inputs[:10_000])
+        self.labels = data.labels.to(dev) if model.config.num_classes and self.pairs is None else None
+        if self.pairs is not None and model.config.num_classes:
+            self.labels = self.pairs.pop("labels")
         self.part, self.step = model.hybrid, GeneratorStep(model.hybrid)
+
+    def _teacher_pairs(self, cfg: TrainConfig, dev: torch.device, d: Dist, run: Path, progress: bool) -> dict:
+        """The teacher's pairs on the device (generated once into the VAE run folder by rank 0); the student takes
+        the teacher's token scales, the units the pairs are in."""
+        from .distill import cached_teacher_pairs, check_same_vae, check_teacher, pairs_file
+
+        teacher = load_pipeline(None if cfg.teacher == "default" else cfg.teacher, device=dev)
+        check_same_vae(self.model, teacher, "--teacher")
+        check_teacher(teacher, self.model)
+        for name in teacher.hybrid.stages:
+            getattr(self.model.hybrid, f"{name}_std").copy_(getattr(teacher.hybrid, f"{name}_std"))
+        steps = None if not cfg.teacher_steps else cfg.teacher_steps[0] if len(cfg.teacher_steps) == 1 else tuple(cfg.teacher_steps)
+        solver = cfg.teacher_solver or None
+        folder = Path(cfg.vae_run)  # shared by every student of these latents
+        if d.main:
+            cached_teacher_pairs(folder, teacher, cfg.pairs, steps, solver, progress)
+        if d.world > 1:
+            dist.barrier()
+        cache = torch.load(pairs_file(folder, teacher, cfg.pairs, steps, solver)[0], map_location="cpu", weights_only=True)
+        pairs, self.info["pairs_seconds"] = cache["pairs"], cache.get("seconds")
+        return {k: v.to(dev) if k == "labels" else v.to(dev, torch.float32) for k, v in pairs.items()}
 
     def trained(self, model: ParScaleEAR) -> nn.Module:
         return model.hybrid
 
     def batch(self, idx: torch.Tensor) -> tuple:
-        return self.inputs[idx], None if self.labels is None else self.labels[idx]
+        labels = None if self.labels is None else self.labels[idx]
+        if self.pairs is not None:
+            return None, labels, {k: v[idx] for k, v in self.pairs.items()}
+        return self.inputs[idx], labels
 
     def checkpoint(self, config: dict, ema: nn.Module) -> dict:
         return {"config": config, "vae": self.model.vae.state_dict()}
@@ -352,7 +416,8 @@ def train(cfg: TrainConfig, out: str | Path, model_config: ParScaleEARConfig | N
     data = load_images(cfg, model_config)
     if model_config.num_classes and data.num_classes != model_config.num_classes:
         raise ValueError(f"data has {data.num_classes} classes, the model expects {model_config.num_classes}")
-    task = (VAETask if cfg.kind == "vae" else GeneratorTask)(model, data, cfg, dev, d, fresh=ckpt is None, progress=progress)
+    task = (VAETask if cfg.kind == "vae" else GeneratorTask)(model, data, cfg, dev, d, fresh=ckpt is None, progress=progress,
+                                                             run=out)
     part = task.part
     model.to(dev)
     ema_model = copy.deepcopy(model).requires_grad_(False).eval()  # EMA of the trained part; used for samples
@@ -379,7 +444,7 @@ def train(cfg: TrainConfig, out: str | Path, model_config: ParScaleEARConfig | N
     used = {"bf16": use_bf16, "warmup_steps": warmup_steps(cfg)}  # what this run does, not only what was asked
     run_info = {"train": {**asdict(cfg), **used}, "requested": {k: getattr(cfg, k) for k in used},
                 "model": model_config.to_dict(), "world_size": d.world, "device": str(dev), "torch": torch.__version__,
-                "num_images": len(data)}  # rewritten with the plan by fit_steps_to_budget
+                "num_images": len(data), **task.info}  # rewritten with the plan by fit_steps_to_budget
     if d.main:
         atomic_write_json(out / RUN_CONFIG, run_info)
         metrics = out / METRICS
@@ -416,7 +481,7 @@ def train(cfg: TrainConfig, out: str | Path, model_config: ParScaleEARConfig | N
     step = start
     while step < cfg.steps:
         torch.manual_seed(step_seed(cfg.seed, step, d.rank))
-        idx = batch_indices(len(task.inputs), cfg.batch_size, step, cfg.seed, d).to(dev)
+        idx = batch_indices(task.num_items, cfg.batch_size, step, cfg.seed, d).to(dev)
         for g in optimizer.param_groups:
             g["lr"] = lr_at(step, cfg) * g["lr_ratio"]
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):

@@ -1,0 +1,138 @@
+"""Teacher pairs for few-step energy students: per stage, the noise x_1 a teacher starts from and the
+output tokens its many-step sampler reaches, so a student learns the teacher's noise -> sample coupling in
+one or a few passes (rectified flow's "reflow" coupling, Liu et al. 2022) with the energy score (EAR)
+instead of regression: where the student cannot resolve the map, it draws sharp samples rather than
+their mean (distributional diffusion, De Bortoli et al., arXiv 2502.02483).
+
+`init_generator` starts a student from a trained pipeline's generator weights (the teacher's features:
+"Towards training one-step diffusion models without distillation", arXiv 2502.08005).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from .pipeline import ParScaleEAR
+
+PAIRS_PREFIX = "teacher-pairs-"  # + a digest of the teacher and the settings
+PAIRS_SEED = 0
+PAIRS_BATCH = 4096  # the noise of a pair depends on its batch's size and place: part of the key
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of a module's state (names, shapes, float32 values): what a cache of its outputs is keyed by."""
+    h = hashlib.sha256()
+    for name, value in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(value.shape)).encode())
+        h.update(value.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def check_same_vae(model: ParScaleEAR, other: ParScaleEAR, what: str) -> None:
+    """A one-line ValueError unless `other`'s LiteVAE (config and weights) is `model`'s: a teacher or an
+    initialisation must come from the latents the student trains on."""
+    if other.config.vae != model.config.vae:
+        raise ValueError(f"{what}: its LiteVAE config differs from the --vae run's; train on that model's own LiteVAE "
+                         f"(e.g. a VAE run made with train.vae_run_from_release)")
+    mine, theirs = model.vae.state_dict(), other.vae.state_dict()
+    if any(not torch.equal(mine[k].float().cpu(), theirs[k].float().cpu()) for k in mine):
+        raise ValueError(f"{what}: its LiteVAE weights differ from the --vae run's; train on that model's own LiteVAE "
+                         f"(e.g. a VAE run made with train.vae_run_from_release)")
+
+
+def check_teacher(teacher: ParScaleEAR, student: ParScaleEAR) -> None:
+    """A one-line ValueError unless the teacher's stages produce the student's tokens (same stages, shapes)."""
+    if getattr(teacher.config, "dit", None) is not None or getattr(student.config, "dit", None) is not None:
+        raise ValueError("--teacher: teacher pairs need ParScale-EAR stages in both teacher and student, not a DiT peer")
+    t_stages, s_stages = teacher.hybrid.stages, student.hybrid.stages
+    if list(t_stages) != list(s_stages):
+        raise ValueError(f"--teacher: its stages {list(t_stages)} differ from the student's {list(s_stages)}")
+    for name, stage in s_stages.items():
+        t = t_stages[name]
+        if (t.num_tokens, t.token_dim) != (stage.num_tokens, stage.token_dim) or t.config.kind != "flow":
+            raise ValueError(f"--teacher: stage {name!r} must be a flow stage with the student's tokens "
+                             f"({stage.num_tokens} x {stage.token_dim}), got {t.config.kind} {t.num_tokens} x {t.token_dim}")
+
+
+@torch.no_grad()
+def teacher_pairs(teacher: ParScaleEAR, n: int, steps: tuple[int, ...], solver: str | None = None, batch_size: int = 4096,
+                  seed: int = 0, progress: bool = False) -> dict[str, torch.Tensor]:
+    """n pairs on the teacher's device: {NAME_x1, NAME_x0} per stage (its noise and its normalised output tokens,
+    float16) and `labels` (cycling through the classes), sampled at cfg 1 and temperature 0 (the mean path) with
+    `steps` and `solver`, under bf16 autocast on a GPU. Noise comes from a generator seeded by `seed`, drawn a
+    batch at a time (the same n, batch_size and seed give the same pairs)."""
+    teacher.eval()
+    device = teacher.device
+    steps = teacher.resolve_steps(steps)
+    teacher.hybrid.check_solver(solver)
+    gen = torch.Generator(device).manual_seed(seed)
+    classes = teacher.config.num_classes
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    parts: dict[str, list[torch.Tensor]] = {}
+    starts = range(0, n, batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="teacher pairs", unit="batch")
+    for i in starts:
+        b = min(batch_size, n - i)
+        noise = teacher.draw_noise_on_device(b, gen)
+        labels = (torch.arange(i, i + b, device=device) % classes) if classes else None
+        with amp:
+            outputs = teacher.hybrid.sample_stages(noise, labels, steps, 1.0, 0.0, solver)
+        for name, out in outputs.items():
+            parts.setdefault(f"{name}_x1", []).append(noise[name][1].half())
+            parts.setdefault(f"{name}_x0", []).append(out.half())
+        if labels is not None:
+            parts.setdefault("labels", []).append(labels)
+    return {k: torch.cat(v) for k, v in parts.items()}
+
+
+def init_generator(model: ParScaleEAR, source: ParScaleEAR) -> list[str]:
+    """Copy `source`'s generator weights (and token scales) into `model`'s where names and shapes match;
+    returns the names left at their initialisation (new modules of the student). A name in the source that the
+    model lacks, or one whose shape differs, is a one-line ValueError (a different architecture)."""
+    mine, theirs = model.hybrid.state_dict(), source.hybrid.state_dict()
+    unknown = sorted(set(theirs) - set(mine))
+    wrong = [k for k in theirs if k in mine and theirs[k].shape != mine[k].shape]
+    if unknown or wrong:
+        detail = f"names the student lacks: {unknown[:3]}" if unknown else \
+            f"{wrong[0]}: student {tuple(mine[wrong[0]].shape)}, source {tuple(theirs[wrong[0]].shape)}"
+        raise ValueError(f"--init: the source's generator does not fit this model ({detail})")
+    model.hybrid.load_state_dict({**mine, **{k: v.to(mine[k].dtype) for k, v in theirs.items()}})
+    return sorted(set(mine) - set(theirs))
+
+
+def pairs_file(folder: Path, teacher: ParScaleEAR, n: int, steps, solver: str | None) -> tuple[Path, dict]:
+    """Where `cached_teacher_pairs` keeps these pairs (a name per teacher and settings) and their key."""
+    key = {"teacher": weights_digest(teacher), "n": n, "steps": list(teacher.resolve_steps(steps)), "solver": solver,
+           "seed": PAIRS_SEED, "batch_size": PAIRS_BATCH}
+    name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(folder) / f"{PAIRS_PREFIX}{name}.pt", key
+
+
+def cached_teacher_pairs(folder: Path, teacher: ParScaleEAR, n: int, steps, solver: str | None,
+                         progress: bool = False) -> Path:
+    """The file holding `teacher_pairs` (n of them at `steps` and `solver`, from seed PAIRS_SEED: a fixed data
+    set, the same for every training seed), made once in `folder` (a VAE run folder: every student trained on
+    its latents shares them) with the seconds they took; a resumed run finds exactly the same pairs."""
+    from .utils import atomic_torch_save
+
+    path, key = pairs_file(folder, teacher, n, steps, solver)
+    if path.exists():
+        try:
+            cache = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # a torn or foreign file is rebuilt
+            cache = {}
+        if isinstance(cache, dict) and cache.get("key") == key:
+            return path
+    t0 = time.time()
+    pairs = {k: v.cpu() for k, v in teacher_pairs(teacher, n, steps, solver, PAIRS_BATCH, PAIRS_SEED, progress).items()}
+    atomic_torch_save({"key": key, "pairs": pairs, "seconds": round(time.time() - t0, 1)}, path)
+    return path

@@ -1,0 +1,165 @@
+"""The few-step energy student: teacher pairs, initialisation from a trained pipeline, the energy objective that
+trains the whole stage, and the CLI that ties them together; tiny CPU configs."""
+import numpy as np
+import pytest
+import torch
+
+import parscale_ear as pe
+from parscale_ear.cli import main
+from parscale_ear.distill import PAIRS_PREFIX, check_same_vae, init_generator, teacher_pairs
+
+from helpers import interrupt_after, perturb_, v_stage
+
+
+def tiny_teacher(seed: int = 0, **stage) -> pe.ParScaleEAR:
+    torch.manual_seed(seed)
+    model = pe.create_model("tiny-32-flow", hybrid={"coarse": v_stage(residual_blocks=1, **stage),
+                                                    "fine": v_stage(residual_blocks=1, **stage)})
+    return perturb_(model, seed=seed).eval()
+
+
+def student_of(teacher: pe.ParScaleEAR, **stage) -> pe.ParScaleEAR:
+    stage = {**dict(objective="energy", mean_weight=0.0, one_step_prob=0.5, time_dist="uniform"), **stage}
+    config = pe.presets.apply_overrides(teacher.config, name="tiny-student", temperature=1.0,
+                                        hybrid={"coarse": dict(stage), "fine": dict(stage)})
+    student = pe.ParScaleEAR(config)
+    student.vae.load_state_dict(teacher.vae.state_dict())
+    return student
+
+
+def test_teacher_pairs_are_the_teachers_samples():
+    teacher = tiny_teacher()
+    pairs = teacher_pairs(teacher, 6, (2, 2), "heun", batch_size=4, seed=3)
+    assert set(pairs) == {"coarse_x1", "coarse_x0", "fine_x1", "fine_x0", "labels"}
+    assert pairs["labels"].tolist() == [0, 1, 2, 3, 4, 5] and pairs["fine_x0"].shape == (6, 64, 16)
+    # the same noise through the teacher's own sampler gives the stored outputs
+    noise = {name: (torch.zeros(6, 4, stage.num_tokens, stage.config.noise_dim), pairs[f"{name}_x1"].float())
+             for name, stage in teacher.hybrid.stages.items()}
+    out = teacher.hybrid.sample_stages(noise, pairs["labels"], (2, 2), 1.0, 0.0, "heun")
+    for name in out:  # float16 storage
+        torch.testing.assert_close(out[name].half(), pairs[f"{name}_x0"], rtol=2e-3, atol=2e-3)
+    again = teacher_pairs(teacher, 6, (2, 2), "heun", batch_size=4, seed=3)  # the same settings: the same pairs
+    assert all(torch.equal(again[k], pairs[k]) for k in pairs)
+
+
+def test_a_student_starts_as_its_teacher():
+    teacher = tiny_teacher()
+    student = student_of(teacher)
+    assert init_generator(student, teacher) == []  # the same architecture: nothing left at init
+    a = teacher.generate(3, seed=1, steps=(2, 2), temperature=0.0)
+    b = student.eval().generate(3, seed=1, steps=(2, 2), temperature=0.0)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    bigger = pe.ParScaleEAR(pe.presets.apply_overrides(student.config, hybrid={"fine": {"width": 48, "head_width": 48}}))
+    with pytest.raises(ValueError, match="does not fit this model"):
+        init_generator(bigger, teacher)
+
+
+def test_energy_objective_trains_the_backbone_through_the_score():
+    """objective 'energy' with no MSE: the score of the drawn x0 alone reaches the backbone and the mean head;
+    objective 'flow' with residual_grad 0 keeps the score out of them."""
+    teacher = tiny_teacher()
+    pairs = teacher_pairs(teacher, 8, (2, 2), "heun", seed=0)
+    labels = pairs.pop("labels")
+    batch = {k: v.float() for k, v in pairs.items()}
+    for objective, reaches in (("energy", True), ("flow", False)):
+        model = student_of(teacher, residual_grad=0.0) if objective == "energy" else tiny_teacher()
+        if objective == "flow":
+            model.hybrid.fine.config.residual_grad, model.hybrid.fine.config.mean_weight = 0.0, 1.0
+            model.hybrid.coarse.config.mean_weight = 1.0
+            model.hybrid.fine.config.mean_weight = 0.0  # no MSE either: only the score is left
+            model.hybrid.fine.config.objective = "flow"
+        init_generator(model, teacher)
+        model.train()
+        loss = model.hybrid.fine.loss(batch["fine_x0"], labels, model.hybrid.context(batch["coarse_x0"]),
+                                      noise=batch["fine_x1"])
+        loss.backward()
+        grad = model.hybrid.fine.blocks[0].attn.qkv.weight.grad
+        assert (grad is not None and grad.abs().sum() > 0) == reaches, objective
+        assert model.hybrid.fine.residual_blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+
+
+def test_pairs_put_x_t_on_the_teachers_line(monkeypatch):
+    """With teacher pairs, x_t = (1 - t) x0 + t x1 uses the teacher's x1: at t = 1 the stage sees exactly it."""
+    teacher = tiny_teacher()
+    student = student_of(teacher, one_step_prob=1.0)
+    init_generator(student, teacher)
+    pairs = teacher_pairs(teacher, 4, (1, 1), "euler", seed=0)
+    labels = pairs.pop("labels")
+    seen = {}
+    stage = student.hybrid.coarse
+    real = stage.hidden
+
+    def spy(x_t, t, xi, labels, context=None):
+        seen["x_t"], seen["t"] = x_t.detach().clone(), t.clone()
+        return real(x_t, t, xi, labels, context)
+
+    monkeypatch.setattr(stage, "hidden", spy)
+    student.hybrid.loss(None, labels, pairs={k: v.float() for k, v in pairs.items()})
+    assert torch.all(seen["t"] == 1)
+    torch.testing.assert_close(seen["x_t"], pairs["coarse_x1"].float())
+
+
+def test_check_same_vae():
+    teacher = tiny_teacher()
+    other = tiny_teacher(seed=1)
+    check_same_vae(teacher, teacher, "--teacher")
+    with pytest.raises(ValueError, match="LiteVAE weights differ"):
+        check_same_vae(teacher, other, "--teacher")
+
+
+@pytest.fixture
+def runs(tmp_path):
+    """A tiny VAE run and a tiny v-mean teacher release that shares its LiteVAE."""
+    rng = np.random.default_rng(0)
+    data = tmp_path / "d.npz"
+    np.savez(data, images=rng.integers(0, 255, (16, 32, 32), dtype=np.uint8), labels=np.arange(16) % 10)
+    common = ["--batch-size", "8", "--no-progress", "--sample-every", "100", "--device", "cpu"]
+    assert main(["train-vae", "--preset", "tiny-32", "--data", str(data), "--out", str(tmp_path / "vae"), "--steps", "2",
+                 *common]) == 0
+    stage = ["hybrid.{s}.backbone_noise=false", "hybrid.{s}.mean_weight=1.0", 'hybrid.{s}.mean_param="v"',
+             "hybrid.{s}.residual_blocks=1", "hybrid.{s}.max_steps=4"]
+    sets = [x.format(s=s) for s in ("coarse", "fine") for x in stage]
+    assert main(["train", "--vae", str(tmp_path / "vae"), "--preset", "tiny-32-flow", "--steps", "2",
+                 "--out", str(tmp_path / "teacher"), *common, "--set", *sets]) == 0
+    return tmp_path, common, sets
+
+
+def test_cli_trains_a_student_on_teacher_pairs_and_resumes_exactly(runs, monkeypatch):
+    tmp, common, sets = runs
+    student = [f"hybrid.{s}.{k}" for s in ("coarse", "fine") for k in ('objective="energy"', "mean_weight=0.0")]
+    run = ["train", "--vae", str(tmp / "vae"), "--preset", "tiny-32-flow", "--init", str(tmp / "teacher"),
+           "--teacher", str(tmp / "teacher"), "--pairs", "24", "--teacher-steps", "2,2", "--teacher-solver", "heun",
+           "--steps", "4", "--ckpt-every", "2", *common, "--set", *sets, *student]
+    assert main([*run, "--out", str(tmp / "straight")]) == 0
+    info = __import__("json").loads((tmp / "straight" / "run.json").read_text())
+    assert info["init_new_weights"] == 0 and info["pairs_seconds"] >= 0 and info["train"]["pairs"] == 24
+    with monkeypatch.context() as m:
+        interrupt_after(m, 2)
+        with pytest.raises(KeyboardInterrupt):
+            main([*run, "--out", str(tmp / "killed")])
+    (cache,) = (tmp / "vae").glob(f"{PAIRS_PREFIX}*.pt")  # made once, beside the latents, for every student
+    before = cache.stat().st_mtime_ns
+    assert main(["train", "--vae", str(tmp / "vae"), "--steps", "4", "--out", str(tmp / "killed"), "--resume", *common,
+                 "--teacher", str(tmp / "teacher"), "--pairs", "24", "--teacher-steps", "2,2", "--teacher-solver",
+                 "heun"]) == 0
+    assert cache.stat().st_mtime_ns == before  # the cached pairs, not new ones
+    a = torch.load(tmp / "straight" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp / "killed" / "checkpoint.pt", weights_only=True)
+    for k in a["ema"]:
+        assert torch.equal(a["ema"][k], b["ema"][k]), k
+    assert main(["sample", "--ckpt", str(tmp / "straight"), "--n", "2", "--steps", "1,1", "--temperature", "1",
+                 "--out", str(tmp / "s.png")]) == 0
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--teacher", "default"], "--teacher and --pairs go together"),
+    (["--pairs", "8"], "--teacher and --pairs go together"),
+    (["--teacher", "default", "--pairs", "8"], "its LiteVAE config differs"),
+    (["--init", "default"], "its LiteVAE config differs"),
+])
+def test_cli_refuses_a_teacher_that_does_not_fit(runs, capsys, extra, message):
+    tmp, common, sets = runs
+    code = main(["train", "--vae", str(tmp / "vae"), "--preset", "tiny-32-flow", "--steps", "2", "--out",
+                 str(tmp / "bad"), *common, *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1, err
