@@ -56,7 +56,7 @@ if [[ -z "$ckpt" || -z "$vae" ]]; then  # no model given: the shipped one, or tr
     if [[ -z "$vae" ]]; then  # the shipped model's LiteVAE: the peer and the ablation share the default's latents
       echo "== the shipped model's LiteVAE as the VAE run of the peer and the ablation"
       rm -rf "$out/runs/vae"  # this script's own folder
-      "$py" scripts/vae_run_from_release.py --out "$out/runs/vae"
+      "$py" experiments/vae_run_from_release.py --out "$out/runs/vae"
     fi
   fi
   vae=${vae:-$out/runs/vae}

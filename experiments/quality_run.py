@@ -1,9 +1,10 @@
 """Train one recipe for a fixed number of GPU-minutes on a VAE run's latents, then score its schedules.
 
-  python scripts/quality_run.py --vae runs/vae --recipe fmnist-32-flow --minutes 6 --out runs/q/ef \
-      --schedules '1,1;2,2;2,2@2' --n 10000
-  python scripts/quality_run.py --vae runs/vae --recipe dit-s --minutes 6 --out runs/q/dit --schedules '4;8;20;8@2'
-  python scripts/quality_run.py --vae runs/vae --recipe dit-s --minutes 6 --out runs/q/dit --schedules '8@2' --n 50000 --table fid50k
+  python experiments/quality_run.py --vae runs/vae --recipe dit-s --minutes 6 --out runs/q/dit --schedules '4;8;20;8@2'
+  python experiments/quality_run.py --vae runs/vae --recipe meanflow-s --minutes 6 --out runs/q/mf --schedules '1;2;4'
+  python experiments/quality_run.py --vae runs/vae --recipe fmnist-32-es --init default --teacher default --pairs 400000 \
+      --teacher-steps 4,4 --teacher-solver heun --minutes 1 --out runs/q/es --schedules '1,1@1@1;2,2@1@1'
+  python experiments/quality_run.py --vae runs/vae --recipe dit-s --out runs/q/dit --schedules '8' --n 50000 --table fid50k
 
 A release folder (config.json + model.safetensors, e.g. parscale_ear/weights/fmnist-32-vflow-s) is only scored,
 into a --table path outside it; its rows then carry no training minutes or steps.
@@ -27,7 +28,8 @@ from parscale_ear.pipeline import CONFIG_NAME, ParScaleEARConfig  # noqa: E402
 p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 p.add_argument("--vae", required=True)
 p.add_argument("--recipe", required=True, help="a preset name (fmnist-32-flow, ...) or a peer (dit-s, dit-b)")
-p.add_argument("--minutes", type=float, required=True, help="generator training budget (GPU-minutes)")
+p.add_argument("--minutes", type=float, default=None, help="generator training budget (GPU-minutes)")
+p.add_argument("--steps", type=int, default=None, help="train this many steps instead of a budget in minutes")
 p.add_argument("--out", required=True)
 p.add_argument("--schedules", required=True, help="steps[@cfg[@temperature]] separated by ';'")
 p.add_argument("--n", type=int, default=10000)
@@ -39,6 +41,12 @@ p.add_argument("--ema-decay", type=float, default=0.999)
 p.add_argument("--head-lr-ratio", type=float, default=0.25, help="energy head lr / --lr (EAR: 0.25)")
 p.add_argument("--compile", action="store_true", help="torch.compile the training step (its compile time counts in --minutes)")
 p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+p.add_argument("--init", default="", help="start from this release or run's generator ('default': the embedded model)")
+p.add_argument("--teacher", default="", help="train on this release or run's pairs ('default': the embedded model)")
+p.add_argument("--pairs", type=int, default=0, help="with --teacher: how many pairs")
+p.add_argument("--teacher-steps", default="", help="with --teacher: N or COARSE,FINE (default: the teacher's)")
+p.add_argument("--teacher-solver", default="", help="with --teacher: euler or heun (default: the teacher's)")
+p.add_argument("--time-runs", type=int, default=50, help="timed calls per batch size and schedule")
 p.add_argument("--train-only", action="store_true", help="train (unless --out holds a run) and stop before scoring")
 p.add_argument("--table", default="quality", help="name of the results table written in --out (NAME.json, NAME.md)")
 p.add_argument("--stats-dir", default=str(Path(__file__).resolve().parent.parent / "parscale_ear" / "stats"))
@@ -60,9 +68,14 @@ elif (out / T.CHECKPOINT).exists():  # trained already (an earlier call or anoth
     train_s = done["elapsed_s"]
 else:
     config = quality.recipe_config(args.recipe, ParScaleEARConfig.from_dict(vae_ckpt["config"]), _overrides(args.set))
-    done = quality.train_for_minutes(config, args.vae, args.minutes, out, device, batch_size=args.batch_size, lr=args.lr,
+    if (args.minutes is None) == (args.steps is None):
+        sys.exit("quality_run: training needs exactly one of --minutes and --steps")
+    done = quality.train_for_minutes(config, args.vae, args.minutes, out, device, steps=args.steps,
+                                     batch_size=args.batch_size, lr=args.lr,
                                      ema_decay=args.ema_decay, head_lr_ratio=args.head_lr_ratio, seed=args.seed,
-                                     compile=args.compile)
+                                     compile=args.compile, init=args.init, teacher=args.teacher, pairs=args.pairs,
+                                     teacher_steps=[int(k) for k in args.teacher_steps.split(",") if k],
+                                     teacher_solver=args.teacher_solver)
     train_s = done["wall_s"]
 
 if args.train_only:
@@ -70,16 +83,19 @@ if args.train_only:
 model = T.load_pipeline(out, device=device).eval()
 inception = fid.load_inception(device)
 refs = {name: fid.load_statistics(Path(args.stats_dir) / f"fashion-mnist-{name}.npz") for name in ("train", "test")}
-rows = quality.evaluate_schedules(model, quality.parse_schedules(args.schedules), args.n, refs, inception, seed=0)
+rows = quality.evaluate_schedules(model, quality.parse_schedules(args.schedules), args.n, refs, inception, seed=0,
+                                  time_runs=args.time_runs)
 vae_rows = T.read_metrics(Path(args.vae) / T.METRICS)
 # the run's own settings (also from another command); a release folder has none
 trained = {} if release else json.loads((out / T.RUN_CONFIG).read_text())["train"]
+run_info = {} if release else json.loads((out / T.RUN_CONFIG).read_text())
 for r in rows:
     r.update(recipe=args.recipe, seed=trained.get("seed"), train_minutes=None if train_s is None else round(train_s / 60, 2),
-             train_steps=done.get("step"), final_loss=done.get("loss"),
+             train_steps=done.get("step"), final_loss=done.get("loss"), pairs_seconds=run_info.get("pairs_seconds"),
              vae_minutes=round(vae_rows[-1]["elapsed_s"] / 60, 2) if vae_rows else None)
 meta = {"command": "python " + " ".join(sys.argv), **environment(torch.device(device)),
         "generator_params": model.num_parameters()["generator"], "overrides": args.set,
-        **{k: trained.get(k) for k in ("batch_size", "lr", "head_lr_ratio", "compile")}}
+        **{k: trained.get(k) for k in ("batch_size", "lr", "head_lr_ratio", "compile", "init", "teacher", "pairs",
+                                       "teacher_steps", "teacher_solver")}}
 quality.write_table(rows, out / args.table, meta)
 print(quality.markdown(rows))

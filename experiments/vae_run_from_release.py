@@ -1,7 +1,7 @@
 """Make a LiteVAE run folder from a release folder's VAE (default: the shipped model), so generators train on
 exactly the latents of that model's LiteVAE without training the VAE again (parscale_ear.train.vae_run_from_release):
 
-  python scripts/vae_run_from_release.py --out runs/vae [--release parscale_ear/weights/fmnist-32-vflow-s] \
+  python experiments/vae_run_from_release.py --out runs/vae [--release parscale_ear/weights/fmnist-32-vflow-s] \
       [--metrics results/2026-12-02-h200-compiled/vae_metrics.jsonl]
 """
 import argparse

@@ -152,3 +152,51 @@ def markdown_table(rows: list[dict]) -> str:
         f"{r['ms_per_image_p99']:.4f} | {r['images_per_s']:.0f} |\n"
         for r in rows
     )
+
+
+def time_dit_xl(batch: int, device: torch.device, steps: int = 250, cfg: float = 4.0, runs: int = 3,
+                decoder: bool = True) -> dict:
+    """The speed reference: DiT-XL/2 (Peebles & Xie 2023; diffusers' DiTTransformer2DModel at its size: 28 layers,
+    16 heads x 72, patch 2 on a 4 x 32 x 32 latent, 1000 classes, random weights, which time as trained ones do),
+    `steps` guided steps (two rows an image when cfg != 1) in bf16 with one step captured in a CUDA graph, then an
+    SD-VAE-sized decoder (diffusers' AutoencoderKL 128-256-512-512, random weights) to 256 x 256 pixels. Returns
+    ms/image (P50, P99 over `runs` whole noise -> pixels runs) and the decoder's share."""
+    from diffusers import AutoencoderKL, DiTTransformer2DModel
+
+    if device.type != "cuda":
+        raise ValueError("time_dit_xl: needs a CUDA device")
+    torch.manual_seed(0)
+    dit = DiTTransformer2DModel(num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8, num_layers=28,
+                                sample_size=32, patch_size=2, num_embeds_ada_norm=1000).to(device, torch.bfloat16).eval()
+    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4,
+                        sample_size=256).to(device, torch.bfloat16).eval()
+    rows = 2 if cfg != 1.0 else 1
+    x = torch.randn(batch, 4, 32, 32, device=device, dtype=torch.bfloat16)
+    labels = torch.cat([torch.randint(0, 1000, (batch,), device=device), torch.full((batch,), 1000, device=device)])[: rows * batch]
+    t = torch.full((rows * batch,), 500.0, device=device)
+
+    @torch.no_grad()
+    def step():
+        out = dit(x.repeat(rows, 1, 1, 1), timestep=t, class_labels=labels, return_dict=False)[0][:, :4]
+        guided = out if rows == 1 else out[batch:] + cfg * (out[:batch] - out[batch:])
+        x.sub_(guided / steps)
+
+    @torch.no_grad()
+    def decode():
+        return vae.decode(x / 0.18215, return_dict=False)[0]
+
+    run_step, run_decode = _capture(step, device), _capture(decode, device)
+
+    def sample():
+        for _ in range(steps):
+            run_step()
+        if decoder:
+            run_decode()
+
+    whole = np.asarray(time_callable(sample, device, warmup=1, runs=runs)) / batch
+    dec = np.asarray(time_callable(run_decode, device, warmup=3, runs=50)) / batch
+    return {"name": f"DiT-XL/2 ({steps} steps, cfg {cfg:g}) + SD-VAE decoder", "batch": batch, "runs": runs,
+            "params": sum(p.numel() for p in dit.parameters()), "decoder_params": sum(p.numel() for p in vae.decoder.parameters()),
+            "ms_per_image_p50": float(np.percentile(whole, 50)), "ms_per_image_p99": float(np.percentile(whole, 99)),
+            "decoder_ms_per_image_p50": float(np.percentile(dec, 50)), "decoder_timed": decoder}

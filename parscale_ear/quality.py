@@ -113,7 +113,7 @@ def generated_statistics(model: ParScaleEAR, schedule: Schedule, n: int, incepti
 
 
 def evaluate_schedules(model: ParScaleEAR, schedules: list[Schedule], n: int, references: dict, inception,
-                       time_batches=(256, 16), seed: int = 0) -> list[dict]:
+                       time_batches=(256, 16), seed: int = 0, time_runs: int = 50) -> list[dict]:
     """One row per schedule: FID-n against each reference statistics, passes, ms/image per batch."""
     from .fid import frechet_distance
 
@@ -129,7 +129,7 @@ def evaluate_schedules(model: ParScaleEAR, schedules: list[Schedule], n: int, re
                 row[f"fid_{name}"] = round(frechet_distance(stats, ref), 3)
             if model.device.type == "cuda":
                 for b in time_batches:
-                    t = time_sampling(model, s, b)
+                    t = time_sampling(model, s, b, runs=time_runs)
                     row[f"ms_per_image_b{b}"] = round(t["ms_per_image_p50"], 4)
                     row[f"ms_per_image_b{b}_p99"] = round(t["ms_per_image_p99"], 4)
         row["eval_s"] = round(time.time() - t0, 1)
@@ -154,10 +154,11 @@ def recipe_config(recipe: str, vae_config: ParScaleEARConfig, overrides: dict | 
 
 
 def train_for_minutes(config: ParScaleEARConfig, vae_run: str | Path, minutes: float, out: str | Path, device: str,
-                      warmup_steps: int = 100, **train_options) -> dict:
+                      warmup_steps: int = 100, steps: int | None = None, **train_options) -> dict:
     """Train `config` on the VAE run's latents for `minutes` of wall time, compile included: the run
     measures its own rate during its warm-up and sets its step count there so that its cosine decay
-    ends at the budget (TrainConfig.fit_steps_to_budget), and max_minutes caps it in any case.
+    ends at the budget (TrainConfig.fit_steps_to_budget), and max_minutes caps it in any case; or, with
+    `steps`, for that many steps (its wall time then is what it took).
     `train_options` go to TrainConfig (batch_size, lr, ema_decay, head_lr_ratio, seed, compile, ...).
     Returns the run's last metrics row with the measured rate, the planned steps and the wall seconds."""
     from .loading import load_checkpoint, read_metrics
@@ -166,15 +167,19 @@ def train_for_minutes(config: ParScaleEARConfig, vae_run: str | Path, minutes: f
     out = Path(out)
     data = load_checkpoint(vae_run)["train"]["data"]
     # steps is an upper bound until the warm-up's end sets it; the warm-up does not depend on it
-    cfg = TrainConfig(kind="generator", steps=10**7, warmup_steps=warmup_steps, log_every=20, sample_every=10**9,
-                      ckpt_every=10**9, max_minutes=minutes, fit_steps_to_budget=True, data=data, vae_run=str(vae_run),
-                      samples=False, **train_options)
+    budget = dict(steps=steps, max_minutes=0.0, fit_steps_to_budget=False) if steps else \
+        dict(steps=10**7, max_minutes=minutes, fit_steps_to_budget=True)
+    cfg = TrainConfig(kind="generator", warmup_steps=warmup_steps, log_every=20, sample_every=10**9,
+                      ckpt_every=10**9, data=data, vae_run=str(vae_run), samples=False, **budget, **train_options)
     t0 = time.time()
     train(cfg, out, config, device=device, progress=False)
     wall = time.time() - t0
     fitted = json.loads((out / RUN_CONFIG).read_text()).get("fitted", {})
-    print(f"{config.name}: {fitted.get('steps_per_s', float('nan')):.2f} steps/s in warm-up -> {fitted.get('steps')} steps "
-          f"planned in {minutes} min; wall {wall:.1f} s", flush=True)
+    if fitted:
+        print(f"{config.name}: {fitted['steps_per_s']:.2f} steps/s in warm-up -> {fitted['steps']} steps planned in "
+              f"{minutes} min; wall {wall:.1f} s", flush=True)
+    else:
+        print(f"{config.name}: {cfg.steps} steps; wall {wall:.1f} s", flush=True)
     return {**read_metrics(out / METRICS)[-1], "steps_per_s": fitted.get("steps_per_s"), "planned_steps": fitted.get("steps"),
             "wall_s": wall}
 
