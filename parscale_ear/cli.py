@@ -209,6 +209,12 @@ def _sample(args) -> int:
     if not as_grid and out.suffix:
         raise ValueError(f"--out {out}: expected grid.png (one grid) or a folder name without a suffix (one PNG per image)")
     prepare_output_folder(out.parent if as_grid else out)
+    from .utils import remove_stale_temporaries  # what a killed earlier call left
+
+    if as_grid:
+        remove_stale_temporaries(out.parent, (out.name,))
+    else:
+        remove_stale_temporaries(out, ("[0-9]*.png",))
     model = load_pipeline(args.ckpt, device=resolve_device(args.device))
     labels = args.labels
     if labels is not None and len(labels) == 1:

@@ -285,6 +285,18 @@ def fid(a, b, batch_size: int = 200, device: str | torch.device | None = None,
 
 # ---------------------------------------------------------------------------- command line
 
+def _check_stats_destination(path: Path, sources: Sequence[str]) -> None:
+    """--save-stats never replaces an input, nor an existing file that is not FID statistics (one line)."""
+    if path.suffix != ".npz":
+        raise ValueError(f"--save-stats {path}: expected a .npz path")
+    if path.exists():
+        if any(Path(s).exists() and path.resolve() == Path(s).resolve() for s in sources):
+            raise ValueError(f"--save-stats {path} is one of the sources; choose another path")
+        if not _is_stats_file(path):
+            raise FileExistsError(f"--save-stats {path} exists and is not a statistics file; it is left alone, choose "
+                                  f"another path")
+
+
 def fid_cli(argv: Sequence[str] | None = None) -> int:
     """`parscale-ear fid A [B] [--save-stats PATH] [--batch-size N] [--device D]`."""
     parser = argparse.ArgumentParser(
@@ -304,6 +316,8 @@ def fid_cli(argv: Sequence[str] | None = None) -> int:
     try:
         from .utils import resolve_device
 
+        if args.save_stats is not None:
+            _check_stats_destination(Path(args.save_stats), args.sources)
         device = resolve_device(args.device)
         model = None
         if not all(_is_stats_file(s) for s in args.sources):

@@ -49,10 +49,18 @@ def read_metrics(path: Path) -> list[dict]:
     return rows
 
 
+def check_finite_state(state: dict, source: str) -> None:
+    """A one-line ValueError if any floating-point tensor of a state dict holds NaN or Inf (a diverged run)."""
+    for name, value in state.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
+            raise ValueError(f"{source}: weight {name!r} holds NaN or Inf (a diverged run); it cannot be used")
+
+
 def model_from_checkpoint(ckpt: dict, use_ema: bool = True) -> ParScaleEAR:
     """The pipeline held by a checkpoint (EMA weights by default)."""
     model = ParScaleEAR(ParScaleEARConfig.from_dict(ckpt["config"]))
     weights = ckpt["ema"] if use_ema else ckpt["model"]
+    check_finite_state(weights, "checkpoint")
     if ckpt["kind"] == "vae":
         model.vae.load_state_dict(weights)
     else:

@@ -245,14 +245,19 @@ class ParScaleEAR(nn.Module):
         from . import __version__
         from .utils import prepare_output_folder, remove_stale_temporaries
 
+        if not isinstance(directory, (str, Path)) or not str(directory).strip():
+            raise ValueError(f"save_pretrained: expected a folder path, got {directory!r}")
+        if dtype not in (None, torch.float32, torch.float16, torch.bfloat16):  # before anything is created
+            raise ValueError(f"save_pretrained: dtype must be float32, float16 or bfloat16, got {dtype}")
         directory = Path(directory)
         if directory.exists() and not directory.is_dir():
             raise FileExistsError(f"save_pretrained: {directory} is a file; expected a folder (existing or new)")
+        if (directory / "checkpoint.pt").exists():
+            raise FileExistsError(f"save_pretrained: {directory} holds a training run (checkpoint.pt); write the release "
+                                  f"into a folder of its own")
         prepare_output_folder(directory, "save_pretrained:")
-        remove_stale_temporaries(directory, (CONFIG_NAME, WEIGHTS_NAME))
+        remove_stale_temporaries(directory, (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME))
         meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "library_version": __version__}
-        if dtype not in (None, torch.float32, torch.float16, torch.bfloat16):
-            raise ValueError(f"save_pretrained: dtype must be float32, float16 or bfloat16, got {dtype}")
         params = {k for k, _ in self.named_parameters()}
         state = {k: (v.to(dtype) if dtype is not None and k in params else v).detach().contiguous().cpu()
                  for k, v in self.state_dict().items()}

@@ -21,9 +21,11 @@ from torch import nn
 
 from .data import ImageData, load_dataset
 from .vae_objective import vae_loss
-from .loading import CHECKPOINT, METRICS, export, load_checkpoint, load_pipeline, model_from_checkpoint, read_metrics  # noqa: F401
+from .loading import (CHECKPOINT, METRICS, check_finite_state, export, load_checkpoint, load_pipeline,  # noqa: F401
+                      model_from_checkpoint, read_metrics)
 from .pipeline import ParScaleEAR, ParScaleEARConfig
 from .presets import get_config
+from .distill import weights_digest
 from .solvers import check_solver
 from .utils import (atomic_torch_save, atomic_write_json, atomic_write_text, check_int, check_real, from_uint8, line_plot,
                     prepare_output_folder, remove_stale_temporaries, save_grid)
@@ -353,9 +355,12 @@ def encode_dataset(vae, images: torch.Tensor, device: torch.device, batch: int =
 
 def cached_latents(vae_run: Path, model: ParScaleEAR, data: ImageData, device: torch.device, d: Dist,
                    progress: bool = False) -> torch.Tensor:
-    """Latents of the training images under the VAE run's weights, cached once in the VAE run folder."""
+    """Latents of the training images under the VAE run's weights, cached once in the VAE run folder, keyed by
+    the VAE weights and the data's identity (source, size and a digest of the images): other data never reuses
+    another set's latents."""
     path = vae_run / "latents-train.pt"
-    key = {"vae_checkpoint_mtime": (vae_run / CHECKPOINT).stat().st_mtime_ns, "num_images": len(data)}
+    key = {"vae": weights_digest(model.vae), "source": data.source, "num_images": len(data),
+           "shape": list(data.images.shape), "images": _digest(data.images), "labels": _digest(data.labels)}
     if path.exists():
         try:
             cache = torch.load(path, weights_only=True)
@@ -364,11 +369,21 @@ def cached_latents(vae_run: Path, model: ParScaleEAR, data: ImageData, device: t
         if isinstance(cache, dict) and cache.get("key") == key:
             return cache["latents"]
     if d.main:
+        remove_stale_temporaries(vae_run, (path.name,))
         latents = encode_dataset(model.vae, data.images, device, progress=progress)
         atomic_torch_save({"key": key, "latents": latents}, path)
     if d.world > 1:
         dist.barrier()
     return torch.load(path, weights_only=True)["latents"]
+
+
+def _digest(t: torch.Tensor | None) -> str | None:
+    """SHA-256 of a tensor's bytes (None for None)."""
+    if t is None:
+        return None
+    import hashlib
+
+    return hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -426,6 +441,8 @@ def train(cfg: TrainConfig, out: str | Path, model_config: ParScaleEARConfig | N
     optimizer = torch.optim.AdamW(param_groups(part, cfg), lr=cfg.lr, betas=(0.9, 0.95), fused=dev.type == "cuda")
     start = 0
     if ckpt is not None:
+        for key in ("model", "ema"):
+            check_finite_state(ckpt[key], f"--resume: {out / CHECKPOINT}")
         part.load_state_dict(ckpt["model"])
         ema.load_state_dict(ckpt["ema"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -440,7 +457,8 @@ def train(cfg: TrainConfig, out: str | Path, model_config: ParScaleEARConfig | N
 
     if d.main:
         prepare_output_folder(out)
-        remove_stale_temporaries(out, (CHECKPOINT, METRICS, RUN_CONFIG))
+        remove_stale_temporaries(out, (CHECKPOINT, METRICS, RUN_CONFIG, "loss.png"))
+        remove_stale_temporaries(out / "samples", ("step_*.png",))
     used = {"bf16": use_bf16, "warmup_steps": warmup_steps(cfg)}  # what this run does, not only what was asked
     run_info = {"train": {**asdict(cfg), **used}, "requested": {k: getattr(cfg, k) for k in used},
                 "model": model_config.to_dict(), "world_size": d.world, "device": str(dev), "torch": torch.__version__,
@@ -474,11 +492,15 @@ def train(cfg: TrainConfig, out: str | Path, model_config: ParScaleEARConfig | N
         from tqdm.auto import tqdm
 
         bar = tqdm(initial=start, total=cfg.steps, desc=f"train-{cfg.kind}", unit="step")
+    if cfg.samples and start and d.main and (start % cfg.sample_every == 0 or start == cfg.steps) \
+            and not (out / "samples" / f"step_{start:07d}.png").is_file():
+        snapshot(start)  # the grid of the step a killed run had checkpointed but not drawn yet
     t_start, window_t, window_n = time.time(), time.time(), 0
     warm = warmup_steps(cfg)
     fit = cfg.fit_steps_to_budget and start + FIT_FROM < warm  # a resumed run past its warm-up keeps its steps
     fit_mark = None
-    step = start
+    step = last_saved = start
+    first_bad = torch.full((), -1, dtype=torch.long, device=dev)
     while step < cfg.steps:
         torch.manual_seed(step_seed(cfg.seed, step, d.rank))
         idx = batch_indices(task.num_items, cfg.batch_size, step, cfg.seed, d).to(dev)
@@ -489,6 +511,9 @@ def train(cfg: TrainConfig, out: str | Path, model_config: ParScaleEARConfig | N
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(part.parameters(), cfg.grad_clip)
+        # the first step whose loss or gradient is not finite, recorded on the device (no sync a step)
+        finite = torch.isfinite(grad_norm) & torch.isfinite(losses["loss"].detach())
+        first_bad = torch.where((first_bad < 0) & ~finite, torch.full_like(first_bad, step + 1), first_bad)
         optimizer.step()
         ema_update(ema, part, min(cfg.ema_decay, (1 + step) / (10 + step)))
         window_n += len(idx) * d.world
@@ -512,7 +537,14 @@ def train(cfg: TrainConfig, out: str | Path, model_config: ParScaleEARConfig | N
                     run_info["fitted"] = {"at_step": done, "steps_per_s": round(rate, 3), "steps": cfg.steps}
                     atomic_write_json(out / RUN_CONFIG, run_info)
         out_of_time = cfg.max_minutes > 0 and (time.time() - t_start) > 60 * cfg.max_minutes
-        if done % cfg.log_every == 0 or done == cfg.steps or out_of_time:  # the last step is always logged
+        logging = done % cfg.log_every == 0 or done == cfg.steps or out_of_time  # the last step is always logged
+        saving = done % cfg.ckpt_every == 0 or done == cfg.steps or out_of_time
+        if logging or saving:  # nothing non-finite reaches the log or a checkpoint, nor a folder made anew
+            check_finite(first_bad, done, out, last_saved, d)
+            if d.main and not (out / RUN_CONFIG).is_file():
+                raise FileNotFoundError(f"the run folder {out} (its {RUN_CONFIG}) was removed or moved during the run; "
+                                        f"stopped at step {done} without writing into it")
+        if logging:
             vals = {k: v.detach().float() for k, v in losses.items()}
             if d.world > 1:
                 for v in vals.values():
@@ -528,8 +560,9 @@ def train(cfg: TrainConfig, out: str | Path, model_config: ParScaleEARConfig | N
             if d.main:
                 with open(out / METRICS, "a") as f:
                     f.write(json.dumps(row) + "\n")
-        if done % cfg.ckpt_every == 0 or done == cfg.steps or out_of_time:
+        if saving:
             save(done)
+            last_saved = done
         if cfg.samples and (done % cfg.sample_every == 0 or done == cfg.steps or out_of_time):
             t0 = time.time()
             snapshot(done)
@@ -546,6 +579,21 @@ def train(cfg: TrainConfig, out: str | Path, model_config: ParScaleEARConfig | N
         dist.barrier()
         dist.destroy_process_group()
     return out
+
+
+class TrainingDiverged(ValueError):
+    """A loss or gradient became NaN or infinite: the run stops; the last finite checkpoint stays."""
+
+
+def check_finite(first_bad: torch.Tensor, done: int, out: Path, last_saved: int, d: Dist) -> None:
+    """Raise TrainingDiverged (one line) if any step so far had a non-finite loss or gradient (on any rank)."""
+    if d.world > 1:
+        dist.all_reduce(first_bad, op=dist.ReduceOp.MAX)
+    bad = int(first_bad)
+    if bad > 0:
+        kept = f"{out / CHECKPOINT} keeps step {last_saved}" if last_saved else "no checkpoint was written"
+        raise TrainingDiverged(f"training diverged: the loss or its gradient is not finite at step {bad} (checked at "
+                               f"step {done}); stopped, {kept}; lower --lr or check the data")
 
 
 @torch.no_grad()

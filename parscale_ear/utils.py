@@ -105,7 +105,10 @@ def check_latents(latents: Any, shape: tuple[int, int, int], name: str = "latent
     return latents
 
 
-TEMP_SUFFIX = ".tmp"  # temporaries are ".NAME.<random>.tmp" beside the file they become
+# temporaries are ".NAME.<8 random characters>.parscale-ear.tmp" beside the file they become: a name no user file
+# has by accident, so removing stale ones never touches anything else
+TEMP_SUFFIX = ".parscale-ear.tmp"
+_TEMP_RANDOM = r"[a-z0-9_]{8}"  # tempfile.mkstemp's random part
 
 
 @contextlib.contextmanager
@@ -145,14 +148,19 @@ def _fsync(path: Path) -> None:
 
 
 def remove_stale_temporaries(folder: str | os.PathLike, names: Iterable[str]) -> list[Path]:
-    """Delete temporaries that `atomic_path` left beside `folder/NAME` (a killed write), for the
-    given NAMEs only; never the files themselves. Returns what was removed."""
+    """Delete temporaries that `atomic_path` left beside `folder/NAME` (a killed write), for the given NAMEs
+    (glob patterns, e.g. "step_*.png") only; never the files themselves. Returns what was removed."""
+    import fnmatch
+    import re
+
     folder, removed = Path(folder), []
     if not folder.is_dir():
         return removed
     for name in names:
-        for tmp in folder.glob(f".{glob.escape(name)}.*{TEMP_SUFFIX}"):
-            if tmp.is_file():
+        pattern = re.compile(r"\." + fnmatch.translate(name).removeprefix("(?s:").removesuffix(")\\Z")
+                             + r"\." + _TEMP_RANDOM + re.escape(TEMP_SUFFIX) + r"\Z", re.S)
+        for tmp in folder.glob(f".*{TEMP_SUFFIX}"):
+            if tmp.is_file() and pattern.match(tmp.name):
                 tmp.unlink()
                 removed.append(tmp)
     return removed

@@ -17,7 +17,7 @@ from parscale_ear import fid_weights as fidw
 from parscale_ear import metrics as metrics_mod
 from parscale_ear.cli import main
 from parscale_ear.train import CHECKPOINT, METRICS, TrainConfig, train
-from parscale_ear.utils import atomic_path, remove_stale_temporaries
+from parscale_ear.utils import TEMP_SUFFIX, atomic_path, remove_stale_temporaries
 
 from helpers import StandIn
 
@@ -113,10 +113,12 @@ def test_stale_temporaries_are_removed_on_start_and_resume(tmp_path, npz_data, r
     vae, _ = runs
     out = tmp_path / "gen"
     train(tiny_cfg("generator", npz_data, str(vae), steps=1), out, progress=False)
-    stale = [out / f".{CHECKPOINT}.abc{i}.tmp" for i in range(5)] + [out / f".{METRICS}.x.tmp"]
+    stale = [out / f".{CHECKPOINT}.abcdefg{i}{TEMP_SUFFIX}" for i in range(5)] + [out / f".{METRICS}.xxxxxxxx{TEMP_SUFFIX}"]
+    stale += [out / f".loss.png.lossloss{TEMP_SUFFIX}", out / "samples" / f".step_0000001.png.gridgrid{TEMP_SUFFIX}"]
+    (out / "samples").mkdir(exist_ok=True)
     for p in stale:
         p.write_bytes(b"torn")
-    keep = out / ".notes.txt.abc.tmp"  # not the library's naming: untouched
+    keep = out / f".notes.txt.abcdefgh{TEMP_SUFFIX}"  # not one of the library's files: untouched
     keep.write_text("mine")
     live = (out / CHECKPOINT).read_bytes()
     train(tiny_cfg("generator", npz_data, str(vae), steps=2), out, resume=True, progress=False)
@@ -127,9 +129,11 @@ def test_stale_temporaries_are_removed_on_start_and_resume(tmp_path, npz_data, r
 
 def test_remove_stale_temporaries_never_touches_the_file(tmp_path):
     (tmp_path / "checkpoint.pt").write_bytes(b"live")
-    (tmp_path / ".checkpoint.pt.q1.tmp").write_bytes(b"torn")
+    (tmp_path / f".checkpoint.pt.q1q1q1q1{TEMP_SUFFIX}").write_bytes(b"torn")
+    (tmp_path / ".checkpoint.pt.q1.tmp").write_bytes(b"a user's file: not the library's temporary naming")
     removed = remove_stale_temporaries(tmp_path, ["checkpoint.pt"])
-    assert [p.name for p in removed] == [".checkpoint.pt.q1.tmp"]
+    assert [p.name for p in removed] == [f".checkpoint.pt.q1q1q1q1{TEMP_SUFFIX}"]
+    assert (tmp_path / ".checkpoint.pt.q1.tmp").is_file()
     assert (tmp_path / "checkpoint.pt").read_bytes() == b"live"
 
 
