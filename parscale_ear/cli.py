@@ -265,9 +265,25 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {export(args.run, args.out, getattr(torch, args.dtype))}")
             return 0
     except USER_ERRORS as e:
-        print(f"parscale-ear: error: {e}", file=sys.stderr)
+        print(f"parscale-ear: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as e:  # sizes this machine cannot hold: one line; other errors stay loud
+        if not _out_of_memory(e):
+            raise
+        print(f"parscale-ear: error: out of memory ({_one_line(e)[:160]}): reduce the sizes asked for (--set widths, "
+              f"--streams, --n, --batch-size)", file=sys.stderr)
         return 2
     return 1
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    text = str(error).lower()
+    return isinstance(error, MemoryError) or "out of memory" in text or "can't allocate memory" in text
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from torch import nn
 from .layers import TransformerBlock, modulate, prepend_stream_prefixes, stream_parts
 from .losses import energy_score_loss
 from .solvers import SOLVERS, check_solver  # noqa: F401  (SOLVERS re-exported)
-from .utils import check_int, check_real
+from .utils import check_field_types, check_int, check_real
 
 
 @dataclass
@@ -80,6 +80,7 @@ class GeneratorConfig:
     objective: str = "flow"
 
     def __post_init__(self):
+        check_field_types(self)
         if self.kind not in ("mar", "flow"):
             raise ValueError(f"GeneratorConfig: kind must be 'mar' or 'flow', got {self.kind!r}")
         check_int(self.samples, "GeneratorConfig.samples", minimum=2)
@@ -119,6 +120,8 @@ class GeneratorConfig:
         if self.solver == "heun" and (self.kind != "flow" or not self.has_mean_head):
             raise ValueError("GeneratorConfig: solver 'heun' needs a flow stage with a mean head (kind 'flow', "
                              "mean_weight > 0): it corrects the mean path")
+        if not 0 <= self.class_dropout <= 1:
+            raise ValueError(f"GeneratorConfig: class_dropout must be in [0, 1], got {self.class_dropout}")
         if not 0 <= self.one_step_prob <= 1:
             raise ValueError(f"GeneratorConfig: one_step_prob must be in [0, 1], got {self.one_step_prob}")
         for name in ("width", "depth", "heads", "head_width", "head_depth", "noise_dim", "prefix_len"):

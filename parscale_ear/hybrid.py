@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .generator import EnergyGenerator, GeneratorConfig
-from .utils import check_int
+from .utils import check_field_types, check_int, nested_config
 
 
 # ----------------------------------------------------------------------------- stages
@@ -55,10 +55,9 @@ class HybridConfig:
     fine_steps: int = 1  # default steps of the fine stage (1 = one parallel pass)
 
     def __post_init__(self):
-        if isinstance(self.coarse, dict):
-            self.coarse = GeneratorConfig(**self.coarse)
-        if isinstance(self.fine, dict):
-            self.fine = GeneratorConfig(**self.fine)
+        self.coarse = nested_config(GeneratorConfig, self.coarse, "HybridConfig.coarse")
+        self.fine = nested_config(GeneratorConfig, self.fine, "HybridConfig.fine")
+        check_field_types(self)
         check_int(self.pool, "HybridConfig.pool")
         check_int(self.fine_patch, "HybridConfig.fine_patch")
         if self.mode not in MODES:

@@ -30,7 +30,50 @@ def load_checkpoint(run: str | Path) -> dict:
         raise ValueError(f"cannot read checkpoint {path}: {first}") from None
     if not isinstance(ckpt, dict) or "config" not in ckpt or "kind" not in ckpt:
         raise ValueError(f"{path} is not a parscale-ear training checkpoint")
+    check_checkpoint(ckpt, path)
     return ckpt
+
+
+STATE_KEYS = {"vae": ("model", "ema"), "generator": ("model", "ema", "vae")}  # dicts of tensors a checkpoint holds
+
+
+def check_checkpoint(ckpt: dict, path) -> None:
+    """A one-line ValueError unless `ckpt` has what `train` writes: its kind, step, train and config dicts and the
+    weights of its kind (an optimizer state is checked where a run resumes)."""
+    kind = ckpt.get("kind")
+    if kind not in STATE_KEYS:
+        raise ValueError(f"{path}: checkpoint kind {kind!r} is neither 'vae' nor 'generator'")
+    missing = [k for k in ("step", "train", "config", *STATE_KEYS[kind]) if k not in ckpt]
+    if missing:
+        raise ValueError(f"{path}: the checkpoint lacks {', '.join(map(repr, missing))}; it was not written completely "
+                         f"by parscale-ear train")
+    if isinstance(ckpt["step"], bool) or not isinstance(ckpt["step"], int) or ckpt["step"] < 0:
+        raise ValueError(f"{path}: the checkpoint's step is {ckpt['step']!r}, expected an int >= 0")
+    for key in ("train", "config", *STATE_KEYS[kind]):
+        if not isinstance(ckpt[key], dict):
+            raise ValueError(f"{path}: the checkpoint's {key!r} is a {type(ckpt[key]).__name__}, expected a dict")
+    for key in STATE_KEYS[kind]:
+        bad = [k for k, v in ckpt[key].items() if not isinstance(v, torch.Tensor)]
+        if bad:
+            raise ValueError(f"{path}: the checkpoint's {key!r} holds a non-tensor entry {bad[0]!r}")
+
+
+def load_module_state(module: torch.nn.Module, state: dict, source: str) -> None:
+    """Strictly load a state dict; missing, unexpected or mis-shaped entries raise one ValueError naming `source`."""
+    own = module.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    wrong = [f"{k}: expected {tuple(own[k].shape)}, got {tuple(state[k].shape)}" for k in own
+             if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing[:3]}{'...' if len(missing) > 3 else ''}")
+        if unexpected:
+            parts.append(f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}")
+        if wrong:
+            parts.append(wrong[0] + (f" (+{len(wrong) - 1} more)" if len(wrong) > 1 else ""))
+        raise ValueError(f"{source}: weights do not match the config: " + "; ".join(parts))
+    module.load_state_dict(state, strict=True)
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -62,10 +105,10 @@ def model_from_checkpoint(ckpt: dict, use_ema: bool = True) -> ParScaleEAR:
     weights = ckpt["ema"] if use_ema else ckpt["model"]
     check_finite_state(weights, "checkpoint")
     if ckpt["kind"] == "vae":
-        model.vae.load_state_dict(weights)
+        load_module_state(model.vae, weights, "checkpoint (LiteVAE)")
     else:
-        model.vae.load_state_dict(ckpt["vae"])
-        model.hybrid.load_state_dict(weights)
+        load_module_state(model.vae, ckpt["vae"], "checkpoint (LiteVAE)")
+        load_module_state(model.hybrid, weights, "checkpoint (generator)")
     return model.eval()
 
 

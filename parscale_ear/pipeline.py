@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .hybrid import CoarseFineHybrid, HybridConfig
-from .utils import atomic_path, check_images, check_int, check_labels, check_real
+from .utils import atomic_path, check_field_types, check_images, check_int, check_labels, check_real, nested_config
 from .vae import LiteVAE, LiteVAEConfig
 
 FORMAT = "parscale-ear"
@@ -49,6 +49,19 @@ def _resolve_pretrained(name: str | Path, revision: str | None = None) -> Path:
                       f"Hub ({type(e).__name__}: {first[:200]})") from None
 
 
+MAX_SEED = 2**63  # torch.Generator seeds are 64-bit; image i of a call uses seed + i
+
+
+def _memory_bytes() -> int:
+    """This machine's physical memory in bytes (no limit where the OS does not say)."""
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return 1 << 62
+
+
 @dataclass
 class ParScaleEARConfig:
     name: str = "custom"
@@ -61,14 +74,13 @@ class ParScaleEARConfig:
     temperature: float = 1.0  # default temperature (scales the head's adaLN shift, EAR; with a mean head the residual, 0 = the mean path)
 
     def __post_init__(self):
-        if isinstance(self.vae, dict):
-            self.vae = LiteVAEConfig(**self.vae)
-        if isinstance(self.hybrid, dict):
-            self.hybrid = HybridConfig(**self.hybrid)
-        if isinstance(self.dit, dict):
+        self.vae = nested_config(LiteVAEConfig, self.vae, "ParScaleEARConfig.vae")
+        self.hybrid = nested_config(HybridConfig, self.hybrid, "ParScaleEARConfig.hybrid")
+        if self.dit is not None:
             from .baselines.dit import DiTConfig
 
-            self.dit = DiTConfig(**self.dit)
+            self.dit = nested_config(DiTConfig, self.dit, "ParScaleEARConfig.dit")
+        check_field_types(self)
         check_int(self.num_classes, "ParScaleEARConfig.num_classes", minimum=0)
         check_real(self.cfg, "ParScaleEARConfig.cfg", minimum=0.0)
         check_real(self.temperature, "ParScaleEARConfig.temperature", minimum=0.0)
@@ -182,14 +194,14 @@ class ParScaleEAR(nn.Module):
         n = check_int(n, "n")
         batch_size = check_int(batch_size, "batch_size")
         seed = check_int(seed, "seed", minimum=0)
+        if seed + n > MAX_SEED:
+            raise ValueError(f"seed: image seeds seed .. seed + n - 1 must stay below 2**63, got seed {seed} and n {n}")
         cfg = check_real(self.config.cfg if cfg is None else cfg, "cfg", minimum=0.0)
         temperature = check_real(self.config.temperature if temperature is None else temperature, "temperature",
                                  minimum=0.0)
-        seeds = list(range(seed, seed + n))
+        seeds = range(seed, seed + n)  # lazy: a batch's seeds and labels are made when it is drawn
         if labels is not None:
             labels = check_labels(labels, self.config.num_classes, batch=n)
-        else:
-            labels = self.default_labels(seeds)
         steps = self.resolve_steps(steps)
         self.hybrid.check_solver(solver)  # before any work
         starts = range(0, n, batch_size)
@@ -200,7 +212,8 @@ class ParScaleEAR(nn.Module):
         for i in starts:
             chunk = seeds[i : i + batch_size]
             noise = self.draw_noise(chunk)
-            y = None if labels is None else labels[i : i + len(chunk)].to(self.device)
+            y = labels[i : i + len(chunk)] if labels is not None else self.default_labels(chunk)
+            y = None if y is None else y.to(self.device)
             latents = self.hybrid.sample(noise, y, steps, cfg, temperature, solver)
             yield self.vae.decode(latents).clamp(-1, 1)
 
@@ -213,6 +226,12 @@ class ParScaleEAR(nn.Module):
         the single stage's) or (coarse, fine); cfg/temperature default to the config's; solver: "euler"
         or "heun" (flow stages with a mean head, and the DiT peer; default: each stage's config).
         """
+        n = check_int(n, "n")
+        v = self.config.vae
+        need = n * v.in_channels * v.image_size**2 * 4  # the float32 result, all at once
+        if need > _memory_bytes():
+            raise ValueError(f"n: {n} images of {v.in_channels}x{v.image_size}x{v.image_size} need {need / 2**30:.1f} GiB at "
+                             f"once, more than this machine's memory; use iter_generate for batches")
         return torch.cat(list(self.iter_generate(n, labels, cfg, temperature, steps, seed, batch_size, progress, solver)))
 
     def compile_sampler(self, batch_size: int, steps=None, cfg: float | None = None, temperature: float | None = None,

@@ -21,13 +21,13 @@ from torch import nn
 
 from .data import ImageData, load_dataset
 from .vae_objective import vae_loss
-from .loading import (CHECKPOINT, METRICS, check_finite_state, export, load_checkpoint, load_pipeline,  # noqa: F401
-                      model_from_checkpoint, read_metrics)
+from .loading import (CHECKPOINT, METRICS, check_finite_state, export, load_checkpoint, load_module_state,  # noqa: F401
+                      load_pipeline, model_from_checkpoint, read_metrics)
 from .pipeline import ParScaleEAR, ParScaleEARConfig
 from .presets import get_config
 from .distill import weights_digest
 from .solvers import check_solver
-from .utils import (atomic_torch_save, atomic_write_json, atomic_write_text, check_int, check_real, from_uint8, line_plot,
+from .utils import (atomic_torch_save, check_field_types, atomic_write_json, atomic_write_text, check_int, check_real, from_uint8, line_plot,
                     prepare_output_folder, remove_stale_temporaries, save_grid)
 
 RUN_CONFIG = "run.json"
@@ -73,6 +73,7 @@ class TrainConfig:
     teacher_solver: str = ""
 
     def __post_init__(self):
+        check_field_types(self)
         if self.kind not in ("vae", "generator"):
             raise ValueError(f"TrainConfig: kind must be 'vae' or 'generator', got {self.kind!r}")
         for name in ("steps", "batch_size", "log_every", "sample_every", "ckpt_every"):
@@ -406,6 +407,8 @@ def train(cfg: TrainConfig, out: str | Path, model_config: ParScaleEARConfig | N
     ckpt = None
     if resume:
         ckpt = load_checkpoint(out)
+        if not isinstance(ckpt.get("optimizer"), dict):
+            raise ValueError(f"--resume: {out / CHECKPOINT} holds no optimizer state; it cannot be resumed")
         if ckpt["kind"] != cfg.kind:
             raise ValueError(f"--resume: {out} holds a {ckpt['kind']} run, not a {cfg.kind} run")
         model_config = ParScaleEARConfig.from_dict(ckpt["config"])
@@ -426,7 +429,7 @@ def train(cfg: TrainConfig, out: str | Path, model_config: ParScaleEARConfig | N
         vae_cfg = ParScaleEARConfig.from_dict(vae_ckpt["config"]).vae
         if vae_cfg != model_config.vae:
             raise ValueError("the generator's VAE config does not match the VAE run's")
-        model.vae.load_state_dict(vae_ckpt["ema"])
+        load_module_state(model.vae, vae_ckpt["ema"], f"--vae {vae_run}")
 
     data = load_images(cfg, model_config)
     if model_config.num_classes and data.num_classes != model_config.num_classes:
@@ -441,11 +444,15 @@ def train(cfg: TrainConfig, out: str | Path, model_config: ParScaleEARConfig | N
     optimizer = torch.optim.AdamW(param_groups(part, cfg), lr=cfg.lr, betas=(0.9, 0.95), fused=dev.type == "cuda")
     start = 0
     if ckpt is not None:
+        where = f"--resume: {out / CHECKPOINT}"
         for key in ("model", "ema"):
-            check_finite_state(ckpt[key], f"--resume: {out / CHECKPOINT}")
-        part.load_state_dict(ckpt["model"])
-        ema.load_state_dict(ckpt["ema"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+            check_finite_state(ckpt[key], where)
+        load_module_state(part, ckpt["model"], where)
+        load_module_state(ema, ckpt["ema"], where)
+        try:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as e:
+            raise ValueError(f"{where}: its optimizer state does not fit the model ({type(e).__name__})") from None
         start = ckpt["step"]
 
     runner = task.step

@@ -92,6 +92,82 @@ def check_real(value: Any, name: str, minimum: float = 0.0, inclusive: bool = Tr
     return value
 
 
+def check_field_types(config: Any) -> None:
+    """A one-line TypeError naming the field when a config dataclass field's value is not of its annotated type
+    (int, float, str, bool, tuple[int, ...], a nested config or a dict of its fields, optionally None); an int
+    passes for a float, a bool never passes for a number. Call first in __post_init__."""
+    import dataclasses
+    import sys
+
+    names = vars(sys.modules[type(config).__module__])
+    for f in dataclasses.fields(config):
+        try:  # the annotation as a type (a string under `from __future__ import annotations`)
+            hint = eval(f.type, names) if isinstance(f.type, str) else f.type  # noqa: S307 (our own annotations)
+        except Exception:  # a name this module does not import (a lazily loaded config): not checked here
+            continue
+        value = getattr(config, f.name)
+        if not _is_instance(value, hint):
+            raise TypeError(f"{type(config).__name__}.{f.name}: expected {_type_name(hint)}, got {value!r:.60} "
+                            f"({type(value).__name__})")
+
+
+def _is_instance(value: Any, hint: Any) -> bool:
+    import dataclasses
+    import typing
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any or hint is None:
+        return True
+    if origin is typing.Union or type(hint).__name__ == "UnionType":
+        return any(_is_instance(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (tuple, list):
+        return isinstance(value, (tuple, list)) and all(_is_instance(v, args[0]) for v in value) if args else \
+            isinstance(value, (tuple, list))
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):  # a nested config, or a dict of its fields
+        return isinstance(value, (hint, dict))
+    return True  # annotations this check does not know (forward references, protocols): not checked here
+
+
+def _type_name(hint: Any) -> str:
+    import typing
+
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is typing.Union or type(hint).__name__ == "UnionType":
+        return " or ".join(_type_name(a) for a in args)
+    if hint is type(None):
+        return "None"
+    if typing.get_origin(hint) in (tuple, list):
+        return f"a list of {_type_name(args[0])}" if args else "a list"
+    name = getattr(hint, "__name__", str(hint))
+    return f"{name} (or a dict of its fields)" if hasattr(hint, "__dataclass_fields__") else name
+
+
+def nested_config(cls: type, value: Any, name: str) -> Any:
+    """`value` as config class `cls`: itself, or built from a dict of its fields (unknown fields: one ValueError)."""
+    import dataclasses
+
+    if isinstance(value, cls):
+        return value
+    if not isinstance(value, dict):
+        raise TypeError(f"{name}: expected a {cls.__name__} or a dict of its fields, got {value!r:.60} ({type(value).__name__})")
+    unknown = sorted(set(value) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ValueError(f"{name}: unknown field(s) {', '.join(map(repr, unknown))} of {cls.__name__}")
+    return cls(**value)
+
+
 def check_latents(latents: Any, shape: tuple[int, int, int], name: str = "latents") -> torch.Tensor:
     """Check a float latent batch (B, C, h, w) of the expected per-sample shape."""
     if not isinstance(latents, torch.Tensor):

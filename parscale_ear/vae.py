@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers import ResBlock, group_norm
-from .utils import check_images, check_int, check_latents, check_real
+from .utils import check_images, check_field_types, check_int, check_latents, check_real
 from .wavelets import haar_dwt, haar_idwt, haar_wavedec, haar_waverec  # noqa: F401  (public names of this module)
 
 
@@ -37,6 +37,7 @@ class LiteVAEConfig:
     latent_scale: float = 1.0
 
     def __post_init__(self):
+        check_field_types(self)
         self.decoder_channels = tuple(self.decoder_channels)
         for name in ("image_size", "latent_channels", "latent_size", "extractor_channels", "aggregator_channels"):
             check_int(getattr(self, name), f"LiteVAEConfig.{name}")

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..solvers import check_solver, solver_passes, time_grid
-from ..utils import check_int, check_real
+from ..utils import check_field_types, check_int, check_real
 
 OBJECTIVES = ("flow", "meanflow")
 
@@ -47,6 +47,7 @@ class DiTConfig:
     loss_eps: float = 1e-3
 
     def __post_init__(self):
+        check_field_types(self)
         for name in ("num_layers", "heads", "head_dim", "patch_size", "steps"):
             check_int(getattr(self, name), f"DiTConfig.{name}")
         if self.objective not in OBJECTIVES:
