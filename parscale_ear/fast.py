@@ -32,6 +32,9 @@ class FastSampler:
     def __init__(self, model, batch_size: int, steps=None, cfg: float | None = None, temperature: float | None = None,
                  dtype: torch.dtype | None = None, graphs: bool | None = None, compile: bool = False,
                  channels_last: bool = False, solver: str | None = None):
+        for name, flag in (("graphs", graphs), ("compile", compile), ("channels_last", channels_last)):
+            if not (isinstance(flag, bool) or (name == "graphs" and flag is None)):
+                raise TypeError(f"compile_sampler: {name} must be True or False, got {flag!r}")
         self.model = model.eval()
         self.batch_size = B = check_int(batch_size, "batch_size")
         config = model.config
@@ -48,7 +51,7 @@ class FastSampler:
         self.dtype = dtype if dtype is not None else (torch.bfloat16 if cuda else torch.float32)
         if self.dtype not in (torch.float32, torch.bfloat16, torch.float16):
             raise ValueError(f"compile_sampler: dtype must be float32, bfloat16 or float16, got {self.dtype}")
-        self.graphs = cuda if graphs is None else bool(graphs)
+        self.graphs = cuda if graphs is None else graphs
         if self.graphs and not cuda:
             raise ValueError("compile_sampler: CUDA graphs need a model on a CUDA device")
         self._amp = torch.autocast(device.type, dtype=self.dtype) if self.dtype != torch.float32 else nullcontext()

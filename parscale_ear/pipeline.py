@@ -29,6 +29,24 @@ DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "fmnist-32-vflow-s
 HUB_ID = r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*"
 
 
+def check_device(device, name: str = "device") -> torch.device:
+    """`device` as a torch.device: a torch.device or 'cpu', 'cuda', 'cuda:N' that this machine has (one-line errors)."""
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"{name}: expected 'cpu', 'cuda', 'cuda:N' or a torch.device, got {device!r} ({type(device).__name__})")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"{name}: expected 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{name} {str(device)!r}: CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"{name} {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type != "cpu" or device.index not in (None, 0):
+        raise ValueError(f"{name}: expected 'cpu', 'cuda' or 'cuda:N', got {str(device)!r}")
+    return device
+
+
 def _resolve_pretrained(name: str | Path, revision: str | None = None) -> Path:
     """A local folder as given, or the snapshot folder of a Hub id that is not a local path."""
     import re
@@ -317,9 +335,15 @@ class ParScaleEAR(nn.Module):
         Weights load as float32, on `device`."""
         if directory is None:
             directory = DEFAULT_MODEL
+        if not isinstance(directory, (str, Path)) or not str(directory).strip():
+            raise ValueError(f"from_pretrained: expected a release folder, a shipped model name or a Hub id, got {directory!r}")
+        device = check_device(device)  # before anything loads
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
+        if isinstance(directory, str) and (DEFAULT_MODEL.parent / directory / CONFIG_NAME).is_file() \
+                and not Path(directory).exists():
+            directory = DEFAULT_MODEL.parent / directory  # a model shipped inside the package, by name
         directory = _resolve_pretrained(directory, revision)
         config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
         for p in (config_path, weights_path):
@@ -331,9 +355,17 @@ class ParScaleEAR(nn.Module):
             raise ValueError(f"from_pretrained: {config_path} is not valid JSON ({e})") from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT or "config" not in meta:
             raise ValueError(f"from_pretrained: {config_path} is not a {FORMAT} config")
-        if meta.get("format_version", 0) > FORMAT_VERSION:
-            raise ValueError(f"from_pretrained: format_version {meta['format_version']} is newer than this library's {FORMAT_VERSION}")
-        model = cls(ParScaleEARConfig.from_dict(meta["config"]))
+        version = meta.get("format_version", 0)
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise ValueError(f"from_pretrained: {config_path}: format_version must be an int, got {version!r}")
+        if version > FORMAT_VERSION:
+            raise ValueError(f"from_pretrained: format_version {version} is newer than this library's {FORMAT_VERSION}")
+        if not isinstance(meta["config"], dict):
+            raise ValueError(f"from_pretrained: {config_path}: 'config' must be a JSON object")
+        try:
+            model = cls(ParScaleEARConfig.from_dict(meta["config"]))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"from_pretrained: {config_path}: {e}") from None
         try:
             state = load_file(str(weights_path))
         except (SafetensorError, OSError) as e:

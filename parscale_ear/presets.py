@@ -225,13 +225,13 @@ def apply_overrides(config: ParScaleEARConfig, **overrides: Any) -> ParScaleEARC
     return merge_overrides(config, overrides)
 
 
-def get_config(name: str, **overrides: Any) -> ParScaleEARConfig:
+def get_config(name: str, /, **overrides: Any) -> ParScaleEARConfig:
     """The preset's config with overrides (see `apply_overrides`)."""
     if name not in _PRESETS:
         raise ValueError(f"create_model: unknown model {name!r}; available: {', '.join(list_models())}")
     return apply_overrides(_PRESETS[name](), **overrides)
 
 
-def create_model(name: str, **overrides: Any) -> ParScaleEAR:
+def create_model(name: str, /, **overrides: Any) -> ParScaleEAR:
     """Build a preset (randomly initialised, float32, CPU) with optional config overrides."""
     return ParScaleEAR(get_config(name, **overrides))

@@ -436,6 +436,8 @@ def train(cfg: TrainConfig, out: str | Path, model_config: ParScaleEARConfig | N
         raise ValueError(f"data has {data.num_classes} classes, the model expects {model_config.num_classes}")
     task = (VAETask if cfg.kind == "vae" else GeneratorTask)(model, data, cfg, dev, d, fresh=ckpt is None, progress=progress,
                                                              run=out)
+    if cfg.batch_size > task.num_items:
+        raise ValueError(f"--batch-size {cfg.batch_size} exceeds the {task.num_items} training items; use at most that")
     part = task.part
     model.to(dev)
     ema_model = copy.deepcopy(model).requires_grad_(False).eval()  # EMA of the trained part; used for samples

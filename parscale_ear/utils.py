@@ -30,6 +30,8 @@ def check_images(images: Any, channels: int, size: int, name: str = "images") ->
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(images).__name__}")
     if not images.is_floating_point():
         raise TypeError(f"{name}: expected a floating-point tensor in [-1, 1], got dtype {images.dtype}")
+    if images.device.type == "meta":
+        raise ValueError(f"{name}: a meta tensor holds no values; expected images on the CPU or a GPU")
     if images.ndim != 4:
         raise ValueError(f"{name}: expected shape (B, {channels}, {size}, {size}), got {tuple(images.shape)}")
     if images.shape[1] != channels or images.shape[2] != size or images.shape[3] != size:
@@ -51,6 +53,9 @@ def check_labels(labels: Any, num_classes: int, batch: int | None = None, name: 
     if isinstance(labels, (list, tuple)):
         if any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in labels):
             raise TypeError(f"{name}: expected a list of int class indices, got {labels!r:.80}")
+        bad = [int(v) for v in labels if not 0 <= int(v) < max(num_classes, 1)]
+        if bad:
+            raise ValueError(f"{name}: expected class indices in [0, {num_classes}), got {bad[0]}")
         labels = torch.tensor([int(v) for v in labels], dtype=torch.long)
     elif isinstance(labels, np.ndarray):
         if not np.issubdtype(labels.dtype, np.integer):
@@ -289,7 +294,7 @@ def resolve_device(name: str | None) -> str:
         device = torch.device(name)
     except (RuntimeError, ValueError):
         raise ValueError(f"--device {name!r}: expected cpu, cuda or cuda:N") from None
-    if device.type not in ("cpu", "cuda"):
+    if device.type not in ("cpu", "cuda") or (device.type == "cpu" and device.index not in (None, 0)):
         raise ValueError(f"--device {name!r}: expected cpu, cuda or cuda:N")
     if device.type == "cuda":
         if not torch.cuda.is_available():

@@ -211,8 +211,9 @@ def test_fid_cli_with_stand_in(tmp_path, two_npz, capsys):
     assert float(capsys.readouterr().out.split("FID:")[-1]) > 0.1
     assert fid_mod.fid_cli([str(tmp_path / "a.npz"), str(tmp_path / "missing")]) == 2
     assert "not found" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        fid_mod.fid_cli([str(tmp_path / "a.npz")])  # one source needs --save-stats
+    assert fid_mod.fid_cli([str(tmp_path / "a.npz")]) == 2  # one source needs --save-stats: a one-line usage error
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("parscale-ear: error: ") and "--save-stats" in err[0]
 
 
 # ---------------------------------------------------------------- metrics

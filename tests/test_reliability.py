@@ -145,3 +145,137 @@ def test_a_resumed_run_draws_the_grid_of_the_step_it_was_killed_at(tmp_path, dat
     assert real is train_mod.save_grid
     train(config, run, resume=True, progress=False)
     assert (run / "samples" / "step_0000002.png").is_file() and (run / "samples" / "step_0000004.png").is_file()
+
+
+# ---------------------------------------------------------------------------- every bad input: one line, exit 2
+@pytest.fixture(scope="module")
+def broken(tmp_path_factory, data, vae):
+    """A generator run, its release, and copies of its checkpoint each missing one key or with wrong shapes."""
+    root = tmp_path_factory.mktemp("broken")
+    gen = train(cfg("generator", data, str(vae), steps=2), root / "gen", progress=False)
+    assert main(["export", "--run", str(gen), "--out", str(root / "rel")]) == 0
+    ckpt = torch.load(gen / CHECKPOINT, weights_only=True)
+    for key in ("ema", "vae", "train", "optimizer", "model"):
+        (root / f"no_{key}").mkdir()
+        torch.save({k: v for k, v in ckpt.items() if k != key}, root / f"no_{key}" / CHECKPOINT)
+    (root / "shape").mkdir()
+    torch.save({**ckpt, "ema": {k: v[:1] if v.ndim else v for k, v in ckpt["ema"].items()},
+                "model": {k: v[:1] if v.ndim else v for k, v in ckpt["model"].items()}}, root / "shape" / CHECKPOINT)
+    vk = torch.load(vae / CHECKPOINT, weights_only=True)
+    (root / "vae_no_ema").mkdir()
+    torch.save({k: v for k, v in vk.items() if k != "ema"}, root / "vae_no_ema" / CHECKPOINT)
+    (root / "text.pt").write_text("not a checkpoint\n")
+    (root / "cut").mkdir()
+    (root / "cut" / CHECKPOINT).write_bytes((gen / CHECKPOINT).read_bytes()[:5000])
+    return root
+
+
+CPU = ["--batch-size", "8", "--no-progress", "--no-samples", "--device", "cpu"]
+BAD_CLI = [  # (argv with {root} and {vae}, a part of the one-line message)
+    (["sample", "--ckpt", "{root}/no_ema", "--n", "2", "--out", "{tmp}/o.png"], "lacks 'ema'"),
+    (["sample", "--ckpt", "{root}/no_vae", "--n", "2", "--out", "{tmp}/o.png"], "lacks 'vae'"),
+    (["export", "--run", "{root}/no_model", "--out", "{tmp}/r"], "lacks 'model'"),
+    (["export", "--run", "{root}/no_train", "--out", "{tmp}/r"], "lacks 'train'"),
+    (["train", "--vae", "{vae}", "--steps", "5", "--out", "{root}/no_optimizer", "--resume", *CPU], "no optimizer state"),
+    (["train", "--vae", "{vae}", "--steps", "5", "--out", "{root}/no_ema", "--resume", *CPU], "lacks 'ema'"),
+    (["sample", "--ckpt", "{root}/shape", "--n", "2", "--out", "{tmp}/o.png"], "weights do not match the config"),
+    (["train", "--vae", "{vae}", "--steps", "5", "--out", "{root}/shape", "--resume", *CPU], "weights do not match"),
+    (["train-vae", "--steps", "5", "--out", "{root}/vae_no_ema", "--resume", *CPU], "lacks 'ema'"),
+    (["train", "--vae", "{root}/vae_no_ema", "--steps", "2", "--out", "{tmp}/g", *CPU], "lacks 'ema'"),
+    (["sample", "--ckpt", "{root}/text.pt", "--n", "2", "--out", "{tmp}/o.png"], "not a complete PyTorch checkpoint"),
+    (["sample", "--ckpt", "{root}/cut", "--n", "2", "--out", "{tmp}/o.png"], "not a complete PyTorch checkpoint"),
+    (["train", "--vae", "{vae}", "--steps", "2", "--out", "{tmp}/g", "--set", "hybrid.coarse=5", *CPU], "HybridConfig.coarse"),
+    (["train", "--vae", "{vae}", "--steps", "2", "--out", "{tmp}/g", "--set", "vae=null", *CPU], "ParScaleEARConfig.vae"),
+    (["train", "--vae", "{vae}", "--steps", "2", "--out", "{tmp}/g", "--set", 'hybrid.coarse_steps="4"', *CPU],
+     "coarse_steps: expected int"),
+    (["train", "--vae", "{vae}", "--steps", "2", "--out", "{tmp}/g", "--set", "hybrid.coarse.width=2000000", *CPU],
+     "out of memory"),
+    (["train", "--vae", "{vae}", "--steps", "2", "--out", "{tmp}/g", "--streams", "1000000000", *CPU], "out of memory"),
+    (["sample", "--ckpt", "{root}/rel", "--n", "1000000000000", "--out", "{tmp}/many"], "at most 10,000,000"),
+    (["train", "--vae", "{vae}", "--steps", "2", "--out", "{tmp}/g", "--set", "hybrid.coarse.class_dropout=-3", *CPU],
+     "class_dropout must be in [0, 1]"),
+    (["train", "--vae", "{vae}", "--steps", "2", "--out", "{tmp}/g", "--device", "cpu:5", "--batch-size", "8"],
+     "expected cpu, cuda or cuda:N"),
+    (["train", "--vae", "{vae}", "--steps", "2", "--out", "{tmp}/g", "--batch-size", "1000", "--device", "cpu",
+      "--no-progress"], "exceeds the 24 training items"),
+    (["sample", "--ckpt", "{root}/rel", "--n", "2", "--solver", "euler", "--out", "{tmp}/o.png"], "take no flow solver"),
+    (["sample", "--ckpt", "{root}/rel", "--n", "2", "--out", ""], "got an empty path"),
+    (["sample", "--ckpt", "{root}/rel", "--n", "2", "--out", "{tmp}/out/.png"], "a grid needs a file name"),
+    (["train", "--vae", "{vae}", "--steps", "2", "--out", "{tmp}/g", "--peer", "dit-s", "--streams", "2", *CPU],
+     "do not apply to it"),
+    (["train", "--vae", "{vae}", "--steps", "9", "--out", "{root}/gen", "--resume", "--lr", "0.5", "--seed", "3", *CPU],
+     "--lr 0.5 (the run's: 0.001); --seed 3 (the run's: 0)"),
+    (["train", "--vae", "{vae}", "--steps", "9", "--out", "{root}/gen", "--resume", "--mode", "no_fine", *CPU],
+     "--mode no_fine (the run's: full)"),
+    (["train", "--vae", "{vae}", "--steps", "9", "--out", "{root}/gen", "--resume", "--set", "hybrid.fine.depth=3",
+      *CPU], "--set (changes the run's model)"),
+    (["sample", "--ckpt", "{root}/rel", "--n", "2", "--seed", "99999999999999999999999", "--out", "{tmp}/o.png"],
+     "below 2**63"),
+    (["sample", "--ckpt", "{root}/rel", "--n", "2", "--labels", "99999999999999999999999", "--out", "{tmp}/o.png"],
+     "class indices in [0, 10)"),
+    (["fid-weights", "--source", "{tmp}/nonexistent.pt"], "does not exist"),
+    (["fid-weights", "--source", "{tmp}"], "is a folder"),
+    (["sample", "--ckpt", "{root}/rel", "--n", "2", "--steps", "x", "--out", "{tmp}/o.png"], "expected N or COARSE,FINE"),
+    (["sample", "--ckpt", "{root}/rel", "--bogus", "--out", "{tmp}/o.png"], "unrecognized arguments: --bogus"),
+    (["train", "--vae", "{vae}", "--out", "{tmp}/g"], "the following arguments are required: --steps"),
+    (["fid", "a", "b", "c"], "expected one or two sources"),
+    (["bogus-command"], "invalid choice"),
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD_CLI, ids=[" ".join(a[:2]) + f" [{m[:24]}]" for a, m in BAD_CLI])
+def test_bad_input_is_one_line(argv, message, broken, vae, tmp_path, capsys):
+    argv = [a.format(root=broken, vae=vae, tmp=tmp_path) for a in argv]
+    line = one_error_line(capsys, main(argv))
+    assert message in line and "Traceback" not in line, line
+
+
+def test_train_vae_takes_a_config_name_and_a_resume_keeps_the_runs_settings(tmp_path, data, capsys):
+    common = ["--batch-size", "8", "--no-progress", "--no-samples", "--device", "cpu", "--data", data]
+    assert main(["train-vae", "--preset", "tiny-32", "--steps", "2", "--out", str(tmp_path / "v"), "--set", "name=mine",
+                 "--lr", "3e-3", *common]) == 0
+    assert torch.load(tmp_path / "v" / CHECKPOINT, weights_only=True)["config"]["name"] == "mine"
+    # resumed without its flags: the run's own lr and preset, not the command line's defaults
+    assert main(["train-vae", "--steps", "3", "--out", str(tmp_path / "v"), "--resume", *common]) == 0
+    ckpt = torch.load(tmp_path / "v" / CHECKPOINT, weights_only=True)
+    assert ckpt["step"] == 3 and ckpt["train"]["lr"] == 3e-3 and ckpt["config"]["name"] == "mine"
+
+
+def test_the_api_raises_value_and_type_errors_naming_the_argument(tmp_path):
+    with pytest.raises(ValueError, match="device: expected 'cpu'"):
+        pe.ParScaleEAR.from_pretrained(device="bogus")
+    with pytest.raises(TypeError, match="device: expected"):
+        pe.ParScaleEAR.from_pretrained(device=7)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            pe.ParScaleEAR.from_pretrained(device="cuda")
+    with pytest.raises(ValueError, match="expected a release folder"):
+        pe.ParScaleEAR.from_pretrained("")
+    model = pe.create_model("tiny-32")
+    rel = model.save_pretrained(tmp_path / "rel")
+    meta = json.loads((rel / "config.json").read_text())
+    meta["config"]["hybrid"]["coarse"] = 5
+    (rel / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="config.json: .*HybridConfig.coarse"):
+        pe.ParScaleEAR.from_pretrained(rel)
+    with pytest.raises(ValueError, match="n: 1000000000000 images"):
+        model.generate(10**12)
+    with pytest.raises(ValueError, match="meta tensor"):
+        model.reconstruct(torch.zeros(1, 1, 32, 32, device="meta"))
+    with pytest.raises(TypeError, match="HybridConfig.coarse"):
+        pe.create_model("tiny-32", hybrid={"coarse": 5})
+    with pytest.raises(TypeError, match="channels_last must be True or False"):
+        model.compile_sampler(2, channels_last="no")
+    with pytest.raises(ValueError, match="class_dropout must be in"):
+        pe.create_model("tiny-32", class_dropout=-5.0)
+    assert pe.ParScaleEAR.from_pretrained("fmnist-32-vflow-s").config.name == "fmnist-32-vflow-s"  # by name
+
+
+def test_fid_weights_convert_only_the_known_torchscript(tmp_path):
+    from parscale_ear import fid_weights as fidw
+
+    fake = tmp_path / "default_1.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), fake)
+    with pytest.raises(fidw.FIDWeightsError, match="only that file is converted"):
+        fidw.convert_fid_helper_weights(fake, tmp_path / "out.pth")
+    assert not (tmp_path / "out.pth").exists()

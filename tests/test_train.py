@@ -307,9 +307,19 @@ def test_compile_wraps_the_training_step_once_with_a_static_shape(tmp_path, monk
     assert load_checkpoint(tmp_path / "g")["step"] == 2
 
 
-def test_fit_steps_to_budget_changes_nothing_before_the_warm_up_ends(tmp_path, npz_data, vae_run):
+def test_fit_steps_to_budget_changes_nothing_before_the_warm_up_ends(tmp_path, npz_data, vae_run, monkeypatch):
     """The fitted run is the plain run up to the end of warm-up (same losses, same learning rates),
-    and its total follows fitted_steps: the steps done plus 98% of what the measured rate fits."""
+    and its total follows fitted_steps: the steps done plus 98% of what the measured rate fits. The run reads a
+    clock that advances 0.05 s a reading, so the test does not depend on the machine's speed."""
+    from types import SimpleNamespace
+
+    clock = {"t": 1000.0}
+
+    def tick():
+        clock["t"] += 0.05
+        return clock["t"]
+
+    monkeypatch.setattr(train_mod, "time", SimpleNamespace(time=tick))
     common = dict(kind="generator", batch_size=8, lr=1e-3, warmup_steps=14, log_every=1, sample_every=10**6,
                   ckpt_every=10**6, data=npz_data, vae_run=str(vae_run), bf16=False, samples=False)
     train(TrainConfig(steps=40, **common), tmp_path / "plain", progress=False)
