@@ -29,6 +29,23 @@ DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "fmnist-32-vflow-s
 HUB_ID = r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*"
 
 
+def _sha256_file(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _config_digest(config: dict) -> str:
+    """SHA-256 of a config as canonical JSON (sorted keys, no spaces)."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(config, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def check_device(device, name: str = "device") -> torch.device:
     """`device` as a torch.device: a torch.device or 'cpu', 'cuda', 'cuda:N' that this machine has (one-line errors)."""
     if not isinstance(device, (str, torch.device)):
@@ -301,8 +318,12 @@ class ParScaleEAR(nn.Module):
         # weights first: a config.json never points at weights that are not there yet
         with atomic_path(directory / WEIGHTS_NAME) as tmp:
             save_file(state, str(tmp), metadata={"format": FORMAT})
+            weights_sha256 = _sha256_file(tmp)
+        config = self.config.to_dict()
+        # the digests let from_pretrained tell a damaged or edited file from a release (one-line error, never wrong weights)
+        meta.update(weights_sha256=weights_sha256, config_sha256=_config_digest(config))
         with atomic_path(directory / CONFIG_NAME) as tmp:
-            tmp.write_text(json.dumps({**meta, "config": self.config.to_dict()}, indent=2) + "\n")
+            tmp.write_text(json.dumps({**meta, "config": config}, indent=2) + "\n")
         card = directory / CARD_NAME
         if not card.exists() or CARD_MARK in card.read_text(errors="replace"):  # never replace a card of your own
             with atomic_path(card) as tmp:
@@ -362,6 +383,12 @@ class ParScaleEAR(nn.Module):
             raise ValueError(f"from_pretrained: format_version {version} is newer than this library's {FORMAT_VERSION}")
         if not isinstance(meta["config"], dict):
             raise ValueError(f"from_pretrained: {config_path}: 'config' must be a JSON object")
+        if "config_sha256" in meta and meta["config_sha256"] != _config_digest(meta["config"]):
+            raise ValueError(f"from_pretrained: {config_path}: the config does not match its recorded digest (the file was "
+                             f"edited or damaged)")
+        if "weights_sha256" in meta and meta["weights_sha256"] != _sha256_file(weights_path):
+            raise ValueError(f"from_pretrained: {weights_path} does not match the digest in {CONFIG_NAME} (the file was "
+                             f"changed or damaged)")
         try:
             model = cls(ParScaleEARConfig.from_dict(meta["config"]))
         except (TypeError, ValueError) as e:

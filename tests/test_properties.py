@@ -1,0 +1,147 @@
+"""Property-based tests (hypothesis): the config parser, --set, --steps and --labels parsing, and the checkpoint and
+release loaders never answer bad input with a traceback or a wrong result, only with a one-line error."""
+import json
+import string
+
+import pytest
+import torch
+
+import parscale_ear as pe
+from parscale_ear.cli import _overrides, _steps, main
+from parscale_ear.loading import load_checkpoint
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+JSON = st.recursive(st.none() | st.booleans() | st.integers(-10**20, 10**20) | st.floats(allow_nan=True) |
+                    st.text(max_size=8), lambda inner: st.lists(inner, max_size=3) |
+                    st.dictionaries(st.text(string.ascii_lowercase + "_", max_size=12), inner, max_size=3), max_leaves=6)
+FIELDS = st.sampled_from(["name", "num_classes", "cfg", "temperature", "vae", "hybrid", "hybrid.mode", "hybrid.pool",
+                          "hybrid.coarse", "hybrid.coarse.width", "hybrid.coarse.heads", "hybrid.fine.streams",
+                          "hybrid.fine.alpha", "hybrid.coarse_steps", "vae.latent_channels", "vae.decoder_channels",
+                          "hybrid.fine.solver", "hybrid.coarse.objective", "bogus", "hybrid.bogus"])
+
+
+def nest(key: str, value) -> dict:
+    out = value
+    for part in reversed(key.split(".")):
+        out = {part: out}
+    return out
+
+
+@FAST
+@given(key=FIELDS, value=JSON)
+def test_any_config_override_builds_a_model_or_raises_a_one_line_error(key, value):
+    try:
+        config = pe.get_config("tiny-32", **nest(key, value))
+    except (TypeError, ValueError) as e:
+        assert "\n" not in str(e) and str(e)
+        return
+    assert isinstance(config, pe.ParScaleEARConfig)  # accepted: a consistent config the model builds from
+    pe.ParScaleEAR(config)
+
+
+@FAST
+@given(items=st.lists(st.text(string.printable, max_size=20), max_size=4))
+def test_set_parsing_is_a_dict_or_a_one_line_error(items):
+    try:
+        out = _overrides(items)
+    except ValueError as e:
+        assert "\n" not in str(e)
+        return
+    assert isinstance(out, dict)
+
+
+@FAST
+@given(text=st.text(string.digits + ",-+ x.", max_size=12))
+def test_steps_parsing(text):
+    import argparse
+
+    try:
+        value = _steps(text)
+    except argparse.ArgumentTypeError as e:
+        assert "\n" not in str(e)
+        return
+    assert isinstance(value, int) or (isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) for v in value))
+
+
+@FAST
+@given(labels=st.lists(st.integers(-10**30, 10**30), min_size=1, max_size=3), steps=st.text("0123456789,x", max_size=6))
+def test_sample_cli_with_any_labels_and_steps_is_an_image_or_one_line(labels, steps, tmp_path_factory, capsys):
+    out = tmp_path_factory.mktemp("s") / "g.png"
+    argv = ["sample", "--n", "1", "--device", "cpu", "--out", str(out), "--labels", *map(str, labels)]
+    code = main(argv + (["--steps", steps] if steps else []))
+    err = [l for l in capsys.readouterr().err.splitlines() if l.startswith("parscale-ear")]
+    if code == 0:
+        assert out.is_file() and 0 <= labels[0] < 10
+    else:
+        assert code == 2 and len(err) == 1 and err[0].startswith("parscale-ear: error: ") and not out.exists()
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory):
+    torch.manual_seed(0)
+    return pe.create_model("tiny-32").save_pretrained(tmp_path_factory.mktemp("rel") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    import numpy as np
+
+    from parscale_ear.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("ck")
+    rng = np.random.default_rng(0)
+    np.savez(root / "d.npz", images=rng.integers(0, 255, (8, 32, 32), dtype=np.uint8), labels=np.arange(8) % 10)
+    cfg = TrainConfig(kind="vae", steps=1, batch_size=4, warmup_steps=1, sample_every=100, data=str(root / "d.npz"),
+                      bf16=False, samples=False)
+    return train(cfg, root / "vae", pe.get_config("tiny-32"), progress=False) / "checkpoint.pt"
+
+
+def corrupt(data: bytes, cuts: list[int], flips: list[int]) -> bytes:
+    out = bytearray(data)
+    for i in flips:
+        out[i % len(out)] ^= 0xFF
+    for c in cuts:
+        out = out[: max(0, c % (len(out) + 1))]
+    return bytes(out)
+
+
+@FAST
+@given(cuts=st.lists(st.integers(0, 10**7), max_size=1), flips=st.lists(st.integers(0, 10**7), max_size=4))
+def test_a_corrupted_checkpoint_loads_exactly_or_is_refused(cuts, flips, checkpoint, tmp_path_factory):
+    if not cuts and not flips:
+        return
+    path = tmp_path_factory.mktemp("c") / "checkpoint.pt"
+    path.write_bytes(corrupt(checkpoint.read_bytes(), cuts, flips))
+    try:
+        ckpt = load_checkpoint(path)
+    except ValueError as e:
+        assert "\n" not in str(e)
+        return
+    good = load_checkpoint(checkpoint)  # a flip in padding or metadata: what loads must be the same weights
+    for key in ("model", "ema"):
+        assert set(ckpt[key]) == set(good[key])
+        assert all(torch.equal(ckpt[key][k], good[key][k]) for k in good[key])
+
+
+@FAST
+@given(flips=st.lists(st.integers(0, 10**8), min_size=1, max_size=4), cut=st.none() | st.integers(0, 10**8),
+       edit=st.sampled_from(["weights", "config"]))
+def test_a_corrupted_release_loads_or_is_refused(flips, cut, edit, release, tmp_path_factory):
+    import shutil
+
+    folder = tmp_path_factory.mktemp("r") / "rel"
+    shutil.copytree(release, folder)
+    target = folder / ("model.safetensors" if edit == "weights" else "config.json")
+    target.write_bytes(corrupt(target.read_bytes(), [] if cut is None else [cut], flips))
+    try:
+        model = pe.ParScaleEAR.from_pretrained(folder)
+    except (ValueError, OSError) as e:
+        assert "\n" not in str(e)
+        return
+    good = pe.ParScaleEAR.from_pretrained(release)  # what loads is exactly the release: the digests catch the rest
+    assert model.config == good.config
+    for k, v in good.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
