@@ -30,8 +30,40 @@ def load_checkpoint(run: str | Path) -> dict:
                          f"kind of file)") from None
     if not isinstance(ckpt, dict) or "config" not in ckpt or "kind" not in ckpt:
         raise ValueError(f"{path} is not a parscale-ear training checkpoint")
+    if "digest" in ckpt and ckpt["digest"] != state_digest({k: v for k, v in ckpt.items() if k != "digest"}):
+        raise ValueError(f"{path}: the checkpoint does not match its recorded digest (the file was damaged)")
     check_checkpoint(ckpt, path)
     return ckpt
+
+
+def state_digest(obj) -> str:
+    """SHA-256 of a checkpoint's contents (nested dicts, lists, tensors and plain values, in a fixed order): `train`
+    records it, `load_checkpoint` checks it, so a damaged file is refused rather than loaded with wrong weights."""
+    import hashlib
+
+    h = hashlib.sha256()
+
+    def walk(x):
+        if isinstance(x, dict):
+            h.update(b"{")
+            for k in sorted(x, key=repr):
+                h.update(repr(k).encode())
+                walk(x[k])
+            h.update(b"}")
+        elif isinstance(x, (list, tuple)):
+            h.update(b"[")
+            for v in x:
+                walk(v)
+            h.update(b"]")
+        elif isinstance(x, torch.Tensor):
+            t = x.detach().cpu().contiguous().reshape(-1)
+            h.update(f"{t.dtype}{tuple(x.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes())
+        else:
+            h.update(repr(x).encode())
+
+    walk(obj)
+    return h.hexdigest()
 
 
 STATE_KEYS = {"vae": ("model", "ema"), "generator": ("model", "ema", "vae")}  # dicts of tensors a checkpoint holds

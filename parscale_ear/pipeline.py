@@ -137,13 +137,19 @@ class ParScaleEAR(nn.Module):
     def __init__(self, config: ParScaleEARConfig | None = None):
         super().__init__()
         self.config = cfg = config or ParScaleEARConfig()
-        self.vae = LiteVAE(cfg.vae)
-        if cfg.dit is not None:  # the peer takes the generator's place
-            from .baselines.dit import DiTBaseline
+        try:
+            self.vae = LiteVAE(cfg.vae)
+            if cfg.dit is not None:  # the peer takes the generator's place
+                from .baselines.dit import DiTBaseline
 
-            self.hybrid = DiTBaseline(cfg.dit, cfg.vae.latent_shape, cfg.num_classes)
-        else:
-            self.hybrid = CoarseFineHybrid(cfg.hybrid, cfg.vae.latent_shape, cfg.num_classes)
+                self.hybrid = DiTBaseline(cfg.dit, cfg.vae.latent_shape, cfg.num_classes)
+            else:
+                self.hybrid = CoarseFineHybrid(cfg.hybrid, cfg.vae.latent_shape, cfg.num_classes)
+        except (MemoryError, RuntimeError) as e:  # sizes this machine cannot hold: one line naming the config
+            if not isinstance(e, MemoryError) and "allocate" not in str(e) and "out of memory" not in str(e):
+                raise
+            raise ValueError(f"ParScaleEARConfig {cfg.name!r}: its sizes need more memory than this machine has; "
+                             f"reduce the widths, channels or streams") from None
 
     # ------------------------------------------------------------------ info
     @property
@@ -386,9 +392,7 @@ class ParScaleEAR(nn.Module):
         if "config_sha256" in meta and meta["config_sha256"] != _config_digest(meta["config"]):
             raise ValueError(f"from_pretrained: {config_path}: the config does not match its recorded digest (the file was "
                              f"edited or damaged)")
-        if "weights_sha256" in meta and meta["weights_sha256"] != _sha256_file(weights_path):
-            raise ValueError(f"from_pretrained: {weights_path} does not match the digest in {CONFIG_NAME} (the file was "
-                             f"changed or damaged)")
+
         try:
             model = cls(ParScaleEARConfig.from_dict(meta["config"]))
         except (TypeError, ValueError) as e:
@@ -397,6 +401,9 @@ class ParScaleEAR(nn.Module):
             state = load_file(str(weights_path))
         except (SafetensorError, OSError) as e:
             raise ValueError(f"from_pretrained: cannot read {weights_path} ({e})") from None
+        if "weights_sha256" in meta and meta["weights_sha256"] != _sha256_file(weights_path):
+            raise ValueError(f"from_pretrained: {weights_path} does not match the digest in {CONFIG_NAME} (the file was "
+                             f"changed or damaged)")
         model.load_weights(state, source=str(weights_path))
         return model.to(device).eval()
 

@@ -22,7 +22,7 @@ from torch import nn
 from .data import ImageData, load_dataset
 from .vae_objective import vae_loss
 from .loading import (CHECKPOINT, METRICS, check_finite_state, export, load_checkpoint, load_module_state,  # noqa: F401
-                      load_pipeline, model_from_checkpoint, read_metrics)
+                      load_pipeline, model_from_checkpoint, read_metrics, state_digest)
 from .pipeline import ParScaleEAR, ParScaleEARConfig
 from .presets import get_config
 from .distill import weights_digest
@@ -485,7 +485,7 @@ def train(cfg: TrainConfig, out: str | Path, model_config: ParScaleEARConfig | N
         state = {"kind": cfg.kind, "version": CHECKPOINT_VERSION, "step": step, "train": asdict(cfg),
                  "model": part.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
                  **task.checkpoint(model_config.to_dict(), ema)}
-        atomic_torch_save(state, out / CHECKPOINT)
+        atomic_torch_save({**state, "digest": state_digest(state)}, out / CHECKPOINT)
 
     def snapshot(step: int) -> None:
         if not d.main:
@@ -629,9 +629,9 @@ def vae_run_from_release(out: str | Path, release: str | Path | None = None, dat
     model = ParScaleEAR.from_pretrained(release)
     prepare_output_folder(out)
     vae = {k: v.float() for k, v in model.vae.state_dict().items()}
-    atomic_torch_save({"kind": "vae", "version": CHECKPOINT_VERSION, "step": 0, "train": asdict(TrainConfig(kind="vae", data=data)),
-                       "model": vae, "ema": vae, "config": model.config.to_dict(), "source": str(release or "shipped")},
-                      out / CHECKPOINT)
+    state = {"kind": "vae", "version": CHECKPOINT_VERSION, "step": 0, "train": asdict(TrainConfig(kind="vae", data=data)),
+             "model": vae, "ema": vae, "config": model.config.to_dict(), "source": str(release or "shipped")}
+    atomic_torch_save({**state, "digest": state_digest(state)}, out / CHECKPOINT)
     if metrics is not None:
         shutil.copyfile(metrics, out / METRICS)
     return out

@@ -144,6 +144,10 @@ def test_load_rejects_mismatched_config(model, tmp_path):
     meta = json.loads((tmp_path / "m" / "config.json").read_text())
     meta["config"]["hybrid"]["fine"]["width"] = 64
     (tmp_path / "m" / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="does not match its recorded digest"):  # an edit of a written release
+        pe.ParScaleEAR.from_pretrained(tmp_path / "m")
+    del meta["config_sha256"]  # a config written by hand carries no digest: the weights must still fit it
+    (tmp_path / "m" / "config.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="do not match the config"):
         pe.ParScaleEAR.from_pretrained(tmp_path / "m")
     meta["config"]["hybrid"]["fine"]["width"] = 32
