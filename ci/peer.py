@@ -1,6 +1,6 @@
-"""Peer: the DiT peer (diffusers' DiT, rectified flow) trained on the same VAE's latents for the same
-wall-clock budget as the generator, then scored by the same FID code at its few-step schedules.
-Reported beside fid_eval in report.md, not gated. Writes peer.json."""
+"""Peers: the flow DiT (diffusers' DiT-S/2, rectified flow, Euler and Heun) and the one-step MeanFlow DiT, each
+trained on the same VAE's latents for the same wall-clock budget as our generator, then scored by the same FID
+code at its few-step schedules. Reported beside fid_eval in report.md, not gated. Writes peer_RECIPE.json."""
 from __future__ import annotations
 
 import shutil
@@ -13,6 +13,13 @@ from parscale_ear import fid as fidlib
 from parscale_ear.loading import load_checkpoint, load_pipeline, read_metrics
 from parscale_ear.pipeline import ParScaleEARConfig
 from parscale_ear.utils import environment
+
+
+# each peer at its own best-known schedules: the flow DiT with Euler and Heun steps (Heun k steps: 2k - 1 passes),
+# MeanFlow at its one-pass steps
+SCHEDULES = {"dit-s": "2;4;8;16;32;3@1@1@solver=heun;5@1@1@solver=heun;13@1@1@solver=heun",
+             "dit-b": "2;4;8;16;32;3@1@1@solver=heun;5@1@1@solver=heun;13@1@1@solver=heun",
+             "meanflow-s": "1;2;4;8"}
 
 
 def budget_minutes(args) -> float:
@@ -56,8 +63,9 @@ if __name__ == "__main__":
     p.add_argument("--vae", required=True, help="the VAE run whose latents both models train on")
     p.add_argument("--gen-run", default=None, help="the generator run whose training minutes set the budget")
     p.add_argument("--minutes", type=float, default=None, help="training budget (default: the --gen-run's minutes, else 4)")
-    p.add_argument("--recipe", default="dit-s", choices=["dit-s", "dit-b"])
-    p.add_argument("--schedules", default="4;8;8@1.5", help="Euler steps[@cfg] separated by ';'")
+    p.add_argument("--recipe", default="dit-s", choices=["dit-s", "dit-b", "meanflow-s"])
+    p.add_argument("--schedules", default=None, help="steps[@cfg[@temperature[@settings]]] separated by ';' (default: "
+                                                     "the recipe's own, SCHEDULES)")
     # the peer's best measured recipe (results/2026-12-02-h200-batch1024/, P1: better than batch 512 / 3e-4)
     p.add_argument("--train-batch", type=int, default=1024)
     p.add_argument("--lr", type=float, default=4.2e-4)
@@ -66,9 +74,10 @@ if __name__ == "__main__":
     p.add_argument("--n", type=int, default=10_000, help="samples per FID")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
+    args.schedules = args.schedules or SCHEDULES[args.recipe]
     if args.quick:
-        args.minutes, args.train_batch, args.n, args.schedules = 0.02, 16, 32, "2@1.5"
+        args.minutes, args.train_batch, args.n, args.schedules = 0.02, 16, 32, "2"
     result = run(args)
     for r in result["rows"]:
         print(f"peer {r['schedule']:32s} FID {r['fid_train']:8.3f}  ({r['passes_per_image']} passes)")
-    _common.write(args.out, "peer.json", result)
+    _common.write(args.out, f"peer_{args.recipe}.json", result)

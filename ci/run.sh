@@ -4,7 +4,7 @@
 # No --device: cuda where torch sees a CUDA device (the full validation), else the quick CPU run (--device cpu --quick).
 # --device cpu --quick: the whole pipeline at tiny sizes, no gates on numbers (4-6 minutes on a 2-core CPU).
 # --device cuda: full sizes, each milestone gated on ci/gates.json; exits non-zero naming failed gates.
-#   Without --ckpt it scores the shipped default model (parscale_ear/weights/fmnist-32-vflow-s); without --vae the
+#   Without --ckpt it scores the shipped default model (parscale_ear/weights/fmnist-32-es); without --vae the
 #   peer and the ablation train on that model's own LiteVAE latents (a run folder made from its weights, no VAE
 #   training); the peer trains for the default's 8 generator minutes; the ablation trains 4 variants (full, no
 #   coarse, no fine, P=1) x 2 seeds x 1000 steps of the default's recipe, two runs at a time on the one GPU.
@@ -52,7 +52,8 @@ if [[ -z "$ckpt" || -z "$vae" ]]; then  # no model given: the shipped one, or tr
         --log-every 1 --sample-every 3 --ckpt-every 3 --warmup-steps 1 --no-progress
     ckpt=${ckpt:-$out/runs/gen}
   else  # full size: the shipped default model, and its LiteVAE for the models trained here
-    [[ -z "$ckpt" ]] && { ckpt=parscale_ear/weights/fmnist-32-vflow-s; peer_minutes=(--minutes 8); }
+    # the peers get the shipped default's generator minutes: its teacher's 8.0, the teacher pairs and the student
+    [[ -z "$ckpt" ]] && { ckpt=parscale_ear/weights/fmnist-32-es; peer_minutes=(--minutes 10.64); }
     if [[ -z "$vae" ]]; then  # the shipped model's LiteVAE: the peer and the ablation share the default's latents
       echo "== the shipped model's LiteVAE as the VAE run of the peer and the ablation"
       rm -rf "$out/runs/vae"  # this script's own folder
@@ -62,9 +63,11 @@ if [[ -z "$ckpt" || -z "$vae" ]]; then  # no model given: the shipped one, or tr
   vae=${vae:-$out/runs/vae}
 fi
 echo "== M2-3 fid_eval"; timed fid_eval "$py" ci/fid_eval.py --device "$device" "${q[@]}" --out "$out" --ckpt "$ckpt"
-echo "== peer (DiT, same latents and minutes, reported, not gated)"
-timed peer "$py" ci/peer.py --device "$device" "${q[@]}" --out "$out" --vae "$vae" $([[ -f "$ckpt/metrics.jsonl" ]] && echo --gen-run "$ckpt") \
-    ${peer_minutes[@]+"${peer_minutes[@]}"}
+for recipe in dit-s meanflow-s; do
+  echo "== peer $recipe (same latents and minutes, reported, not gated)"
+  timed "peer_$recipe" "$py" ci/peer.py --device "$device" "${q[@]}" --out "$out" --vae "$vae" --recipe "$recipe" \
+      $([[ -f "$ckpt/metrics.jsonl" ]] && echo --gen-run "$ckpt") ${peer_minutes[@]+"${peer_minutes[@]}"}
+done
 seeds=(--seeds 0); [[ $quick == 0 ]] && seeds=(--seeds 0 1)
 ablation=(--max-images 400)  # --quick: every variant, tiny
 [[ $quick == 0 ]] && ablation=(--preset fmnist-32-vflow-s --variants full no_coarse no_fine P=1 --steps 1000)

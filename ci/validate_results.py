@@ -18,6 +18,13 @@ def load(folder: Path, name: str):
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def peers(folder: Path) -> list[tuple[str, dict]]:
+    """(gate name, result) of each peer ci/peer.py wrote: peer_RECIPE.json (peer.json: an older single peer)."""
+    found = [("peer.fid", load(folder, "peer.json"))] + [(f"peer.{p.stem[5:]}.fid", json.loads(p.read_text()))
+                                                          for p in sorted(folder.glob("peer_*.json"))]
+    return [(n, r) for n, r in found if r is not None]
+
+
 def check_sha256sums(root: Path) -> list[tuple[str, bool, str]]:
     out = []
     sums = root / "SHA256SUMS"
@@ -68,10 +75,9 @@ def evaluate_gates(folder: Path, gates: dict, use_gates: bool) -> list[tuple[str
     else:
         ok = fid["best_fid"] <= gf["max_fid"] and fid["num_samples"] >= gf["min_num_samples"]
         res.append(("fid_eval.fid", ok, f"best FID {fid['best_fid']:.3f} on {fid['num_samples']} samples (gate <= {gf['max_fid']} on >= {gf['min_num_samples']})"))
-    peer = load(folder, "peer.json")
-    if peer is not None:  # reported beside fid_eval, never gated
+    for name, peer in peers(folder):  # reported beside fid_eval, never gated
         best = min(peer["rows"], key=lambda r: r["fid_train"])
-        res.append(("peer.fid", None, f"{peer['recipe']} after {peer['budget_minutes']} min: best FID {best['fid_train']:.3f} "
+        res.append((name, None, f"{peer['recipe']} after {peer['budget_minutes']} min: best FID {best['fid_train']:.3f} "
                     f"({best['schedule']}, {best['passes_per_image']} passes) on {peer['num_samples']} samples (reported, not gated)"))
     abl = load(folder, "ablation.json")
     if abl is None:
@@ -98,8 +104,7 @@ def report(folder: Path, results) -> str:
     if fid:
         lines += ["", "## FID", "", "| cfg | FID | samples |", "| --- | --- | --- |"]
         lines += [f"| {r['cfg']} | {r['fid']:.3f} | {r['num_samples']} |" for r in fid["fid"]]
-        peer = load(folder, "peer.json")
-        if peer:
+        for _, peer in peers(folder):
             lines += ["", f"Peer ({peer['recipe']}, {peer['budget_minutes']} training minutes, not gated):", "",
                       "| schedule | passes | FID | samples |", "| --- | --- | --- | --- |"]
             lines += [f"| {r['schedule']} | {r['passes_per_image']} | {r['fid_train']:.3f} | {r['n']} |" for r in peer["rows"]]

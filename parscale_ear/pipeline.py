@@ -25,7 +25,7 @@ WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
 CARD_MARK = "<!-- written by parscale-ear save_pretrained -->"
 # the embedded default model (docs: its README.md; numbers: results/fashion_mnist.json)
-DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "fmnist-32-vflow-s"
+DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "fmnist-32-es"
 HUB_ID = r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*"
 
 

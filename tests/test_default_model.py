@@ -1,4 +1,4 @@
-"""The embedded default model (parscale_ear/weights/fmnist-32-vflow-s): it is the preset it names,
+"""The embedded default model (parscale_ear/weights/fmnist-32-es): it is the preset it names,
 its weights are the ones SHA256SUMS lists, and the API and the CLI use it when given no path."""
 import dataclasses
 import hashlib
@@ -20,12 +20,13 @@ def default():
 
 
 def test_default_is_the_named_preset_at_its_measured_schedule(default):
-    shipped, preset = default.config, pe.get_config("fmnist-32-vflow-s")
+    shipped, preset = default.config, pe.get_config("fmnist-32-es")
     # everything but the VAE's latent scale, which training measured, matches the preset
     assert dataclasses.replace(shipped, vae=dataclasses.replace(shipped.vae, latent_scale=1.0)) == preset
     assert shipped.vae.latent_scale != 1.0
-    assert default.resolve_steps(None) == (3, 3) and shipped.cfg == 1.0 and shipped.temperature == 0.0
-    assert shipped.hybrid.coarse.solver == shipped.hybrid.fine.solver == "heun"  # 10 passes per image
+    assert default.resolve_steps(None) == (2, 2) and shipped.cfg == 1.0 and shipped.temperature == 1.0
+    for stage in (shipped.hybrid.coarse, shipped.hybrid.fine):  # the energy student: every step draws from the head
+        assert stage.objective == "energy" and stage.solver == "euler" and stage.head_steps == 0
     assert 6.0e6 < default.num_parameters()["generator"] < 6.6e6
 
 
@@ -52,13 +53,15 @@ def test_cli_sample_without_ckpt_uses_the_default(tmp_path, capsys):
     assert out.is_file() and out.stat().st_size > 200
 
 
-def test_cli_samples_the_default_with_the_heun_solver(tmp_path, default):
-    out = tmp_path / "heun.png"
-    assert main(["sample", "--n", "2", "--steps", "2,2", "--solver", "heun", "--device", "cpu", "--out", str(out)]) == 0
+def test_the_default_draws_with_its_energy_head(tmp_path, default):
+    """At its temperature (1) every step draws x0 from the energy head: the noise of the draws changes the image;
+    temperature 0 is the mean path alone, which the CLI still reaches."""
+    a = default.generate(2, labels=[3, 3], seed=5)
+    mean = default.generate(2, labels=[3, 3], seed=5, temperature=0.0)
+    assert not torch.allclose(a, mean, atol=1e-3)
+    out = tmp_path / "mean.png"
+    assert main(["sample", "--n", "2", "--temperature", "0", "--device", "cpu", "--out", str(out)]) == 0
     assert out.is_file() and out.stat().st_size > 200
-    euler = tmp_path / "euler.png"  # the default is Heun: the one-pass-a-step path stays one flag away
-    assert main(["sample", "--n", "2", "--steps", "2,2", "--solver", "euler", "--device", "cpu", "--out", str(euler)]) == 0
-    assert euler.is_file() and euler.read_bytes() != out.read_bytes()
     assert main(["sample", "--n", "2", "--solver", "rk4", "--out", str(tmp_path / "x.png")]) == 2  # a usage error
     assert not (tmp_path / "x.png").exists()
 
@@ -80,18 +83,17 @@ def test_results_table_describes_the_default_at_its_schedule(default):
     assert res["passes_per_image"] == passes_per_image(default, Schedule(tuple(res["steps"]), res["cfg"], res["temperature"]))
 
 
-def test_lite_256_vflow_follows_the_shipped_design(default):
+def test_lite_256_es_follows_the_shipped_design(default):
     """The 256x256 preset to be timed uses the default's stage design, token geometry and schedule."""
-    big, ship = pe.get_config("lite-256-vflow"), default.config
+    big, ship = pe.get_config("lite-256-es"), default.config
     assert big.hybrid.fine_patch == ship.hybrid.fine_patch == 2 and big.hybrid.pool == ship.hybrid.pool
-    design = ("kind", "streams", "backbone_noise", "mean_weight", "mean_param", "residual_blocks", "residual_grad",
-              "time_dist", "samples")
+    design = ("kind", "streams", "backbone_noise", "mean_weight", "mean_param", "residual_blocks", "objective",
+              "samples", "solver", "head_steps")
     for name in ("coarse", "fine"):
         a, b = getattr(big.hybrid, name), getattr(ship.hybrid, name)
         assert {k: getattr(a, k) for k in design} == {k: getattr(b, k) for k in design}
     assert (big.hybrid.coarse_steps, big.hybrid.fine_steps, big.cfg, big.temperature) == \
            (ship.hybrid.coarse_steps, ship.hybrid.fine_steps, ship.cfg, ship.temperature)
-    assert [s.solver for s in (big.hybrid.coarse, big.hybrid.fine)] == [s.solver for s in (ship.hybrid.coarse, ship.hybrid.fine)]
-    model = pe.create_model("lite-256-vflow").eval()
+    model = pe.create_model("lite-256-es").eval()
     assert 30e6 <= model.num_parameters()["generator"] <= 40e6
     assert model.hybrid.fine.num_tokens == 64 and model.hybrid.fine.token_dim == 128

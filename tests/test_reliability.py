@@ -278,7 +278,7 @@ def test_the_api_raises_value_and_type_errors_naming_the_argument(tmp_path):
         model.compile_sampler(2, channels_last="no")
     with pytest.raises(ValueError, match="class_dropout must be in"):
         pe.create_model("tiny-32", class_dropout=-5.0)
-    assert pe.ParScaleEAR.from_pretrained("fmnist-32-vflow-s").config.name == "fmnist-32-vflow-s"  # by name
+    assert pe.ParScaleEAR.from_pretrained("fmnist-32-es").config.name == "fmnist-32-es"  # a shipped model by name
 
 
 def test_fid_weights_convert_only_the_known_torchscript(tmp_path):

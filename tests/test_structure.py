@@ -144,12 +144,13 @@ def test_gates_read_the_seed_mean_and_report_the_peer(tmp_path, monkeypatch):
         (tmp_path / name).write_text(_json.dumps(obj))
 
     env = {"device_type": "cuda", "device": "GPU", "date": "d"}
-    write("sanity.json", {"all_checks_pass": True, "presets": {"lite-256-vflow": {"params": {"generator": 35_000_000}}}})
-    write("latency.json", {"quick": False, "env": env, "model": "lite-256-vflow",
+    big = _common_gates()["sanity"]["preset_256"]  # the gated 256x256 preset
+    write("sanity.json", {"all_checks_pass": True, "presets": {big: {"params": {"generator": 35_000_000}}}})
+    write("latency.json", {"quick": False, "env": env, "model": big,
                            "rows": [{"name": "end_to_end", "batch": 16, "ms_per_image_p99": 0.4}]})
     write("fid.json", {"quick": False, "best_fid": 4.0, "num_samples": 50000, "fid": [{"cfg": 1.0, "fid": 4.0, "num_samples": 50000}],
                        "vae": {"num_images": 10, "rfid": 1.0, "psnr": 30.0, "ssim": 0.9}})
-    write("peer.json", {"recipe": "dit-s", "budget_minutes": 4.0, "num_samples": 10000,
+    write("peer_dit-s.json", {"recipe": "dit-s", "budget_minutes": 4.0, "num_samples": 10000,
                         "rows": [{"schedule": "steps 4", "passes_per_image": 4, "fid_train": 20.0, "n": 10000},
                                  {"schedule": "steps 8", "passes_per_image": 8, "fid_train": 13.5, "n": 10000}]})
     rows = [{"variant": "full", "fid": 50.0, "fid_std": 1.0}, {"variant": "no_coarse", "fid": 49.0, "fid_std": 9.0},
@@ -158,13 +159,13 @@ def test_gates_read_the_seed_mean_and_report_the_peer(tmp_path, monkeypatch):
     write("stage_seconds.json", {"sanity": 7, "latency": 62, "fid_eval": 101, "total": 190})
     gates = {n: (ok, d) for n, ok, d in validate_results.evaluate_gates(tmp_path, _common_gates(), True)}
     assert gates["ablation.full_beats_no_coarse"][0] is False and gates["ablation.full_beats_no_fine"][0] is True
-    assert gates["peer.fid"][0] is None and "13.500" in gates["peer.fid"][1] and "steps 8" in gates["peer.fid"][1]
+    assert gates["peer.dit-s.fid"][0] is None and "13.500" in gates["peer.dit-s.fid"][1] and "steps 8" in gates["peer.dit-s.fid"][1]
     assert gates["fid_eval.fid"][0] is True and gates["latency.end_to_end_p99"][0] is True
     assert gates["sanity.generator_params_256"][0] is True
     write("sanity.json", {"all_checks_pass": True, "presets": {"lite-256": {"params": {"generator": 35_000_000}}}})
     stale = {n: (ok, d) for n, ok, d in validate_results.evaluate_gates(tmp_path, _common_gates(), True)}
-    assert stale["sanity.generator_params_256"] == (False, "lite-256-vflow was not checked")  # the old preset does not count
-    write("sanity.json", {"all_checks_pass": True, "presets": {"lite-256-vflow": {"params": {"generator": 35_000_000}}}})
+    assert stale["sanity.generator_params_256"] == (False, f"{big} was not checked")  # the old preset does not count
+    write("sanity.json", {"all_checks_pass": True, "presets": {big: {"params": {"generator": 35_000_000}}}})
     monkeypatch.setattr(validate_results, "check_sha256sums", lambda root: [])
     assert validate_results.main([str(tmp_path)]) == 1  # the no_coarse gate fails and is named
     report = (tmp_path / "report.md").read_text()
