@@ -6,8 +6,8 @@ from __future__ import annotations
 import _common
 import torch
 
-from parscale_ear import evaluate
-from parscale_ear import fid as fidlib
+from parscale_ear.evaluation import evaluate
+from parscale_ear.evaluation import fid as fidlib
 from parscale_ear.utils import environment
 from parscale_ear.loading import load_pipeline
 

@@ -9,7 +9,7 @@ import torch
 
 import parscale_ear as pe
 from parscale_ear.utils import environment
-from parscale_ear.benchmark import markdown_table, profile_latency
+from parscale_ear.evaluation.benchmark import markdown_table, profile_latency
 from parscale_ear.solvers import SOLVERS
 from parscale_ear.loading import load_pipeline
 from parscale_ear.utils import line_plot
@@ -65,7 +65,7 @@ if __name__ == "__main__":
     except ValueError as e:  # a schedule the model cannot run (steps, cfg, solver): one line
         raise SystemExit(f"ci/latency.py: {e}") from None
     if args.dit_xl:  # the reference, side by side in the same run
-        from parscale_ear.benchmark import time_dit_xl
+        from parscale_ear.evaluation.benchmark import time_dit_xl
 
         dev = _common.device(args.device)
         result["dit_xl"] = [time_dit_xl(b, dev, runs=args.dit_xl_runs) for b in args.batch_sizes]

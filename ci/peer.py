@@ -8,8 +8,8 @@ from pathlib import Path
 
 import _common
 
-from parscale_ear import evaluate, quality
-from parscale_ear import fid as fidlib
+from parscale_ear.evaluation import evaluate, quality
+from parscale_ear.evaluation import fid as fidlib
 from parscale_ear.loading import load_checkpoint, load_pipeline, read_metrics
 from parscale_ear.pipeline import ParScaleEARConfig
 from parscale_ear.utils import environment

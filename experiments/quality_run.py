@@ -21,7 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
-from parscale_ear import fid, quality, train as T  # noqa: E402
+from parscale_ear.evaluation import fid, quality
+from parscale_ear import train as T  # noqa: E402
 from parscale_ear.utils import environment  # noqa: E402
 from parscale_ear.pipeline import CONFIG_NAME, ParScaleEARConfig  # noqa: E402
 

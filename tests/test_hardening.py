@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import parscale_ear as pe
-from parscale_ear import fid as fid_mod
-from parscale_ear import fid_weights as fidw
-from parscale_ear import metrics as metrics_mod
+from parscale_ear.evaluation import fid as fid_mod
+from parscale_ear.evaluation import fid_weights as fidw
+from parscale_ear.evaluation import metrics as metrics_mod
 from parscale_ear.cli import main
 from parscale_ear.train import CHECKPOINT, METRICS, TrainConfig, train
 from parscale_ear.utils import TEMP_SUFFIX, atomic_path, remove_stale_temporaries

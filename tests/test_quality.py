@@ -1,4 +1,4 @@
-"""The fixed-budget quality harness (parscale_ear.quality) on the CPU with a stand-in Inception."""
+"""The fixed-budget quality harness (parscale_ear.evaluation.quality) on the CPU with a stand-in Inception."""
 import json
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import parscale_ear as pe
-from parscale_ear import evaluate, fid, quality
+from parscale_ear.evaluation import evaluate, fid, quality
 
 from helpers import StandIn, perturb_, v_stage
 
@@ -93,7 +93,7 @@ def test_lower_envelope_and_curve_comparison():
 
 
 def test_a_schedule_can_ask_for_the_heun_solver():
-    from parscale_ear import quality
+    from parscale_ear.evaluation import quality
 
     (s,) = quality.parse_schedules("4,4@1@0@fine.solver=heun")
     assert s.settings == {"fine.solver": "heun"} and s.label == "steps 4+4, cfg 1, temp 0, fine.solver heun"

@@ -282,7 +282,7 @@ def test_the_api_raises_value_and_type_errors_naming_the_argument(tmp_path):
 
 
 def test_fid_weights_convert_only_the_known_torchscript(tmp_path):
-    from parscale_ear import fid_weights as fidw
+    from parscale_ear.evaluation import fid_weights as fidw
 
     fake = tmp_path / "default_1.pt"
     torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), fake)

@@ -1,4 +1,4 @@
-"""Structure (issue 9): what each module imports and where each concept lives."""
+"""Structure: what each module imports and where each concept lives."""
 import os
 import subprocess
 import sys
@@ -54,9 +54,9 @@ def test_fid_is_split_by_concept_and_patches_nothing_at_runtime():
 
     import parscale_ear
 
-    source = (Path(parscale_ear.__file__).parent / "fid.py").read_text()
-    assert "mock" not in source and "fid_weights" in _package_imports("fid")
-    assert "metrics" not in _package_imports("fid") and "recon_metrics" not in source
+    source = (Path(parscale_ear.__file__).parent / "evaluation" / "fid.py").read_text()
+    assert "mock" not in source and "fid_weights" in _package_imports("evaluation/fid")
+    assert "metrics" not in _package_imports("evaluation/fid") and "recon_metrics" not in source
 
 
 def test_ci_gate_summary_says_when_no_gate_was_checked(tmp_path, monkeypatch, capsys):
@@ -107,7 +107,7 @@ def test_every_optional_cli_flag_has_help_and_shows_its_default():
     parser = build_parser()
     subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     for name, sub in subs.choices.items():
-        if name in ("fid", "fid-weights"):  # their own parsers (parscale_ear.fid, fid_weights)
+        if name in ("fid", "fid-weights"):  # their own parsers (parscale_ear.evaluation.fid, fid_weights)
             continue
         sub.format_help()  # renders
         formatter = sub._get_formatter()

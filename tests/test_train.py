@@ -149,7 +149,7 @@ def test_param_groups_put_the_head_at_a_quarter_rate_without_decay():
 
 
 def test_latency_profile_on_cpu():
-    from parscale_ear.benchmark import markdown_table, profile_latency
+    from parscale_ear.evaluation.benchmark import markdown_table, profile_latency
 
     model = pe.create_model("tiny-32")
     rows = profile_latency(model, batch_sizes=(1, 2), runs=3, warmup=1)
@@ -161,7 +161,7 @@ def test_latency_profile_on_cpu():
 
 
 def test_evaluate_fid_and_vae_with_a_stand_in_network(npz_data):
-    from parscale_ear import evaluate
+    from parscale_ear.evaluation import evaluate
 
     model = pe.create_model("tiny-32").eval()
     inc = StandIn(dim=6)
@@ -251,7 +251,7 @@ def test_no_samples_and_sampling_time_stays_out_of_the_training_clock(tmp_path, 
 def test_train_for_minutes_fits_the_steps_to_the_budget_in_the_run_itself(tmp_path, vae_run):
     """The fixed-budget harness: one run measures its rate during its warm-up, sets its step count so
     the cosine decay ends at the budget, records the plan in run.json, and stops inside max_minutes."""
-    from parscale_ear import quality
+    from parscale_ear.evaluation import quality
 
     vae_config = pe.ParScaleEARConfig.from_dict(load_checkpoint(vae_run)["config"])
     config = quality.recipe_config("tiny-32-flow", vae_config)
@@ -381,8 +381,8 @@ def test_vae_run_from_release(tmp_path):
 
 def test_reference_statistics_policy(tmp_path):
     """A given file first; all of Fashion-MNIST: the shipped statistics; else computed from the data."""
-    from parscale_ear import evaluate
-    from parscale_ear import fid as fidlib
+    from parscale_ear.evaluation import evaluate
+    from parscale_ear.evaluation import fid as fidlib
 
     stats, source = evaluate.resolve_reference(data="fashion-mnist", split="test")
     assert source == "parscale_ear/stats/fashion-mnist-test.npz" and stats[0].shape == (2048,)

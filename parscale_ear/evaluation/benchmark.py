@@ -13,8 +13,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .fast import _capture
-from .pipeline import ParScaleEAR
+from ..fast import _capture
+from ..pipeline import ParScaleEAR
 
 
 @dataclass

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .pipeline import ParScaleEAR, ParScaleEARConfig
+from ..pipeline import ParScaleEAR, ParScaleEARConfig
 
 
 # stage config fields that only change sampling, settable per schedule (see `stage_settings`)
@@ -143,8 +143,8 @@ def recipe_config(recipe: str, vae_config: ParScaleEARConfig, overrides: dict | 
     a DiT peer (dit-s, dit-b), with create_model-style overrides."""
     import dataclasses
 
-    from .baselines.dit import PEERS
-    from .presets import apply_overrides, get_config
+    from ..baselines.dit import PEERS
+    from ..presets import apply_overrides, get_config
 
     if recipe in PEERS:
         config = dataclasses.replace(vae_config, name=recipe, dit=PEERS[recipe], cfg=1.0, temperature=1.0)
@@ -161,8 +161,8 @@ def train_for_minutes(config: ParScaleEARConfig, vae_run: str | Path, minutes: f
     `steps`, for that many steps (its wall time then is what it took).
     `train_options` go to TrainConfig (batch_size, lr, ema_decay, head_lr_ratio, seed, compile, ...).
     Returns the run's last metrics row with the measured rate, the planned steps and the wall seconds."""
-    from .loading import load_checkpoint, read_metrics
-    from .train import METRICS, RUN_CONFIG, TrainConfig, train
+    from ..loading import load_checkpoint, read_metrics
+    from ..train import METRICS, RUN_CONFIG, TrainConfig, train
 
     out = Path(out)
     data = load_checkpoint(vae_run)["train"]["data"]
@@ -197,7 +197,7 @@ def lower_envelope(rows: list[dict], batch: int, key: str = "fid_train") -> list
 
 def plot_curves(rows: dict[str, list[dict]], path: str | Path, batch: int, key: str = "fid_train") -> dict:
     """Plot each run's FID-vs-latency curve (`lower_envelope` at `batch`) into `path`; returns the curves."""
-    from .utils import line_plot
+    from ..utils import line_plot
 
     curves = {name: lower_envelope(r, batch, key) for name, r in rows.items()}
     line_plot(path, {name: tuple(map(list, zip(*c))) for name, c in curves.items()}, ylabel="FID-10k (train)",
@@ -227,7 +227,7 @@ def markdown(rows: list[dict]) -> str:
 
 def write_table(rows: list[dict], out: str | Path, meta: dict) -> None:
     """results JSON (rows + meta) and a Markdown table beside it, both atomically."""
-    from .utils import atomic_write_json, atomic_write_text
+    from ..utils import atomic_write_json, atomic_write_text
 
     out = Path(out)
     atomic_write_json(out.with_suffix(".json"), {**meta, "rows": rows})
