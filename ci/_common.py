@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
-from parscale_ear.utils import atomic_write_json  # noqa: E402
+from parscale_ear.files import atomic_write_json  # noqa: E402
 
 GATES = Path(__file__).with_name("gates.json")
 

@@ -19,7 +19,8 @@ from parscale_ear.loading import load_checkpoint, load_pipeline, read_metrics
 from parscale_ear.pipeline import ParScaleEARConfig
 from parscale_ear.presets import apply_overrides
 from parscale_ear.train import TrainConfig, train
-from parscale_ear.utils import environment, line_plot
+from parscale_ear.plots import line_plot
+from parscale_ear.utils import environment
 
 VARIANTS = {  # name -> create_model shorthands (presets.apply_overrides)
     "full": {},

@@ -12,7 +12,7 @@ from parscale_ear.utils import environment
 from parscale_ear.evaluation.benchmark import markdown_table, profile_latency
 from parscale_ear.solvers import SOLVERS
 from parscale_ear.loading import load_pipeline
-from parscale_ear.utils import line_plot
+from parscale_ear.plots import line_plot
 
 
 def run(device, quick: bool, preset: str, ckpt: str | None, batch_sizes, runs: int, warmup: int, bf16: bool, compile: bool,

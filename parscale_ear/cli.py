@@ -290,7 +290,9 @@ def _sample_out(text: str) -> tuple[Path, bool]:
 
 def _sample(args) -> int:
     from .loading import load_pipeline
-    from .utils import check_int, prepare_output_folder, remove_stale_temporaries, save_grid, save_images
+    from .checks import check_int
+    from .files import prepare_output_folder, remove_stale_temporaries
+    from .images import save_grid, save_images
 
     out, as_grid = _sample_out(args.out)
     n, labels = check_int(args.n, "--n"), args.labels

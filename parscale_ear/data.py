@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .utils import from_uint8
+from .images import from_uint8
 
 DEBIAN_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian `dataset-fashion-mnist`
 DATA_ENV = "PARSCALE_EAR_DATA"

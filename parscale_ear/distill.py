@@ -122,7 +122,7 @@ def cached_teacher_pairs(folder: Path, teacher: ParScaleEAR, n: int, steps, solv
     """The file holding `teacher_pairs` (n of them at `steps` and `solver`, from seed PAIRS_SEED: a fixed data
     set, the same for every training seed), made once in `folder` (a VAE run folder: every student trained on
     its latents shares them) with the seconds they took; a resumed run finds exactly the same pairs."""
-    from .utils import atomic_torch_save, remove_stale_temporaries
+    from .files import atomic_torch_save, remove_stale_temporaries
 
     path, key = pairs_file(folder, teacher, n, steps, solver)
     remove_stale_temporaries(folder, (f"{PAIRS_PREFIX}*.pt",))

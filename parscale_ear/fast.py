@@ -23,7 +23,7 @@ from typing import Callable
 
 import torch
 
-from .utils import check_int, check_labels, check_real
+from .checks import check_int, check_labels, check_real
 
 
 class FastSampler:

@@ -16,7 +16,7 @@ from torch import nn
 from .layers import TransformerBlock, modulate, prepend_stream_prefixes, stream_parts
 from .losses import energy_score_loss
 from .solvers import SOLVERS, check_solver  # noqa: F401  (SOLVERS re-exported)
-from .utils import check_field_types, check_int, check_real
+from .checks import check_field_types, check_int, check_real
 
 
 @dataclass

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .generator import EnergyGenerator, GeneratorConfig
-from .utils import check_field_types, check_int, nested_config
+from .checks import check_field_types, check_int, nested_config
 
 
 # ----------------------------------------------------------------------------- stages

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from .hybrid import CoarseFineHybrid, HybridConfig
-from .utils import atomic_path, check_field_types, check_images, check_int, check_labels, check_real, nested_config
+from .checks import check_field_types, check_images, check_int, check_labels, check_real, nested_config
+from .files import atomic_path
 from .vae import LiteVAE, LiteVAEConfig
 
 FORMAT = "parscale-ear"
@@ -303,7 +304,7 @@ class ParScaleEAR(nn.Module):
         from safetensors.torch import save_file
 
         from . import __version__
-        from .utils import prepare_output_folder, remove_stale_temporaries
+        from .files import prepare_output_folder, remove_stale_temporaries
 
         if not isinstance(directory, (str, Path)) or not str(directory).strip():
             raise ValueError(f"save_pretrained: expected a folder path, got {directory!r}")

@@ -27,8 +27,10 @@ from .pipeline import ParScaleEAR, ParScaleEARConfig
 from .presets import get_config
 from .distill import weights_digest
 from .solvers import check_solver
-from .utils import (atomic_torch_save, check_field_types, atomic_write_json, atomic_write_text, check_int, check_real, from_uint8, line_plot,
-                    prepare_output_folder, remove_stale_temporaries, save_grid)
+from .checks import check_field_types, check_int, check_real
+from .files import atomic_torch_save, atomic_write_json, atomic_write_text, prepare_output_folder, remove_stale_temporaries
+from .images import from_uint8, save_grid
+from .plots import line_plot
 
 RUN_CONFIG = "run.json"
 CHECKPOINT_VERSION = 1

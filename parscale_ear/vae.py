@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers import ResBlock, group_norm
-from .utils import check_images, check_field_types, check_int, check_latents, check_real
+from .checks import check_images, check_field_types, check_int, check_latents, check_real
 from .wavelets import haar_dwt, haar_idwt, haar_wavedec, haar_waverec  # noqa: F401  (public names of this module)
 
 

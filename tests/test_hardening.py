@@ -17,7 +17,7 @@ from parscale_ear.evaluation import fid_weights as fidw
 from parscale_ear.evaluation import metrics as metrics_mod
 from parscale_ear.cli import main
 from parscale_ear.train import CHECKPOINT, METRICS, TrainConfig, train
-from parscale_ear.utils import TEMP_SUFFIX, atomic_path, remove_stale_temporaries
+from parscale_ear.files import TEMP_SUFFIX, atomic_path, remove_stale_temporaries
 
 from helpers import StandIn
 

@@ -12,7 +12,7 @@ from parscale_ear import train as train_mod
 from parscale_ear.cli import main
 from parscale_ear.loading import read_metrics
 from parscale_ear.train import TrainConfig, load_checkpoint, load_pipeline, train
-from parscale_ear.utils import atomic_path
+from parscale_ear.files import atomic_path
 
 from helpers import StandIn, interrupt_after
 

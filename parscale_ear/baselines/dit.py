@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..solvers import check_solver, solver_passes, time_grid
-from ..utils import check_field_types, check_int, check_real
+from ..checks import check_field_types, check_int, check_real
 
 OBJECTIVES = ("flow", "meanflow")
 

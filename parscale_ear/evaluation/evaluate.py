@@ -17,7 +17,7 @@ from . import fid as fidlib
 from .metrics import recon_metrics
 from ..data import load_dataset
 from ..pipeline import ParScaleEAR
-from ..utils import from_uint8, to_uint8
+from ..images import from_uint8, to_uint8
 
 
 STATS_DIR = Path(__file__).resolve().parent.parent / "stats"  # parscale_ear/stats

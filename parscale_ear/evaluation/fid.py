@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from ..data import IMAGE_EXTENSIONS
 from .fid_weights import FEATURE_DIM, FIDWeightsError, load_inception  # noqa: F401  (load_inception: part of this API)
-from ..utils import atomic_path
+from ..files import atomic_path
 
 MIN_RELIABLE_IMAGES = 10_000  # below this FID is strongly biased (it falls with n); 50k is the standard
 

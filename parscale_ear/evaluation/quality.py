@@ -197,7 +197,7 @@ def lower_envelope(rows: list[dict], batch: int, key: str = "fid_train") -> list
 
 def plot_curves(rows: dict[str, list[dict]], path: str | Path, batch: int, key: str = "fid_train") -> dict:
     """Plot each run's FID-vs-latency curve (`lower_envelope` at `batch`) into `path`; returns the curves."""
-    from ..utils import line_plot
+    from ..plots import line_plot
 
     curves = {name: lower_envelope(r, batch, key) for name, r in rows.items()}
     line_plot(path, {name: tuple(map(list, zip(*c))) for name, c in curves.items()}, ylabel="FID-10k (train)",
@@ -227,7 +227,7 @@ def markdown(rows: list[dict]) -> str:
 
 def write_table(rows: list[dict], out: str | Path, meta: dict) -> None:
     """results JSON (rows + meta) and a Markdown table beside it, both atomically."""
-    from ..utils import atomic_write_json, atomic_write_text
+    from ..files import atomic_write_json, atomic_write_text
 
     out = Path(out)
     atomic_write_json(out.with_suffix(".json"), {**meta, "rows": rows})

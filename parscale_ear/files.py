@@ -1,0 +1,110 @@
+"""Files the library writes: each goes through a temporary beside it and an atomic rename (a kill never leaves a
+torn file), temporaries of killed writes are cleaned up by name, output folders are made with one-line errors."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import torch
+
+# temporaries are ".NAME.<8 random characters>.parscale-ear.tmp" beside the file they become: a name no user file
+# has by accident, so removing stale ones never touches anything else
+TEMP_SUFFIX = ".parscale-ear.tmp"
+_TEMP_RANDOM = r"[a-z0-9_]{8}"  # tempfile.mkstemp's random part
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success fsync it and rename it over `path`
+    (then fsync the folder), else remove it. A kill or power loss never leaves a torn `path`."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; expected a file path")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual mode
+        _fsync(tmp)
+        os.replace(tmp, path)
+        _fsync(path.parent)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's or a folder's data to disk (folders: where the OS allows opening them)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on folders
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, names: Iterable[str]) -> list[Path]:
+    """Delete temporaries that `atomic_path` left beside `folder/NAME` (a killed write), for the given NAMEs
+    (glob patterns, e.g. "step_*.png") only; never the files themselves. Returns what was removed."""
+    import fnmatch
+    import re
+
+    folder, removed = Path(folder), []
+    if not folder.is_dir():
+        return removed
+    for name in names:
+        pattern = re.compile(r"\." + fnmatch.translate(name).removeprefix("(?s:").removesuffix(")\\Z")
+                             + r"\." + _TEMP_RANDOM + re.escape(TEMP_SUFFIX) + r"\Z", re.S)
+        for tmp in folder.glob(f".*{TEMP_SUFFIX}"):
+            if tmp.is_file() and pattern.match(tmp.name):
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write text to `path` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write JSON to `path` atomically (indented, sorted keys)."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save to `path` atomically: a kill mid-write never leaves a broken file."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def prepare_output_folder(path: str | os.PathLike, what: str = "--out") -> Path:
+    """Create folder `path` (and parents) if needed, with a one-line error where it cannot be one."""
+    path = Path(path)
+    for parent in [path, *path.parents]:
+        if parent.exists() and not parent.is_dir():
+            raise NotADirectoryError(f"{what} {path}: {parent} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PermissionError(f"{what} {path}: cannot create the folder ({e.strerror or e})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise PermissionError(f"{what} {path}: the folder is not writable")
+    return path

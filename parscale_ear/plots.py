@@ -1,0 +1,43 @@
+"""Line plots (loss curves, latency, ablations) as PNG files; skipped with a note where matplotlib is missing."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .files import atomic_path
+
+def line_plot(path: str | os.PathLike, series: dict, title: str = "", xlabel: str = "", ylabel: str = "",
+              log_x: bool = False, log_y: bool = False) -> Path | None:
+    """A PNG line plot of {name: (xs, ys)} with matplotlib (the `plots` extra), axes, ticks and a
+    legend outside the lines, written atomically. Without matplotlib: no file, one line on stderr."""
+    import math
+    import sys
+
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"note: no plot {path} (pip install 'parscale-ear[plots]' for matplotlib)", file=sys.stderr)
+        return None
+    if not any(math.isfinite(y) for _, ys in series.values() for y in ys):
+        raise ValueError("line_plot: nothing to plot")
+    fig, ax = plt.subplots(figsize=(7.2, 4.0), dpi=100)
+    try:
+        for name, (xs, ys) in series.items():
+            ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.5, label=str(name))
+        ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+        if log_x:
+            ax.set_xscale("log", base=2)
+        if log_y:
+            ax.set_yscale("log")
+        ax.grid(True, alpha=0.3)
+        if len(series) > 1:
+            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+        fig.tight_layout()
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
+    return Path(path)
