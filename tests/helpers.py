@@ -35,9 +35,9 @@ def v_stage(**kw) -> dict:
 
 def interrupt_after(monkeypatch, calls: int):
     """Make a training run die (as if killed) inside its step `calls + 1`, after the checkpoint at `calls`."""
-    from parscale_ear import train as train_mod
+    from parscale_ear.train import loop
 
-    real, count = train_mod.ema_update, {"n": 0}
+    real, count = loop.ema_update, {"n": 0}
 
     def dying(*a, **k):
         count["n"] += 1
@@ -45,4 +45,4 @@ def interrupt_after(monkeypatch, calls: int):
             raise KeyboardInterrupt("killed")
         return real(*a, **k)
 
-    monkeypatch.setattr(train_mod, "ema_update", dying)
+    monkeypatch.setattr(loop, "ema_update", dying)

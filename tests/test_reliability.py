@@ -9,6 +9,7 @@ import torch
 
 import parscale_ear as pe
 from parscale_ear import train as train_mod
+from parscale_ear.train import loop as train_loop
 from parscale_ear.cli import main
 from parscale_ear.data import ImageData
 from parscale_ear.train import CHECKPOINT, RUN_CONFIG, TrainConfig, TrainingDiverged, train
@@ -99,7 +100,7 @@ def test_non_finite_weights_are_refused_by_resume_export_and_sample(tmp_path, da
 
 def test_a_run_folder_removed_mid_run_is_not_made_anew(tmp_path, data, vae, monkeypatch):
     run = tmp_path / "gen"
-    real = train_mod.ema_update
+    real = train_loop.ema_update
 
     def remove_after_first(*a, **k):
         real(*a, **k)
@@ -108,7 +109,7 @@ def test_a_run_folder_removed_mid_run_is_not_made_anew(tmp_path, data, vae, monk
                 p.unlink() if p.is_file() else p.rmdir()
             run.rmdir()
 
-    monkeypatch.setattr(train_mod, "ema_update", remove_after_first)
+    monkeypatch.setattr(train_loop, "ema_update", remove_after_first)
     with pytest.raises(FileNotFoundError, match="was removed or moved during the run"):
         train(cfg("generator", data, str(vae), steps=3), run, progress=False)
     assert not run.exists()
@@ -132,18 +133,18 @@ def test_releases_never_mix_into_runs_and_bad_dtypes_create_nothing(tmp_path, da
 def test_a_resumed_run_draws_the_grid_of_the_step_it_was_killed_at(tmp_path, data, vae, monkeypatch):
     run = tmp_path / "gen"
     config = cfg("generator", data, str(vae), steps=4, **{"sample_every": 2, "ckpt_every": 2})
-    real = train_mod.save_grid
+    real = train_loop.save_grid
 
     def dying_grid(*a, **k):  # killed after the checkpoint at step 2, before its grid
         raise KeyboardInterrupt("killed")
 
     with monkeypatch.context() as m:
-        m.setattr(train_mod, "save_grid", dying_grid)
+        m.setattr(train_loop, "save_grid", dying_grid)
         with pytest.raises(KeyboardInterrupt):
             train(config, run, progress=False)
     assert torch.load(run / CHECKPOINT, weights_only=True)["step"] == 2
     assert not (run / "samples" / "step_0000002.png").exists()
-    assert real is train_mod.save_grid
+    assert real is train_loop.save_grid
     train(config, run, resume=True, progress=False)
     assert (run / "samples" / "step_0000002.png").is_file() and (run / "samples" / "step_0000004.png").is_file()
 

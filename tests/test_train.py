@@ -9,6 +9,7 @@ import torch
 
 import parscale_ear as pe
 from parscale_ear import train as train_mod
+from parscale_ear.train import loop as train_loop
 from parscale_ear.cli import main
 from parscale_ear.loading import read_metrics
 from parscale_ear.train import TrainConfig, load_checkpoint, load_pipeline, train
@@ -284,7 +285,7 @@ def test_ema_update_is_the_lerp_of_every_parameter_and_copies_buffers():
             p.add_(torch.randn_like(p))
         model[1].running_mean.fill_(0.5)
     before = [e.clone() for e in ema.parameters()]
-    train_mod.ema_update(ema, model, 0.9)
+    train_loop.ema_update(ema, model, 0.9)
     for e, b, p in zip(ema.parameters(), before, model.parameters()):
         torch.testing.assert_close(e, 0.9 * b + 0.1 * p)
     assert torch.equal(ema[1].running_mean, model[1].running_mean)
@@ -319,7 +320,7 @@ def test_fit_steps_to_budget_changes_nothing_before_the_warm_up_ends(tmp_path, n
         clock["t"] += 0.05
         return clock["t"]
 
-    monkeypatch.setattr(train_mod, "time", SimpleNamespace(time=tick))
+    monkeypatch.setattr(train_loop, "time", SimpleNamespace(time=tick))
     common = dict(kind="generator", batch_size=8, lr=1e-3, warmup_steps=14, log_every=1, sample_every=10**6,
                   ckpt_every=10**6, data=npz_data, vae_run=str(vae_run), bf16=False, samples=False)
     train(TrainConfig(steps=40, **common), tmp_path / "plain", progress=False)

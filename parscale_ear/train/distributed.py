@@ -1,0 +1,48 @@
+"""One loop for 1..N GPUs (DDP through torchrun) and the CPU: the process's rank, the seeded data order of each
+rank and each step's seed, so `--resume` and any number of GPUs draw exactly what an uninterrupted run would."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: str) -> tuple[Dist, torch.device]:
+    """Initialise torch.distributed when launched by torchrun (WORLD_SIZE > 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Dist(), torch.device(device)
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.startswith("cuda"):
+        torch.cuda.set_device(local)
+        dev = torch.device("cuda", local)
+        dist.init_process_group("nccl", device_id=dev)
+    else:
+        dev = torch.device(device)
+        dist.init_process_group("gloo")
+    return Dist(rank, world, local), dev
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    return (seed * 1_000_003 + step) * 4096 + rank
+
+
+def batch_indices(num_items: int, batch: int, step: int, seed: int, d: Dist) -> torch.Tensor:
+    """This rank's share of global batch `step`: epochs are seeded permutations, cut into batches."""
+    per_epoch = max(1, num_items // batch)
+    epoch, i = divmod(step, per_epoch)
+    perm = torch.randperm(num_items, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
+    global_batch = perm[i * batch : (i + 1) * batch]
+    return global_batch[d.rank :: d.world]

@@ -1,0 +1,153 @@
+"""The two things the loop trains: the LiteVAE on images (VAETask) and the generator, or a peer, on cached latents
+or a teacher's pairs (GeneratorTask). A task gives the loop its trainable part, batches, the forward step, what goes
+into the checkpoint and a sample grid."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..data import ImageData
+from ..images import from_uint8
+from ..loading import load_pipeline
+from ..pipeline import ParScaleEAR
+from ..vae_objective import vae_loss
+from .config import TrainConfig
+from .distributed import Dist
+from .latents import cached_latents, latent_scale
+
+class VAEStep(nn.Module):
+    """One VAE training forward: posterior sample -> decoder -> LiteVAE losses."""
+
+    def __init__(self, vae, kl_weight: float):
+        super().__init__()
+        self.vae, self.kl_weight = vae, kl_weight
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        mean, logvar = self.vae.encode_moments(images)
+        z = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar)
+        recon = self.vae.decoder(z)
+        return vae_loss(recon.float(), images.float(), mean.float(), logvar.float(), kl_weight=self.kl_weight)
+
+
+class GeneratorStep(nn.Module):
+    """One generator training forward: the losses of every stage (or of the DiT peer) on latents, or on a
+    teacher's pairs."""
+
+    def __init__(self, hybrid):
+        super().__init__()
+        self.hybrid = hybrid
+
+    def forward(self, latents: torch.Tensor | None, labels: torch.Tensor | None,
+                pairs: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        if pairs is not None:
+            return self.hybrid.loss(None, labels, pairs=pairs)
+        return self.hybrid.loss(latents, labels)
+
+
+class VAETask:
+    """What the loop needs to train the LiteVAE: its trainable part, inputs (uint8 images on the
+    device), the step, the latent scale written into the checkpoint's config and a recon grid."""
+
+    kind = "vae"
+    loss_keys = ("loss",)
+
+    def __init__(self, model: ParScaleEAR, data: ImageData, cfg: TrainConfig, dev: torch.device, d: Dist, fresh: bool,
+                 progress: bool = False, run: Path | None = None):
+        self.model, self.data, self.dev = model, data, dev
+        self.part, self.step = model.vae, VAEStep(model.vae, cfg.kl_weight)
+        self.inputs = data.images.to(dev)
+        self.num_items, self.info = len(self.inputs), {}
+
+    def trained(self, model: ParScaleEAR) -> nn.Module:
+        return model.vae
+
+    def batch(self, idx: torch.Tensor) -> tuple:
+        return (from_uint8(self.inputs[idx]),)
+
+    def checkpoint(self, config: dict, ema: nn.Module) -> dict:
+        config["vae"]["latent_scale"] = latent_scale(ema, self.data, self.dev)  # latents of unit std for the generator
+        return {"config": config}
+
+    def grid(self, ema_model: ParScaleEAR) -> tuple[torch.Tensor, int, list[str] | None]:
+        """32 originals, then their reconstructions, 16 per row."""
+        x = from_uint8(self.data.images[:32].to(self.dev))
+        return torch.cat([x, ema_model.vae.decode(ema_model.vae.encode(x)).clamp(-1, 1)]), 16, None
+
+
+class GeneratorTask:
+    """What the loop needs to train the generator (or the DiT peer) on a VAE run's cached latents, or on a
+    teacher's pairs (`--teacher`): its trainable part, inputs and labels, the step, the VAE weights kept in
+    the checkpoint and a class grid of samples."""
+
+    kind = "generator"
+    loss_keys = ("loss", "coarse", "fine")
+
+    def __init__(self, model: ParScaleEAR, data: ImageData, cfg: TrainConfig, dev: torch.device, d: Dist, fresh: bool,
+                 progress: bool = False, run: Path | None = None):
+        self.model, self.class_names = model, data.class_names
+        model.vae.requires_grad_(False)
+        self.info: dict = {}
+        if fresh and cfg.init:
+            from ..distill import check_same_vae, init_generator
+
+            source = load_pipeline(None if cfg.init == "default" else cfg.init)
+            check_same_vae(model, source, "--init")
+            self.info["init_new_weights"] = len(init_generator(model, source))
+        self.pairs = None
+        if cfg.teacher:
+            self.inputs, self.pairs = None, self._teacher_pairs(cfg, dev, d, run, progress and d.main)
+            self.num_items = len(self.pairs["labels"]) if "labels" in self.pairs else cfg.pairs
+        else:
+            self.inputs = cached_latents(Path(cfg.vae_run), model, data, dev, d, progress and d.main).to(dev)
+            self.num_items = len(self.inputs)
+            if fresh and not cfg.init:  # an initialised model keeps its source's token scales
+                model.hybrid.fit_token_scales(self.inputs[:10_000])
+        self.labels = data.labels.to(dev) if model.config.num_classes and self.pairs is None else None
+        if self.pairs is not None and model.config.num_classes:
+            self.labels = self.pairs.pop("labels")
+        self.part, self.step = model.hybrid, GeneratorStep(model.hybrid)
+
+    def _teacher_pairs(self, cfg: TrainConfig, dev: torch.device, d: Dist, run: Path, progress: bool) -> dict:
+        """The teacher's pairs on the device (generated once into the VAE run folder by rank 0); the student takes
+        the teacher's token scales, the units the pairs are in."""
+        from ..distill import cached_teacher_pairs, check_same_vae, check_teacher, pairs_file
+
+        teacher = load_pipeline(None if cfg.teacher == "default" else cfg.teacher, device=dev)
+        check_same_vae(self.model, teacher, "--teacher")
+        check_teacher(teacher, self.model)
+        for name in teacher.hybrid.stages:
+            getattr(self.model.hybrid, f"{name}_std").copy_(getattr(teacher.hybrid, f"{name}_std"))
+        steps = None if not cfg.teacher_steps else cfg.teacher_steps[0] if len(cfg.teacher_steps) == 1 else tuple(cfg.teacher_steps)
+        solver = cfg.teacher_solver or None
+        folder = Path(cfg.vae_run)  # shared by every student of these latents
+        if d.main:
+            cached_teacher_pairs(folder, teacher, cfg.pairs, steps, solver, progress)
+        if d.world > 1:
+            dist.barrier()
+        cache = torch.load(pairs_file(folder, teacher, cfg.pairs, steps, solver)[0], map_location="cpu", weights_only=True)
+        pairs, self.info["pairs_seconds"] = cache["pairs"], cache.get("seconds")
+        return {k: v.to(dev) if k == "labels" else v.to(dev, torch.float32) for k, v in pairs.items()}
+
+    def trained(self, model: ParScaleEAR) -> nn.Module:
+        return model.hybrid
+
+    def batch(self, idx: torch.Tensor) -> tuple:
+        labels = None if self.labels is None else self.labels[idx]
+        if self.pairs is not None:
+            return None, labels, {k: v[idx] for k, v in self.pairs.items()}
+        return self.inputs[idx], labels
+
+    def checkpoint(self, config: dict, ema: nn.Module) -> dict:
+        return {"config": config, "vae": self.model.vae.state_dict()}
+
+    def grid(self, ema_model: ParScaleEAR) -> tuple[torch.Tensor, int, list[str] | None]:
+        """Samples of seeds 0..n-1; with classes, column j shows class j (named above it)."""
+        classes = ema_model.config.num_classes
+        n = 10 * max(1, min(10, classes))
+        labels = None if not classes else torch.arange(n) % classes
+        nrow = max(8, min(10, classes or 10))
+        names = self.class_names[:nrow] if classes and nrow == min(10, classes) and self.class_names else None
+        return ema_model.generate(n, labels=labels, seed=0, batch_size=n), nrow, names
