@@ -24,7 +24,8 @@ import torch  # noqa: E402
 from parscale_ear.evaluation import fid, quality
 from parscale_ear import train as T  # noqa: E402
 from parscale_ear.utils import environment  # noqa: E402
-from parscale_ear.pipeline import CONFIG_NAME, ParScaleEARConfig  # noqa: E402
+from parscale_ear.pipeline import ParScaleEARConfig  # noqa: E402
+from parscale_ear.release import CONFIG_NAME  # noqa: E402
 
 p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 p.add_argument("--vae", required=True)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import torch
 
-from .pipeline import CONFIG_NAME, ParScaleEAR, ParScaleEARConfig
+from .pipeline import ParScaleEAR, ParScaleEARConfig
+from .release import CONFIG_NAME, load_module_state  # noqa: F401  (load_module_state: part of this API)
 
 CHECKPOINT = "checkpoint.pt"  # in a run folder, written by `train`
 METRICS = "metrics.jsonl"
@@ -88,24 +89,6 @@ def check_checkpoint(ckpt: dict, path) -> None:
         bad = [k for k, v in ckpt[key].items() if not isinstance(v, torch.Tensor)]
         if bad:
             raise ValueError(f"{path}: the checkpoint's {key!r} holds a non-tensor entry {bad[0]!r}")
-
-
-def load_module_state(module: torch.nn.Module, state: dict, source: str) -> None:
-    """Strictly load a state dict; missing, unexpected or mis-shaped entries raise one ValueError naming `source`."""
-    own = module.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    wrong = [f"{k}: expected {tuple(own[k].shape)}, got {tuple(state[k].shape)}" for k in own
-             if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing {missing[:3]}{'...' if len(missing) > 3 else ''}")
-        if unexpected:
-            parts.append(f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}")
-        if wrong:
-            parts.append(wrong[0] + (f" (+{len(wrong) - 1} more)" if len(wrong) > 1 else ""))
-        raise ValueError(f"{source}: weights do not match the config: " + "; ".join(parts))
-    module.load_state_dict(state, strict=True)
 
 
 def read_metrics(path: Path) -> list[dict]:

@@ -6,7 +6,6 @@ Per-image seeds as in EDM (Karras et al. 2022): image i depends only on seed + i
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -16,74 +15,8 @@ from torch import nn
 
 from .hybrid import CoarseFineHybrid, HybridConfig
 from .checks import check_field_types, check_images, check_int, check_labels, check_real, nested_config
-from .files import atomic_path
+from .utils import check_device
 from .vae import LiteVAE, LiteVAEConfig
-
-FORMAT = "parscale-ear"
-FORMAT_VERSION = 1
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-CARD_NAME = "README.md"
-CARD_MARK = "<!-- written by parscale-ear save_pretrained -->"
-# the embedded default model (docs: its README.md; numbers: results/fashion_mnist.json)
-DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "fmnist-32-es"
-HUB_ID = r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*"
-
-
-def _sha256_file(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _config_digest(config: dict) -> str:
-    """SHA-256 of a config as canonical JSON (sorted keys, no spaces)."""
-    import hashlib
-
-    return hashlib.sha256(json.dumps(config, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def check_device(device, name: str = "device") -> torch.device:
-    """`device` as a torch.device: a torch.device or 'cpu', 'cuda', 'cuda:N' that this machine has (one-line errors)."""
-    if not isinstance(device, (str, torch.device)):
-        raise TypeError(f"{name}: expected 'cpu', 'cuda', 'cuda:N' or a torch.device, got {device!r} ({type(device).__name__})")
-    try:
-        device = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise ValueError(f"{name}: expected 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"{name} {str(device)!r}: CUDA is not available on this machine")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"{name} {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    elif device.type != "cpu" or device.index not in (None, 0):
-        raise ValueError(f"{name}: expected 'cpu', 'cuda' or 'cuda:N', got {str(device)!r}")
-    return device
-
-
-def _resolve_pretrained(name: str | Path, revision: str | None = None) -> Path:
-    """A local folder as given, or the snapshot folder of a Hub id that is not a local path."""
-    import re
-
-    path = Path(name)
-    if path.exists() or not isinstance(name, str) or not re.fullmatch(HUB_ID, name):
-        return path
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:
-        raise OSError(f"from_pretrained: {name} is not a local folder, and loading a Hub id needs huggingface_hub "
-                      f"(pip install huggingface_hub)") from None
-    try:
-        return Path(snapshot_download(name, revision=revision, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME]))
-    except Exception as e:  # offline, unknown repo, no access: one line
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise OSError(f"from_pretrained: {name} is not a local folder and could not be fetched from the Hugging Face "
-                      f"Hub ({type(e).__name__}: {first[:200]})") from None
-
 
 MAX_SEED = 2**63  # torch.Generator seeds are 64-bit; image i of a call uses seed + i
 
@@ -295,132 +228,48 @@ class ParScaleEAR(nn.Module):
         recon = self.vae.decode(self.vae.encode(images.to(self.device, dtype))).clamp(-1, 1)
         return recon.to(images.dtype)
 
-    # ------------------------------------------------------------------ save / load
+    # ------------------------------------------------------------------ save / load (release.py)
     def save_pretrained(self, directory: str | Path, dtype: torch.dtype | None = None) -> Path:
-        """Write config.json + model.safetensors into `directory` (created if needed), each file
-        atomically; other files in the folder are left alone (as diffusers does). `dtype`
-        (torch.float16 / bfloat16) stores the parameters at half size; buffers stay float32 and
-        `from_pretrained` loads either as float32."""
-        from safetensors.torch import save_file
+        """Write config.json + model.safetensors (+ a model card) into `directory` (created if needed), each file
+        atomically; other files in the folder are left alone (as diffusers does).
 
-        from . import __version__
-        from .files import prepare_output_folder, remove_stale_temporaries
+        Args:
+            directory: the release folder, new or existing (never a training run's folder).
+            dtype: torch.float16 / bfloat16 store the parameters at half size (buffers stay float32); None: float32.
+        Returns:
+            The folder."""
+        from .release import save_release
 
-        if not isinstance(directory, (str, Path)) or not str(directory).strip():
-            raise ValueError(f"save_pretrained: expected a folder path, got {directory!r}")
-        if dtype not in (None, torch.float32, torch.float16, torch.bfloat16):  # before anything is created
-            raise ValueError(f"save_pretrained: dtype must be float32, float16 or bfloat16, got {dtype}")
-        directory = Path(directory)
-        if directory.exists() and not directory.is_dir():
-            raise FileExistsError(f"save_pretrained: {directory} is a file; expected a folder (existing or new)")
-        if (directory / "checkpoint.pt").exists():
-            raise FileExistsError(f"save_pretrained: {directory} holds a training run (checkpoint.pt); write the release "
-                                  f"into a folder of its own")
-        prepare_output_folder(directory, "save_pretrained:")
-        remove_stale_temporaries(directory, (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME))
-        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "library_version": __version__}
-        params = {k for k, _ in self.named_parameters()}
-        state = {k: (v.to(dtype) if dtype is not None and k in params else v).detach().contiguous().cpu()
-                 for k, v in self.state_dict().items()}
-        # weights first: a config.json never points at weights that are not there yet
-        with atomic_path(directory / WEIGHTS_NAME) as tmp:
-            save_file(state, str(tmp), metadata={"format": FORMAT})
-            weights_sha256 = _sha256_file(tmp)
-        config = self.config.to_dict()
-        # the digests let from_pretrained tell a damaged or edited file from a release (one-line error, never wrong weights)
-        meta.update(weights_sha256=weights_sha256, config_sha256=_config_digest(config))
-        with atomic_path(directory / CONFIG_NAME) as tmp:
-            tmp.write_text(json.dumps({**meta, "config": config}, indent=2) + "\n")
-        card = directory / CARD_NAME
-        if not card.exists() or CARD_MARK in card.read_text(errors="replace"):  # never replace a card of your own
-            with atomic_path(card) as tmp:
-                tmp.write_text(self.model_card(dtype))
-        return directory
+        return save_release(self, directory, dtype)
 
     def model_card(self, dtype: torch.dtype | None = None) -> str:
         """A Hugging Face style model card (README.md) describing this model and how to load it."""
-        from . import __version__
+        from .release import model_card
 
-        c, counts = self.config, self.num_parameters()
-        kind = "DiT peer (diffusers)" if c.dit is not None else f"ParScale-EAR, hybrid mode {c.hybrid.mode}"
-        steps = self.hybrid.default_steps()
-        return (f"---\nlibrary_name: parscale-ear\ntags:\n- image-generation\n- energy-score\n- parscale-ear\n---\n"
-                f"{CARD_MARK}\n# {c.name}\n\n{kind}: {c.vae.image_size}x{c.vae.image_size}x{c.vae.in_channels} images, "
-                f"latent {c.vae.latent_channels}x{c.vae.latent_size}x{c.vae.latent_size}, {c.num_classes} classes; "
-                f"{counts['total'] / 1e6:.2f}M parameters ({counts['generator'] / 1e6:.2f}M generator), stored as "
-                f"{str(dtype or torch.float32).replace('torch.', '')}. Default sampling: steps {steps}, cfg {c.cfg:g}, "
-                f"temperature {c.temperature:g}.\n\n```python\nimport parscale_ear as pe\n\n"
-                f"model = pe.ParScaleEAR.from_pretrained(\"PATH_OR_HUB_ID\")\nimages = model.generate(16, seed=0)  "
-                f"# (16, C, H, W) in [-1, 1]\n```\n\nWritten by parscale-ear {__version__} (`save_pretrained`). "
-                f"Quality and speed numbers belong in this card only with the command that measured them.\n")
+        return model_card(self, dtype)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path | None = None, device: torch.device | str = "cpu",
                         revision: str | None = None) -> "ParScaleEAR":
-        """Load a folder written by `save_pretrained`, or a Hugging Face Hub id ("org/name") that is
-        not a local folder (downloaded with huggingface_hub; a clear error without a network); with
-        no directory, the embedded default (`DEFAULT_MODEL`, fmnist-32-vflow-s).
-        Weights load as float32, on `device`."""
+        """Load a model written by `save_pretrained`, as float32.
+
+        Args:
+            directory: a release folder, the name of a model shipped inside the package ("fmnist-32-es"), or a
+                Hugging Face Hub id ("org/name", downloaded with huggingface_hub); None: the embedded default.
+            device: "cpu", "cuda", "cuda:N" or a torch.device (checked before anything loads).
+            revision: the Hub revision of a Hub id.
+        Returns:
+            The model in eval mode on `device`. A missing, damaged or edited file is a one-line error."""
+        from .release import DEFAULT_MODEL, load_release
+
         if directory is None:
             directory = DEFAULT_MODEL
         if not isinstance(directory, (str, Path)) or not str(directory).strip():
             raise ValueError(f"from_pretrained: expected a release folder, a shipped model name or a Hub id, got {directory!r}")
-        device = check_device(device)  # before anything loads
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        if isinstance(directory, str) and (DEFAULT_MODEL.parent / directory / CONFIG_NAME).is_file() \
-                and not Path(directory).exists():
-            directory = DEFAULT_MODEL.parent / directory  # a model shipped inside the package, by name
-        directory = _resolve_pretrained(directory, revision)
-        config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
-        for p in (config_path, weights_path):
-            if not p.is_file():
-                raise FileNotFoundError(f"from_pretrained: {p} not found (expected a folder written by save_pretrained)")
-        try:
-            meta = json.loads(config_path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"from_pretrained: {config_path} is not valid JSON ({e})") from None
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT or "config" not in meta:
-            raise ValueError(f"from_pretrained: {config_path} is not a {FORMAT} config")
-        version = meta.get("format_version", 0)
-        if isinstance(version, bool) or not isinstance(version, int):
-            raise ValueError(f"from_pretrained: {config_path}: format_version must be an int, got {version!r}")
-        if version > FORMAT_VERSION:
-            raise ValueError(f"from_pretrained: format_version {version} is newer than this library's {FORMAT_VERSION}")
-        if not isinstance(meta["config"], dict):
-            raise ValueError(f"from_pretrained: {config_path}: 'config' must be a JSON object")
-        if "config_sha256" in meta and meta["config_sha256"] != _config_digest(meta["config"]):
-            raise ValueError(f"from_pretrained: {config_path}: the config does not match its recorded digest (the file was "
-                             f"edited or damaged)")
-
-        try:
-            model = cls(ParScaleEARConfig.from_dict(meta["config"]))
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"from_pretrained: {config_path}: {e}") from None
-        try:
-            state = load_file(str(weights_path))
-        except (SafetensorError, OSError) as e:
-            raise ValueError(f"from_pretrained: cannot read {weights_path} ({e})") from None
-        if "weights_sha256" in meta and meta["weights_sha256"] != _sha256_file(weights_path):
-            raise ValueError(f"from_pretrained: {weights_path} does not match the digest in {CONFIG_NAME} (the file was "
-                             f"changed or damaged)")
-        model.load_weights(state, source=str(weights_path))
-        return model.to(device).eval()
+        return load_release(cls, directory, check_device(device), revision)
 
     def load_weights(self, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
         """Strictly load a state dict; a mismatch with the config raises a ValueError naming it."""
-        own = self.state_dict()
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        wrong = [f"{k}: config expects {tuple(own[k].shape)}, weights have {tuple(state[k].shape)}" for k in own if k in state and own[k].shape != state[k].shape]
-        if missing or unexpected or wrong:
-            parts = []
-            if missing:
-                parts.append(f"missing {missing[:3]}{'...' if len(missing) > 3 else ''}")
-            if unexpected:
-                parts.append(f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}")
-            if wrong:
-                parts.append(wrong[0] + (f" (+{len(wrong) - 1} more)" if len(wrong) > 1 else ""))
-            raise ValueError(f"weights in {source} do not match the config: " + "; ".join(parts))
-        self.load_state_dict(state, strict=True)
+        from .release import load_module_state
+
+        load_module_state(self, state, f"weights in {source}")

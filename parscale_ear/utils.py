@@ -28,6 +28,24 @@ def resolve_device(name: str | None) -> str:
     return name
 
 
+def check_device(device, name: str = "device") -> torch.device:
+    """`device` as a torch.device: a torch.device or 'cpu', 'cuda', 'cuda:N' that this machine has (one-line errors)."""
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"{name}: expected 'cpu', 'cuda', 'cuda:N' or a torch.device, got {device!r} ({type(device).__name__})")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"{name}: expected 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{name} {str(device)!r}: CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"{name} {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type != "cpu" or device.index not in (None, 0):
+        raise ValueError(f"{name}: expected 'cpu', 'cuda' or 'cuda:N', got {str(device)!r}")
+    return device
+
+
 def environment(device: torch.device) -> dict:
     """Device name, torch version, git commit and date for a results file."""
     try:

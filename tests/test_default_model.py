@@ -9,7 +9,7 @@ import torch
 
 import parscale_ear as pe
 from parscale_ear.cli import main
-from parscale_ear.pipeline import DEFAULT_MODEL
+from parscale_ear.release import DEFAULT_MODEL
 
 ROOT = Path(__file__).resolve().parent.parent
 

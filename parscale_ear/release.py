@@ -1,0 +1,179 @@
+"""The release format: a folder with config.json (the format, its version, the model config and SHA-256 digests of
+config and weights) and model.safetensors (float32, or float16 / bfloat16 parameters), plus a model card; written
+atomically by `save_release`, read strictly by `load_release` (a damaged or edited file is a one-line error, never
+wrong weights). Models shipped inside the package load by name; a Hugging Face Hub id "org/name" downloads."""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from .files import atomic_path, prepare_output_folder, remove_stale_temporaries
+
+FORMAT = "parscale-ear"
+FORMAT_VERSION = 1
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+CARD_NAME = "README.md"
+CARD_MARK = "<!-- written by parscale-ear save_pretrained -->"
+# the embedded default model (docs: its README.md; numbers: results/fashion_mnist.json)
+DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "fmnist-32-es"
+HUB_ID = r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def config_digest(config: dict) -> str:
+    """SHA-256 of a config as canonical JSON (sorted keys, no spaces)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def load_module_state(module: torch.nn.Module, state: dict, source: str) -> None:
+    """Strictly load a state dict; missing, unexpected or mis-shaped entries raise one ValueError naming `source`."""
+    own = module.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    wrong = [f"{k}: expected {tuple(own[k].shape)}, got {tuple(state[k].shape)}" for k in own
+             if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing[:3]}{'...' if len(missing) > 3 else ''}")
+        if unexpected:
+            parts.append(f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}")
+        if wrong:
+            parts.append(wrong[0] + (f" (+{len(wrong) - 1} more)" if len(wrong) > 1 else ""))
+        raise ValueError(f"{source}: weights do not match the config: " + "; ".join(parts))
+    module.load_state_dict(state, strict=True)
+
+
+def resolve(name: str | Path, revision: str | None = None) -> Path:
+    """A local folder as given, a model shipped inside the package by name, or the snapshot folder of a Hub id."""
+    if isinstance(name, str) and not Path(name).exists() and (DEFAULT_MODEL.parent / name / CONFIG_NAME).is_file():
+        return DEFAULT_MODEL.parent / name
+    path = Path(name)
+    if path.exists() or not isinstance(name, str) or not re.fullmatch(HUB_ID, name):
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise OSError(f"from_pretrained: {name} is not a local folder, and loading a Hub id needs huggingface_hub "
+                      f"(pip install huggingface_hub)") from None
+    try:
+        return Path(snapshot_download(name, revision=revision, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME]))
+    except Exception as e:  # offline, unknown repo, no access: one line
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise OSError(f"from_pretrained: {name} is not a local folder and could not be fetched from the Hugging Face "
+                      f"Hub ({type(e).__name__}: {first[:200]})") from None
+
+
+def save_release(model, directory: str | Path, dtype: torch.dtype | None = None) -> Path:
+    """Write config.json + model.safetensors (+ a model card unless one of the user's is there) into `directory`,
+    each atomically; other files in the folder are left alone. `dtype` float16 / bfloat16 halves the parameters."""
+    from safetensors.torch import save_file
+
+    from . import __version__
+
+    if not isinstance(directory, (str, Path)) or not str(directory).strip():
+        raise ValueError(f"save_pretrained: expected a folder path, got {directory!r}")
+    if dtype not in (None, torch.float32, torch.float16, torch.bfloat16):  # before anything is created
+        raise ValueError(f"save_pretrained: dtype must be float32, float16 or bfloat16, got {dtype}")
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise FileExistsError(f"save_pretrained: {directory} is a file; expected a folder (existing or new)")
+    if (directory / "checkpoint.pt").exists():
+        raise FileExistsError(f"save_pretrained: {directory} holds a training run (checkpoint.pt); write the release "
+                              f"into a folder of its own")
+    prepare_output_folder(directory, "save_pretrained:")
+    remove_stale_temporaries(directory, (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME))
+    params = {k for k, _ in model.named_parameters()}
+    state = {k: (v.to(dtype) if dtype is not None and k in params else v).detach().contiguous().cpu()
+             for k, v in model.state_dict().items()}
+    with atomic_path(directory / WEIGHTS_NAME) as tmp:  # weights first: a config never points at missing weights
+        save_file(state, str(tmp), metadata={"format": FORMAT})
+        weights_sha256 = sha256_file(tmp)
+    config = model.config.to_dict()
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "library_version": __version__,
+            "weights_sha256": weights_sha256, "config_sha256": config_digest(config)}
+    with atomic_path(directory / CONFIG_NAME) as tmp:
+        tmp.write_text(json.dumps({**meta, "config": config}, indent=2) + "\n")
+    card = directory / CARD_NAME
+    if not card.exists() or CARD_MARK in card.read_text(errors="replace"):  # never replace a card of your own
+        with atomic_path(card) as tmp:
+            tmp.write_text(model_card(model, dtype))
+    return directory
+
+
+def model_card(model, dtype: torch.dtype | None = None) -> str:
+    """A Hugging Face style model card (README.md): what the model is, its license, data, use and limits."""
+    from . import __version__
+
+    c, counts = model.config, model.num_parameters()
+    kind = "DiT peer (diffusers)" if c.dit is not None else f"ParScale-EAR, hybrid mode {c.hybrid.mode}"
+    steps = model.hybrid.default_steps()
+    return (f"---\nlibrary_name: parscale-ear\nlicense: mit\ntags:\n- image-generation\n- energy-score\n- parscale-ear\n"
+            f"---\n{CARD_MARK}\n# {c.name}\n\n{kind}: {c.vae.image_size}x{c.vae.image_size}x{c.vae.in_channels} images, "
+            f"latent {c.vae.latent_channels}x{c.vae.latent_size}x{c.vae.latent_size}, {c.num_classes} classes; "
+            f"{counts['total'] / 1e6:.2f}M parameters ({counts['generator'] / 1e6:.2f}M generator), stored as "
+            f"{str(dtype or torch.float32).replace('torch.', '')}. Default sampling: steps {steps}, cfg {c.cfg:g}, "
+            f"temperature {c.temperature:g}.\n\n```python\nimport parscale_ear as pe\n\n"
+            f"model = pe.ParScaleEAR.from_pretrained(\"PATH_OR_HUB_ID\")\nimages = model.generate(16, seed=0)  "
+            f"# (16, C, H, W) in [-1, 1]\n```\n\nWritten by parscale-ear {__version__} (`save_pretrained`), MIT license. "
+            f"Quality and speed numbers belong in this card only with the command that measured them.\n")
+
+
+def _read_meta(config_path: Path) -> dict:
+    """config.json's contents, checked: the format, its version, a config object matching its digest."""
+    try:
+        meta = json.loads(config_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"from_pretrained: {config_path} is not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or "config" not in meta:
+        raise ValueError(f"from_pretrained: {config_path} is not a {FORMAT} config")
+    version = meta.get("format_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ValueError(f"from_pretrained: {config_path}: format_version must be an int, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise ValueError(f"from_pretrained: format_version {version} is newer than this library's {FORMAT_VERSION}")
+    if not isinstance(meta["config"], dict):
+        raise ValueError(f"from_pretrained: {config_path}: 'config' must be a JSON object")
+    if "config_sha256" in meta and meta["config_sha256"] != config_digest(meta["config"]):
+        raise ValueError(f"from_pretrained: {config_path}: the config does not match its recorded digest (the file was "
+                         f"edited or damaged)")
+    return meta
+
+
+def load_release(cls, directory, device: torch.device, revision: str | None = None):
+    """A model of class `cls` (ParScaleEAR) from a release folder, a shipped name or a Hub id, float32, on `device`."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from .pipeline import ParScaleEARConfig
+
+    directory = resolve(directory, revision)
+    config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+    for p in (config_path, weights_path):
+        if not p.is_file():
+            raise FileNotFoundError(f"from_pretrained: {p} not found (expected a folder written by save_pretrained)")
+    meta = _read_meta(config_path)
+    try:
+        model = cls(ParScaleEARConfig.from_dict(meta["config"]))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"from_pretrained: {config_path}: {e}") from None
+    try:
+        state = load_file(str(weights_path))
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"from_pretrained: cannot read {weights_path} ({e})") from None
+    if "weights_sha256" in meta and meta["weights_sha256"] != sha256_file(weights_path):
+        raise ValueError(f"from_pretrained: {weights_path} does not match the digest in {CONFIG_NAME} (the file was "
+                         f"changed or damaged)")
+    model.load_weights(state, source=str(weights_path))
+    return model.to(device).eval()
