@@ -120,7 +120,8 @@ def test_every_optional_cli_flag_has_help_and_shows_its_default():
 
 
 def test_cli_training_defaults_are_the_readme_recipe():
-    from parscale_ear.cli import RUN_DEFAULTS, build_parser
+    from parscale_ear.cli import build_parser
+    from parscale_ear.cli_train import RUN_DEFAULTS
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     vae, gen = RUN_DEFAULTS["vae"], RUN_DEFAULTS["generator"]  # what a new run takes when the flag is left out
