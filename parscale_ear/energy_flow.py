@@ -22,7 +22,7 @@ from torch import nn
 from .generator import EnergyHead, GeneratorConfig
 from .layers import AdaLNBlock, modulate, prepend_stream_prefixes, stream_parts, timestep_embedding
 from .losses import energy_score_samples
-from .solvers import check_solver, time_grid
+from .solvers import check_solver, ddim_step, time_grid
 
 TIME_DIM = 256  # sinusoidal features of t
 
@@ -245,47 +245,48 @@ class EnergyFlowGenerator(nn.Module):
         times = time_grid(steps, self.config.time_shift)
         first_draw = steps - self.config.head_steps if self.config.head_steps else 0  # the head's first step
         x = x_init
-
-        def guided_hidden(x, tt, xb):
-            if cfg == 1.0:
-                return self.hidden(x, tt, xb, labels, context)
-            null = torch.full_like(labels, self.null_class)
-            ctx = None if context is None else torch.cat([context, context])
-            h_c, h_u = self.hidden(torch.cat([x, x]), torch.cat([tt, tt]), None if xb is None else torch.cat([xb, xb]),
-                                   torch.cat([labels, null]), ctx).chunk(2)
-            return cfg * h_c + (1.0 - cfg) * h_u
-
         for k in range(steps):
             t, t_next = times[k], times[k + 1]
             tt = torch.full((B,), t, device=x.device)
             xi = noise[:, k]
             xb = xi if self.noise_in is not None else None
-            h = guided_hidden(x, tt, xb)
-            if self.mean_out is not None:  # the mean (x0 or v head) plus the scaled energy-head residual
-                draw = temperature > 0 and k >= first_draw
-                if heun and not draw and t_next > 0:  # mean path, corrected (below)
-                    x0 = self.mean_x0(h, x, tt).to(x.dtype)
-                    v = (x - x0) / t  # dx/dt of x_t = (1 - t) x0 + t eps along the predicted line
-                    x_euler = x + (t_next - t) * v
-                    tn = torch.full((B,), t_next, device=x.device)
-                    x0_next = self.mean_x0(guided_hidden(x_euler, tn, xb), x_euler, tn).to(x.dtype)
-                    x = x + (t_next - t) * 0.5 * (v + (x_euler - x0_next) / t_next)
-                    continue
-                if self.residual_noise_in is not None and draw:
-                    cond = self.condition(tt, labels, h.dtype)
-                    if cfg != 1.0:  # mixed like the hidden states
-                        cond = cfg * cond + (1.0 - cfg) * self.condition(tt, torch.full_like(labels, self.null_class), h.dtype)
-                else:
-                    cond = None
-                x0 = self.mean_x0(h, x, tt)
-                if draw:
-                    x0 = x0 + temperature * self.residual(h, cond, xi)
-                x0 = x0.to(x.dtype)
-            else:
-                x0 = self.head(h, xi.to(h.dtype), temperature).to(x.dtype)
-            if t_next <= 0:
-                x = x0
-            else:
-                eps = (x - (1 - t) * x0) / t
-                x = (1 - t_next) * x0 + t_next * eps
+            h = self._guided_hidden(x, tt, xb, labels, context, cfg)
+            draw = temperature > 0 and k >= first_draw
+            if self.mean_out is not None and heun and not draw and t_next > 0:  # the mean path, corrected
+                x = self._heun_step(x, h, t, t_next, xb, labels, context, cfg)
+                continue
+            x = ddim_step(x, self._x0(h, x, tt, xi, labels, cfg, temperature, draw).to(x.dtype), t, t_next)
         return x
+
+    def _guided_hidden(self, x, tt, xb, labels, context, cfg: float) -> torch.Tensor:
+        """Hidden states at x_t; with cfg != 1 mixed from the labelled and the null-class pass (EAR)."""
+        if cfg == 1.0:
+            return self.hidden(x, tt, xb, labels, context)
+        null = torch.full_like(labels, self.null_class)
+        ctx = None if context is None else torch.cat([context, context])
+        h_c, h_u = self.hidden(torch.cat([x, x]), torch.cat([tt, tt]), None if xb is None else torch.cat([xb, xb]),
+                               torch.cat([labels, null]), ctx).chunk(2)
+        return cfg * h_c + (1.0 - cfg) * h_u
+
+    def _x0(self, h, x, tt, xi, labels, cfg: float, temperature: float, draw: bool) -> torch.Tensor:
+        """A step's x0: the mean (x0 or v head) plus, when it draws, temperature x the energy head's residual;
+        without a mean head, the energy head's draw itself."""
+        if self.mean_out is None:
+            return self.head(h, xi.to(h.dtype), temperature)
+        cond = None
+        if self.residual_noise_in is not None and draw:
+            cond = self.condition(tt, labels, h.dtype)
+            if cfg != 1.0:  # mixed like the hidden states
+                cond = cfg * cond + (1.0 - cfg) * self.condition(tt, torch.full_like(labels, self.null_class), h.dtype)
+        x0 = self.mean_x0(h, x, tt)
+        return x0 + temperature * self.residual(h, cond, xi) if draw else x0
+
+    def _heun_step(self, x, h, t: float, t_next: float, xb, labels, context, cfg: float) -> torch.Tensor:
+        """x at t_next by Heun's rule on the mean path: the mean of the velocities at t and at the Euler estimate."""
+        B = x.shape[0]
+        tt, tn = torch.full((B,), t, device=x.device), torch.full((B,), t_next, device=x.device)
+        x0 = self.mean_x0(h, x, tt).to(x.dtype)
+        v = (x - x0) / t  # dx/dt of x_t = (1 - t) x0 + t eps along the predicted line
+        x_euler = x + (t_next - t) * v
+        x0_next = self.mean_x0(self._guided_hidden(x_euler, tn, xb, labels, context, cfg), x_euler, tn).to(x.dtype)
+        return x + (t_next - t) * 0.5 * (v + (x_euler - x0_next) / t_next)

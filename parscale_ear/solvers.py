@@ -27,3 +27,12 @@ def time_grid(steps: int, shift: float = 1.0) -> list[float]:
 def solver_passes(steps: int, solver: str) -> int:
     """Network passes of `steps` solver steps: one a step (Euler), two a step but the last (Heun)."""
     return steps if check_solver(solver) == "euler" else 2 * steps - 1
+
+
+def ddim_step(x, x0, t: float, t_next: float):
+    """x_t' from x_t and a predicted (or drawn) x0: along the line through them (DDIM with eta 0 on rectified flow),
+    x0 itself at t' = 0."""
+    if t_next <= 0:
+        return x0
+    eps = (x - (1 - t) * x0) / t
+    return (1 - t_next) * x0 + t_next * eps

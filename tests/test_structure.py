@@ -192,3 +192,19 @@ def test_peer_budget_is_the_generator_runs_minutes(tmp_path):
     assert peer.budget_minutes(SimpleNamespace(minutes=2.5, gen_run=str(tmp_path))) == 2.5
     assert peer.budget_minutes(SimpleNamespace(minutes=None, gen_run=None)) == 4.0
     assert peer.budget_minutes(SimpleNamespace(minutes=None, gen_run=str(tmp_path / "release"))) == 4.0  # no metrics
+
+
+def test_every_module_is_short_and_every_function_shorter():
+    """One concept a file: no package module over 350 lines, no function over 60."""
+    import ast
+
+    root = Path(__file__).resolve().parent.parent / "parscale_ear"
+    long_modules, long_functions = [], []
+    for path in sorted(root.rglob("*.py")):
+        text = path.read_text()
+        if len(text.splitlines()) > 350:
+            long_modules.append(f"{path.relative_to(root)} ({len(text.splitlines())} lines)")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 60:
+                long_functions.append(f"{path.relative_to(root)}:{node.name} ({node.end_lineno - node.lineno + 1})")
+    assert not long_modules and not long_functions, (long_modules, long_functions)

@@ -79,70 +79,59 @@ def profile_latency(
     sampler a user gets from `model.compile_sampler` (same schedule, dtype, graphs, decoder).
 
     end_to_end is `sampler()`: device noise -> latents -> pixels. The stage rows run the hybrid's
-    own stages on the sampler's inputs, coarse then fine on the coarse stage's context. `on_row(row)`,
-    if given, is called as each row is measured (long compiled runs show where the time goes)."""
+    own stages on the sampler's inputs, coarse then fine on the coarse stage's context, so generate.* + decode
+    make up end_to_end (encode is not part of generation). `on_row(row)`, if given, is called as each row is
+    measured (long compiled runs show where the time goes)."""
     device = model.device
     model.eval()
     dtype = torch.bfloat16 if bf16 else torch.float32
     use_graphs = graphs and device.type == "cuda"
-    c, s = model.config.vae.in_channels, model.config.vae.image_size
     rows = []
     for B in batch_sizes:
         sampler = model.compile_sampler(B, steps, cfg, temperature, dtype=dtype, graphs=use_graphs, compile=compile,
                                         channels_last=channels_last, solver=solver)
-        amp = sampler._amp
-        labels, noise = sampler._labels, sampler._noise
-        images = torch.rand(B, c, s, s, device=device) * 2 - 1
-        with torch.no_grad(), amp:
-            latents = model.hybrid.sample(noise, labels, sampler.steps, sampler.cfg, sampler.temperature, solver)
-
-        def encode():
-            with torch.no_grad(), amp:
-                return model.vae.encode(images)
-
-        def stage(name, steps, context=None):
-            gen_stage = model.hybrid.stages[name]
-
-            def run():
-                with torch.no_grad(), amp:
-                    return gen_stage.sample(*noise[name], labels, steps, sampler.cfg, sampler.temperature, context,
-                                            solver=solver)
-
-            return run
-
-        def decode():
-            with torch.no_grad(), amp:
-                return sampler.decode(latents)
-
-        parts = [("encode", encode)]
-        if model.config.dit is not None:  # the peer: one stage, its own solver
-
-            def whole():
-                with torch.no_grad(), amp:
-                    return model.hybrid.sample(noise, labels, sampler.steps, sampler.cfg, sampler.temperature, solver)
-
-            parts.append((f"generate.dit ({sampler.steps[-1]} steps)", whole))
-        else:  # each stage of the hybrid's list, in order, on the previous stages' outputs
-            hybrid, outputs = model.hybrid, {}
-            for st, k in zip(hybrid.stage_list, sampler.steps):
-                ctx = hybrid.context(outputs[st.context]) if st.context else None
-                run = stage(st.name, k, ctx)
-                outputs[st.name] = run()
-                parts.append((f"generate.{st.name} ({k} steps)", run))
-        parts += [("decode", decode), ("end_to_end", sampler)]
-        for name, fn in parts:
+        for name, fn in _parts(model, sampler, B, solver):
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             if use_graphs and name not in ("encode", "end_to_end"):  # the sampler captures its own graph
                 fn = _capture(fn, device)
-            ms = time_callable(fn, device, warmup, runs)
-            row = Timing(name, B, ms).summary()
+            row = Timing(name, B, time_callable(fn, device, warmup, runs)).summary()
             if device.type == "cuda":
                 row["peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
             rows.append(row)
             if on_row is not None:
                 on_row(row)
     return rows
+
+
+def _parts(model: ParScaleEAR, sampler, B: int, solver: str | None) -> list[tuple[str, Callable[[], object]]]:
+    """(name, call) of each part profile_latency times at batch B, on the sampler's own inputs and settings."""
+    amp, labels, noise = sampler._amp, sampler._labels, sampler._noise
+    c, s = model.config.vae.in_channels, model.config.vae.image_size
+    images = torch.rand(B, c, s, s, device=model.device) * 2 - 1
+
+    def under_amp(fn):
+        def run():
+            with torch.no_grad(), amp:
+                return fn()
+        return run
+
+    with torch.no_grad(), amp:
+        latents = model.hybrid.sample(noise, labels, sampler.steps, sampler.cfg, sampler.temperature, solver)
+    parts = [("encode", under_amp(lambda: model.vae.encode(images)))]
+    if model.config.dit is not None:  # the peer: one stage, its own solver
+        parts.append((f"generate.dit ({sampler.steps[-1]} steps)", under_amp(
+            lambda: model.hybrid.sample(noise, labels, sampler.steps, sampler.cfg, sampler.temperature, solver))))
+    else:  # each stage of the hybrid's list, in order, on the previous stages' outputs
+        hybrid, outputs = model.hybrid, {}
+        for st, k in zip(hybrid.stage_list, sampler.steps):
+            ctx = hybrid.context(outputs[st.context]) if st.context else None
+            stage = hybrid.stages[st.name]
+            run = under_amp(lambda stage=stage, name=st.name, k=k, ctx=ctx: stage.sample(
+                *noise[name], labels, k, sampler.cfg, sampler.temperature, ctx, solver=solver))
+            outputs[st.name] = run()
+            parts.append((f"generate.{st.name} ({k} steps)", run))
+    return parts + [("decode", under_amp(lambda: sampler.decode(latents))), ("end_to_end", sampler)]
 
 
 def markdown_table(rows: list[dict]) -> str:

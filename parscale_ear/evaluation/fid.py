@@ -5,7 +5,6 @@ upper triangle), image sources (folders, .npz) and the Frechet distance with pyt
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import warnings
 import zipfile
@@ -14,7 +13,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from scipy import linalg
 from torch import nn
