@@ -1,7 +1,7 @@
 """Quick CPU smoke check of every preset: build, encode, decode, generate; shapes, finiteness, range.
 
 Random weights (nothing is loaded), so it checks plumbing and cost, not quality. Run from the repo
-root: `.venv/bin/python quick_check.py`. Last line is `OK`, or `FAILED: ...` with exit status 1.
+root: `.venv/bin/python experiments/quick_check.py`. Last line is `OK`, or `FAILED: ...` with exit status 1.
 """
 from __future__ import annotations
 
