@@ -1,4 +1,4 @@
-"""M3-1 ablation: full model vs no-coarse vs no-fine vs streams P in {1, 2, 4, 8}, each trained from
+"""Ablation: full model vs no-coarse vs no-fine vs streams P in {1, 2, 4, 8}, each trained from
 the same VAE with the same budget (steps x batch) for each of --seeds, then FID (mean and spread over
 the seeds) and end-to-end latency in one table and one plot. Writes ablation.json, ablation.md and ablation.png."""
 from __future__ import annotations
@@ -85,7 +85,7 @@ def run(args) -> dict:
                      "e2e_ms_per_image_p99": lat["ms_per_image_p99"], "final_train_rows": train_rows})
         print(f"{name:10s} FID {rows[-1]['fid']:8.3f}{'' if spread is None else f' +- {spread:.3f}'}  "
               f"e2e {lat['ms_per_image_p50']:.4f} ms/image", flush=True)
-    return {"milestone": "M3-1", "env": environment(dev), "quick": args.quick, "vae_run": str(args.vae), "reference": ref_source,
+    return {"milestone": "ablation", "env": environment(dev), "quick": args.quick, "vae_run": str(args.vae), "reference": ref_source,
             "preset": args.preset or base.name, "budget": {"steps": args.steps, "batch_size": args.train_batch, "lr": args.lr,
                                                           "compile": compiled, "seeds": list(args.seeds), "jobs": args.jobs},
             "rows": rows}

@@ -1,4 +1,4 @@
-"""M2-3 FID: FID of a checkpoint's samples against reference statistics, with and without CFG (or
+"""FID: FID of a checkpoint's samples against reference statistics, with and without CFG (or
 over a --cfg x --temperature grid, for choosing sampling defaults), plus the LiteVAE's rFID, PSNR
 and SSIM on the test split. Writes fid.json."""
 from __future__ import annotations
@@ -31,7 +31,7 @@ def run(args) -> dict:
         rows += evaluate.evaluate_fid(model, ref, args.n, args.cfg or None, inception, args.batch_size, seed=args.seed,
                                       temperature=temperature, progress=not args.quick)
     vae = evaluate.evaluate_vae(model, args.data, "test", inception, limit=args.vae_limit, batch_size=args.batch_size)
-    return {"milestone": "M2-3", "env": environment(dev), "quick": args.quick, "checkpoint": str(args.ckpt),
+    return {"milestone": "fid_eval", "env": environment(dev), "quick": args.quick, "checkpoint": str(args.ckpt),
             "model": model.config.name, "reference": {"source": args.ref,
                                                         "num_images": int(ref[2]) if len(ref) > 2 and ref[2] else None},
             "fid": rows, "vae": vae, "best_fid": min(r["fid"] for r in rows), "num_samples": args.n}

@@ -1,4 +1,4 @@
-"""M2-2 latency: per-image P50/P95/P99 of encode, each generation stage, decode and end to end
+"""Latency: per-image P50/P95/P99 of encode, each generation stage, decode and end to end
 (noise -> pixels) at several batch sizes; CUDA events with synchronisation, warm-up, many runs.
 end_to_end times `model.compile_sampler(batch, steps, cfg, temperature, ...)()`, the public fast
 path, so its number is what a user gets. Writes latency.json, latency.md and latency.png."""
@@ -25,7 +25,7 @@ def run(device, quick: bool, preset: str, ckpt: str | None, batch_sizes, runs: i
                            channels_last=channels_last, steps=steps, cfg=cfg, temperature=temperature, solver=solver,
                            on_row=lambda r: print(f"{r['name']:28s} batch {r['batch']:4d}  P50 {r['ms_per_image_p50']:.4f}  "
                                                   f"P99 {r['ms_per_image_p99']:.4f} ms/image", flush=True))
-    return {"milestone": "M2-2", "env": environment(device), "quick": quick, "model": model.config.name,
+    return {"milestone": "latency", "env": environment(device), "quick": quick, "model": model.config.name,
             "checkpoint": ckpt, "params": model.num_parameters(),
             "settings": {"batch_sizes": list(batch_sizes), "runs": runs, "warmup": warmup, "bf16": bf16,
                          "compile": compile, "cuda_graphs": graphs, "channels_last": channels_last,
@@ -85,7 +85,9 @@ if __name__ == "__main__":
     s = result["settings"]
     header = (f"# Latency: {result['model']} on {result['env']['device']}\n\n{result['env']['date']}, torch "
               f"{result['env']['torch']}, commit {result['env']['git_commit']}; bf16={s['bf16']} "
-              f"compile={s['compile']} cuda_graphs={s['cuda_graphs']} channels_last={s['channels_last']}, {s['runs']} timed runs after {s['warmup']} warm-up.\n\n")
+              f"compile={s['compile']} cuda_graphs={s['cuda_graphs']} channels_last={s['channels_last']}, {s['runs']} timed runs after {s['warmup']} warm-up.\n\n"
+              "end_to_end is noise -> pixels: the generate.* rows plus decode (encode is timed beside, it is not part of "
+              "generation); each row is timed alone, so the sum differs from end_to_end by the sampler's noise draw.\n\n")
     (_common.Path(args.out) / "latency.md").write_text(header + table)
     series = {}
     for r in result["rows"]:

@@ -1,15 +1,14 @@
 #!/usr/bin/env bash
-# Milestone validation: sanity (M2-1), latency (M2-2), fid_eval (M2-3), the DiT peer, ablation (M3-1), then the gates.
+# Milestone validation: sanity, latency, fid_eval, the two peers, the ablation, then the gates.
 #   bash ci/run.sh [--device cpu|cuda] [--quick] [--out DIR] [--ckpt RELEASE_OR_RUN] [--vae VAE_RUN]
 # No --device: cuda where torch sees a CUDA device (the full validation), else the quick CPU run (--device cpu --quick).
-# --device cpu --quick: the whole pipeline at tiny sizes, no gates on numbers (4-6 minutes on a 2-core CPU).
+# --device cpu --quick: the whole pipeline at tiny sizes, no gates on numbers (a plumbing check, minutes on a CPU).
 # --device cuda: full sizes, each milestone gated on ci/gates.json; exits non-zero naming failed gates.
 #   Without --ckpt it scores the shipped default model (parscale_ear/weights/fmnist-32-es); without --vae the
 #   peer and the ablation train on that model's own LiteVAE latents (a run folder made from its weights, no VAE
-#   training); the peer trains for the default's 8 generator minutes; the ablation trains 4 variants (full, no
-#   coarse, no fine, P=1) x 2 seeds x 1000 steps of the default's recipe, two runs at a time on the one GPU.
-#   Measured end to end on one H200 (2026-12-02, results/2026-12-02-h200-ci-run/): 20.4 minutes (sanity 8 s,
-#   latency 65 s, fid_eval 100 s, peer 546 s, ablation 493 s). Each stage's seconds go to DIR/stage_seconds.json.
+#   training); each peer (the flow DiT, MeanFlow) trains for the default's 10.64 generator minutes; the ablation
+#   trains 4 variants of the teacher's flow design (full, no coarse, no fine, P=1) x 2 seeds x 1000 steps, two runs
+#   at a time on the one GPU. Each stage's seconds go to DIR/stage_seconds.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 device="" quick=0 out="" ckpt="" vae="" peer_minutes=()
@@ -39,8 +38,8 @@ export PYTHONUNBUFFERED=1
 stage_seconds=()  # "name": seconds, written to $out/stage_seconds.json at the end
 timed() { local name=$1 t0=$SECONDS; shift; "$@"; stage_seconds+=("\"$name\": $((SECONDS - t0))"); }
 
-echo "== M2-1 sanity"; timed sanity "$py" ci/sanity.py --device "$device" "${q[@]}" --out "$out"
-echo "== M2-2 latency"; timed latency "$py" ci/latency.py --device "$device" "${q[@]}" --out "$out" $([[ $device == cuda ]] && echo --bf16 --cuda-graphs --channels-last --compile)
+echo "== sanity"; timed sanity "$py" ci/sanity.py --device "$device" "${q[@]}" --out "$out"
+echo "== latency"; timed latency "$py" ci/latency.py --device "$device" "${q[@]}" --out "$out" $([[ $device == cuda ]] && echo --bf16 --cuda-graphs --channels-last --compile)
 
 if [[ -z "$ckpt" || -z "$vae" ]]; then  # no model given: the shipped one, or train one, so every milestone has one
   if [[ $quick == 1 ]]; then  # a tiny real training run on a slice of the data
@@ -62,7 +61,7 @@ if [[ -z "$ckpt" || -z "$vae" ]]; then  # no model given: the shipped one, or tr
   fi
   vae=${vae:-$out/runs/vae}
 fi
-echo "== M2-3 fid_eval"; timed fid_eval "$py" ci/fid_eval.py --device "$device" "${q[@]}" --out "$out" --ckpt "$ckpt"
+echo "== fid_eval"; timed fid_eval "$py" ci/fid_eval.py --device "$device" "${q[@]}" --out "$out" --ckpt "$ckpt"
 for recipe in dit-s meanflow-s; do
   echo "== peer $recipe (same latents and minutes, reported, not gated)"
   timed "peer_$recipe" "$py" ci/peer.py --device "$device" "${q[@]}" --out "$out" --vae "$vae" --recipe "$recipe" \
@@ -72,7 +71,7 @@ seeds=(--seeds 0); [[ $quick == 0 ]] && seeds=(--seeds 0 1)
 ablation=(--max-images 400)  # --quick: every variant, tiny
 [[ $quick == 0 ]] && ablation=(--preset fmnist-32-vflow-s --variants full no_coarse no_fine P=1 --steps 1000)
 [[ $quick == 0 && $device == cuda ]] && ablation+=(--jobs 2)
-echo "== M3-1 ablation"; timed ablation "$py" ci/ablation.py --device "$device" "${q[@]}" --out "$out" --vae "$vae" "${seeds[@]}" \
+echo "== ablation"; timed ablation "$py" ci/ablation.py --device "$device" "${q[@]}" --out "$out" --vae "$vae" "${seeds[@]}" \
     "${ablation[@]}"
 stage_seconds+=("\"total\": $SECONDS")  # the whole run, set-up steps included
 (IFS=,; echo "{${stage_seconds[*]}}") > "$out/stage_seconds.json"

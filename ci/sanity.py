@@ -1,4 +1,4 @@
-"""M2-1 sanity: parameter counts per module per preset, forward shapes, finite outputs, determinism
+"""Sanity: parameter counts per module per preset, forward shapes, finite outputs, determinism
 across batch sizes and a save/load round trip. Writes sanity.json."""
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def check_preset(name: str, device: torch.device) -> dict:
 def run(device: torch.device, quick: bool) -> dict:
     presets = ["tiny-32-flow", "fmnist-32-es", _common.gates()["sanity"]["preset_256"]]  # the shipped design at 32 and 256
     results = {name: check_preset(name, device) for name in presets}
-    return {"milestone": "M2-1", "env": environment(device), "quick": quick, "presets": results,
+    return {"milestone": "sanity", "env": environment(device), "quick": quick, "presets": results,
             "all_checks_pass": all(all(r["checks"].values()) for r in results.values())}
 
 
