@@ -1,5 +1,5 @@
 """Sanity: parameter counts per module per preset, forward shapes, finite outputs, determinism
-across batch sizes and a save/load round trip. Writes sanity.json."""
+across batch sizes and a save/load cycle. Writes sanity.json."""
 from __future__ import annotations
 
 import copy

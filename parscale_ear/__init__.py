@@ -1,4 +1,8 @@
-"""ParScale-EAR: LiteVAE + coarse/fine hybrid + energy-score multi-stream generation for fast image generation.
+"""ParScale-EAR: fast class-conditional image generation in a few network passes.
+
+A LiteVAE (Haar-wavelet encoder) and a coarse/fine hybrid of generation stages, each drawing a whole stage per pass
+from EAR's energy-score head and run as P parallel streams (ParScale). `ParScaleEAR.from_pretrained()` loads the
+shipped Fashion-MNIST model; `create_model(name)` builds a preset; `docs/DESIGN.md` explains the parts.
 
 The public names below load on first use (PEP 562), so `parscale-ear --help` and `--version` answer
 without importing torch.
@@ -7,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _EXPORTS = {
     "EnergyGenerator": "generator", "EnergyHead": "generator", "GeneratorConfig": "generator",

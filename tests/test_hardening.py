@@ -72,7 +72,7 @@ def test_save_pretrained_keeps_the_users_files(tmp_path, tiny):
     tiny.save_pretrained(folder)
     tiny.save_pretrained(folder)  # and again, over its own files
     assert (folder / "notes.txt").read_text() == "mine"
-    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors", "notes.txt"]  # + the model card (issue 10)
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors", "notes.txt"]  # + the model card
     assert oct((folder / "model.safetensors").stat().st_mode & 0o777) == oct(0o666 & ~_umask())
 
 

@@ -128,7 +128,7 @@ def test_save_load_is_bit_identical(model, tmp_path):
     model.config.vae.latent_scale = 0.7
     before = model.generate(3, seed=4, cfg=1.5)
     model.save_pretrained(tmp_path / "m")
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["README.md", "config.json", "model.safetensors"]  # + the model card (issue 10)
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["README.md", "config.json", "model.safetensors"]  # + the model card
     loaded = pe.ParScaleEAR.from_pretrained(tmp_path / "m")
     assert loaded.config == model.config
     assert torch.equal(loaded.generate(3, seed=4, cfg=1.5), before)

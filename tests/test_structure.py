@@ -99,7 +99,9 @@ def test_cli_help_and_version_answer_without_importing_torch(args):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     if args == ["--version"]:
-        assert out.stdout.startswith("parscale-ear 0.1.0")
+        from parscale_ear import __version__
+
+        assert out.stdout.startswith(f"parscale-ear {__version__}")
 
 
 def test_every_optional_cli_flag_has_help_and_shows_its_default():
