@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -17,6 +17,9 @@ from .hybrid import CoarseFineHybrid, HybridConfig
 from .checks import check_field_types, check_images, check_int, check_labels, check_real, nested_config
 from .utils import check_device
 from .vae import LiteVAE, LiteVAEConfig
+
+if TYPE_CHECKING:
+    from .fast import FastSampler
 
 MAX_SEED = 2**63  # torch.Generator seeds are 64-bit; image i of a call uses seed + i
 
@@ -193,13 +196,23 @@ class ParScaleEAR(nn.Module):
             yield self.vae.decode(latents).clamp(-1, 1)
 
     @torch.no_grad()
-    def generate(self, n: int, labels=None, cfg: float | None = None, temperature: float | None = None, steps=None, seed: int = 0,
+    def generate(self, n: int, labels: Sequence[int] | torch.Tensor | None = None, cfg: float | None = None,
+                 temperature: float | None = None, steps: int | tuple[int, ...] | None = None, seed: int = 0,
                  batch_size: int = 64, progress: bool = False, solver: str | None = None) -> torch.Tensor:
-        """n images (n, C, H, W) in [-1, 1]; image i depends only on seed + i (and its label).
+        """Generate n images; image i depends only on seed + i (and its label), not on n or the batch size.
 
-        labels: n class indices (default: (seed + i) mod num_classes); steps: int (coarse steps, or
-        the single stage's) or (coarse, fine); cfg/temperature default to the config's; solver: "euler"
-        or "heun" (flow stages with a mean head, and the DiT peer; default: each stage's config).
+        Args:
+            n: how many images (their float32 result must fit in memory; `iter_generate` yields batches).
+            labels: n class indices, a list, array or tensor (default: (seed + i) mod num_classes).
+            cfg: classifier-free guidance scale (default: the model's; 1 = unguided, one pass a step).
+            temperature: scale of the energy head's draws (default: the model's; 0 = the mean path).
+            steps: steps per stage, (coarse, fine), or an int for the first stage (default: the model's).
+            seed: the first image's seed.
+            batch_size: images per forward pass (changes speed, not images).
+            progress: show a progress bar.
+            solver: "euler" or "heun" for flow stages with a mean head and the flow peer (default: the model's).
+        Returns:
+            A float32 tensor (n, C, H, W) with values in [-1, 1], on the model's device.
         """
         n = check_int(n, "n")
         v = self.config.vae
@@ -209,12 +222,23 @@ class ParScaleEAR(nn.Module):
                              f"once, more than this machine's memory; use iter_generate for batches")
         return torch.cat(list(self.iter_generate(n, labels, cfg, temperature, steps, seed, batch_size, progress, solver)))
 
-    def compile_sampler(self, batch_size: int, steps=None, cfg: float | None = None, temperature: float | None = None,
-                        dtype: torch.dtype | None = None, graphs: bool | None = None, compile: bool = False,
-                        channels_last: bool = False, solver: str | None = None):
-        """A `FastSampler` (parscale_ear.fast): noise -> pixels for `batch_size` images at this schedule,
-        bfloat16 + CUDA graphs on a GPU (the benchmarked speed through the public API), eager float32
-        on the CPU. `sampler(seed=s)` gives generate's per-image seeds; `sampler(seed=None)` device noise."""
+    def compile_sampler(self, batch_size: int, steps: int | tuple[int, ...] | None = None, cfg: float | None = None,
+                        temperature: float | None = None, dtype: torch.dtype | None = None, graphs: bool | None = None,
+                        compile: bool = False, channels_last: bool = False, solver: str | None = None) -> "FastSampler":
+        """The whole noise -> pixels path for one batch shape at one schedule, set up once and replayed: the speed the
+        benchmarks measure, through the public API.
+
+        Args:
+            batch_size: images per call.
+            steps, cfg, temperature, solver: the schedule, as in `generate` (default: the model's).
+            dtype: torch.bfloat16 (default on a GPU), torch.float16 or torch.float32 (default on the CPU).
+            graphs: capture the path in a CUDA graph (default: on a GPU).
+            compile: torch.compile the decoder.
+            channels_last: NHWC decoder convolutions.
+        Returns:
+            A `FastSampler`: `sampler(seed=s)` gives generate's images for seeds s .. s + batch_size - 1 (bit-identical
+            on the CPU in float32), `sampler()` draws the noise on the device (the fastest path). Its result is an
+            output buffer, overwritten by the next call."""
         from .fast import FastSampler
 
         return FastSampler(self, batch_size, steps, cfg, temperature, dtype, graphs, compile, channels_last, solver)

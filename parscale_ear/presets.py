@@ -234,5 +234,13 @@ def get_config(name: str, /, **overrides: Any) -> ParScaleEARConfig:
 
 
 def create_model(name: str, /, **overrides: Any) -> ParScaleEAR:
-    """Build a preset (randomly initialised, float32, CPU) with optional config overrides."""
+    """Build a preset with random weights (float32, on the CPU).
+
+    Args:
+        name: a preset of `list_models()`, e.g. "fmnist-32-es".
+        overrides: config fields to change: top-level (cfg=1.5), nested dicts (hybrid={"fine": {"depth": 6}}), or the
+            shorthands mode, pool, coarse_steps, fine_steps (the hybrid) and streams, prefix_len, alpha, tau,
+            class_dropout (both stages). A wrong name, field or value is a one-line ValueError or TypeError.
+    Returns:
+        The model (`ParScaleEAR`); `ParScaleEAR.from_pretrained()` loads trained weights instead."""
     return ParScaleEAR(get_config(name, **overrides))
