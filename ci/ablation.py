@@ -140,5 +140,7 @@ if __name__ == "__main__":
                                      f"Budget per variant: {result['budget']}\n\n" + table)
     streams = [r for r in result["rows"] if r["variant"].startswith("P=")]
     if len(streams) >= 2:
-        line_plot(out / "ablation.png", {"FID vs P": ([r["streams"] for r in streams], [r["fid"] for r in streams])},
-                  title="FID vs ParScale streams P (same budget)", xlabel="P", log_x=True)
+        line_plot(out / "ablation.png", {"FID vs P": ([r["streams"] for r in streams], [r["fid"] for r in streams],
+                                                     [r["fid_std"] for r in streams])},
+                  title="FID vs ParScale streams P (same budget; bars: std over seeds)",
+                  xlabel="parallel streams P", ylabel=f"FID ({args.n} samples)", log_x=True)

@@ -94,4 +94,5 @@ if __name__ == "__main__":
         xs, ys = series.setdefault(r["name"], ([], []))
         xs.append(r["batch"])
         ys.append(r["ms_per_image_p50"])
-    line_plot(_common.Path(args.out) / "latency.png", series, title="ms/image (P50) vs batch", xlabel="batch", log_x=True)
+    line_plot(_common.Path(args.out) / "latency.png", series, title=f"median latency per image vs batch ({result['env']['device']})",
+              xlabel="batch size (images)", ylabel="ms per image (P50)", log_x=True, log_y=True)

@@ -8,8 +8,9 @@ from .files import atomic_path
 
 def line_plot(path: str | os.PathLike, series: dict, title: str = "", xlabel: str = "", ylabel: str = "",
               log_x: bool = False, log_y: bool = False) -> Path | None:
-    """A PNG line plot of {name: (xs, ys)} with matplotlib (the `plots` extra), axes, ticks and a
-    legend outside the lines, written atomically. Without matplotlib: no file, one line on stderr."""
+    """A PNG line plot of {name: (xs, ys)} or {name: (xs, ys, yerr)} (error bars, e.g. one standard
+    deviation over seeds; None where a point has no spread) with matplotlib (the `plots` extra), axes,
+    ticks and a legend outside the lines, written atomically. Without matplotlib: no file, one line on stderr."""
     import math
     import sys
 
@@ -21,12 +22,13 @@ def line_plot(path: str | os.PathLike, series: dict, title: str = "", xlabel: st
     except ImportError:
         print(f"note: no plot {path} (pip install 'parscale-ear[plots]' for matplotlib)", file=sys.stderr)
         return None
-    if not any(math.isfinite(y) for _, ys in series.values() for y in ys):
+    if not any(math.isfinite(y) for xs_ys in series.values() for y in xs_ys[1]):
         raise ValueError("line_plot: nothing to plot")
     fig, ax = plt.subplots(figsize=(7.2, 4.0), dpi=100)
     try:
-        for name, (xs, ys) in series.items():
-            ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.5, label=str(name))
+        for name, (xs, ys, *err) in series.items():
+            yerr = [0.0 if e is None else e for e in err[0]] if err and err[0] is not None else None
+            ax.errorbar(xs, ys, yerr=yerr, marker="o", markersize=3, linewidth=1.5, capsize=3, label=str(name))
         ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
         if log_x:
             ax.set_xscale("log", base=2)

@@ -113,3 +113,14 @@ def test_plot_curves_writes_each_runs_lower_envelope(tmp_path):
             "b": [{"fid_train": 25.0, "ms_per_image_b16": 0.1}]}
     curves = quality.plot_curves(rows, tmp_path / "c.png", 16)
     assert curves == {"a": [(0.2, 30.0), (0.4, 20.0)], "b": [(0.1, 25.0)]} and (tmp_path / "c.png").stat().st_size > 1000
+
+
+def test_line_plot_draws_error_bars_where_a_point_has_a_spread(tmp_path):
+    from parscale_ear.plots import line_plot
+
+    path = line_plot(tmp_path / "p.png", {"FID vs P": ([1, 2, 4], [10.0, 9.0, 8.5], [0.3, None, 0.2]), "one seed": ([1, 2], [11.0, 10.0])},
+                     xlabel="parallel streams P", ylabel="FID", log_x=True)
+    assert path == tmp_path / "p.png" and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="nothing to plot"):
+        line_plot(tmp_path / "q.png", {"a": ([1], [float("nan")], [None])})
+    assert not (tmp_path / "q.png").exists()

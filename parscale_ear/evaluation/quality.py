@@ -201,7 +201,7 @@ def plot_curves(rows: dict[str, list[dict]], path: str | Path, batch: int, key: 
 
     curves = {name: lower_envelope(r, batch, key) for name, r in rows.items()}
     line_plot(path, {name: tuple(map(list, zip(*c))) for name, c in curves.items()}, ylabel="FID-10k (train)",
-              xlabel="ms/image", log_x=True, title=f"FID-10k vs ms/image, batch {batch}, H200 bf16 CUDA graphs")
+              xlabel=f"ms per image (batch {batch})", log_x=True, title=f"FID-10k vs sampling cost, batch {batch}")
     return curves
 
 
