@@ -19,6 +19,7 @@ def line_plot(path: str | os.PathLike, series: dict, title: str = "", xlabel: st
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         print(f"note: no plot {path} (pip install 'parscale-ear[plots]' for matplotlib)", file=sys.stderr)
         return None
@@ -32,6 +33,7 @@ def line_plot(path: str | os.PathLike, series: dict, title: str = "", xlabel: st
         ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
         if log_x:
             ax.set_xscale("log", base=2)
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}"))  # 1, 2, 4, not 2^k
         if log_y:
             ax.set_yscale("log")
         ax.grid(True, alpha=0.3)
