@@ -46,11 +46,26 @@ def check_same_vae(model: ParScaleEAR, other: ParScaleEAR, what: str) -> None:
                          f"(e.g. a VAE run made with train.vae_run_from_release)")
 
 
+def is_dit(model: ParScaleEAR) -> bool:
+    """Whether a pipeline holds a DiT peer (one latent-grid stage) rather than ParScale-EAR stages."""
+    return getattr(model.config, "dit", None) is not None
+
+
 def check_teacher(teacher: ParScaleEAR, student: ParScaleEAR) -> None:
-    """A one-line ValueError unless the teacher's stages produce the student's tokens (same stages, shapes)."""
-    if getattr(teacher.config, "dit", None) is not None or getattr(student.config, "dit", None) is not None:
-        raise ValueError("--teacher: teacher pairs need ParScale-EAR stages in both teacher and student, not a DiT peer")
-    t_stages, s_stages = teacher.hybrid.stages, student.hybrid.stages
+    """A one-line ValueError unless the teacher's samples can be cut into the student's stage tokens: the same
+    flow stages and shapes, or a flow DiT peer on the student's latent grid (its noise assembled from the
+    student's stage noises, `CoarseFineHybrid.latent_noise`)."""
+    if is_dit(student):
+        raise ValueError("--teacher: the student must have ParScale-EAR stages, not be a DiT peer")
+    s_stages = student.hybrid.stages
+    if is_dit(teacher):
+        if teacher.config.dit.objective != "flow":
+            raise ValueError(f"--teacher: a DiT teacher must be a flow model, got objective {teacher.config.dit.objective!r}")
+        bad = [name for name, stage in s_stages.items() if stage.config.kind != "flow"]
+        if bad:
+            raise ValueError(f"--teacher: a DiT teacher needs flow stages in the student; {bad} are not")
+        return
+    t_stages = teacher.hybrid.stages
     if list(t_stages) != list(s_stages):
         raise ValueError(f"--teacher: its stages {list(t_stages)} differ from the student's {list(s_stages)}")
     for name, stage in s_stages.items():
@@ -62,15 +77,21 @@ def check_teacher(teacher: ParScaleEAR, student: ParScaleEAR) -> None:
 
 @torch.no_grad()
 def teacher_pairs(teacher: ParScaleEAR, n: int, steps: tuple[int, ...], solver: str | None = None, batch_size: int = 4096,
-                  seed: int = 0, progress: bool = False) -> dict[str, torch.Tensor]:
+                  seed: int = 0, progress: bool = False, student: ParScaleEAR | None = None) -> dict[str, torch.Tensor]:
     """n pairs on the teacher's device: {NAME_x1, NAME_x0} per stage (its noise and its normalised output tokens,
-    float16) and `labels` (cycling through the classes), sampled at cfg 1 and temperature 0 (the mean path) with
-    `steps` and `solver`, under bf16 autocast on a GPU. Noise comes from a generator seeded by `seed`, drawn a
-    batch at a time (the same n, batch_size and seed give the same pairs)."""
+    float16) and `labels` (cycling through the classes), sampled at cfg 1 with `steps` and `solver`, under bf16
+    autocast on a GPU. Noise comes from a generator seeded by `seed`, drawn a batch at a time (the same n,
+    batch_size and seed give the same pairs).
+
+    A ParScale-EAR teacher samples its mean path (temperature 0) from its own stage noise, in its own token units.
+    A flow DiT teacher (`student` required) samples at temperature 1 from the latent noise assembled from the
+    student's stage noises; its latents are cut into the student's tokens, in the student's token units."""
     teacher.eval()
     device = teacher.device
     steps = teacher.resolve_steps(steps)
     teacher.hybrid.check_solver(solver)
+    if is_dit(teacher) and student is None:
+        raise ValueError("teacher_pairs: a DiT teacher needs the student whose tokens the pairs are cut into")
     gen = torch.Generator(device).manual_seed(seed)
     classes = teacher.config.num_classes
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
@@ -82,16 +103,35 @@ def teacher_pairs(teacher: ParScaleEAR, n: int, steps: tuple[int, ...], solver: 
         starts = tqdm(starts, desc="teacher pairs", unit="batch")
     for i in starts:
         b = min(batch_size, n - i)
-        noise = teacher.draw_noise_on_device(b, gen)
         labels = (torch.arange(i, i + b, device=device) % classes) if classes else None
         with amp:
-            outputs = teacher.hybrid.sample_stages(noise, labels, steps, 1.0, 0.0, solver)
-        for name, out in outputs.items():
-            parts.setdefault(f"{name}_x1", []).append(noise[name][1].half())
-            parts.setdefault(f"{name}_x0", []).append(out.half())
+            x1, x0 = _dit_batch(teacher, student, b, labels, steps, solver, gen) if is_dit(teacher) else \
+                _stage_batch(teacher, b, labels, steps, solver, gen)
+        for name in x0:
+            parts.setdefault(f"{name}_x1", []).append(x1[name].half())
+            parts.setdefault(f"{name}_x0", []).append(x0[name].half())
         if labels is not None:
             parts.setdefault("labels", []).append(labels)
     return {k: torch.cat(v) for k, v in parts.items()}
+
+
+def _stage_batch(teacher: ParScaleEAR, b: int, labels, steps, solver, gen) -> tuple[dict, dict]:
+    """A ParScale-EAR teacher's stage noises and mean-path outputs for one batch."""
+    noise = teacher.draw_noise_on_device(b, gen)
+    outputs = teacher.hybrid.sample_stages(noise, labels, steps, 1.0, 0.0, solver)
+    return {name: noise[name][1] for name in outputs}, outputs
+
+
+def _dit_batch(teacher: ParScaleEAR, student: ParScaleEAR, b: int, labels, steps, solver, gen) -> tuple[dict, dict]:
+    """The student's stage noises and a DiT teacher's sample from the latent noise they assemble, as the
+    student's normalised stage tokens, for one batch."""
+    hybrid = student.hybrid
+    noise = {name: stage.draw_batch(b, teacher.device, torch.float32, gen) for name, stage in hybrid.stages.items()}
+    x1 = {name: draws[1] for name, draws in noise.items()}
+    std = {s.name: getattr(hybrid, f"{s.name}_std").to(teacher.device) for s in hybrid.stage_list}
+    z = hybrid.latent_noise(x1).to(next(teacher.parameters()).dtype)
+    latents = teacher.hybrid.sample({"dit": (z,)}, labels, steps, 1.0, 1.0, solver).float()
+    return x1, {name: tokens / std[name] for name, tokens in hybrid.tokens(latents).items()}
 
 
 def init_generator(model: ParScaleEAR, source: ParScaleEAR) -> list[str]:
@@ -109,22 +149,28 @@ def init_generator(model: ParScaleEAR, source: ParScaleEAR) -> list[str]:
     return sorted(set(mine) - set(theirs))
 
 
-def pairs_file(folder: Path, teacher: ParScaleEAR, n: int, steps, solver: str | None) -> tuple[Path, dict]:
-    """Where `cached_teacher_pairs` keeps these pairs (a name per teacher and settings) and their key."""
+def pairs_file(folder: Path, teacher: ParScaleEAR, n: int, steps, solver: str | None,
+               student: ParScaleEAR | None = None) -> tuple[Path, dict]:
+    """Where `cached_teacher_pairs` keeps these pairs (a name per teacher and settings) and their key; a DiT
+    teacher's pairs also depend on the student's stages and token scales."""
     key = {"teacher": weights_digest(teacher), "n": n, "steps": list(teacher.resolve_steps(steps)), "solver": solver,
            "seed": PAIRS_SEED, "batch_size": PAIRS_BATCH}
+    if is_dit(teacher):
+        h = student.hybrid
+        key["student"] = {"mode": h.config.mode, "pool": h.config.pool, "fine_patch": h.config.fine_patch,
+                          "scales": {s.name: float(getattr(h, f"{s.name}_std")) for s in h.stage_list}}
     name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return Path(folder) / f"{PAIRS_PREFIX}{name}.pt", key
 
 
 def cached_teacher_pairs(folder: Path, teacher: ParScaleEAR, n: int, steps, solver: str | None,
-                         progress: bool = False) -> Path:
+                         progress: bool = False, student: ParScaleEAR | None = None) -> Path:
     """The file holding `teacher_pairs` (n of them at `steps` and `solver`, from seed PAIRS_SEED: a fixed data
     set, the same for every training seed), made once in `folder` (a VAE run folder: every student trained on
     its latents shares them) with the seconds they took; a resumed run finds exactly the same pairs."""
     from .files import atomic_torch_save, remove_stale_temporaries
 
-    path, key = pairs_file(folder, teacher, n, steps, solver)
+    path, key = pairs_file(folder, teacher, n, steps, solver, student)
     remove_stale_temporaries(folder, (f"{PAIRS_PREFIX}*.pt",))
     if path.exists():
         try:
@@ -134,6 +180,7 @@ def cached_teacher_pairs(folder: Path, teacher: ParScaleEAR, n: int, steps, solv
         if isinstance(cache, dict) and cache.get("key") == key:
             return path
     t0 = time.time()
-    pairs = {k: v.cpu() for k, v in teacher_pairs(teacher, n, steps, solver, PAIRS_BATCH, PAIRS_SEED, progress).items()}
+    pairs = teacher_pairs(teacher, n, steps, solver, PAIRS_BATCH, PAIRS_SEED, progress, student)
+    pairs = {k: v.cpu() for k, v in pairs.items()}
     atomic_torch_save({"key": key, "pairs": pairs, "seconds": round(time.time() - t0, 1)}, path)
     return path

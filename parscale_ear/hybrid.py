@@ -186,6 +186,23 @@ class CoarseFineHybrid(nn.Module):
             return unpatchify(tokens, C, self.config.pool)
         return self._fine_grid(tokens)
 
+    def latent_noise(self, x1: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Unit Gaussian noise z (B, C, g, g) on the latent grid assembled from each stage's unit Gaussian x_1
+        {name: (B, N, D)}: the coarse x_1 sets the pool x pool block means (divided by pool, their std under unit
+        noise) and the fine x_1 only the detail inside the blocks (its own block means removed), so independent
+        stage draws give z ~ N(0, I), and a latent-grid teacher's coupling z -> x0 splits into one per stage."""
+        pool, z = self.config.pool, 0
+        for stage in self.stage_list:
+            tokens = x1[stage.name]
+            if stage.tokens == "pooled":
+                part = F.interpolate(from_tokens(tokens, self.coarse_side), scale_factor=pool, mode="nearest") / pool
+            elif stage.tokens == "residual":
+                part = split_coarse_fine(self._fine_grid(tokens), pool)[1]
+            else:  # one stage draws the whole grid
+                part = self._latents_part(stage, tokens)
+            z = z + part
+        return z
+
     def _fine_tokens(self, grid: torch.Tensor) -> torch.Tensor:
         p = self.config.fine_patch
         return patchify(grid, p) if p > 1 else to_tokens(grid)

@@ -163,3 +163,81 @@ def test_cli_refuses_a_teacher_that_does_not_fit(runs, capsys, extra, message):
                  str(tmp / "bad"), *common, *extra])
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_latent_noise_is_unit_noise_split_into_the_stages():
+    """The coarse x_1 sets the block means, the fine x_1 the detail inside them; independent draws give N(0, I)."""
+    hybrid = student_of(tiny_teacher()).hybrid
+    torch.manual_seed(0)
+    x1 = {name: torch.randn(4000, stage.num_tokens, stage.token_dim) for name, stage in hybrid.stages.items()}
+    z = hybrid.latent_noise(x1)
+    assert z.shape == (4000, *hybrid.latent_shape)
+    pool = hybrid.config.pool
+    torch.testing.assert_close(hybrid.tokens(z)["coarse"], x1["coarse"] / pool)  # the coarse draw alone
+    detail = pe.hybrid.split_coarse_fine(hybrid._fine_grid(x1["fine"]), pool)[1]
+    torch.testing.assert_close(hybrid.tokens(z)["fine"], hybrid._fine_tokens(detail))  # the fine draw's detail alone
+    cov = torch.cov(z.flatten(1)[:, :64].T)  # unit variance, no correlation inside or across blocks
+    torch.testing.assert_close(cov, torch.eye(64), atol=0.1, rtol=0)
+
+
+def tiny_dit(seed: int = 0, **dit) -> pe.ParScaleEAR:
+    pytest.importorskip("diffusers")
+    torch.manual_seed(seed)
+    return perturb_(pe.create_model("tiny-32", dit={"num_layers": 1, "heads": 2, "head_dim": 8, **dit}), seed=seed).eval()
+
+
+def test_dit_teacher_pairs_are_its_samples_cut_into_the_students_tokens():
+    teacher = tiny_dit()
+    student = student_of(tiny_teacher())
+    student.vae.load_state_dict(teacher.vae.state_dict())
+    student.hybrid.coarse_std.fill_(0.7)
+    student.hybrid.fine_std.fill_(0.3)
+    pairs = teacher_pairs(teacher, 5, 3, "heun", batch_size=4, seed=1, student=student)
+    assert {k: tuple(v.shape) for k, v in pairs.items()} == {
+        "coarse_x1": (5, 16, 4), "coarse_x0": (5, 16, 4), "fine_x1": (5, 64, 16), "fine_x0": (5, 64, 16), "labels": (5,)}
+    # the DiT's own sampler from the assembled noise gives the latents the stage tokens add up to
+    x1 = {name: pairs[f"{name}_x1"].float() for name in student.hybrid.stages}
+    want = teacher.hybrid.sample({"dit": (student.hybrid.latent_noise(x1),)}, pairs["labels"], (3,), 1.0, 1.0, "heun")
+    got = student.hybrid.latents_from_stages({name: pairs[f"{name}_x0"].float() for name in x1})
+    torch.testing.assert_close(got, want, rtol=2e-3, atol=3e-3)
+    with pytest.raises(ValueError, match="needs the student"):
+        teacher_pairs(teacher, 2, 3)
+
+
+@pytest.mark.parametrize("teacher, student, message", [
+    ("meanflow", "flow", "must be a flow model"),
+    ("flow", "dit", "not be a DiT peer"),
+])
+def test_a_dit_teacher_must_be_a_flow_model_and_the_student_ours(teacher, student, message):
+    from parscale_ear.distill import check_teacher
+
+    t = tiny_dit(objective=teacher)
+    s = tiny_dit() if student == "dit" else student_of(tiny_teacher())
+    with pytest.raises(ValueError, match=message):
+        check_teacher(t, s)
+
+
+def test_cli_trains_a_student_of_a_dit_teacher_and_resumes_exactly(runs, monkeypatch):
+    tmp, common, sets = runs
+    assert main(["train", "--vae", str(tmp / "vae"), "--peer", "dit-s", "--steps", "2", "--out", str(tmp / "dit"),
+                 *common, "--set", "dit.num_layers=1", "dit.heads=2", "dit.head_dim=8"]) == 0
+    student = [f"hybrid.{s}.{k}" for s in ("coarse", "fine") for k in ('objective="energy"', "mean_weight=0.0")]
+    run = ["train", "--vae", str(tmp / "vae"), "--preset", "tiny-32-flow", "--teacher", str(tmp / "dit"), "--pairs", "24",
+           "--teacher-steps", "2", "--teacher-solver", "heun", "--steps", "4", "--ckpt-every", "2", *common,
+           "--set", *sets, *student]
+    assert main([*run, "--out", str(tmp / "straight")]) == 0
+    with monkeypatch.context() as m:
+        interrupt_after(m, 2)
+        with pytest.raises(KeyboardInterrupt):
+            main([*run, "--out", str(tmp / "killed")])
+    (cache,) = (tmp / "vae").glob(f"{PAIRS_PREFIX}*.pt")
+    before = cache.stat().st_mtime_ns
+    assert main([*run[:1], "--vae", str(tmp / "vae"), "--steps", "4", "--out", str(tmp / "killed"), "--resume", *common,
+                 "--teacher", str(tmp / "dit"), "--pairs", "24", "--teacher-steps", "2", "--teacher-solver", "heun"]) == 0
+    assert cache.stat().st_mtime_ns == before  # the student's scales are the same on resume: the same pairs
+    a = torch.load(tmp / "straight" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp / "killed" / "checkpoint.pt", weights_only=True)
+    for k in a["ema"]:
+        assert torch.equal(a["ema"][k], b["ema"][k]), k
+    # the student's token scales are fitted on the VAE run's latents, the units its pairs are in
+    assert not torch.equal(a["ema"]["coarse_std"], torch.ones(()))
