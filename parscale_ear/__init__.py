@@ -14,9 +14,9 @@ import importlib
 __version__ = "0.2.0"
 
 _EXPORTS = {
-    "EnergyGenerator": "generator", "EnergyHead": "generator", "GeneratorConfig": "generator",
+    "EnergyGenerator": "generator", "EnergyHead": "energy_head", "GeneratorConfig": "generator",
     "CoarseFineHybrid": "hybrid", "HybridConfig": "hybrid",
-    "energy_score_loss": "losses",
+    "energy_score_loss": "energy_head",
     "ParScaleEAR": "pipeline", "ParScaleEARConfig": "pipeline",
     "create_model": "presets", "get_config": "presets", "list_models": "presets",
     "LiteVAE": "vae", "LiteVAEConfig": "vae",

@@ -19,9 +19,9 @@ import math
 import torch
 from torch import nn
 
-from .generator import EnergyHead, GeneratorConfig
+from .energy_head import EnergyHead, energy_score_samples
+from .generator import GeneratorConfig
 from .layers import AdaLNBlock, modulate, prepend_stream_prefixes, stream_parts, timestep_embedding
-from .losses import energy_score_samples
 from .solvers import check_solver, ddim_step, time_grid
 
 TIME_DIM = 256  # sinusoidal features of t

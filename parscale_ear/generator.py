@@ -10,11 +10,10 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .layers import TransformerBlock, modulate, prepend_stream_prefixes, stream_parts
-from .losses import energy_score_loss
+from .energy_head import EnergyHead, energy_score_loss
+from .layers import TransformerBlock, prepend_stream_prefixes, stream_parts
 from .solvers import SOLVERS, check_solver  # noqa: F401  (SOLVERS re-exported)
 from .checks import check_field_types, check_int, check_real
 
@@ -155,37 +154,6 @@ def unmask_schedule(num_tokens: int, steps: int) -> list[int]:
         generated.append(num_tokens - masked)
         masked_before = masked
     return generated
-
-
-class EnergyHead(nn.Module):
-    """EAR's MLP generator: hidden state -> residual stream; noise -> adaLN shift/scale/gate."""
-
-    def __init__(self, cond_dim: int, token_dim: int, width: int, depth: int, noise_dim: int):
-        super().__init__()
-        self.noise_dim = noise_dim
-        self.cond_in = nn.Linear(cond_dim, width)
-        self.noise_in = nn.Linear(noise_dim, width)
-        self.norms = nn.ModuleList(nn.LayerNorm(width, elementwise_affine=False) for _ in range(depth))
-        self.mlps = nn.ModuleList(
-            nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width)) for _ in range(depth)
-        )
-        self.ada = nn.ModuleList(nn.Linear(width, 3 * width) for _ in range(depth))
-        self.norm_out = nn.LayerNorm(width, elementwise_affine=False)
-        self.ada_out = nn.Linear(width, 2 * width)
-        self.out = nn.Linear(width, token_dim)
-        for layer in [*self.ada, self.ada_out, self.out]:  # zero-init: adaLN-Zero of DiT / EAR
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
-
-    def forward(self, h: torch.Tensor, noise: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-        """h (..., cond_dim), noise (..., noise_dim) -> one sample (..., token_dim) per noise draw."""
-        x = self.cond_in(h)
-        c = F.silu(self.noise_in(noise))
-        for norm, mlp, ada in zip(self.norms, self.mlps, self.ada):
-            shift, scale, gate = ada(c).chunk(3, dim=-1)
-            x = x + gate * mlp(modulate(norm(x), temperature * shift, scale))
-        shift, scale = self.ada_out(c).chunk(2, dim=-1)
-        return self.out(modulate(self.norm_out(x), temperature * shift, scale))
 
 
 class EnergyGenerator(nn.Module):

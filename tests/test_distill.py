@@ -241,3 +241,17 @@ def test_cli_trains_a_student_of_a_dit_teacher_and_resumes_exactly(runs, monkeyp
         assert torch.equal(a["ema"][k], b["ema"][k]), k
     # the student's token scales are fitted on the VAE run's latents, the units its pairs are in
     assert not torch.equal(a["ema"]["coarse_std"], torch.ones(()))
+
+
+def test_a_one_stage_student_takes_the_dit_coupling_whole():
+    """Without the coarse split the student's one stage draws the whole latent grid: the DiT's noise is its x_1."""
+    teacher = tiny_dit()
+    student = pe.ParScaleEAR(pe.presets.apply_overrides(student_of(tiny_teacher()).config, mode="no_coarse"))
+    student.vae.load_state_dict(teacher.vae.state_dict())
+    pairs = teacher_pairs(teacher, 3, 2, "euler", batch_size=2, seed=0, student=student)
+    assert set(pairs) == {"fine_x1", "fine_x0", "labels"}
+    z = student.hybrid.latent_noise({"fine": pairs["fine_x1"].float()})
+    torch.testing.assert_close(student.hybrid.tokens(z)["fine"], pairs["fine_x1"].float())
+    want = teacher.hybrid.sample({"dit": (z,)}, pairs["labels"], (2,), 1.0, 1.0, "euler")
+    torch.testing.assert_close(student.hybrid.latents_from_stages({"fine": pairs["fine_x0"].float()}), want,
+                               rtol=2e-3, atol=3e-3)

@@ -6,7 +6,7 @@ import torch
 
 import parscale_ear as pe
 from parscale_ear.solvers import time_grid
-from parscale_ear.losses import energy_score_loss, energy_score_samples
+from parscale_ear.energy_head import energy_score_loss, energy_score_samples
 
 from helpers import perturb_, v_stage
 

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from parscale_ear.generator import EnergyGenerator, EnergyHead, GeneratorConfig, unmask_schedule
-from parscale_ear.losses import energy_score_loss
+from parscale_ear.energy_head import EnergyHead, energy_score_loss
+from parscale_ear.generator import EnergyGenerator, GeneratorConfig, unmask_schedule
 
 from helpers import perturb_
 

@@ -1,11 +1,17 @@
-"""The energy score of EAR, the generators' training loss (the LiteVAE's objective is in vae_objective.py).
+"""EAR's energy head in one place: the MLP that turns a hidden state and noise into a token in one pass (its
+sampler: a draw is one forward call, its spread scaled by the temperature) and the energy score that trains it
+(the LiteVAE's objective is in vae_objective.py).
 
-Energy score: Shao, Meng, Zhou, "Continuous Visual Autoregressive Generation via Score
-Maximization" (ICML 2025, arXiv 2505.07812).
+EAR: Shao, Meng, Zhou, "Continuous Visual Autoregressive Generation via Score Maximization" (ICML 2025,
+arXiv 2505.07812).
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import modulate
 
 # Keeps the gradient of ||.||^alpha finite at 0 (alpha = 1 has a kink there).
 NORM_EPS = 1e-8
@@ -58,3 +64,34 @@ def energy_score_samples(
         return per_token.mean()
     weight = weight.to(per_token.dtype)
     return (per_token * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+class EnergyHead(nn.Module):
+    """EAR's MLP generator: hidden state -> residual stream; noise -> adaLN shift/scale/gate."""
+
+    def __init__(self, cond_dim: int, token_dim: int, width: int, depth: int, noise_dim: int):
+        super().__init__()
+        self.noise_dim = noise_dim
+        self.cond_in = nn.Linear(cond_dim, width)
+        self.noise_in = nn.Linear(noise_dim, width)
+        self.norms = nn.ModuleList(nn.LayerNorm(width, elementwise_affine=False) for _ in range(depth))
+        self.mlps = nn.ModuleList(
+            nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width)) for _ in range(depth)
+        )
+        self.ada = nn.ModuleList(nn.Linear(width, 3 * width) for _ in range(depth))
+        self.norm_out = nn.LayerNorm(width, elementwise_affine=False)
+        self.ada_out = nn.Linear(width, 2 * width)
+        self.out = nn.Linear(width, token_dim)
+        for layer in [*self.ada, self.ada_out, self.out]:  # zero-init: adaLN-Zero of DiT / EAR
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, h: torch.Tensor, noise: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        """h (..., cond_dim), noise (..., noise_dim) -> one sample (..., token_dim) per noise draw."""
+        x = self.cond_in(h)
+        c = F.silu(self.noise_in(noise))
+        for norm, mlp, ada in zip(self.norms, self.mlps, self.ada):
+            shift, scale, gate = ada(c).chunk(3, dim=-1)
+            x = x + gate * mlp(modulate(norm(x), temperature * shift, scale))
+        shift, scale = self.ada_out(c).chunk(2, dim=-1)
+        return self.out(modulate(self.norm_out(x), temperature * shift, scale))
