@@ -88,9 +88,8 @@ class EnergyFlowGenerator(nn.Module):
     def hidden(self, x_t: torch.Tensor, t: torch.Tensor, xi: torch.Tensor | None, labels: torch.Tensor,
                context: torch.Tensor | None = None) -> torch.Tensor:
         """Aggregated hidden states (m B, N, d) from x_t (B, N, D), t (B,), labels (B,) and m draws of
-        noise xi (m B, N, noise_dim), draw j of example b at row j B + b. The blocks before the last
-        `noise_blocks` see no noise and run once per example; the rest run once per draw. Without
-        backbone noise, xi is None and the result is (B, N, d)."""
+        noise xi (m B, N, noise_dim), draw j of example b at row j B + b: every block runs once per draw.
+        Without backbone noise, xi is None and the result is (B, N, d)."""
         B, N, _ = x_t.shape
         m = 1 if xi is None else xi.shape[0] // B
         P = self.config.streams
@@ -101,16 +100,11 @@ class EnergyFlowGenerator(nn.Module):
         if P > 1:  # P streams in one batched pass: (B * P, Lp + N, d), row b P + p
             x = prepend_stream_prefixes(x, self.stream_prefix)
             c = c.repeat_interleave(P, dim=0)
-        split = self.config.depth - self.config.noise_blocks if self.config.noise_blocks else 0
-        if self.noise_in is None:
-            split = self.config.depth
-        for block in self.blocks[:split]:
-            x = block(x, c)
         if self.noise_in is not None:
             x, c = x.repeat(m, 1, 1), c.repeat(m, 1)  # (m B P, L, d), row (j B + b) P + p
             noise = self.noise_in(xi.to(x.dtype)).repeat_interleave(P, dim=0)
             x = torch.cat([x[:, :-N], x[:, -N:] + noise], dim=1)
-        for block in self.blocks[split:]:
+        for block in self.blocks:
             x = block(x, c)
         shift, scale = self.ada_out(torch.nn.functional.silu(c))[:, None].chunk(2, dim=-1)
         h = modulate(self.norm(x), shift, scale)[:, -N:]  # (m B P, N, d)
@@ -123,11 +117,10 @@ class EnergyFlowGenerator(nn.Module):
         return self.time_embed(timestep_embedding(t).to(dtype)) + self.class_embed(labels)
 
     def mean_x0(self, h: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The mean head's x0 (B, N, D) from hidden states h (B, N, d) at x_t (B, N, D), t (B,)."""
+        """The mean head's x0 (B, N, D) from hidden states h (B, N, d) at x_t (B, N, D), t (B,): the head predicts
+        v = eps - x0, and x_t = (1 - t) x0 + t eps gives x0 = x_t - t v."""
         out = self.mean_out(h)
-        if self.config.mean_param == "v":  # x_t = (1 - t) x0 + t eps and v = eps - x0 give x0 = x_t - t v
-            return x_t - t.to(out.dtype)[:, None, None] * out
-        return out
+        return x_t - t.to(out.dtype)[:, None, None] * out
 
     def residual(self, h: torch.Tensor, c: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
         """The energy head's draws (m B, N, D) around the mean: h (m B, N, d), c (m B, d), xi (m B, N, noise_dim)."""
@@ -181,10 +174,8 @@ class EnergyFlowGenerator(nn.Module):
             h_r, cond_r = (h, cond) if w == 1 else (_scale_grad(h, w), _scale_grad(cond, w))
             samples = self.residual(h_r.repeat(m, 1, 1), cond_r.repeat(m, 1), xi).float().view(m, B, N, D)
         if self.mean_out is not None:  # samples = mean + residual
-            if c.mean_param == "v":  # the rectified-flow loss on v = eps - x0
-                mse = torch.nn.functional.mse_loss(self.mean_out(h).float(), (eps - tokens).float())
-            else:
-                mse = torch.nn.functional.mse_loss(self.mean_out(h).float(), target)
+            # the rectified-flow loss on v = eps - x0
+            mse = torch.nn.functional.mse_loss(self.mean_out(h).float(), (eps - tokens).float())
             mean = self.mean_x0(h, x_t, t).float()
             # flow: the mean learns by regression alone; energy: the score of the whole draw trains it too
             samples = (mean if c.objective == "energy" else mean.detach())[None] + samples
@@ -209,8 +200,7 @@ class EnergyFlowGenerator(nn.Module):
         correction on every step but the last and the steps the energy head draws on."""
         if self.solver(solver) != "heun":
             return steps
-        drawn = 0 if temperature <= 0 else (min(self.config.head_steps, steps) if self.config.head_steps else steps)
-        return steps + max(0, min(steps - 1, steps - drawn))
+        return steps if temperature > 0 else 2 * steps - 1
 
     @torch.no_grad()
     def sample(
@@ -229,10 +219,9 @@ class EnergyFlowGenerator(nn.Module):
         Each step draws x0 ~ G(x_t, t, xi_k) and moves to t' along the line through x_t and that
         sample (DDIM with a sampled x0). CFG mixes hidden states before the head (EAR),
         h = cfg h_c + (1 - cfg) h_u; temperature scales the head's adaLN shift (EAR), or, with a mean
-        head, the residual: x0 = mean + temperature * residual, drawn on the last `config.head_steps`
-        steps only when that is > 0 (the earlier steps take the mean alone: Euler steps of the flow).
-        With `solver` "heun" (default: `config.solver`), each mean-path step but the last is corrected by
-        a second pass at its end (the trapezoid of the velocities at t and t'), as the DiT peer's Heun solver.
+        head, the residual: x0 = mean + temperature * residual (temperature 0: the mean alone, Euler steps of the
+        flow). With `solver` "heun" (default: `config.solver`), each mean-path step but the last is corrected by a
+        second pass at its end (the trapezoid of the velocities at t and t'), as the DiT peer's Heun solver.
         """
         B = x_init.shape[0]
         if not 1 <= steps <= self.config.max_steps:
@@ -242,8 +231,7 @@ class EnergyFlowGenerator(nn.Module):
         if labels is None:
             labels = torch.full((B,), self.null_class, dtype=torch.long, device=x_init.device)
         heun = self.solver(solver) == "heun"
-        times = time_grid(steps, self.config.time_shift)
-        first_draw = steps - self.config.head_steps if self.config.head_steps else 0  # the head's first step
+        times = time_grid(steps)
         x = x_init
         for k in range(steps):
             t, t_next = times[k], times[k + 1]
@@ -251,7 +239,7 @@ class EnergyFlowGenerator(nn.Module):
             xi = noise[:, k]
             xb = xi if self.noise_in is not None else None
             h = self._guided_hidden(x, tt, xb, labels, context, cfg)
-            draw = temperature > 0 and k >= first_draw
+            draw = temperature > 0
             if self.mean_out is not None and heun and not draw and t_next > 0:  # the mean path, corrected
                 x = self._heun_step(x, h, t, t_next, xb, labels, context, cfg)
                 continue

@@ -44,17 +44,11 @@ class GeneratorConfig:
     mask_ratio_std: float = 0.25
     # kind "flow" only
     samples: int = 2  # m samples per target in the energy score (all pairs repel)
-    # the noise enters before the last noise_blocks blocks (0: at the input, all blocks see it); the
-    # blocks before run once per example and are shared by its m training samples
-    noise_blocks: int = 0
     backbone_noise: bool = True  # False: the noise enters only the EAR head (the backbone runs once per example)
-    # > 0: a linear mean head on the (noise-free) hidden state is trained by MSE with this weight, and a
-    # sample is mean + head residual, the residual trained by the energy score; needs backbone_noise False
+    # > 0: a linear mean head on the (noise-free) hidden state predicts v = eps - x0, trained by the rectified-flow
+    # MSE with this weight (mean x0 = x_t - t v: at temperature 0 the stage samples as a flow solver), and a sample
+    # is mean + head residual, the residual trained by the energy score; needs backbone_noise False
     mean_weight: float = 0.0
-    # what the mean head predicts: "x0", or "v" = eps - x0 trained by the rectified-flow MSE (the DiT
-    # peer's loss: x0 errors weighted by 1/t^2), with mean x0 = x_t - t v; at temperature 0 a "v" stage
-    # samples exactly as an Euler flow solver
-    mean_param: str = "x0"
     # AdaLN blocks after the noise enters the residual path (mean head only): attention couples the
     # residual draws of neighbouring tokens; the m draws re-run only these blocks and the head
     residual_blocks: int = 0
@@ -64,10 +58,6 @@ class GeneratorConfig:
     time_dist: str = "uniform"  # training t: "uniform" or "logit_normal" (sigmoid of N(0, 1), SD3)
     global_weight: float = 1.0  # weight of the whole-stage energy score beside the per-token one
     one_step_prob: float = 0.25  # share of training draws at t = 1 (the one-pass case)
-    time_shift: float = 1.0  # sampling grid shift (> 1: more steps at high noise)
-    # mean-head stages, sampling: the energy head draws (temperature > 0) on the last head_steps steps only,
-    # the earlier steps follow the mean (the Euler path); 0: it draws on every step
-    head_steps: int = 0
     max_steps: int = 8  # per-image noise is drawn for this many steps
     # mean-head flow stages, sampling: "euler" (DDIM with the predicted x0: one pass a step) or "heun" (a second
     # pass at the step's end corrects it, the trapezoid of the two velocities, on every step but the last
@@ -78,15 +68,33 @@ class GeneratorConfig:
     # the whole stage, every gradient kept; mean_weight then weights an optional velocity MSE beside it)
     objective: str = "flow"
 
+    # fields of earlier versions whose experiments were dropped (docs/QUALITY.md keeps their measurements) and the
+    # value that meant "off": a stored config holding one at that value is the same model without it
+    RETIRED = {"noise_blocks": 0, "head_steps": 0, "time_shift": 1.0, "mean_param": "v"}
+
+    @classmethod
+    def upgrade(cls, fields: dict, name: str) -> dict:
+        """`fields` without the retired ones at their "off" value (mean_param: 'v', or anything in a stage without a
+        mean head, where it did nothing); any other value is a one-line ValueError naming the field."""
+        fields = dict(fields)
+        for key, off in cls.RETIRED.items():
+            if key not in fields:
+                continue
+            value = fields.pop(key)
+            weight = fields.get("mean_weight", 0.0)
+            mean_head = fields.get("kind", "mar") == "flow" and (
+                (isinstance(weight, (int, float)) and weight > 0) or fields.get("objective", "flow") == "energy")
+            if value != off and not (key == "mean_param" and not mean_head):
+                raise ValueError(f"{name}.{key} = {value!r}: this option was removed in parscale-ear 0.3 (its runs are "
+                                 f"in docs/QUALITY.md); only {off!r}, its off value, still loads")
+        return fields
+
     def __post_init__(self):
         check_field_types(self)
         if self.kind not in ("mar", "flow"):
             raise ValueError(f"GeneratorConfig: kind must be 'mar' or 'flow', got {self.kind!r}")
         check_int(self.samples, "GeneratorConfig.samples", minimum=2)
         check_int(self.max_steps, "GeneratorConfig.max_steps")
-        check_int(self.noise_blocks, "GeneratorConfig.noise_blocks", minimum=0)
-        if self.noise_blocks > self.depth:
-            raise ValueError(f"GeneratorConfig: noise_blocks {self.noise_blocks} exceeds depth {self.depth}")
         check_real(self.global_weight, "GeneratorConfig.global_weight", minimum=0.0)
         check_real(self.mean_weight, "GeneratorConfig.mean_weight", minimum=0.0)
         if self.objective not in ("flow", "energy"):
@@ -96,10 +104,6 @@ class GeneratorConfig:
                              "(a mean head; the noise enters the residual path)")
         if self.has_mean_head and self.backbone_noise:
             raise ValueError("GeneratorConfig: mean_weight > 0 needs backbone_noise False (the mean must not depend on the noise)")
-        if self.mean_param not in ("x0", "v"):
-            raise ValueError(f"GeneratorConfig: mean_param must be 'x0' or 'v', got {self.mean_param!r}")
-        if self.mean_param == "v" and not self.has_mean_head:
-            raise ValueError("GeneratorConfig: mean_param 'v' needs a mean head (mean_weight > 0)")
         check_int(self.residual_blocks, "GeneratorConfig.residual_blocks", minimum=0)
         if self.residual_blocks and not self.has_mean_head:
             raise ValueError("GeneratorConfig: residual_blocks > 0 needs a mean head (mean_weight > 0)")
@@ -110,11 +114,6 @@ class GeneratorConfig:
                              "or the backbone would get no gradient")
         if self.time_dist not in ("uniform", "logit_normal"):
             raise ValueError(f"GeneratorConfig: time_dist must be 'uniform' or 'logit_normal', got {self.time_dist!r}")
-        check_real(self.time_shift, "GeneratorConfig.time_shift", minimum=0.0, inclusive=False)
-        check_int(self.head_steps, "GeneratorConfig.head_steps", minimum=0)
-        if self.head_steps and not self.has_mean_head:
-            raise ValueError("GeneratorConfig: head_steps > 0 needs a mean head (mean_weight > 0): without one the "
-                             "energy head draws every step")
         check_solver(self.solver, "GeneratorConfig: solver")
         if self.solver == "heun" and (self.kind != "flow" or not self.has_mean_head):
             raise ValueError("GeneratorConfig: solver 'heun' needs a flow stage with a mean head (kind 'flow', "

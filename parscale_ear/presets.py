@@ -57,7 +57,7 @@ def fmnist_32_flow() -> ParScaleEARConfig:
 # A regression-anchored energy-flow stage: one backbone pass per example; a mean head trained by the
 # rectified-flow velocity loss (logit-normal t) plus EAR's head drawing the residual through one
 # attention block (neighbouring tokens drawn jointly), m = 4 energy-score draws per target.
-_VMEAN_STAGE = dict(backbone_noise=False, mean_weight=1.0, mean_param="v", time_dist="logit_normal", samples=4,
+_VMEAN_STAGE = dict(backbone_noise=False, mean_weight=1.0, time_dist="logit_normal", samples=4,
                     residual_blocks=1)
 
 
@@ -200,6 +200,9 @@ def list_models() -> list[str]:
 def merge_overrides(obj: Any, overrides: dict, where: str = "") -> Any:
     """A copy of config dataclass `obj` with `overrides` applied; nested dicts update nested configs."""
     fields = {f.name for f in dataclasses.fields(obj)}
+    if hasattr(obj, "upgrade"):  # a retired field: its off value changes nothing, any other is refused by name
+        kept = obj.upgrade({**{f: getattr(obj, f) for f in fields}, **overrides}, f"create_model: {where}".rstrip("."))
+        overrides = {k: v for k, v in overrides.items() if k in kept}
     changes = {}
     for key, value in overrides.items():
         if key not in fields:

@@ -29,7 +29,7 @@ class StandIn(nn.Module):
 def v_stage(**kw) -> dict:
     """A tiny v-mean energy-flow stage config (the shipped design's kind) for tiny-32-flow overrides."""
     return dict(kind="flow", width=32, depth=1, heads=2, streams=2, prefix_len=2, head_width=32, head_depth=1,
-                noise_dim=8, max_steps=4, backbone_noise=False, mean_weight=1.0, mean_param="v", samples=3,
+                noise_dim=8, max_steps=4, backbone_noise=False, mean_weight=1.0, samples=3,
                 time_dist="logit_normal", **kw)
 
 

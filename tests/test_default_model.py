@@ -26,7 +26,7 @@ def test_default_is_the_named_preset_at_its_measured_schedule(default):
     assert shipped.vae.latent_scale != 1.0
     assert default.resolve_steps(None) == (2, 2) and shipped.cfg == 1.0 and shipped.temperature == 1.0
     for stage in (shipped.hybrid.coarse, shipped.hybrid.fine):  # the energy student: every step draws from the head
-        assert stage.objective == "energy" and stage.solver == "euler" and stage.head_steps == 0
+        assert stage.objective == "energy" and stage.solver == "euler"
     assert 6.0e6 < default.num_parameters()["generator"] < 6.6e6
 
 
@@ -87,8 +87,8 @@ def test_lite_256_es_follows_the_shipped_design(default):
     """The 256x256 preset to be timed uses the default's stage design, token geometry and schedule."""
     big, ship = pe.get_config("lite-256-es"), default.config
     assert big.hybrid.fine_patch == ship.hybrid.fine_patch == 2 and big.hybrid.pool == ship.hybrid.pool
-    design = ("kind", "streams", "backbone_noise", "mean_weight", "mean_param", "residual_blocks", "objective",
-              "samples", "solver", "head_steps")
+    design = ("kind", "streams", "backbone_noise", "mean_weight", "residual_blocks", "objective",
+              "samples", "solver")
     for name in ("coarse", "fine"):
         a, b = getattr(big.hybrid, name), getattr(ship.hybrid, name)
         assert {k: getattr(a, k) for k in design} == {k: getattr(b, k) for k in design}

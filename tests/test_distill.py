@@ -116,7 +116,7 @@ def runs(tmp_path):
     common = ["--batch-size", "8", "--no-progress", "--sample-every", "100", "--device", "cpu"]
     assert main(["train-vae", "--preset", "tiny-32", "--data", str(data), "--out", str(tmp_path / "vae"), "--steps", "2",
                  *common]) == 0
-    stage = ["hybrid.{s}.backbone_noise=false", "hybrid.{s}.mean_weight=1.0", 'hybrid.{s}.mean_param="v"',
+    stage = ["hybrid.{s}.backbone_noise=false", "hybrid.{s}.mean_weight=1.0",
              "hybrid.{s}.residual_blocks=1", "hybrid.{s}.max_steps=4"]
     sets = [x.format(s=s) for s in ("coarse", "fine") for x in stage]
     assert main(["train", "--vae", str(tmp_path / "vae"), "--preset", "tiny-32-flow", "--steps", "2",

@@ -98,35 +98,6 @@ def test_flow_save_load_round_trip(tmp_path, flow):
     assert torch.equal(same.generate(3, seed=1), flow.generate(3, seed=1))
 
 
-@pytest.mark.parametrize("noise_blocks", [0, 1, 2])
-def test_shared_trunk_gives_each_draw_its_own_pass(noise_blocks):
-    """m draws through one call equal m separate calls, whichever block the noise enters before."""
-    torch.manual_seed(0)
-    stage = dict(kind="flow", width=32, depth=2, heads=2, streams=2, prefix_len=2, head_width=32, head_depth=1,
-                 noise_dim=8, max_steps=4, noise_blocks=noise_blocks)
-    model = perturb_(pe.create_model("tiny-32-flow", hybrid={"coarse": stage, "fine": dict(stage)})).eval()
-    fine = model.hybrid.fine
-    B, m = 3, 3
-    x_t, t = torch.randn(B, 64, 16), torch.rand(B)
-    labels, context = torch.tensor([0, 4, 10]), torch.randn(B, 64, 16)
-    xi = torch.rand(m * B, 64, 8) - 0.5
-    with torch.no_grad():
-        joint = fine.hidden(x_t, t, xi, labels, context)
-        apart = torch.cat([fine.hidden(x_t, t, xi[j * B:(j + 1) * B], labels, context) for j in range(m)])
-    assert joint.shape == (m * B, 64, 32)
-    torch.testing.assert_close(joint, apart, rtol=1e-5, atol=1e-5)
-    assert not torch.allclose(joint[:B], joint[B:2 * B])  # the draws differ
-    if noise_blocks:  # the trunk before the noise is deterministic: one draw's blocks see the same input
-        losses = model.hybrid.loss(torch.randn(4, 4, 16, 16), torch.arange(4))
-        losses["loss"].backward()
-        assert all(p.grad is not None for p in fine.noise_in.parameters())
-
-
-def test_noise_blocks_is_checked():
-    with pytest.raises(ValueError, match="noise_blocks 3 exceeds depth 2"):
-        pe.GeneratorConfig(kind="flow", depth=2, noise_blocks=3)
-
-
 def test_mean_head_variant_trains_every_part_and_samples():
     """backbone_noise False + mean_weight: one backbone pass, x0 = mean + energy-head residual."""
     torch.manual_seed(0)
@@ -274,8 +245,6 @@ def test_logit_normal_times_and_the_one_step_share():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(mean_param="eps", backbone_noise=False, mean_weight=1.0), "mean_param must be 'x0' or 'v'"),
-    (dict(mean_param="v"), "mean_param 'v' needs a mean head"),
     (dict(residual_blocks=1), "residual_blocks > 0 needs a mean head"),
     (dict(residual_grad=1.5), "residual_grad must be in"),
     (dict(backbone_noise=False, residual_grad=0.0), "residual_grad < 1 needs a mean head"),
@@ -284,42 +253,6 @@ def test_logit_normal_times_and_the_one_step_share():
 def test_mean_head_options_are_checked(kwargs, match):
     with pytest.raises(ValueError, match=match):
         pe.GeneratorConfig(kind="flow", **kwargs)
-
-
-def test_head_steps_draws_on_the_last_steps_only():
-    """head_steps k: the first steps follow the mean (as temperature 0), the last k add the head's draw
-    (as every step does with head_steps 0); the noise of the earlier steps then changes nothing."""
-    torch.manual_seed(0)
-    model = perturb_(pe.create_model("tiny-32-flow", hybrid={"coarse": v_stage(residual_blocks=1),
-                                                             "fine": v_stage(residual_blocks=1)})).eval()
-    fine = model.hybrid.fine
-    x, labels, ctx = torch.randn(2, 64, 16), torch.tensor([1, 2]), torch.randn(2, 64, 16)
-    xi = torch.rand(2, 4, 64, 8) - 0.5
-    xi_early = xi.clone()
-    xi_early[:, :2] = torch.rand(2, 2, 64, 8) - 0.5  # new noise for steps 0 and 1 only
-    run = lambda noise, temperature: fine.sample(noise, x, labels, steps=3, cfg=1.5, temperature=temperature,  # noqa: E731
-                                                 context=ctx)
-    with torch.no_grad():
-        every = run(xi, 0.7)
-        fine.config.head_steps = 1
-        last = run(xi, 0.7)
-        last_other_early = run(xi_early, 0.7)
-        cold = run(xi, 0.0)
-        fine.config.head_steps = 3  # all three steps: the same as 0
-        all_three = run(xi, 0.7)
-        fine.config.head_steps = 0
-        mean_path = run(xi, 0.0)
-    torch.testing.assert_close(last, last_other_early)  # steps 0-1 ignore their noise
-    assert not torch.allclose(last, every) and not torch.allclose(last, mean_path)
-    torch.testing.assert_close(cold, mean_path)
-    torch.testing.assert_close(all_three, every)
-
-
-def test_head_steps_needs_a_mean_head():
-    with pytest.raises(ValueError, match="head_steps > 0 needs a mean head"):
-        pe.GeneratorConfig(kind="flow", head_steps=1)
-    with pytest.raises(ValueError, match="head_steps"):
-        pe.GeneratorConfig(**v_stage(head_steps=-1))
 
 
 def _gaussian_data_stage():
@@ -360,11 +293,6 @@ def test_heun_is_counted_and_skips_the_steps_the_energy_head_draws():
                                                              "fine": v_stage(residual_blocks=1, solver="heun")})).eval()
     fine = model.hybrid.fine
     assert [fine.passes(4), fine.passes(4, temperature=0.5)] == [7, 4]  # every step draws at temperature > 0
-    fine.config.head_steps = 1
-    assert fine.passes(4, temperature=0.5) == 7 and fine.passes(4, temperature=0.0) == 7
-    fine.config.head_steps = 2
-    assert fine.passes(4, temperature=0.5) == 6  # steps 0-1 corrected, 2-3 drawn
-    fine.config.head_steps = 0
     from parscale_ear.evaluation.quality import Schedule, passes_per_image
 
     assert passes_per_image(model, Schedule((3, 4), 1.0, 0.0)) == 5 + 7
@@ -403,3 +331,33 @@ def test_solver_is_checked():
         pe.GeneratorConfig(**v_stage(solver="rk4"))
     with pytest.raises(ValueError, match="solver 'heun' needs a flow stage with a mean head"):
         pe.GeneratorConfig(kind="flow", solver="heun")
+
+
+def test_retired_stage_options_load_only_at_their_off_value(tmp_path, capsys):
+    """noise_blocks, head_steps, time_shift and mean_param left the stage config: a stored config holding them at the
+    value that meant "off" loads as the same model; any other value is a one-line error naming the field."""
+    import json
+
+    from parscale_ear.checks import nested_config
+    from parscale_ear.cli import main
+
+    stored = {**v_stage(), "noise_blocks": 0, "head_steps": 0, "time_shift": 1.0, "mean_param": "v"}
+    assert nested_config(pe.GeneratorConfig, stored, "hybrid.fine") == pe.GeneratorConfig(**v_stage())
+    plain = {"kind": "flow", "mean_param": "x0"}  # no mean head: mean_param did nothing
+    assert nested_config(pe.GeneratorConfig, plain, "hybrid.fine") == pe.GeneratorConfig(kind="flow")
+    for key, value in (("noise_blocks", 1), ("head_steps", 2), ("time_shift", 1.5), ("mean_param", "x0")):
+        with pytest.raises(ValueError, match=f"hybrid.fine.{key} = {value!r}: this option was removed"):
+            nested_config(pe.GeneratorConfig, {**v_stage(), key: value}, "hybrid.fine")
+    from parscale_ear.release import DEFAULT_MODEL
+
+    shipped = json.loads((DEFAULT_MODEL / "config.json").read_text())
+    assert shipped["config"]["hybrid"]["fine"]["head_steps"] == 0  # written before the fields left: still loads
+    assert pe.ParScaleEAR.from_pretrained().config.hybrid.fine == pe.get_config("fmnist-32-es").hybrid.fine
+    assert pe.create_model("tiny-32-flow", hybrid={"fine": {"head_steps": 0}}).config == pe.get_config("tiny-32-flow")
+    with pytest.raises(ValueError, match="mean_param = 'x0': this option was removed"):
+        pe.create_model("tiny-32-flow", hybrid={"fine": {**v_stage(), "mean_param": "x0"}})
+    code = main(["train-vae", "--preset", "tiny-32-flow", "--out", str(tmp_path / "vae"), "--steps", "1", "--device", "cpu",
+                 "--set", "hybrid.fine.head_steps=1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "head_steps = 1: this option was removed" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "vae").exists()

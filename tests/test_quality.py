@@ -57,27 +57,27 @@ def test_time_sampling_uses_the_public_sampler_on_cpu():
 
 def test_schedule_settings_are_parsed_applied_and_restored():
     """The fourth field sets sampling fields of the stage configs for that schedule only."""
-    s = quality.parse_schedules("2,2@1@0.5@fine.head_steps=1,time_shift=1.5;1,1")
-    assert s[0].settings == {"fine.head_steps": 1, "time_shift": 1.5} and s[1].settings == {}
-    assert s[0].label == "steps 2+2, cfg 1, temp 0.5, fine.head_steps 1, time_shift 1.5"
-    for bad in ("2,2@1@0@depth=3", "2,2@1@0@head_steps", "2,2@1@0@x@y"):
+    s = quality.parse_schedules("2,2@1@0@fine.solver=heun,max_steps=6;1,1")
+    assert s[0].settings == {"fine.solver": "heun", "max_steps": 6} and s[1].settings == {}
+    assert s[0].label == "steps 2+2, cfg 1, temp 0, fine.solver heun, max_steps 6"
+    for bad in ("2,2@1@0@depth=3", "2,2@1@0@solver", "2,2@1@0@x@y", "2,2@1@0@head_steps=1"):
         with pytest.raises(ValueError, match="schedule"):
             quality.parse_schedules(bad)
     torch.manual_seed(0)
     model = perturb_(pe.create_model("tiny-32-flow", hybrid={"coarse": v_stage(), "fine": v_stage()})).eval()
     with quality.stage_settings(model, s[0].settings):
-        assert model.hybrid.fine.config.head_steps == 1 and model.hybrid.coarse.config.head_steps == 0
-        assert model.hybrid.fine.config.time_shift == model.hybrid.coarse.config.time_shift == 1.5
-        with_settings = model.generate(2, steps=(2, 2), temperature=0.5)
-    assert model.hybrid.fine.config.head_steps == 0 and model.hybrid.coarse.config.time_shift == 1.0
-    assert not torch.allclose(with_settings, model.generate(2, steps=(2, 2), temperature=0.5))
+        assert model.hybrid.fine.config.solver == "heun" and model.hybrid.coarse.config.solver == "euler"
+        assert model.hybrid.fine.config.max_steps == model.hybrid.coarse.config.max_steps == 6
+        with_settings = model.generate(2, steps=(2, 2), temperature=0.0)
+    assert model.hybrid.fine.config.solver == "euler" and model.hybrid.coarse.config.max_steps == 4
+    assert not torch.allclose(with_settings, model.generate(2, steps=(2, 2), temperature=0.0))
     with pytest.raises(ValueError, match="no stage 'middle'"):
-        with quality.stage_settings(model, {"middle.time_shift": 2.0}):
+        with quality.stage_settings(model, {"middle.solver": "heun"}):
             pass
     ref = fid.statistics(np.random.default_rng(0).normal(size=(40, 8)))
     rows = quality.evaluate_schedules(model, s, 6, {"train": ref}, StandIn())
     assert rows[0]["settings"] == s[0].settings and "settings" not in rows[1]
-    assert model.hybrid.fine.config.head_steps == 0  # restored after the evaluation
+    assert model.hybrid.fine.config.solver == "euler"  # restored after the evaluation
 
 
 def test_lower_envelope_and_curve_comparison():

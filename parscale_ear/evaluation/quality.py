@@ -18,7 +18,7 @@ from ..pipeline import ParScaleEAR, ParScaleEARConfig
 
 
 # stage config fields that only change sampling, settable per schedule (see `stage_settings`)
-SAMPLING_FIELDS = ("head_steps", "time_shift", "max_steps", "solver")
+SAMPLING_FIELDS = ("max_steps", "solver")
 
 
 @dataclass
@@ -26,7 +26,7 @@ class Schedule:
     steps: object  # int (one stage / DiT) or (coarse, fine)
     cfg: float = 1.0
     temperature: float = 1.0
-    # sampling fields of the stage configs for this schedule: {"fine.head_steps": 1, "time_shift": 1.5}
+    # sampling fields of the stage configs for this schedule: {"fine.solver": "heun", "max_steps": 4}
     # (no stage prefix: every stage); {} keeps the model's own
     settings: dict = field(default_factory=dict)
 
@@ -38,7 +38,7 @@ class Schedule:
 
 
 def parse_schedules(text: str) -> list[Schedule]:
-    """'1,1@2.0;2,2@1.5@0.9;8@2;4,4@1@0.5@fine.head_steps=1,time_shift=1.5;4,4@1@0@solver=heun' -> schedules:
+    """'1,1@2.0;2,2@1.5@0.9;8@2;4,4@1@0@fine.solver=heun,max_steps=4;4,4@1@0@solver=heun' -> schedules:
     steps[@cfg[@temperature[@settings]]] separated by ';', settings as comma-separated KEY=VALUE with
     KEY one of SAMPLING_FIELDS, optionally prefixed by a stage name."""
     out = []
@@ -54,7 +54,7 @@ def parse_schedules(text: str) -> list[Schedule]:
                 raise ValueError(f"schedule {part!r}: settings are KEY=VALUE with KEY in {SAMPLING_FIELDS} "
                                  f"(optionally STAGE.KEY), got {item!r}")
             name = key.rpartition(".")[2]
-            settings[key] = float(value) if name == "time_shift" else value if name == "solver" else int(value)
+            settings[key] = value if name == "solver" else int(value)
         out.append(Schedule(steps[0] if len(steps) == 1 else steps, *(float(f) for f in fields[1:3]), settings=settings))
     return out
 
