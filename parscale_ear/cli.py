@@ -195,7 +195,11 @@ def main(argv: list[str] | None = None) -> int:
             from .presets import create_model, list_models
 
             for name in list_models():
-                counts = create_model(name).num_parameters()
+                try:
+                    counts = create_model(name).num_parameters()
+                except ImportError as e:  # a peer without the optional diffusers
+                    print(f"{name:12s} ({e})")
+                    continue
                 print(f"{name:12s} " + "  ".join(f"{k}={v / 1e6:.2f}M" for k, v in counts.items()))
             return 0
         if args.command in ("train-vae", "train"):

@@ -138,13 +138,12 @@ def _resumed(args, kind: str):
     option given with a value other than the run's is a one-line error naming it."""
     import dataclasses
 
-    from .pipeline import ParScaleEARConfig
-    from .presets import apply_overrides
+    from .presets import apply_overrides, config_from_dict
     from .train import CHECKPOINT, TrainConfig, load_checkpoint
 
     ckpt = load_checkpoint(Path(args.out) / CHECKPOINT)
     saved = {f.name: ckpt["train"][f.name] for f in dataclasses.fields(TrainConfig) if f.name in ckpt["train"]}
-    run_config = ParScaleEARConfig.from_dict(ckpt["config"])
+    run_config = config_from_dict(ckpt["config"])
     differ = [f"--{k.replace('_', '-')} {v} (the run's: {saved.get(k)})" for k, v in _run_flags(args, kind).items()
               if v is not None and k in saved and v != saved[k]]
     if kind == "generator" and Path(args.vae).resolve() != Path(saved.get("vae_run", args.vae)).resolve():
@@ -153,8 +152,9 @@ def _resumed(args, kind: str):
         differ.append("--set (changes the run's model)")
     for flag, value, own in (("--preset", getattr(args, "preset", None), run_config.name),
                              ("--peer", getattr(args, "peer", None), run_config.name),
-                             ("--mode", getattr(args, "mode", None), run_config.hybrid.mode),
-                             ("--streams", getattr(args, "streams", None), run_config.hybrid.coarse.streams)):
+                             ("--mode", getattr(args, "mode", None), getattr(run_config, "hybrid", None) and run_config.hybrid.mode),
+                             ("--streams", getattr(args, "streams", None),
+                              getattr(run_config, "hybrid", None) and run_config.hybrid.coarse.streams)):
         if value is not None and value != own:
             differ.append(f"{flag} {value} (the run's: {own})")
     if differ:

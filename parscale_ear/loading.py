@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from .pipeline import ParScaleEAR, ParScaleEARConfig
+from .pipeline import ParScaleEAR
 from .release import CONFIG_NAME, load_module_state  # noqa: F401  (load_module_state: part of this API)
 
 CHECKPOINT = "checkpoint.pt"  # in a run folder, written by `train`
@@ -116,7 +116,9 @@ def check_finite_state(state: dict, source: str) -> None:
 
 def model_from_checkpoint(ckpt: dict, use_ema: bool = True) -> ParScaleEAR:
     """The pipeline held by a checkpoint (EMA weights by default)."""
-    model = ParScaleEAR(ParScaleEARConfig.from_dict(ckpt["config"]))
+    from .presets import build_model, config_from_dict
+
+    model = build_model(config_from_dict(ckpt["config"]))
     weights = ckpt["ema"] if use_ema else ckpt["model"]
     check_finite_state(weights, "checkpoint")
     if ckpt["kind"] == "vae":

@@ -40,18 +40,12 @@ class ParScaleEARConfig:
     num_classes: int = 10  # 0 = unconditional
     vae: LiteVAEConfig = field(default_factory=LiteVAEConfig)
     hybrid: HybridConfig = field(default_factory=HybridConfig)
-    # the DiT peer in place of the hybrid (baselines/dit.py), same VAE; None = ParScale-EAR
-    dit: "DiTConfig | dict | None" = None
     cfg: float = 1.0  # default classifier-free guidance scale for `generate`
     temperature: float = 1.0  # default temperature (scales the head's adaLN shift, EAR; with a mean head the residual, 0 = the mean path)
 
     def __post_init__(self):
         self.vae = nested_config(LiteVAEConfig, self.vae, "ParScaleEARConfig.vae")
         self.hybrid = nested_config(HybridConfig, self.hybrid, "ParScaleEARConfig.hybrid")
-        if self.dit is not None:
-            from .baselines.dit import DiTConfig
-
-            self.dit = nested_config(DiTConfig, self.dit, "ParScaleEARConfig.dit")
         check_field_types(self)
         check_int(self.num_classes, "ParScaleEARConfig.num_classes", minimum=0)
         check_real(self.cfg, "ParScaleEARConfig.cfg", minimum=0.0)
@@ -62,6 +56,11 @@ class ParScaleEARConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ParScaleEARConfig":
+        """The config a dict of its fields describes (`presets.config_from_dict` also reads the peers')."""
+        if isinstance(d, dict) and d.get("dit") is not None:
+            raise ValueError("config describes a DiT peer, not a ParScaleEAR model (read it with "
+                             "parscale_ear.presets.config_from_dict)")
+        d = {k: v for k, v in d.items() if k != "dit"} if isinstance(d, dict) else d  # "dit": null, written by 0.2
         try:
             return cls(**d)
         except TypeError as e:  # unknown or missing keys
@@ -76,17 +75,17 @@ class ParScaleEAR(nn.Module):
         self.config = cfg = config or ParScaleEARConfig()
         try:
             self.vae = LiteVAE(cfg.vae)
-            if cfg.dit is not None:  # the peer takes the generator's place
-                from .baselines.dit import DiTBaseline
-
-                self.hybrid = DiTBaseline(cfg.dit, cfg.vae.latent_shape, cfg.num_classes)
-            else:
-                self.hybrid = CoarseFineHybrid(cfg.hybrid, cfg.vae.latent_shape, cfg.num_classes)
+            self.hybrid = self.make_generator(cfg)
         except (MemoryError, RuntimeError) as e:  # sizes this machine cannot hold: one line naming the config
             if not isinstance(e, MemoryError) and "allocate" not in str(e) and "out of memory" not in str(e):
                 raise
             raise ValueError(f"ParScaleEARConfig {cfg.name!r}: its sizes need more memory than this machine has; "
                              f"reduce the widths, channels or streams") from None
+
+    @staticmethod
+    def make_generator(cfg: ParScaleEARConfig) -> nn.Module:
+        """The generator on the LiteVAE's latents: the coarse/fine stages (a peer model puts its own here)."""
+        return CoarseFineHybrid(cfg.hybrid, cfg.vae.latent_shape, cfg.num_classes)
 
     # ------------------------------------------------------------------ info
     @property

@@ -187,14 +187,47 @@ _PRESETS: dict[str, Callable[[], ParScaleEARConfig]] = {
     "tiny-32": tiny_32,
 }
 
+# The peers, models of their own (baselines/dit.py): a DiT of PEERS on the Fashion-MNIST LiteVAE's latents.
+PEER_NAMES = ("dit-s", "dit-b", "meanflow-s")
+
+
+def peer_config(name: str, vae: LiteVAEConfig | None = None, num_classes: int = 10) -> Any:
+    """The peer `name`'s config (a `PeerConfig`) on `vae` (default: the fmnist-32 LiteVAE), sampled unguided."""
+    from .baselines.dit import PEERS, PeerConfig
+
+    return PeerConfig(name=name, num_classes=num_classes, vae=vae or fmnist_32().vae, dit=dataclasses.replace(PEERS[name]))
+
+
+def config_from_dict(d: dict) -> Any:
+    """The config a stored dict describes: a `ParScaleEARConfig`, or a peer's `PeerConfig` (it has `dit` set)."""
+    if not isinstance(d, dict):
+        raise ValueError(f"config: expected a dict of config fields, got {type(d).__name__}")
+    if d.get("dit") is not None:
+        from .baselines.dit import PeerConfig
+
+        return PeerConfig.from_dict(d)
+    return ParScaleEARConfig.from_dict(d)
+
+
+def build_model(config: Any) -> ParScaleEAR:
+    """The model of a config: `ParScaleEAR`, or `PeerModel` for a peer's config (random weights, CPU)."""
+    if isinstance(config, ParScaleEARConfig):
+        return ParScaleEAR(config)
+    from .baselines.dit import PeerConfig, PeerModel
+
+    if isinstance(config, PeerConfig):
+        return PeerModel(config)
+    raise TypeError(f"build_model: expected a ParScaleEARConfig or a PeerConfig, got {type(config).__name__}")
+
+
 # Shorthands accepted by create_model: they set a field of the hybrid or of both stages.
 _HYBRID_KEYS = {"mode", "pool", "coarse_steps", "fine_steps"}
 _STAGE_KEYS = {"streams", "prefix_len", "alpha", "tau", "class_dropout"}
 
 
-def list_models() -> list[str]:
-    """Names of the registered presets."""
-    return sorted(_PRESETS)
+def list_models(peers: bool = True) -> list[str]:
+    """Names of the registered presets: ParScale-EAR's and, with `peers`, the peer models (they need diffusers)."""
+    return sorted(_PRESETS) + (list(PEER_NAMES) if peers else [])
 
 
 def merge_overrides(obj: Any, overrides: dict, where: str = "") -> Any:
@@ -218,6 +251,8 @@ def apply_overrides(config: ParScaleEARConfig, **overrides: Any) -> ParScaleEARC
     """`config` with overrides: top-level fields, nested dicts (vae={...}, hybrid={...}), or the
     shorthands mode/pool/coarse_steps/fine_steps (hybrid) and streams/prefix_len/alpha/tau/
     class_dropout (both stages)."""
+    if not isinstance(config, ParScaleEARConfig):  # a peer: its own fields only
+        return merge_overrides(config, overrides)
     hybrid = {k: overrides.pop(k) for k in list(overrides) if k in _HYBRID_KEYS}
     stage = {k: overrides.pop(k) for k in list(overrides) if k in _STAGE_KEYS}
     if stage:
@@ -231,9 +266,9 @@ def apply_overrides(config: ParScaleEARConfig, **overrides: Any) -> ParScaleEARC
 
 def get_config(name: str, /, **overrides: Any) -> ParScaleEARConfig:
     """The preset's config with overrides (see `apply_overrides`)."""
-    if name not in _PRESETS:
+    if name not in _PRESETS and name not in PEER_NAMES:
         raise ValueError(f"create_model: unknown model {name!r}; available: {', '.join(list_models())}")
-    return apply_overrides(_PRESETS[name](), **overrides)
+    return apply_overrides(_PRESETS[name]() if name in _PRESETS else peer_config(name), **overrides)
 
 
 def create_model(name: str, /, **overrides: Any) -> ParScaleEAR:
@@ -245,5 +280,6 @@ def create_model(name: str, /, **overrides: Any) -> ParScaleEAR:
             shorthands mode, pool, coarse_steps, fine_steps (the hybrid) and streams, prefix_len, alpha, tau,
             class_dropout (both stages). A wrong name, field or value is a one-line ValueError or TypeError.
     Returns:
-        The model (`ParScaleEAR`); `ParScaleEAR.from_pretrained()` loads trained weights instead."""
-    return ParScaleEAR(get_config(name, **overrides))
+        The model (`ParScaleEAR`; a peer's is a `PeerModel`, a subclass); `ParScaleEAR.from_pretrained()` loads trained
+        weights instead."""
+    return build_model(get_config(name, **overrides))

@@ -117,7 +117,7 @@ def model_card(model, dtype: torch.dtype | None = None) -> str:
     from . import __version__
 
     c, counts = model.config, model.num_parameters()
-    kind = "DiT peer (diffusers)" if c.dit is not None else f"ParScale-EAR, hybrid mode {c.hybrid.mode}"
+    kind = "DiT peer (diffusers)" if hasattr(c, "dit") else f"ParScale-EAR, hybrid mode {c.hybrid.mode}"
     steps = model.hybrid.default_steps()
     return (f"---\nlibrary_name: parscale-ear\nlicense: mit\ntags:\n- image-generation\n- energy-score\n- parscale-ear\n"
             f"---\n{CARD_MARK}\n# {c.name}\n\n{kind}: {c.vae.image_size}x{c.vae.image_size}x{c.vae.in_channels} images, "
@@ -156,7 +156,6 @@ def load_release(cls, directory, device: torch.device, revision: str | None = No
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from .pipeline import ParScaleEARConfig
 
     directory = resolve(directory, revision)
     config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
@@ -165,7 +164,9 @@ def load_release(cls, directory, device: torch.device, revision: str | None = No
             raise FileNotFoundError(f"from_pretrained: {p} not found (expected a folder written by save_pretrained)")
     meta = _read_meta(config_path)
     try:
-        model = cls(ParScaleEARConfig.from_dict(meta["config"]))
+        from .presets import build_model, config_from_dict
+
+        model = build_model(config_from_dict(meta["config"]))
     except (TypeError, ValueError) as e:
         raise ValueError(f"from_pretrained: {config_path}: {e}") from None
     try:

@@ -46,3 +46,10 @@ def interrupt_after(monkeypatch, calls: int):
         return real(*a, **k)
 
     monkeypatch.setattr(loop, "ema_update", dying)
+
+
+def tiny_peer(name: str = "dit-s", **dit):
+    """A peer model (PeerModel) with a one-layer DiT on the tiny-32 LiteVAE."""
+    import parscale_ear as pe
+
+    return pe.create_model(name, vae=pe.get_config("tiny-32").vae, dit={"num_layers": 1, "heads": 2, "head_dim": 8, **dit})

@@ -8,7 +8,7 @@ import parscale_ear as pe
 from parscale_ear.cli import main
 from parscale_ear.distill import PAIRS_PREFIX, check_same_vae, init_generator, teacher_pairs
 
-from helpers import interrupt_after, perturb_, v_stage
+from helpers import interrupt_after, perturb_, tiny_peer, v_stage
 
 
 def tiny_teacher(seed: int = 0, **stage) -> pe.ParScaleEAR:
@@ -183,7 +183,7 @@ def test_latent_noise_is_unit_noise_split_into_the_stages():
 def tiny_dit(seed: int = 0, **dit) -> pe.ParScaleEAR:
     pytest.importorskip("diffusers")
     torch.manual_seed(seed)
-    return perturb_(pe.create_model("tiny-32", dit={"num_layers": 1, "heads": 2, "head_dim": 8, **dit}), seed=seed).eval()
+    return perturb_(tiny_peer(**dit), seed=seed).eval()
 
 
 def test_dit_teacher_pairs_are_its_samples_cut_into_the_students_tokens():

@@ -7,7 +7,7 @@ import torch
 import parscale_ear as pe
 from parscale_ear.cli import main
 
-from helpers import perturb_
+from helpers import perturb_, tiny_peer
 
 pytest.importorskip("diffusers")
 
@@ -17,7 +17,7 @@ TINY_DIT = ["dit.num_layers=1", "dit.heads=2", "dit.head_dim=8"]
 @pytest.fixture
 def dit():
     torch.manual_seed(0)
-    return perturb_(pe.create_model("tiny-32", dit={"num_layers": 1, "heads": 2, "head_dim": 8})).eval()
+    return perturb_(tiny_peer()).eval()
 
 
 def test_dit_is_diffusers_and_trains(dit):
@@ -34,7 +34,7 @@ def test_dit_is_diffusers_and_trains(dit):
 @pytest.mark.parametrize("solver", ["euler", "heun"])
 def test_dit_sampling_is_per_image(solver):
     torch.manual_seed(0)
-    model = perturb_(pe.create_model("tiny-32", dit={"num_layers": 1, "heads": 2, "head_dim": 8, "solver": solver})).eval()
+    model = perturb_(tiny_peer(solver=solver)).eval()
     a = model.generate(4, seed=2, batch_size=4, steps=3, cfg=2.0)
     b = model.generate(4, seed=2, batch_size=3, steps=3, cfg=2.0)
     assert torch.allclose(a, b, atol=1e-5) and a.shape == (4, 1, 32, 32)
@@ -83,3 +83,38 @@ def test_dit_solver_per_call(dit):
     assert torch.equal(heun, dit.generate(2, seed=1, steps=3))
     with pytest.raises(ValueError, match="solver must be 'euler' or 'heun'"):
         dit.generate(2, steps=3, solver="rk4")
+
+
+def test_peers_are_models_of_their_own():
+    """The peers register beside the presets with their own config; ParScaleEARConfig has no field for them."""
+    import dataclasses
+
+    from parscale_ear.baselines.dit import PeerConfig, PeerModel
+
+    assert {"dit-s", "dit-b", "meanflow-s"} <= set(pe.list_models()) and "dit-s" not in pe.list_models(peers=False)
+    assert "dit" not in {f.name for f in dataclasses.fields(pe.ParScaleEARConfig)}
+    config = pe.get_config("meanflow-s")
+    assert isinstance(config, PeerConfig) and config.dit.objective == "meanflow" and config.vae == pe.get_config("fmnist-32").vae
+    assert isinstance(tiny_peer(), PeerModel)
+    with pytest.raises(ValueError, match="unknown option 'mode'"):
+        pe.create_model("dit-s", mode="no_coarse")  # ParScale-EAR's shorthands do not apply to a peer
+
+
+def test_stored_configs_load_as_the_model_they_describe():
+    """A peer's config of 0.2 (ParScale-EAR's fields with `dit` set) loads as a PeerConfig; ParScale-EAR's with
+    `dit: null` as a ParScaleEARConfig; each class refuses the other's."""
+    from parscale_ear.baselines.dit import PeerConfig
+    from parscale_ear.presets import config_from_dict
+
+    ours = pe.get_config("tiny-32-flow").to_dict()
+    old_peer = {**ours, "name": "dit-s", "dit": {"num_layers": 1, "heads": 2, "head_dim": 8}, "cfg": 1.0}
+    peer = config_from_dict(old_peer)
+    assert isinstance(peer, PeerConfig) and peer.dit.num_layers == 1 and peer.vae == pe.get_config("tiny-32-flow").vae
+    assert config_from_dict(peer.to_dict()) == peer
+    assert config_from_dict({**ours, "dit": None}) == pe.get_config("tiny-32-flow")
+    with pytest.raises(ValueError, match="describes a DiT peer"):
+        pe.ParScaleEARConfig.from_dict(old_peer)
+    with pytest.raises(ValueError, match="does not describe a peer model"):
+        PeerConfig.from_dict({**peer.to_dict(), "streams": 2})
+    with pytest.raises(ValueError, match="expected a dict"):
+        config_from_dict([1, 2])

@@ -8,7 +8,7 @@ import parscale_ear as pe
 from parscale_ear.baselines.dit import DiTConfig
 from parscale_ear.cli import main
 
-from helpers import interrupt_after, perturb_
+from helpers import interrupt_after, perturb_, tiny_peer
 
 pytest.importorskip("diffusers")
 
@@ -18,13 +18,13 @@ TINY = {"num_layers": 1, "heads": 2, "head_dim": 8, "objective": "meanflow", "st
 @pytest.fixture
 def mf():
     torch.manual_seed(0)
-    return perturb_(pe.create_model("tiny-32", dit=dict(TINY))).eval()
+    return perturb_(tiny_peer("meanflow-s", **TINY)).eval()
 
 
 def test_meanflow_starts_as_a_flow_model():
     """The interval embedding is zero-initialised: before training, u(z, r, t) does not depend on r."""
     torch.manual_seed(0)
-    model = pe.create_model("tiny-32", dit=dict(TINY)).eval()
+    model = tiny_peer("meanflow-s", **TINY).eval()
     x, t, y = torch.randn(3, 4, 16, 16), torch.rand(3), torch.tensor([0, 1, 2])
     peer = model.hybrid
     assert torch.equal(peer.velocity(x, t, y, torch.zeros(3)), peer.velocity(x, t, y, t))

@@ -9,19 +9,23 @@ trained with one of two objectives and sampled with the matching few-step sample
   Each block's conditioning embeds t as DiT does plus t - r through a second, zero-initialised timestep
   embedder (`_TwoTimeEmbedding`), so at initialisation the network is the flow peer's.
 
-A peer stands where the coarse/fine hybrid stands in `ParScaleEAR` (same `loss`, `sample`, `stages`,
+A peer is a model of its own (`PeerConfig`, `PeerModel`; presets "dit-s", "dit-b", "meanflow-s"): the project's
+LiteVAE with a DiT where ParScale-EAR has its coarse/fine stages (same `loss`, `sample`, `stages`,
 `fit_token_scales`), so training, EMA, resume, DDP, per-image seeds, decoding and FID are shared.
 Needs the optional `diffusers` package (`pip install 'parscale-ear[baselines]'`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from ..checks import check_field_types, check_int, check_real, nested_config
+from ..pipeline import ParScaleEAR
 from ..solvers import check_solver, solver_passes, time_grid
-from ..checks import check_field_types, check_int, check_real
+from ..vae import LiteVAEConfig
 
 OBJECTIVES = ("flow", "meanflow")
 
@@ -69,6 +73,49 @@ PEERS = {  # DiT sizes (Peebles & Xie, Table 1); the latent and patch 2 follow t
     # MeanFlow's ImageNet recipe: (r, t) from logit-normal(-0.4, 1), 25% of pairs with r != t, p = 1
     "meanflow-s": DiTConfig(num_layers=12, heads=6, head_dim=64, objective="meanflow", steps=1, logit_normal_mean=-0.4),
 }
+
+
+@dataclass
+class PeerConfig:
+    """A peer model: a DiT (`dit`) on the latents of the project's LiteVAE (`vae`), with its sampling defaults."""
+
+    name: str = "dit-s"
+    num_classes: int = 10  # 0 = unconditional
+    vae: LiteVAEConfig = field(default_factory=LiteVAEConfig)
+    dit: DiTConfig = field(default_factory=DiTConfig)
+    cfg: float = 1.0  # default classifier-free guidance scale for `generate`
+    temperature: float = 1.0  # scales x_1 (1 = the model's distribution)
+
+    def __post_init__(self):
+        self.vae = nested_config(LiteVAEConfig, self.vae, "PeerConfig.vae")
+        self.dit = nested_config(DiTConfig, self.dit, "PeerConfig.dit")
+        check_field_types(self)
+        check_int(self.num_classes, "PeerConfig.num_classes", minimum=0)
+        check_real(self.cfg, "PeerConfig.cfg", minimum=0.0)
+        check_real(self.temperature, "PeerConfig.temperature", minimum=0.0)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PeerConfig":
+        """The peer a dict of its fields describes; a 0.2 peer config (ParScale-EAR's fields with `dit` set) too."""
+        d = {k: v for k, v in d.items() if k != "hybrid"}  # 0.2 stored the unused hybrid beside the DiT
+        try:
+            return cls(**d)
+        except TypeError as e:  # unknown or missing keys
+            raise ValueError(f"config does not describe a peer model: {e}") from None
+
+
+class PeerModel(ParScaleEAR):
+    """The pipeline of a peer: LiteVAE + a DiT in the generator's place; sampling, saving and scoring as ParScaleEAR."""
+
+    def __init__(self, config: PeerConfig | None = None):
+        super().__init__(config or PeerConfig())
+
+    @staticmethod
+    def make_generator(cfg: PeerConfig) -> nn.Module:
+        return DiTBaseline(cfg.dit, cfg.vae.latent_shape, cfg.num_classes)
 
 
 def _diffusers():

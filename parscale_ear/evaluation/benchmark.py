@@ -119,7 +119,7 @@ def _parts(model: ParScaleEAR, sampler, B: int, solver: str | None) -> list[tupl
     with torch.no_grad(), amp:
         latents = model.hybrid.sample(noise, labels, sampler.steps, sampler.cfg, sampler.temperature, solver)
     parts = [("encode", under_amp(lambda: model.vae.encode(images)))]
-    if model.config.dit is not None:  # the peer: one stage, its own solver
+    if hasattr(model.config, "dit"):  # a peer: one stage, its own solver
         parts.append((f"generate.dit ({sampler.steps[-1]} steps)", under_amp(
             lambda: model.hybrid.sample(noise, labels, sampler.steps, sampler.cfg, sampler.temperature, solver))))
     else:  # each stage of the hybrid's list, in order, on the previous stages' outputs

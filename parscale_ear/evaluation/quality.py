@@ -140,14 +140,13 @@ def evaluate_schedules(model: ParScaleEAR, schedules: list[Schedule], n: int, re
 
 def recipe_config(recipe: str, vae_config: ParScaleEARConfig, overrides: dict | None = None) -> ParScaleEARConfig:
     """The model of a named recipe on a VAE run's VAE: a preset's generator (and sampling defaults), or
-    a DiT peer (dit-s, dit-b), with create_model-style overrides."""
+    a peer model (dit-s, dit-b, meanflow-s) on that VAE, with create_model-style overrides."""
     import dataclasses
 
-    from ..baselines.dit import PEERS
-    from ..presets import apply_overrides, get_config
+    from ..presets import PEER_NAMES, apply_overrides, get_config, peer_config
 
-    if recipe in PEERS:
-        config = dataclasses.replace(vae_config, name=recipe, dit=PEERS[recipe], cfg=1.0, temperature=1.0)
+    if recipe in PEER_NAMES:
+        config = peer_config(recipe, vae_config.vae, vae_config.num_classes)
     else:
         config = dataclasses.replace(get_config(recipe), vae=vae_config.vae)
     return apply_overrides(config, **(overrides or {}))

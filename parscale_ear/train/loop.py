@@ -18,7 +18,7 @@ from ..images import save_grid
 from ..loading import CHECKPOINT, METRICS, check_finite_state, load_checkpoint, load_module_state, read_metrics, state_digest
 from ..pipeline import ParScaleEAR, ParScaleEARConfig
 from ..plots import line_plot
-from ..presets import get_config
+from ..presets import build_model, config_from_dict, get_config
 from .config import CHECKPOINT_VERSION, RUN_CONFIG, TrainConfig
 from .distributed import Dist, batch_indices, setup_distributed, step_seed
 from .latents import load_images
@@ -40,7 +40,7 @@ def train(cfg: TrainConfig, out: str | Path, model_config: ParScaleEARConfig | N
         prepare_output_folder(out)  # fail before the data loads, not after
     ckpt, model_config, vae_ckpt = _open(cfg, out, model_config, resume)
     torch.manual_seed(cfg.seed)  # initial weights follow --seed (identical on every rank)
-    model = ParScaleEAR(model_config)
+    model = build_model(model_config)
     if vae_ckpt is not None:
         if ParScaleEARConfig.from_dict(vae_ckpt["config"]).vae != model_config.vae:
             raise ValueError("the generator's VAE config does not match the VAE run's")
@@ -69,7 +69,7 @@ def _open(cfg: TrainConfig, out: Path, model_config: ParScaleEARConfig | None, r
             raise ValueError(f"--resume: {out / CHECKPOINT} holds no optimizer state; it cannot be resumed")
         if ckpt["kind"] != cfg.kind:
             raise ValueError(f"--resume: {out} holds a {ckpt['kind']} run, not a {cfg.kind} run")
-        model_config = ParScaleEARConfig.from_dict(ckpt["config"])
+        model_config = config_from_dict(ckpt["config"])
         if ckpt["step"] >= cfg.steps:
             raise ValueError(f"--resume: {out} is already at step {ckpt['step']}; pass --steps above it to train further")
     elif (out / CHECKPOINT).exists():
