@@ -15,6 +15,7 @@ __version__ = "0.2.0"
 
 _EXPORTS = {
     "EnergyGenerator": "generator", "EnergyHead": "energy_head", "GeneratorConfig": "generator",
+    "MARConfig": "generator", "FlowConfig": "energy_flow",
     "CoarseFineHybrid": "hybrid", "HybridConfig": "hybrid",
     "energy_score_loss": "energy_head",
     "ParScaleEAR": "pipeline", "ParScaleEARConfig": "pipeline",

@@ -8,23 +8,93 @@ rule and sampled with large DDIM-like steps: distributional diffusion (De Bortol
 2502.02483). Interpolation x_t: rectified flow (Liu et al. 2022). Streams: ParScale (arXiv 2505.10475).
 With one step it is a one-pass generator: x0 = G(eps, t=1, xi).
 Regression-anchored variant (`mean_weight > 0`): the backbone runs once per example without noise; a
-mean head (x0, or the rectified-flow velocity v with x0 = x_t - t v) learns by MSE, and EAR's head,
+mean head (the rectified-flow velocity v, with x0 = x_t - t v) learns by MSE, and EAR's head,
 optionally behind `residual_blocks` attention blocks that see the noise of every token, draws the
 residual around it, trained by the energy score.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from .checks import check_int, check_real
 from .energy_head import EnergyHead, energy_score_samples
 from .generator import GeneratorConfig
 from .layers import AdaLNBlock, modulate, prepend_stream_prefixes, stream_parts, timestep_embedding
 from .solvers import check_solver, ddim_step, time_grid
 
 TIME_DIM = 256  # sinusoidal features of t
+
+
+@dataclass
+class FlowConfig(GeneratorConfig):
+    """A few-step energy-score stage (EnergyFlowGenerator): GeneratorConfig's shared fields plus these."""
+
+    kind: str = "flow"
+    samples: int = 2  # m samples per target in the energy score (all pairs repel)
+    backbone_noise: bool = True  # False: the noise enters only the EAR head (the backbone runs once per example)
+    # > 0: a linear mean head on the (noise-free) hidden state predicts v = eps - x0, trained by the rectified-flow
+    # MSE with this weight (mean x0 = x_t - t v: at temperature 0 the stage samples as a flow solver), and a sample
+    # is mean + head residual, the residual trained by the energy score; needs backbone_noise False
+    mean_weight: float = 0.0
+    # AdaLN blocks after the noise enters the residual path (mean head only): attention couples the
+    # residual draws of neighbouring tokens; the m draws re-run only these blocks and the head
+    residual_blocks: int = 0
+    # mean head only: share of the energy score's gradient that reaches the backbone through the residual
+    # path (1: all of it; 0: the backbone learns from the mean's MSE alone, the residual path from the score)
+    residual_grad: float = 1.0
+    time_dist: str = "uniform"  # training t: "uniform" or "logit_normal" (sigmoid of N(0, 1), SD3)
+    global_weight: float = 1.0  # weight of the whole-stage energy score beside the per-token one
+    one_step_prob: float = 0.25  # share of training draws at t = 1 (the one-pass case)
+    max_steps: int = 8  # per-image noise is drawn for this many steps
+    # mean-head stages, sampling: "euler" (DDIM with the predicted x0: one pass a step) or "heun" (a second pass at
+    # the step's end corrects it, the trapezoid of the two velocities, on every step but the last and the steps whose
+    # x0 the energy head draws: 2 steps - 1 passes at temperature 0)
+    solver: str = "euler"
+    # mean-head stages, training: "flow" (the mean learns by the velocity MSE, the residual path by the energy score
+    # around the detached mean) or "energy" (the energy score of the drawn x0 = mean + residual trains the whole
+    # stage, every gradient kept; mean_weight then weights an optional velocity MSE beside it)
+    objective: str = "flow"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.kind != "flow":
+            raise ValueError(f"FlowConfig: kind must be 'flow', got {self.kind!r}")
+        check_int(self.samples, "FlowConfig.samples", minimum=2)
+        check_int(self.max_steps, "FlowConfig.max_steps")
+        check_real(self.global_weight, "FlowConfig.global_weight", minimum=0.0)
+        check_real(self.mean_weight, "FlowConfig.mean_weight", minimum=0.0)
+        if self.objective not in ("flow", "energy"):
+            raise ValueError(f"FlowConfig: objective must be 'flow' or 'energy', got {self.objective!r}")
+        if self.objective == "energy" and self.backbone_noise:
+            raise ValueError("FlowConfig: objective 'energy' needs backbone_noise False (a mean head; the noise enters "
+                             "the residual path)")
+        if self.has_mean_head and self.backbone_noise:
+            raise ValueError("FlowConfig: mean_weight > 0 needs backbone_noise False (the mean must not depend on the noise)")
+        check_int(self.residual_blocks, "FlowConfig.residual_blocks", minimum=0)
+        if self.residual_blocks and not self.has_mean_head:
+            raise ValueError("FlowConfig: residual_blocks > 0 needs a mean head (mean_weight > 0)")
+        if not 0 <= self.residual_grad <= 1:
+            raise ValueError(f"FlowConfig: residual_grad must be in [0, 1], got {self.residual_grad}")
+        if self.residual_grad < 1 and not self.has_mean_head:
+            raise ValueError("FlowConfig: residual_grad < 1 needs a mean head (mean_weight > 0), "
+                             "or the backbone would get no gradient")
+        if self.time_dist not in ("uniform", "logit_normal"):
+            raise ValueError(f"FlowConfig: time_dist must be 'uniform' or 'logit_normal', got {self.time_dist!r}")
+        check_solver(self.solver, "FlowConfig: solver")
+        if self.solver == "heun" and not self.has_mean_head:
+            raise ValueError("FlowConfig: solver 'heun' needs a flow stage with a mean head (mean_weight > 0): it "
+                             "corrects the mean path")
+        if not 0 <= self.one_step_prob <= 1:
+            raise ValueError(f"FlowConfig: one_step_prob must be in [0, 1], got {self.one_step_prob}")
+
+    @property
+    def has_mean_head(self) -> bool:
+        """A mean head: trained by its MSE (mean_weight > 0) or by the energy objective."""
+        return self.mean_weight > 0 or self.objective == "energy"
 
 
 def _scale_grad(x: torch.Tensor, weight: float) -> torch.Tensor:
@@ -35,7 +105,7 @@ def _scale_grad(x: torch.Tensor, weight: float) -> torch.Tensor:
 class EnergyFlowGenerator(nn.Module):
     """A stage of N tokens (B, N, D): transformer with adaLN(t, class) over x_t + noise + context tokens."""
 
-    def __init__(self, config: GeneratorConfig, num_tokens: int, token_dim: int, num_classes: int = 0, context_dim: int = 0):
+    def __init__(self, config: FlowConfig, num_tokens: int, token_dim: int, num_classes: int = 0, context_dim: int = 0):
         super().__init__()
         self.config = cfg = config
         self.num_tokens, self.token_dim = num_tokens, token_dim

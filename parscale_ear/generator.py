@@ -7,6 +7,7 @@ EAR: Shao, Meng, Zhou (ICML 2025, arXiv 2505.07812). Masking and schedule: MAR, 
 from __future__ import annotations
 
 import math
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -20,10 +21,12 @@ from .checks import check_field_types, check_int, check_real
 
 @dataclass
 class GeneratorConfig:
-    """One generation stage. Its geometry (tokens, token size, context) comes from the hybrid."""
+    """What every generation stage has (backbone, P streams, EAR's head, guidance); its geometry (tokens, token size,
+    context) comes from the hybrid. A stage's config is that of its kind, which adds the rest: `MARConfig` (below) or
+    `FlowConfig` (energy_flow.py); a dict of fields becomes the config its `kind` names (`nested_config`)."""
 
     # "mar": masked random-order AR with the energy head (EnergyGenerator, below);
-    # "flow": few-step energy-score denoiser, noise in backbone and head (EnergyFlowGenerator)
+    # "flow": few-step energy-score stage (EnergyFlowGenerator, energy_flow.py)
     kind: str = "mar"
     width: int = 256
     depth: int = 4
@@ -38,44 +41,33 @@ class GeneratorConfig:
     class_dropout: float = 0.1  # label dropped to the null class for CFG
     alpha: float = 1.0  # energy-score exponent; 1 is best in EAR, 2 collapses
     tau: float = 1.0  # repulsion weight; > 1 makes the loss unbounded
-    # training mask ratio ~ truncated normal on [mask_ratio_min, 1] (MAR)
-    mask_ratio_min: float = 0.7
-    mask_ratio_mean: float = 1.0
-    mask_ratio_std: float = 0.25
-    # kind "flow" only
-    samples: int = 2  # m samples per target in the energy score (all pairs repel)
-    backbone_noise: bool = True  # False: the noise enters only the EAR head (the backbone runs once per example)
-    # > 0: a linear mean head on the (noise-free) hidden state predicts v = eps - x0, trained by the rectified-flow
-    # MSE with this weight (mean x0 = x_t - t v: at temperature 0 the stage samples as a flow solver), and a sample
-    # is mean + head residual, the residual trained by the energy score; needs backbone_noise False
-    mean_weight: float = 0.0
-    # AdaLN blocks after the noise enters the residual path (mean head only): attention couples the
-    # residual draws of neighbouring tokens; the m draws re-run only these blocks and the head
-    residual_blocks: int = 0
-    # mean head only: share of the energy score's gradient that reaches the backbone through the residual
-    # path (1: all of it; 0: the backbone learns from the mean's MSE alone, the residual path from the score)
-    residual_grad: float = 1.0
-    time_dist: str = "uniform"  # training t: "uniform" or "logit_normal" (sigmoid of N(0, 1), SD3)
-    global_weight: float = 1.0  # weight of the whole-stage energy score beside the per-token one
-    one_step_prob: float = 0.25  # share of training draws at t = 1 (the one-pass case)
-    max_steps: int = 8  # per-image noise is drawn for this many steps
-    # mean-head flow stages, sampling: "euler" (DDIM with the predicted x0: one pass a step) or "heun" (a second
-    # pass at the step's end corrects it, the trapezoid of the two velocities, on every step but the last
-    # and the steps whose x0 the energy head draws: 2 steps - 1 passes at temperature 0)
-    solver: str = "euler"
-    # kind "flow" with a mean head, training: "flow" (the mean learns by the velocity MSE, the residual path by the
-    # energy score around the detached mean) or "energy" (the energy score of the drawn x0 = mean + residual trains
-    # the whole stage, every gradient kept; mean_weight then weights an optional velocity MSE beside it)
-    objective: str = "flow"
 
     # fields of earlier versions whose experiments were dropped (docs/QUALITY.md keeps their measurements) and the
     # value that meant "off": a stored config holding one at that value is the same model without it
     RETIRED = {"noise_blocks": 0, "head_steps": 0, "time_shift": 1.0, "mean_param": "v"}
 
+    @staticmethod
+    def kinds() -> dict[str, type]:
+        """The config class of each stage kind."""
+        from .energy_flow import FlowConfig
+
+        return {"mar": MARConfig, "flow": FlowConfig}
+
+    @classmethod
+    def resolve(cls, fields: dict, name: str = "GeneratorConfig") -> type:
+        """The config class a dict of stage fields describes (by its `kind`, default 'mar')."""
+        kinds = cls.kinds()
+        kind = fields.get("kind", cls.__dataclass_fields__["kind"].default)
+        if kind not in kinds:
+            raise ValueError(f"{name}: kind must be one of {tuple(kinds)}, got {kind!r}")
+        return kinds[kind]
+
     @classmethod
     def upgrade(cls, fields: dict, name: str) -> dict:
-        """`fields` without the retired ones at their "off" value (mean_param: 'v', or anything in a stage without a
-        mean head, where it did nothing); any other value is a one-line ValueError naming the field."""
+        """`fields` without what a stored config of an earlier version may hold beyond its kind's fields: the retired
+        options at their "off" value (mean_param: 'v', or anything in a stage without a mean head, where it did
+        nothing) and the other kind's fields at their defaults (0.2 stored every field in every stage); any other
+        value is a one-line ValueError naming the field."""
         fields = dict(fields)
         for key, off in cls.RETIRED.items():
             if key not in fields:
@@ -87,58 +79,66 @@ class GeneratorConfig:
             if value != off and not (key == "mean_param" and not mean_head):
                 raise ValueError(f"{name}.{key} = {value!r}: this option was removed in parscale-ear 0.3 (its runs are "
                                  f"in docs/QUALITY.md); only {off!r}, its off value, still loads")
+        mine = cls.resolve(fields, name) if isinstance(fields.get("kind", "mar"), str) else cls
+        for kind, other in cls.kinds().items():
+            if other is mine:
+                continue
+            for f in dataclasses.fields(other):
+                if f.name in fields and f.name not in mine.__dataclass_fields__:
+                    if fields[f.name] != f.default:
+                        raise ValueError(f"{name}.{f.name}: a field of {kind!r} stages, not of a "
+                                         f"{fields.get('kind', 'mar')!r} stage")
+                    del fields[f.name]
         return fields
 
+    def as_kind(self, kind: str) -> "GeneratorConfig":
+        """This stage's shared fields in a config of `kind` (its own fields at their defaults)."""
+        target = self.resolve({"kind": kind})
+        if type(self) is target:
+            return self
+        shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(GeneratorConfig) if f.name != "kind"}
+        return target(**shared, kind=kind)
+
     def __post_init__(self):
+        if type(self) is GeneratorConfig:
+            raise TypeError("GeneratorConfig holds what every stage shares; build MARConfig or FlowConfig (or pass a "
+                            "dict of fields with its kind)")
         check_field_types(self)
-        if self.kind not in ("mar", "flow"):
-            raise ValueError(f"GeneratorConfig: kind must be 'mar' or 'flow', got {self.kind!r}")
-        check_int(self.samples, "GeneratorConfig.samples", minimum=2)
-        check_int(self.max_steps, "GeneratorConfig.max_steps")
-        check_real(self.global_weight, "GeneratorConfig.global_weight", minimum=0.0)
-        check_real(self.mean_weight, "GeneratorConfig.mean_weight", minimum=0.0)
-        if self.objective not in ("flow", "energy"):
-            raise ValueError(f"GeneratorConfig: objective must be 'flow' or 'energy', got {self.objective!r}")
-        if self.objective == "energy" and (self.kind != "flow" or self.backbone_noise):
-            raise ValueError("GeneratorConfig: objective 'energy' needs kind 'flow' with backbone_noise False "
-                             "(a mean head; the noise enters the residual path)")
-        if self.has_mean_head and self.backbone_noise:
-            raise ValueError("GeneratorConfig: mean_weight > 0 needs backbone_noise False (the mean must not depend on the noise)")
-        check_int(self.residual_blocks, "GeneratorConfig.residual_blocks", minimum=0)
-        if self.residual_blocks and not self.has_mean_head:
-            raise ValueError("GeneratorConfig: residual_blocks > 0 needs a mean head (mean_weight > 0)")
-        if not 0 <= self.residual_grad <= 1:
-            raise ValueError(f"GeneratorConfig: residual_grad must be in [0, 1], got {self.residual_grad}")
-        if self.residual_grad < 1 and not self.has_mean_head:
-            raise ValueError("GeneratorConfig: residual_grad < 1 needs a mean head (mean_weight > 0), "
-                             "or the backbone would get no gradient")
-        if self.time_dist not in ("uniform", "logit_normal"):
-            raise ValueError(f"GeneratorConfig: time_dist must be 'uniform' or 'logit_normal', got {self.time_dist!r}")
-        check_solver(self.solver, "GeneratorConfig: solver")
-        if self.solver == "heun" and (self.kind != "flow" or not self.has_mean_head):
-            raise ValueError("GeneratorConfig: solver 'heun' needs a flow stage with a mean head (kind 'flow', "
-                             "mean_weight > 0): it corrects the mean path")
         if not 0 <= self.class_dropout <= 1:
-            raise ValueError(f"GeneratorConfig: class_dropout must be in [0, 1], got {self.class_dropout}")
-        if not 0 <= self.one_step_prob <= 1:
-            raise ValueError(f"GeneratorConfig: one_step_prob must be in [0, 1], got {self.one_step_prob}")
+            raise ValueError(f"{type(self).__name__}: class_dropout must be in [0, 1], got {self.class_dropout}")
         for name in ("width", "depth", "heads", "head_width", "head_depth", "noise_dim", "prefix_len"):
-            check_int(getattr(self, name), f"GeneratorConfig.{name}")
+            check_int(getattr(self, name), f"{type(self).__name__}.{name}")
         if self.streams < 1:
-            raise ValueError(f"GeneratorConfig: streams must be >= 1, got {self.streams}")
+            raise ValueError(f"{type(self).__name__}: streams must be >= 1, got {self.streams}")
         if self.width % self.heads:
-            raise ValueError(f"GeneratorConfig: width {self.width} not divisible by heads {self.heads}")
+            raise ValueError(f"{type(self).__name__}: width {self.width} not divisible by heads {self.heads}")
         if not 0 < self.alpha < 2:
-            raise ValueError(f"GeneratorConfig: alpha must be in (0, 2), got {self.alpha}")
+            raise ValueError(f"{type(self).__name__}: alpha must be in (0, 2), got {self.alpha}")
         if not 0 <= self.tau <= 1:
-            raise ValueError(f"GeneratorConfig: tau must be in [0, 1], got {self.tau}")
-        if not 0 < self.mask_ratio_min <= 1:
-            raise ValueError(f"GeneratorConfig: mask_ratio_min must be in (0, 1], got {self.mask_ratio_min}")
+            raise ValueError(f"{type(self).__name__}: tau must be in [0, 1], got {self.tau}")
 
     @property
     def has_mean_head(self) -> bool:
-        """A flow stage with a mean head: trained by its MSE (mean_weight > 0) or by the energy objective."""
-        return self.kind == "flow" and (self.mean_weight > 0 or self.objective == "energy")
+        """A flow stage with a mean head (FlowConfig); never a MAR stage."""
+        return False
+
+
+@dataclass
+class MARConfig(GeneratorConfig):
+    """A masked random-order autoregressive stage (MAR) with EAR's energy head."""
+
+    kind: str = "mar"
+    # training mask ratio ~ truncated normal on [mask_ratio_min, 1] (MAR)
+    mask_ratio_min: float = 0.7
+    mask_ratio_mean: float = 1.0
+    mask_ratio_std: float = 0.25
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.kind != "mar":
+            raise ValueError(f"MARConfig: kind must be 'mar', got {self.kind!r}")
+        if not 0 < self.mask_ratio_min <= 1:
+            raise ValueError(f"MARConfig: mask_ratio_min must be in (0, 1], got {self.mask_ratio_min}")
 
 
 def unmask_schedule(num_tokens: int, steps: int) -> list[int]:
@@ -158,7 +158,7 @@ def unmask_schedule(num_tokens: int, steps: int) -> list[int]:
 class EnergyGenerator(nn.Module):
     """A bidirectional transformer over N tokens (masked ones replaced by a learned token) + energy head."""
 
-    def __init__(self, config: GeneratorConfig, num_tokens: int, token_dim: int, num_classes: int = 0, context_dim: int = 0):
+    def __init__(self, config: MARConfig, num_tokens: int, token_dim: int, num_classes: int = 0, context_dim: int = 0):
         super().__init__()
         self.config = cfg = config
         self.num_tokens, self.token_dim = num_tokens, token_dim

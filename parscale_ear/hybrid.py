@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .generator import EnergyGenerator, GeneratorConfig
+from .generator import EnergyGenerator, GeneratorConfig, MARConfig
 from .checks import check_field_types, check_int, nested_config
 
 
@@ -49,8 +49,8 @@ class HybridConfig:
     mode: str = "full"
     pool: int = 4  # coarse grid = latent grid / pool (16x16 -> 4x4)
     fine_patch: int = 1  # fine tokens are fine_patch x fine_patch latent patches (2: 64 tokens of 4C dims)
-    coarse: GeneratorConfig = field(default_factory=GeneratorConfig)
-    fine: GeneratorConfig = field(default_factory=GeneratorConfig)
+    coarse: GeneratorConfig = field(default_factory=MARConfig)
+    fine: GeneratorConfig = field(default_factory=MARConfig)
     coarse_steps: int = 4  # default cosine steps of the coarse stage
     fine_steps: int = 1  # default steps of the fine stage (1 = one parallel pass)
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from .generator import GeneratorConfig
+from .energy_flow import FlowConfig
+from .generator import MARConfig
 from .hybrid import HybridConfig
 from .pipeline import ParScaleEAR, ParScaleEARConfig
 from .vae import LiteVAEConfig
@@ -18,8 +19,8 @@ def fmnist_32() -> ParScaleEARConfig:
         vae=LiteVAEConfig(image_size=32, in_channels=1, latent_channels=4, latent_size=16, dwt_levels=2,
                           extractor_channels=32, aggregator_channels=64, decoder_channels=(128, 64)),
         hybrid=HybridConfig(
-            coarse=GeneratorConfig(width=256, depth=6, heads=4, streams=2, head_width=256, head_depth=3),
-            fine=GeneratorConfig(width=256, depth=6, heads=4, streams=2, head_width=256, head_depth=3),
+            coarse=MARConfig(width=256, depth=6, heads=4, streams=2, head_width=256, head_depth=3),
+            fine=MARConfig(width=256, depth=6, heads=4, streams=2, head_width=256, head_depth=3),
             coarse_steps=8,
             fine_steps=4,
         ),
@@ -44,9 +45,9 @@ def fmnist_32_flow() -> ParScaleEARConfig:
         vae=_fmnist_vae(),
         hybrid=HybridConfig(
             fine_patch=2,
-            coarse=GeneratorConfig(kind="flow", width=256, depth=4, heads=4, streams=2, head_width=256, head_depth=2,
+            coarse=FlowConfig(width=256, depth=4, heads=4, streams=2, head_width=256, head_depth=2,
                                    noise_dim=16),
-            fine=GeneratorConfig(kind="flow", width=384, depth=6, heads=6, streams=2, head_width=384, head_depth=3,
+            fine=FlowConfig(width=384, depth=6, heads=6, streams=2, head_width=384, head_depth=3,
                                  noise_dim=32),
             coarse_steps=2,
             fine_steps=2,
@@ -119,8 +120,8 @@ def lite_256() -> ParScaleEARConfig:
         vae=LiteVAEConfig(image_size=256, in_channels=3, latent_channels=32, latent_size=16, dwt_levels=4,
                           extractor_channels=32, aggregator_channels=128, decoder_channels=(256, 192, 128, 64, 32)),
         hybrid=HybridConfig(
-            coarse=GeneratorConfig(width=384, depth=4, heads=6, streams=2, head_width=384, head_depth=3),
-            fine=GeneratorConfig(width=512, depth=6, heads=8, streams=2, head_width=512, head_depth=3),
+            coarse=MARConfig(width=384, depth=4, heads=6, streams=2, head_width=384, head_depth=3),
+            fine=MARConfig(width=512, depth=6, heads=8, streams=2, head_width=512, head_depth=3),
             coarse_steps=4,
             fine_steps=1,
         ),
@@ -135,8 +136,8 @@ def lite_256_vflow() -> ParScaleEARConfig:
     stage = dict(_SHIPPED_STAGE, kind="flow", streams=2)
     return dataclasses.replace(lite_256(), name="lite-256-vflow", **_SHIPPED_SAMPLING, hybrid=HybridConfig(
         fine_patch=2,
-        coarse=GeneratorConfig(**stage, width=320, depth=3, heads=5, head_width=320, noise_dim=16),
-        fine=GeneratorConfig(**stage, width=448, depth=5, heads=7, head_width=448, noise_dim=32),
+        coarse=FlowConfig(**stage, width=320, depth=3, heads=5, head_width=320, noise_dim=16),
+        fine=FlowConfig(**stage, width=448, depth=5, heads=7, head_width=448, noise_dim=32),
         coarse_steps=_SHIPPED_STEPS[0], fine_steps=_SHIPPED_STEPS[1]))
 
 
@@ -156,8 +157,8 @@ def tiny_32() -> ParScaleEARConfig:
                           extractor_channels=8, extractor_blocks=1, aggregator_channels=16, aggregator_blocks=1,
                           decoder_channels=(16, 8)),
         hybrid=HybridConfig(
-            coarse=GeneratorConfig(width=32, depth=1, heads=2, streams=2, prefix_len=2, head_width=32, head_depth=1, noise_dim=8),
-            fine=GeneratorConfig(width=32, depth=1, heads=2, streams=2, prefix_len=2, head_width=32, head_depth=1, noise_dim=8),
+            coarse=MARConfig(width=32, depth=1, heads=2, streams=2, prefix_len=2, head_width=32, head_depth=1, noise_dim=8),
+            fine=MARConfig(width=32, depth=1, heads=2, streams=2, prefix_len=2, head_width=32, head_depth=1, noise_dim=8),
             coarse_steps=4,
             fine_steps=2,
         ),
@@ -232,6 +233,8 @@ def list_models(peers: bool = True) -> list[str]:
 
 def merge_overrides(obj: Any, overrides: dict, where: str = "") -> Any:
     """A copy of config dataclass `obj` with `overrides` applied; nested dicts update nested configs."""
+    if isinstance(overrides.get("kind"), str) and hasattr(obj, "as_kind"):  # a stage of another kind
+        obj = obj.as_kind(overrides["kind"])
     fields = {f.name for f in dataclasses.fields(obj)}
     if hasattr(obj, "upgrade"):  # a retired field: its off value changes nothing, any other is refused by name
         kept = obj.upgrade({**{f: getattr(obj, f) for f in fields}, **overrides}, f"create_model: {where}".rstrip("."))

@@ -125,7 +125,7 @@ def test_mean_head_variant_trains_every_part_and_samples():
 
 def test_mean_head_needs_a_noise_free_backbone():
     with pytest.raises(ValueError, match="mean_weight > 0 needs backbone_noise False"):
-        pe.GeneratorConfig(kind="flow", mean_weight=1.0)
+        pe.FlowConfig(kind="flow", mean_weight=1.0)
 
 
 def test_v_mean_stage_at_temperature_zero_is_an_euler_flow_solver():
@@ -252,7 +252,7 @@ def test_logit_normal_times_and_the_one_step_share():
 ])
 def test_mean_head_options_are_checked(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        pe.GeneratorConfig(kind="flow", **kwargs)
+        pe.FlowConfig(kind="flow", **kwargs)
 
 
 def _gaussian_data_stage():
@@ -328,9 +328,9 @@ def test_heun_is_refused_where_there_is_no_mean_path():
 
 def test_solver_is_checked():
     with pytest.raises(ValueError, match="solver must be 'euler' or 'heun'"):
-        pe.GeneratorConfig(**v_stage(solver="rk4"))
+        pe.FlowConfig(**v_stage(solver="rk4"))
     with pytest.raises(ValueError, match="solver 'heun' needs a flow stage with a mean head"):
-        pe.GeneratorConfig(kind="flow", solver="heun")
+        pe.FlowConfig(kind="flow", solver="heun")
 
 
 def test_retired_stage_options_load_only_at_their_off_value(tmp_path, capsys):
@@ -342,9 +342,9 @@ def test_retired_stage_options_load_only_at_their_off_value(tmp_path, capsys):
     from parscale_ear.cli import main
 
     stored = {**v_stage(), "noise_blocks": 0, "head_steps": 0, "time_shift": 1.0, "mean_param": "v"}
-    assert nested_config(pe.GeneratorConfig, stored, "hybrid.fine") == pe.GeneratorConfig(**v_stage())
+    assert nested_config(pe.GeneratorConfig, stored, "hybrid.fine") == pe.FlowConfig(**v_stage())
     plain = {"kind": "flow", "mean_param": "x0"}  # no mean head: mean_param did nothing
-    assert nested_config(pe.GeneratorConfig, plain, "hybrid.fine") == pe.GeneratorConfig(kind="flow")
+    assert nested_config(pe.GeneratorConfig, plain, "hybrid.fine") == pe.FlowConfig(kind="flow")
     for key, value in (("noise_blocks", 1), ("head_steps", 2), ("time_shift", 1.5), ("mean_param", "x0")):
         with pytest.raises(ValueError, match=f"hybrid.fine.{key} = {value!r}: this option was removed"):
             nested_config(pe.GeneratorConfig, {**v_stage(), key: value}, "hybrid.fine")
@@ -361,3 +361,32 @@ def test_retired_stage_options_load_only_at_their_off_value(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "head_steps = 1: this option was removed" in err and err.count("\n") == 1, err
     assert not (tmp_path / "vae").exists()
+
+
+def test_one_config_per_stage_kind():
+    """MARConfig and FlowConfig share GeneratorConfig's fields and hold only their own kind's; a dict of fields
+    becomes the config its kind names, and a 0.2 stage (every field of both kinds) loads as its own kind."""
+    import dataclasses
+    import json
+
+    from parscale_ear.checks import nested_config
+    from parscale_ear.release import DEFAULT_MODEL
+
+    mar, flow = ({f.name for f in dataclasses.fields(c)} for c in (pe.MARConfig, pe.FlowConfig))
+    shared = {f.name for f in dataclasses.fields(pe.GeneratorConfig)}
+    assert shared <= mar & flow and "samples" not in mar and "mask_ratio_min" not in flow
+    with pytest.raises(TypeError, match="build MARConfig or FlowConfig"):
+        pe.GeneratorConfig()
+    assert isinstance(nested_config(pe.GeneratorConfig, {"kind": "flow", "samples": 4}, "hybrid.fine"), pe.FlowConfig)
+    assert isinstance(nested_config(pe.GeneratorConfig, {"width": 64, "heads": 2}, "hybrid.fine"), pe.MARConfig)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        nested_config(pe.GeneratorConfig, {"kind": "gan"}, "hybrid.fine")
+    stored = json.loads((DEFAULT_MODEL / "config.json").read_text())["config"]["hybrid"]["fine"]
+    assert {"mask_ratio_min", "samples"} <= set(stored)  # written by 0.2 with every field
+    assert nested_config(pe.GeneratorConfig, stored, "hybrid.fine") == pe.get_config("fmnist-32-es").hybrid.fine
+    with pytest.raises(ValueError, match="hybrid.fine.mask_ratio_min: a field of 'mar' stages, not of a 'flow' stage"):
+        nested_config(pe.GeneratorConfig, {**stored, "mask_ratio_min": 0.5}, "hybrid.fine")
+    with pytest.raises(ValueError, match="hybrid.fine.samples: a field of 'flow' stages, not of a 'mar' stage"):
+        pe.create_model("tiny-32", hybrid={"fine": {"samples": 4}})  # a flow field on a MAR stage
+    model = pe.create_model("tiny-32", hybrid={"fine": {"kind": "flow", "max_steps": 4}})  # the stage changes kind
+    assert isinstance(model.config.hybrid.fine, pe.FlowConfig) and model.config.hybrid.fine.width == 32

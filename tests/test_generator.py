@@ -2,14 +2,14 @@ import pytest
 import torch
 
 from parscale_ear.energy_head import EnergyHead, energy_score_loss
-from parscale_ear.generator import EnergyGenerator, GeneratorConfig, unmask_schedule
+from parscale_ear.generator import EnergyGenerator, MARConfig, unmask_schedule
 
 from helpers import perturb_
 
 
 def small(streams=1, **kw):
     torch.manual_seed(0)
-    cfg = GeneratorConfig(width=32, depth=2, heads=2, streams=streams, prefix_len=3, head_width=32, head_depth=2, noise_dim=8, **kw)
+    cfg = MARConfig(width=32, depth=2, heads=2, streams=streams, prefix_len=3, head_width=32, head_depth=2, noise_dim=8, **kw)
     return EnergyGenerator(cfg, num_tokens=16, token_dim=4, num_classes=5, context_dim=4)
 
 
@@ -156,7 +156,7 @@ def test_sample_fills_every_token_and_depends_on_noise():
 
 
 def test_unconditional_model_rejects_cfg():
-    cfg = GeneratorConfig(width=16, depth=1, heads=2, head_width=16, head_depth=1, noise_dim=4)
+    cfg = MARConfig(width=16, depth=1, heads=2, head_width=16, head_depth=1, noise_dim=4)
     gen = EnergyGenerator(cfg, num_tokens=4, token_dim=2, num_classes=0)
     with pytest.raises(ValueError, match="unconditional"):
         gen.sample(torch.zeros(1, 4, 4), torch.arange(4)[None], steps=2, cfg=2.0)
@@ -165,4 +165,4 @@ def test_unconditional_model_rejects_cfg():
 @pytest.mark.parametrize("kw,match", [(dict(streams=0), "streams"), (dict(width=30, heads=4), "divisible"), (dict(alpha=2.0), "alpha"), (dict(tau=1.2), "tau")])
 def test_bad_generator_config(kw, match):
     with pytest.raises(ValueError, match=match):
-        GeneratorConfig(**kw)
+        MARConfig(**kw)
