@@ -12,12 +12,12 @@ from pathlib import Path
 
 import _common
 
-from parscale_ear.evaluation import evaluate, quality
+from parscale_ear.evaluation import evaluate
 from parscale_ear.evaluation import fid as fidlib
 from parscale_ear.evaluation.benchmark import profile_latency
 from parscale_ear.loading import load_checkpoint, load_pipeline, read_metrics
 from parscale_ear.pipeline import ParScaleEARConfig
-from parscale_ear.presets import apply_overrides
+from parscale_ear.presets import apply_overrides, recipe_config
 from parscale_ear.train import TrainConfig, train
 from parscale_ear.plots import line_plot
 from parscale_ear.utils import environment
@@ -35,7 +35,7 @@ def run(args) -> dict:
     out = Path(args.out)
     base = ParScaleEARConfig.from_dict(load_checkpoint(args.vae)["config"])
     if args.preset:  # the preset's generator design on the VAE run's VAE
-        base = quality.recipe_config(args.preset, base)
+        base = recipe_config(args.preset, base)
     compiled = dev.type == "cuda" and not args.quick  # the shipped recipe's compiled training step, on a GPU
     train_options = dict(steps=args.steps, batch_size=args.train_batch, lr=args.lr, warmup_steps=min(100, args.steps // 10 + 1),
                          log_every=max(1, args.steps // 10), sample_every=args.steps, ckpt_every=args.steps, data=args.data,

@@ -12,6 +12,7 @@ from parscale_ear.evaluation import evaluate, quality
 from parscale_ear.evaluation import fid as fidlib
 from parscale_ear.loading import load_checkpoint, load_pipeline, read_metrics
 from parscale_ear.pipeline import ParScaleEARConfig
+from parscale_ear.presets import recipe_config
 from parscale_ear.utils import environment
 
 
@@ -34,7 +35,7 @@ def run(args) -> dict:
     dev = _common.device(args.device)
     vae_config = ParScaleEARConfig.from_dict(load_checkpoint(args.vae)["config"])
     overrides = {"dit": {"num_layers": 1, "heads": 1, "head_dim": 16}} if args.quick else {}
-    config = quality.recipe_config(args.recipe, vae_config, overrides)
+    config = recipe_config(args.recipe, vae_config, overrides)
     minutes = budget_minutes(args)
     run_dir = Path(args.out) / "peer_run"  # this script's own run folder: a fresh one each time, as ci/ablation's
     if run_dir.exists():

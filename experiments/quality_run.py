@@ -25,6 +25,7 @@ from parscale_ear.evaluation import fid, quality
 from parscale_ear import train as T  # noqa: E402
 from parscale_ear.utils import environment  # noqa: E402
 from parscale_ear.pipeline import ParScaleEARConfig  # noqa: E402
+from parscale_ear.presets import recipe_config  # noqa: E402
 from parscale_ear.release import CONFIG_NAME  # noqa: E402
 
 p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -69,7 +70,7 @@ elif (out / T.CHECKPOINT).exists():  # trained already (an earlier call or anoth
     done = T.read_metrics(out / T.METRICS)[-1]
     train_s = done["elapsed_s"]
 else:
-    config = quality.recipe_config(args.recipe, ParScaleEARConfig.from_dict(vae_ckpt["config"]), _overrides(args.set))
+    config = recipe_config(args.recipe, ParScaleEARConfig.from_dict(vae_ckpt["config"]), _overrides(args.set))
     if (args.minutes is None) == (args.steps is None):
         sys.exit("quality_run: training needs exactly one of --minutes and --steps")
     done = quality.train_for_minutes(config, args.vae, args.minutes, out, device, steps=args.steps,

@@ -120,7 +120,7 @@ def _new_run(args, kind: str):
         base = ParScaleEARConfig.from_dict(vae_ckpt["config"])
         recipe = args.peer or args.preset  # the peer, or the preset's generator and sampling defaults, on the VAE run's VAE
         if recipe:
-            from .evaluation.quality import recipe_config
+            from .presets import recipe_config
 
             base = recipe_config(recipe, base)
         shorthand = {k: v for k, v in (("mode", args.mode), ("streams", args.streams)) if v is not None}

@@ -286,3 +286,13 @@ def create_model(name: str, /, **overrides: Any) -> ParScaleEAR:
         The model (`ParScaleEAR`; a peer's is a `PeerModel`, a subclass); `ParScaleEAR.from_pretrained()` loads trained
         weights instead."""
     return build_model(get_config(name, **overrides))
+
+
+def recipe_config(recipe: str, vae_config: ParScaleEARConfig, overrides: dict | None = None) -> Any:
+    """The model of a named recipe on a VAE run's VAE: a preset's generator (and sampling defaults), or
+    a peer model (dit-s, dit-b, meanflow-s) on that VAE, with create_model-style overrides."""
+    if recipe in PEER_NAMES:
+        config = peer_config(recipe, vae_config.vae, vae_config.num_classes)
+    else:
+        config = dataclasses.replace(get_config(recipe), vae=vae_config.vae)
+    return apply_overrides(config, **(overrides or {}))

@@ -253,9 +253,10 @@ def test_train_for_minutes_fits_the_steps_to_the_budget_in_the_run_itself(tmp_pa
     """The fixed-budget harness: one run measures its rate during its warm-up, sets its step count so
     the cosine decay ends at the budget, records the plan in run.json, and stops inside max_minutes."""
     from parscale_ear.evaluation import quality
+    from parscale_ear.presets import recipe_config
 
     vae_config = pe.ParScaleEARConfig.from_dict(load_checkpoint(vae_run)["config"])
-    config = quality.recipe_config("tiny-32-flow", vae_config)
+    config = recipe_config("tiny-32-flow", vae_config)
     assert config.name == "tiny-32-flow" and config.vae == vae_config.vae and config.hybrid.coarse.kind == "flow"
     budget = 0.25  # minutes (a loaded 2-core machine runs a tiny step in ~0.5 s)
     done = quality.train_for_minutes(config, vae_run, budget, tmp_path / "run", "cpu", warmup_steps=14, batch_size=8,
@@ -269,10 +270,10 @@ def test_train_for_minutes_fits_the_steps_to_the_budget_in_the_run_itself(tmp_pa
     assert ckpt["train"]["steps"] == done["planned_steps"]
     # the run's elapsed training time is inside the budget, give or take the last step
     assert read_metrics(tmp_path / "run" / "metrics.jsonl")[-1]["elapsed_s"] < budget * 60 + 5
-    peer = quality.recipe_config("dit-s", vae_config, {"dit": {"num_layers": 1}})
+    peer = recipe_config("dit-s", vae_config, {"dit": {"num_layers": 1}})
     assert peer.dit.num_layers == 1 and peer.cfg == 1.0
     with pytest.raises(ValueError, match="unknown model"):
-        quality.recipe_config("no-such-recipe", config)
+        recipe_config("no-such-recipe", config)
 
 
 def test_ema_update_is_the_lerp_of_every_parameter_and_copies_buffers():

@@ -138,20 +138,6 @@ def evaluate_schedules(model: ParScaleEAR, schedules: list[Schedule], n: int, re
     return rows
 
 
-def recipe_config(recipe: str, vae_config: ParScaleEARConfig, overrides: dict | None = None) -> ParScaleEARConfig:
-    """The model of a named recipe on a VAE run's VAE: a preset's generator (and sampling defaults), or
-    a peer model (dit-s, dit-b, meanflow-s) on that VAE, with create_model-style overrides."""
-    import dataclasses
-
-    from ..presets import PEER_NAMES, apply_overrides, get_config, peer_config
-
-    if recipe in PEER_NAMES:
-        config = peer_config(recipe, vae_config.vae, vae_config.num_classes)
-    else:
-        config = dataclasses.replace(get_config(recipe), vae=vae_config.vae)
-    return apply_overrides(config, **(overrides or {}))
-
-
 def train_for_minutes(config: ParScaleEARConfig, vae_run: str | Path, minutes: float, out: str | Path, device: str,
                       warmup_steps: int = 100, steps: int | None = None, **train_options) -> dict:
     """Train `config` on the VAE run's latents for `minutes` of wall time, compile included: the run
