@@ -22,8 +22,8 @@ from torch import nn
 
 from .checks import check_int, check_real
 from .energy_head import EnergyHead, energy_score_samples
-from .generator import GeneratorConfig
-from .layers import AdaLNBlock, modulate, prepend_stream_prefixes, stream_parts, timestep_embedding
+from .generator import GeneratorConfig, StageBase
+from .layers import AdaLNBlock, modulate, prepend_stream_prefixes, timestep_embedding
 from .solvers import check_solver, ddim_step, time_grid
 
 TIME_DIM = 256  # sinusoidal features of t
@@ -102,26 +102,20 @@ def _scale_grad(x: torch.Tensor, weight: float) -> torch.Tensor:
     return x.detach() if weight == 0 else x.detach() + weight * (x - x.detach())
 
 
-class EnergyFlowGenerator(nn.Module):
+class EnergyFlowGenerator(StageBase):
     """A stage of N tokens (B, N, D): transformer with adaLN(t, class) over x_t + noise + context tokens."""
 
     def __init__(self, config: FlowConfig, num_tokens: int, token_dim: int, num_classes: int = 0, context_dim: int = 0):
-        super().__init__()
-        self.config = cfg = config
-        self.num_tokens, self.token_dim = num_tokens, token_dim
-        self.num_classes, self.context_dim = num_classes, context_dim
-        d = cfg.width
+        super().__init__(config, num_tokens, token_dim, num_classes, context_dim)
+        cfg, d = config, config.width
         self.token_in = nn.Linear(token_dim, d)
         # the noise enters the backbone (all tokens drawn jointly in one pass), or only the head
         self.noise_in = nn.Linear(cfg.noise_dim, d) if cfg.backbone_noise else None
         self.context_in = nn.Linear(context_dim, d) if context_dim else None
         self.pos_embed = nn.Parameter(torch.randn(num_tokens, d) * 0.02)
-        self.class_embed = nn.Embedding(num_classes + 1, d)  # index num_classes = null / unconditional
-        nn.init.normal_(self.class_embed.weight, std=0.02)
+        self.make_labels(d)
         self.time_embed = nn.Sequential(nn.Linear(TIME_DIM, d), nn.SiLU(), nn.Linear(d, d))
-        P = cfg.streams
-        if P > 1:
-            self.stream_prefix, self.aggregate = stream_parts(P, cfg.prefix_len, d, cfg.agg_smoothing)
+        self.make_streams(d)
         self.blocks = nn.ModuleList(AdaLNBlock(d, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(d, elementwise_affine=False)
         self.ada_out = nn.Linear(d, 2 * d)
@@ -137,10 +131,6 @@ class EnergyFlowGenerator(nn.Module):
         # draws, so neighbours are drawn jointly) -> the EAR head
         self.residual_noise_in = nn.Linear(cfg.noise_dim, d) if cfg.residual_blocks else None
         self.residual_blocks = nn.ModuleList(AdaLNBlock(d, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.residual_blocks))
-
-    @property
-    def null_class(self) -> int:
-        return self.num_classes
 
     # ------------------------------------------------------------------ randomness
     def draw(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -220,11 +210,7 @@ class EnergyFlowGenerator(nn.Module):
         B, N, D = tokens.shape
         c = self.config
         device = tokens.device
-        if labels is None:
-            labels = torch.full((B,), self.null_class, dtype=torch.long, device=device)
-        elif c.class_dropout > 0:
-            drop = torch.rand(B, device=device) < c.class_dropout
-            labels = torch.where(drop, torch.full_like(labels, self.null_class), labels)
+        labels = self.train_labels(labels, B, device)
         t = self._times(B, device)
         eps = torch.randn_like(tokens) if noise is None else noise.to(tokens.dtype)
         x_t = (1 - t[:, None, None]) * tokens + t[:, None, None] * eps
@@ -296,10 +282,8 @@ class EnergyFlowGenerator(nn.Module):
         B = x_init.shape[0]
         if not 1 <= steps <= self.config.max_steps:
             raise ValueError(f"steps must be in [1, {self.config.max_steps}] (the config's max_steps), got {steps}")
-        if cfg != 1.0 and self.num_classes == 0:
-            raise ValueError("cfg != 1 needs a class-conditional model; this one is unconditional")
-        if labels is None:
-            labels = torch.full((B,), self.null_class, dtype=torch.long, device=x_init.device)
+        self.check_guidance(cfg)
+        labels = self.labels_or_null(labels, B, x_init.device)
         heun = self.solver(solver) == "heun"
         times = time_grid(steps)
         x = x_init

@@ -155,31 +155,65 @@ def unmask_schedule(num_tokens: int, steps: int) -> list[int]:
     return generated
 
 
-class EnergyGenerator(nn.Module):
-    """A bidirectional transformer over N tokens (masked ones replaced by a learned token) + energy head."""
+class StageBase(nn.Module):
+    """What every generation stage shares beside its config: its geometry, the label embedding whose last row is the
+    null class (classifier-free guidance), the P streams' learned prefixes and aggregation (ParScale), class dropout
+    in training and the guidance check in sampling. A stage creates these parts in its own order (`make_labels`,
+    `make_streams`): the order fixes its initial weights under a seed."""
 
-    def __init__(self, config: MARConfig, num_tokens: int, token_dim: int, num_classes: int = 0, context_dim: int = 0):
+    def __init__(self, config: GeneratorConfig, num_tokens: int, token_dim: int, num_classes: int, context_dim: int):
         super().__init__()
-        self.config = cfg = config
+        self.config = config
         self.num_tokens, self.token_dim = num_tokens, token_dim
         self.num_classes, self.context_dim = num_classes, context_dim
-        d = cfg.width
-        self.token_in = nn.Linear(token_dim, d)
-        self.context_in = nn.Linear(context_dim, d) if context_dim else None
-        self.mask_token = nn.Parameter(torch.randn(d) * 0.02)
-        self.pos_embed = nn.Parameter(torch.randn(num_tokens, d) * 0.02)
-        self.class_embed = nn.Embedding(num_classes + 1, d)  # index num_classes = null / unconditional
+
+    def make_labels(self, width: int) -> None:
+        self.class_embed = nn.Embedding(self.num_classes + 1, width)  # index num_classes = null / unconditional
         nn.init.normal_(self.class_embed.weight, std=0.02)
-        P = cfg.streams
-        if P > 1:
-            self.stream_prefix, self.aggregate = stream_parts(P, cfg.prefix_len, d, cfg.agg_smoothing)
-        self.blocks = nn.ModuleList(TransformerBlock(d, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
-        self.norm = nn.LayerNorm(d)
-        self.head = EnergyHead(d, token_dim, cfg.head_width, cfg.head_depth, cfg.noise_dim)
+
+    def make_streams(self, width: int) -> None:
+        c = self.config
+        if c.streams > 1:
+            self.stream_prefix, self.aggregate = stream_parts(c.streams, c.prefix_len, width, c.agg_smoothing)
 
     @property
     def null_class(self) -> int:
         return self.num_classes
+
+    def labels_or_null(self, labels: torch.Tensor | None, batch: int, device) -> torch.Tensor:
+        if labels is None:
+            return torch.full((batch,), self.null_class, dtype=torch.long, device=device)
+        return labels
+
+    def train_labels(self, labels: torch.Tensor | None, batch: int, device) -> torch.Tensor:
+        """Training labels: the null class where none are given, else each dropped to it with `class_dropout`."""
+        if labels is None:
+            return self.labels_or_null(None, batch, device)
+        if self.config.class_dropout > 0:
+            drop = torch.rand(batch, device=device) < self.config.class_dropout
+            labels = torch.where(drop, torch.full_like(labels, self.null_class), labels)
+        return labels
+
+    def check_guidance(self, cfg: float) -> None:
+        if cfg != 1.0 and self.num_classes == 0:
+            raise ValueError("cfg != 1 needs a class-conditional model; this one is unconditional")
+
+
+class EnergyGenerator(StageBase):
+    """A bidirectional transformer over N tokens (masked ones replaced by a learned token) + energy head."""
+
+    def __init__(self, config: MARConfig, num_tokens: int, token_dim: int, num_classes: int = 0, context_dim: int = 0):
+        super().__init__(config, num_tokens, token_dim, num_classes, context_dim)
+        cfg, d = config, config.width
+        self.token_in = nn.Linear(token_dim, d)
+        self.context_in = nn.Linear(context_dim, d) if context_dim else None
+        self.mask_token = nn.Parameter(torch.randn(d) * 0.02)
+        self.pos_embed = nn.Parameter(torch.randn(num_tokens, d) * 0.02)
+        self.make_labels(d)
+        self.make_streams(d)
+        self.blocks = nn.ModuleList(TransformerBlock(d, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
+        self.norm = nn.LayerNorm(d)
+        self.head = EnergyHead(d, token_dim, cfg.head_width, cfg.head_depth, cfg.noise_dim)
 
     def draw(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """One image's randomness: the order (N,) is drawn first, then head noise (N, noise_dim)."""
@@ -189,11 +223,6 @@ class EnergyGenerator(nn.Module):
     def draw_batch(self, batch: int, device, dtype, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         noise = torch.rand(batch, self.num_tokens, self.config.noise_dim, generator=generator, device=device, dtype=dtype) - 0.5
         return noise, torch.rand(batch, self.num_tokens, generator=generator, device=device).argsort(1)
-
-    def _labels_or_null(self, labels: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor:
-        if labels is None:
-            return torch.full((batch,), self.null_class, dtype=torch.long, device=device)
-        return labels
 
     def hidden(
         self,
@@ -209,7 +238,7 @@ class EnergyGenerator(nn.Module):
         x = torch.where(known[..., None], self.token_in(tokens), self.mask_token.to(tokens.dtype)) + self.pos_embed
         if self.context_in is not None:
             x = x + self.context_in(context)
-        cls = self.class_embed(self._labels_or_null(labels, B, tokens.device))[:, None]  # (B, 1, d)
+        cls = self.class_embed(self.labels_or_null(labels, B, tokens.device))[:, None]  # (B, 1, d)
         seq = torch.cat([cls, x], dim=1)  # (B, 1 + N, d)
         if P > 1:  # P streams in one batched pass: (B * P, Lp + 1 + N, d)
             seq = prepend_stream_prefixes(seq, self.stream_prefix)
@@ -237,9 +266,7 @@ class EnergyGenerator(nn.Module):
         num_masked = torch.ceil(self._mask_ratios(B, device) * N).clamp(1, N)  # (B,)
         rank = torch.rand(B, N, device=device).argsort(1).argsort(1)  # random order per sample
         masked = rank < num_masked[:, None]  # (B, N): tokens to predict
-        if labels is not None and self.config.class_dropout > 0:
-            drop = torch.rand(B, device=device) < self.config.class_dropout
-            labels = torch.where(drop, torch.full_like(labels, self.null_class), labels)
+        labels = self.train_labels(labels, B, device)
         h = self.hidden(tokens, ~masked, labels, context)  # (B, N, d)
         noise = torch.rand(2, B, N, self.config.noise_dim, device=device, dtype=h.dtype) - 0.5
         x1, x2 = self.head(h[None].expand(2, -1, -1, -1), noise)  # two independent samples
@@ -278,11 +305,10 @@ class EnergyGenerator(nn.Module):
         """
         self.solver(solver)
         B, N = orders.shape
-        if cfg != 1.0 and self.num_classes == 0:
-            raise ValueError("cfg != 1 needs a class-conditional model; this one is unconditional")
+        self.check_guidance(cfg)
         rank = orders.argsort(1)  # rank[b, position] = when that position is generated
         tokens = noise.new_zeros(B, N, self.token_dim)
-        labels = self._labels_or_null(labels, B, noise.device)
+        labels = self.labels_or_null(labels, B, noise.device)
         generated_before = 0
         for generated in unmask_schedule(N, steps):
             known = rank < generated_before
