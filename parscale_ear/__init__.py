@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 _EXPORTS = {
     "EnergyGenerator": "generator", "EnergyHead": "energy_head", "GeneratorConfig": "generator",
