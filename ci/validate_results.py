@@ -6,11 +6,12 @@ Usage: python ci/validate_results.py DIR [--no-gates]
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 from pathlib import Path
 
 import _common
+
+from parscale_ear.files import sha256_file
 
 
 def load(folder: Path, name: str):
@@ -33,7 +34,7 @@ def check_sha256sums(root: Path) -> list[tuple[str, bool, str]]:
             continue
         digest, name = line.split(maxsplit=1)
         path = root / name.lstrip("*")
-        ok = path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == digest
+        ok = path.is_file() and sha256_file(path) == digest
         out.append((f"sha256:{name}", ok, "matches" if ok else "missing or different"))
     return out
 

@@ -17,21 +17,12 @@ from pathlib import Path
 
 import torch
 
+from .loading import weights_digest
 from .pipeline import ParScaleEAR
 
 PAIRS_PREFIX = "teacher-pairs-"  # + a digest of the teacher and the settings
 PAIRS_SEED = 0
 PAIRS_BATCH = 4096  # the noise of a pair depends on its batch's size and place: part of the key
-
-
-def weights_digest(model: torch.nn.Module) -> str:
-    """SHA-256 of a module's state (names, shapes, float32 values): what a cache of its outputs is keyed by."""
-    h = hashlib.sha256()
-    for name, value in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(str(tuple(value.shape)).encode())
-        h.update(value.detach().float().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def check_same_vae(model: ParScaleEAR, other: ParScaleEAR, what: str) -> None:

@@ -3,6 +3,7 @@ torn file), temporaries of killed writes are cleaned up by name, output folders 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -108,3 +109,12 @@ def prepare_output_folder(path: str | os.PathLike, what: str = "--out") -> Path:
     if not os.access(path, os.W_OK | os.X_OK):
         raise PermissionError(f"{what} {path}: the folder is not writable")
     return path
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -4,6 +4,7 @@ training loop, distributed set-up or data loading, so sampling and evaluation st
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -37,11 +38,19 @@ def load_checkpoint(run: str | Path) -> dict:
     return ckpt
 
 
+def weights_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of a module's state (names, shapes, float32 values): what a cache of its outputs is keyed by."""
+    h = hashlib.sha256()
+    for name, value in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(value.shape)).encode())
+        h.update(value.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def state_digest(obj) -> str:
     """SHA-256 of a checkpoint's contents (nested dicts, lists, tensors and plain values, in a fixed order): `train`
     records it, `load_checkpoint` checks it, so a damaged file is refused rather than loaded with wrong weights."""
-    import hashlib
-
     h = hashlib.sha256()
 
     def walk(x):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .files import atomic_path, prepare_output_folder, remove_stale_temporaries
+from .files import atomic_path, prepare_output_folder, remove_stale_temporaries, sha256_file
 
 FORMAT = "parscale-ear"
 FORMAT_VERSION = 1
@@ -22,14 +22,6 @@ CARD_MARK = "<!-- written by parscale-ear save_pretrained -->"
 # the embedded default model (docs: its README.md; numbers: results/fashion_mnist.json)
 DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "fmnist-32-es"
 HUB_ID = r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def config_digest(config: dict) -> str:

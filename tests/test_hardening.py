@@ -327,7 +327,7 @@ def test_fid_weights_are_checked_and_never_unpickled(tmp_path, monkeypatch):
         pickle.dump({"x": _Exploit()}, f)
     with pytest.raises(fid_mod.FIDWeightsError, match="neither a converted file"):
         fid_mod.load_inception("cpu")
-    (path.parent / (path.name + ".sha256")).write_text(fidw._sha256(path) + "\n")  # and its record too
+    (path.parent / (path.name + ".sha256")).write_text(fidw.sha256_file(path) + "\n")  # and its record too
     with pytest.raises(fid_mod.FIDWeightsError, match="cannot read"):
         fid_mod.load_inception("cpu")
     assert not (tmp_path / "pwned-by-fid-weights").exists()

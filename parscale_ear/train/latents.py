@@ -10,10 +10,9 @@ import torch
 import torch.distributed as dist
 
 from ..data import ImageData, load_dataset
-from ..distill import weights_digest
 from ..files import atomic_torch_save, prepare_output_folder, remove_stale_temporaries
 from ..images import from_uint8
-from ..loading import CHECKPOINT, METRICS, state_digest
+from ..loading import CHECKPOINT, METRICS, state_digest, weights_digest
 from ..pipeline import ParScaleEAR, ParScaleEARConfig
 from .config import CHECKPOINT_VERSION, TrainConfig
 from .distributed import Dist
