@@ -155,10 +155,11 @@ def pairs_file(folder: Path, teacher: ParScaleEAR, n: int, steps, solver: str | 
 
 
 def cached_teacher_pairs(folder: Path, teacher: ParScaleEAR, n: int, steps, solver: str | None,
-                         progress: bool = False, student: ParScaleEAR | None = None) -> Path:
-    """The file holding `teacher_pairs` (n of them at `steps` and `solver`, from seed PAIRS_SEED: a fixed data
-    set, the same for every training seed), made once in `folder` (a VAE run folder: every student trained on
-    its latents shares them) with the seconds they took; a resumed run finds exactly the same pairs."""
+                         progress: bool = False, student: ParScaleEAR | None = None) -> dict:
+    """{"key", "pairs", "seconds"}: `teacher_pairs` (n of them at `steps` and `solver`, from seed PAIRS_SEED: a fixed
+    data set, the same for every training seed) with the seconds they took, made once into `folder` (a VAE run
+    folder: every student trained on its latents shares them) and read from there after; a resumed run finds
+    exactly the same pairs. Also the file's path, as "path"."""
     from .files import atomic_torch_save, remove_stale_temporaries
 
     path, key = pairs_file(folder, teacher, n, steps, solver, student)
@@ -169,9 +170,9 @@ def cached_teacher_pairs(folder: Path, teacher: ParScaleEAR, n: int, steps, solv
         except Exception:  # a torn or foreign file is rebuilt
             cache = {}
         if isinstance(cache, dict) and cache.get("key") == key:
-            return path
+            return {**cache, "path": path}
     t0 = time.time()
     pairs = teacher_pairs(teacher, n, steps, solver, PAIRS_BATCH, PAIRS_SEED, progress, student)
-    pairs = {k: v.cpu() for k, v in pairs.items()}
-    atomic_torch_save({"key": key, "pairs": pairs, "seconds": round(time.time() - t0, 1)}, path)
-    return path
+    cache = {"key": key, "pairs": {k: v.cpu() for k, v in pairs.items()}, "seconds": round(time.time() - t0, 1)}
+    atomic_torch_save(cache, path)
+    return {**cache, "path": path}

@@ -54,13 +54,14 @@ def cached_latents(vae_run: Path, model: ParScaleEAR, data: ImageData, device: t
             cache = {}
         if isinstance(cache, dict) and cache.get("key") == key:
             return cache["latents"]
+    latents = None
     if d.main:
         remove_stale_temporaries(vae_run, (path.name,))
         latents = encode_dataset(model.vae, data.images, device, progress=progress)
         atomic_torch_save({"key": key, "latents": latents}, path)
     if d.world > 1:
         dist.barrier()
-    return torch.load(path, weights_only=True)["latents"]
+    return latents if latents is not None else torch.load(path, weights_only=True)["latents"]
 
 
 def _digest(t: torch.Tensor | None) -> str | None:

@@ -55,7 +55,7 @@ class VAETask:
     loss_keys = ("loss",)
 
     def __init__(self, model: ParScaleEAR, data: ImageData, cfg: TrainConfig, dev: torch.device, d: Dist, fresh: bool,
-                 progress: bool = False, run: Path | None = None):
+                 progress: bool = False):
         self.model, self.data, self.dev = model, data, dev
         self.part, self.step = model.vae, VAEStep(model.vae, cfg.kl_weight)
         self.inputs = data.images.to(dev)
@@ -86,10 +86,11 @@ class GeneratorTask:
     loss_keys = ("loss", "coarse", "fine")
 
     def __init__(self, model: ParScaleEAR, data: ImageData, cfg: TrainConfig, dev: torch.device, d: Dist, fresh: bool,
-                 progress: bool = False, run: Path | None = None):
+                 progress: bool = False):
         self.model, self.class_names = model, data.class_names
         model.vae.requires_grad_(False)
         self.info: dict = {}
+        source = None
         if fresh and cfg.init:
             from ..distill import check_same_vae, init_generator
 
@@ -98,7 +99,7 @@ class GeneratorTask:
             self.info["init_new_weights"] = len(init_generator(model, source))
         self.pairs = None
         if cfg.teacher:
-            self.inputs, self.pairs = None, self._teacher_pairs(cfg, dev, d, run, progress and d.main, data)
+            self.inputs, self.pairs = None, self._teacher_pairs(cfg, dev, d, progress and d.main, data, source)
             self.num_items = len(self.pairs["labels"]) if "labels" in self.pairs else cfg.pairs
         else:
             self.inputs = cached_latents(Path(cfg.vae_run), model, data, dev, d, progress and d.main).to(dev)
@@ -110,11 +111,12 @@ class GeneratorTask:
             self.labels = self.pairs.pop("labels")
         self.part, self.step = model.hybrid, GeneratorStep(model.hybrid)
 
-    def _teacher_pairs(self, cfg: TrainConfig, dev: torch.device, d: Dist, run: Path, progress: bool,
-                       data: ImageData) -> dict:
+    def _teacher_pairs(self, cfg: TrainConfig, dev: torch.device, d: Dist, progress: bool, data: ImageData,
+                       source: ParScaleEAR | None) -> dict:
         """The teacher's pairs on the device (generated once into the VAE run folder by rank 0), in the units of
         the student's token scales: a ParScale-EAR teacher's own scales, which the student takes; with a DiT
-        teacher, the scales of `--init`'s model, else those fitted on the VAE run's latents (the same on resume)."""
+        teacher, the scales of `--init`'s model (`source`, loaded again on resume), else those fitted on the VAE
+        run's latents (the same on resume)."""
         from ..distill import cached_teacher_pairs, check_same_vae, check_teacher, is_dit, pairs_file
 
         teacher = load_pipeline(None if cfg.teacher == "default" else cfg.teacher, device=dev)
@@ -122,22 +124,22 @@ class GeneratorTask:
         check_teacher(teacher, self.model)
         scales = teacher
         if is_dit(teacher) and cfg.init:
-            scales = load_pipeline(None if cfg.init == "default" else cfg.init)
+            scales = source or load_pipeline(None if cfg.init == "default" else cfg.init)
         if is_dit(teacher) and not cfg.init:
             self.model.hybrid.fit_token_scales(cached_latents(Path(cfg.vae_run), self.model, data, dev, d, progress)[:10_000])
         else:
             for name in self.model.hybrid.stages:
                 getattr(self.model.hybrid, f"{name}_std").copy_(getattr(scales.hybrid, f"{name}_std"))
-        student = self.model.to(dev) if is_dit(teacher) else None
+        student = self.model if is_dit(teacher) else None  # its token maps and scales cut the DiT's samples
         steps = None if not cfg.teacher_steps else cfg.teacher_steps[0] if len(cfg.teacher_steps) == 1 else tuple(cfg.teacher_steps)
         solver = cfg.teacher_solver or None
         folder = Path(cfg.vae_run)  # shared by every student of these latents
-        if d.main:
-            cached_teacher_pairs(folder, teacher, cfg.pairs, steps, solver, progress, student)
+        cache = cached_teacher_pairs(folder, teacher, cfg.pairs, steps, solver, progress, student) if d.main else None
         if d.world > 1:
             dist.barrier()
-        cache = torch.load(pairs_file(folder, teacher, cfg.pairs, steps, solver, student)[0], map_location="cpu",
-                           weights_only=True)
+        if cache is None:  # the other ranks read what rank 0 made
+            cache = torch.load(pairs_file(folder, teacher, cfg.pairs, steps, solver, student)[0], map_location="cpu",
+                               weights_only=True)
         pairs, self.info["pairs_seconds"] = cache["pairs"], cache.get("seconds")
         return {k: v.to(dev) if k == "labels" else v.to(dev, torch.float32) for k, v in pairs.items()}
 
