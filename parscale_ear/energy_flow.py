@@ -123,7 +123,7 @@ class EnergyFlowGenerator(StageBase):
         nn.init.zeros_(self.ada_out.bias)
         self.head = EnergyHead(d, token_dim, cfg.head_width, cfg.head_depth, cfg.noise_dim)
         self.mean_out = None
-        if cfg.has_mean_head:  # DiT-style zero-initialised output layer for the conditional mean (x0 or v)
+        if cfg.has_mean_head:  # DiT-style zero-initialised output layer for the conditional velocity v
             self.mean_out = nn.Linear(d, token_dim)
             nn.init.zeros_(self.mean_out.weight)
             nn.init.zeros_(self.mean_out.bias)

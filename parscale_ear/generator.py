@@ -117,11 +117,6 @@ class GeneratorConfig:
         if not 0 <= self.tau <= 1:
             raise ValueError(f"{type(self).__name__}: tau must be in [0, 1], got {self.tau}")
 
-    @property
-    def has_mean_head(self) -> bool:
-        """A flow stage with a mean head (FlowConfig); never a MAR stage."""
-        return False
-
 
 @dataclass
 class MARConfig(GeneratorConfig):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -34,6 +34,18 @@ def _memory_bytes() -> int:
         return 1 << 62
 
 
+def check_model_config(config: Any, generator: str, generator_cls: type) -> None:
+    """What every model config (ParScaleEARConfig, a peer's PeerConfig) checks: its LiteVAE and its generator config
+    `generator` (dicts become configs), the field types, the class count and the sampling defaults."""
+    name = type(config).__name__
+    config.vae = nested_config(LiteVAEConfig, config.vae, f"{name}.vae")
+    setattr(config, generator, nested_config(generator_cls, getattr(config, generator), f"{name}.{generator}"))
+    check_field_types(config)
+    check_int(config.num_classes, f"{name}.num_classes", minimum=0)
+    check_real(config.cfg, f"{name}.cfg", minimum=0.0)
+    check_real(config.temperature, f"{name}.temperature", minimum=0.0)
+
+
 @dataclass
 class ParScaleEARConfig:
     name: str = "custom"
@@ -44,12 +56,7 @@ class ParScaleEARConfig:
     temperature: float = 1.0  # default temperature (scales the head's adaLN shift, EAR; with a mean head the residual, 0 = the mean path)
 
     def __post_init__(self):
-        self.vae = nested_config(LiteVAEConfig, self.vae, "ParScaleEARConfig.vae")
-        self.hybrid = nested_config(HybridConfig, self.hybrid, "ParScaleEARConfig.hybrid")
-        check_field_types(self)
-        check_int(self.num_classes, "ParScaleEARConfig.num_classes", minimum=0)
-        check_real(self.cfg, "ParScaleEARConfig.cfg", minimum=0.0)
-        check_real(self.temperature, "ParScaleEARConfig.temperature", minimum=0.0)
+        check_model_config(self, "hybrid", HybridConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

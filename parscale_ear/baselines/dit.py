@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..checks import check_field_types, check_int, check_real, nested_config
-from ..pipeline import ParScaleEAR
+from ..checks import check_field_types, check_int, check_real
+from ..pipeline import ParScaleEAR, check_model_config
 from ..solvers import check_solver, solver_passes, time_grid
 from ..vae import LiteVAEConfig
 
@@ -87,12 +87,7 @@ class PeerConfig:
     temperature: float = 1.0  # scales x_1 (1 = the model's distribution)
 
     def __post_init__(self):
-        self.vae = nested_config(LiteVAEConfig, self.vae, "PeerConfig.vae")
-        self.dit = nested_config(DiTConfig, self.dit, "PeerConfig.dit")
-        check_field_types(self)
-        check_int(self.num_classes, "PeerConfig.num_classes", minimum=0)
-        check_real(self.cfg, "PeerConfig.cfg", minimum=0.0)
-        check_real(self.temperature, "PeerConfig.temperature", minimum=0.0)
+        check_model_config(self, "dit", DiTConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
