@@ -280,6 +280,9 @@ def test_the_api_raises_value_and_type_errors_naming_the_argument(tmp_path):
     with pytest.raises(ValueError, match="class_dropout must be in"):
         pe.create_model("tiny-32", class_dropout=-5.0)
     assert pe.ParScaleEAR.from_pretrained("fmnist-32-es").config.name == "fmnist-32-es"  # a shipped model by name
+    with pytest.raises(FileNotFoundError, match=r"no trained weights ship for the preset 'fmnist-32-vflow-s' "
+                       r"\(shipped: fmnist-32-es\); create_model"):
+        pe.ParScaleEAR.from_pretrained("fmnist-32-vflow-s")  # a preset's name, not a folder: says what ships
 
 
 def test_fid_weights_convert_only_the_known_torchscript(tmp_path):
