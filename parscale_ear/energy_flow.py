@@ -24,7 +24,7 @@ from .checks import check_int, check_real
 from .energy_head import EnergyHead, energy_score_samples
 from .generator import GeneratorConfig, StageBase
 from .layers import AdaLNBlock, modulate, prepend_stream_prefixes, timestep_embedding
-from .solvers import check_solver, ddim_step, time_grid
+from .solvers import check_solver, ddim_step, heun_step, time_grid
 
 TIME_DIM = 256  # sinusoidal features of t
 
@@ -329,6 +329,8 @@ class EnergyFlowGenerator(StageBase):
         tt, tn = torch.full((B,), t, device=x.device), torch.full((B,), t_next, device=x.device)
         x0 = self.mean_x0(h, x, tt).to(x.dtype)
         v = (x - x0) / t  # dx/dt of x_t = (1 - t) x0 + t eps along the predicted line
-        x_euler = x + (t_next - t) * v
-        x0_next = self.mean_x0(self._guided_hidden(x_euler, tn, xb, labels, context, cfg), x_euler, tn).to(x.dtype)
-        return x + (t_next - t) * 0.5 * (v + (x_euler - x0_next) / t_next)
+
+        def velocity_at(y, s):
+            return (y - self.mean_x0(self._guided_hidden(y, tn, xb, labels, context, cfg), y, tn).to(y.dtype)) / s
+
+        return heun_step(x, v, t, t_next, velocity_at)

@@ -36,3 +36,14 @@ def ddim_step(x, x0, t: float, t_next: float):
         return x0
     eps = (x - (1 - t) * x0) / t
     return (1 - t_next) * x0 + t_next * eps
+
+
+def euler_step(x, v, t: float, t_next: float):
+    """x at t' by one Euler step of dx/dt = v."""
+    return x + (t_next - t) * v
+
+
+def heun_step(x, v, t: float, t_next: float, velocity_at):
+    """x at t' by Heun's rule: the mean of v at t and `velocity_at(x', t')` at the Euler estimate x' (a second pass;
+    not for t' = 0, where a velocity is undefined for the x0-predicting stages)."""
+    return x + (t_next - t) * 0.5 * (v + velocity_at(euler_step(x, v, t, t_next), t_next))

@@ -24,7 +24,7 @@ from torch import nn
 
 from ..checks import check_field_types, check_int, check_real
 from ..pipeline import ParScaleEAR, check_model_config
-from ..solvers import check_solver, solver_passes, time_grid
+from ..solvers import check_solver, euler_step, heun_step, solver_passes, time_grid
 from ..vae import LiteVAEConfig
 
 OBJECTIVES = ("flow", "meanflow")
@@ -276,9 +276,9 @@ class DiTBaseline(nn.Module):
             t, t_next = times[k], times[k + 1]
             v = self._guided(x, t, labels, cfg, t_next if meanflow else None)
             if heun and t_next > 0:
-                x_pred = x + (t_next - t) * v
-                v = 0.5 * (v + self._guided(x_pred, t_next, labels, cfg))
-            x = x + (t_next - t) * v
+                x = heun_step(x, v, t, t_next, lambda y, s: self._guided(y, s, labels, cfg))
+            else:
+                x = euler_step(x, v, t, t_next)
         return x * self.latent_std
 
     def passes(self, steps: int, temperature: float = 0.0, solver: str | None = None) -> int:
