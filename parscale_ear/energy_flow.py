@@ -325,12 +325,9 @@ class EnergyFlowGenerator(StageBase):
 
     def _heun_step(self, x, h, t: float, t_next: float, xb, labels, context, cfg: float) -> torch.Tensor:
         """x at t_next by Heun's rule on the mean path: the mean of the velocities at t and at the Euler estimate."""
-        B = x.shape[0]
-        tt, tn = torch.full((B,), t, device=x.device), torch.full((B,), t_next, device=x.device)
-        x0 = self.mean_x0(h, x, tt).to(x.dtype)
-        v = (x - x0) / t  # dx/dt of x_t = (1 - t) x0 + t eps along the predicted line
+        def velocity_at(y, s: float, h=None):  # dx/dt of x_s = (1 - s) x0 + s eps along the predicted line
+            ss = torch.full((y.shape[0],), s, device=y.device)
+            h = self._guided_hidden(y, ss, xb, labels, context, cfg) if h is None else h
+            return (y - self.mean_x0(h, y, ss).to(y.dtype)) / s
 
-        def velocity_at(y, s):
-            return (y - self.mean_x0(self._guided_hidden(y, tn, xb, labels, context, cfg), y, tn).to(y.dtype)) / s
-
-        return heun_step(x, v, t, t_next, velocity_at)
+        return heun_step(x, velocity_at(x, t, h), t, t_next, velocity_at)
