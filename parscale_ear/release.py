@@ -49,16 +49,17 @@ def load_module_state(module: torch.nn.Module, state: dict, source: str) -> None
 
 def resolve(name: str | Path, revision: str | None = None) -> Path:
     """A local folder as given, a model shipped inside the package by name, or the snapshot folder of a Hub id."""
-    if isinstance(name, str) and not Path(name).exists() and (DEFAULT_MODEL.parent / name / CONFIG_NAME).is_file():
-        return DEFAULT_MODEL.parent / name
     path = Path(name)
     if isinstance(name, str) and not path.exists():
+        shipped = DEFAULT_MODEL.parent
+        if (shipped / name / CONFIG_NAME).is_file():
+            return shipped / name
         from .presets import PEER_NAMES, list_models
 
         if name in list_models():  # a preset's name: weights ship only for the models in weights/
-            shipped = sorted(p.name for p in DEFAULT_MODEL.parent.iterdir() if (p / CONFIG_NAME).is_file())
+            names = sorted(p.name for p in shipped.iterdir() if (p / CONFIG_NAME).is_file())
             raise FileNotFoundError(f"from_pretrained: no trained weights ship for the preset {name!r} (shipped: "
-                                    f"{', '.join(shipped)}); create_model({name!r}) builds it untrained, "
+                                    f"{', '.join(names)}); create_model({name!r}) builds it untrained, "
                                     f"`parscale-ear train --{'peer' if name in PEER_NAMES else 'preset'} {name}` trains it")
     if path.exists() or not isinstance(name, str) or not re.fullmatch(HUB_ID, name):
         return path
