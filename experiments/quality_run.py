@@ -41,6 +41,7 @@ p.add_argument("--device", default="cuda")
 p.add_argument("--batch-size", type=int, default=256)
 p.add_argument("--lr", type=float, default=4e-4)
 p.add_argument("--ema-decay", type=float, default=0.999)
+p.add_argument("--warmup-steps", type=int, default=100, help="linear learning-rate warm-up steps")
 p.add_argument("--head-lr-ratio", type=float, default=0.25, help="energy head lr / --lr (EAR: 0.25)")
 p.add_argument("--compile", action="store_true", help="torch.compile the training step (its compile time counts in --minutes)")
 p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
@@ -74,6 +75,7 @@ else:
     if (args.minutes is None) == (args.steps is None):
         sys.exit("quality_run: training needs exactly one of --minutes and --steps")
     done = quality.train_for_minutes(config, args.vae, args.minutes, out, device, steps=args.steps,
+                                     warmup_steps=args.warmup_steps,
                                      batch_size=args.batch_size, lr=args.lr,
                                      ema_decay=args.ema_decay, head_lr_ratio=args.head_lr_ratio, seed=args.seed,
                                      compile=args.compile, init=args.init, teacher=args.teacher, pairs=args.pairs,

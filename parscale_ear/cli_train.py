@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from .cli import _overrides, _steps, resolve_device
+from .presets import PEER_NAMES
 
 # flags that define a run (its recipe): a resumed run keeps its own, and one given that differs is refused
 RUN_DEFAULTS = {"vae": dict(batch_size=256, lr=1e-3, ema_decay=0.999), "generator": dict(batch_size=1024, lr=8e-4, ema_decay=0.999)}
@@ -54,8 +55,8 @@ def add_train_commands(sub) -> None:
     p.add_argument("--mode", choices=["full", "no_coarse", "no_fine"], default=None, help="hybrid mode (ablations)")
     p.add_argument("--streams", type=int, default=None, help="ParScale streams P of every stage")
     p.add_argument("--preset", default=None, help="generator design from this preset (default: the VAE run's)")
-    p.add_argument("--peer", choices=["dit-s", "dit-b", "meanflow-s"], default=None,
-                   help="train a peer instead of ParScale-EAR: the DiT flow peer (dit-s, dit-b: diffusers, rectified "
+    p.add_argument("--peer", choices=list(PEER_NAMES), default=None,
+                   help="train a peer instead of ParScale-EAR: the DiT flow peer (dit-xs, dit-s, dit-b: diffusers, rectified "
                         "flow) or the one-step MeanFlow peer on the same DiT-S/2 (meanflow-s)")
     p.add_argument("--init", default=None,
                    help="start from this release or run folder's generator weights ('default': the embedded model)")

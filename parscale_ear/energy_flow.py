@@ -58,6 +58,9 @@ class FlowConfig(GeneratorConfig):
     # around the detached mean) or "energy" (the energy score of the drawn x0 = mean + residual trains the whole
     # stage, every gradient kept; mean_weight then weights an optional velocity MSE beside it)
     objective: str = "flow"
+    # False: a plain flow stage, the mean head alone (trained by the velocity MSE, sampled at temperature 0): no
+    # energy head and no residual draws, so a teacher pays nothing for a head its sampler never uses
+    energy_head: bool = True
 
     def __post_init__(self):
         super().__post_init__()
@@ -90,6 +93,9 @@ class FlowConfig(GeneratorConfig):
                              "corrects the mean path")
         if not 0 <= self.one_step_prob <= 1:
             raise ValueError(f"FlowConfig: one_step_prob must be in [0, 1], got {self.one_step_prob}")
+        if not self.energy_head and (self.objective != "flow" or self.mean_weight <= 0 or self.residual_blocks):
+            raise ValueError("FlowConfig: energy_head False (a plain flow stage) needs objective 'flow', mean_weight > 0 "
+                             "and residual_blocks 0")
 
     @property
     def has_mean_head(self) -> bool:
@@ -121,7 +127,7 @@ class EnergyFlowGenerator(StageBase):
         self.ada_out = nn.Linear(d, 2 * d)
         nn.init.zeros_(self.ada_out.weight)
         nn.init.zeros_(self.ada_out.bias)
-        self.head = EnergyHead(d, token_dim, cfg.head_width, cfg.head_depth, cfg.noise_dim)
+        self.head = EnergyHead(d, token_dim, cfg.head_width, cfg.head_depth, cfg.noise_dim) if cfg.energy_head else None
         self.mean_out = None
         if cfg.has_mean_head:  # DiT-style zero-initialised output layer for the conditional velocity v
             self.mean_out = nn.Linear(d, token_dim)
@@ -214,6 +220,9 @@ class EnergyFlowGenerator(StageBase):
         t = self._times(B, device)
         eps = torch.randn_like(tokens) if noise is None else noise.to(tokens.dtype)
         x_t = (1 - t[:, None, None]) * tokens + t[:, None, None] * eps
+        if self.head is None:  # a plain flow stage: the rectified-flow loss on v = eps - x0 alone
+            h = self.hidden(x_t, t, None, labels, context)
+            return c.mean_weight * torch.nn.functional.mse_loss(self.mean_out(h).float(), (eps - tokens).float())
         m = c.samples
         xi = torch.rand(m * B, N, c.noise_dim, device=device) - 0.5
         target = tokens.float()
@@ -283,6 +292,9 @@ class EnergyFlowGenerator(StageBase):
         if not 1 <= steps <= self.config.max_steps:
             raise ValueError(f"steps must be in [1, {self.config.max_steps}] (the config's max_steps), got {steps}")
         self.check_guidance(cfg)
+        if temperature > 0 and self.head is None:
+            raise ValueError(f"temperature {temperature:g}: this stage has no energy head (energy_head False) and samples "
+                             "its flow's mean path only; use temperature 0")
         labels = self.labels_or_null(labels, B, x_init.device)
         heun = self.solver(solver) == "heun"
         times = time_grid(steps)

@@ -189,7 +189,7 @@ _PRESETS: dict[str, Callable[[], ParScaleEARConfig]] = {
 }
 
 # The peers, models of their own (baselines/dit.py): a DiT of PEERS on the Fashion-MNIST LiteVAE's latents.
-PEER_NAMES = ("dit-s", "dit-b", "meanflow-s")
+PEER_NAMES = ("dit-xs", "dit-s", "dit-b", "meanflow-s")
 
 
 def peer_config(name: str, vae: LiteVAEConfig | None = None, num_classes: int = 10) -> Any:
@@ -290,7 +290,7 @@ def create_model(name: str, /, **overrides: Any) -> ParScaleEAR:
 
 def recipe_config(recipe: str, vae_config: ParScaleEARConfig, overrides: dict | None = None) -> Any:
     """The model of a named recipe on a VAE run's VAE: a preset's generator (and sampling defaults), or
-    a peer model (dit-s, dit-b, meanflow-s) on that VAE, with create_model-style overrides."""
+    a peer model (`PEER_NAMES`) on that VAE, with create_model-style overrides."""
     if recipe in PEER_NAMES:
         config = peer_config(recipe, vae_config.vae, vae_config.num_classes)
     else:

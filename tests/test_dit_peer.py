@@ -118,3 +118,12 @@ def test_stored_configs_load_as_the_model_they_describe():
         PeerConfig.from_dict({**peer.to_dict(), "streams": 2})
     with pytest.raises(ValueError, match="expected a dict"):
         config_from_dict([1, 2])
+
+
+def test_the_equal_size_peer_matches_our_generators_size():
+    """dit-xs: 10 layers, 192 wide, patch 2 on the Fashion-MNIST latents: 7.6M parameters, about the size of
+    ParScale-EAR's Fashion-MNIST generators (6.3M), so the two compare at equal size."""
+    model = pe.create_model("dit-xs")
+    dit = model.hybrid.dit
+    assert len(dit.transformer_blocks) == 10 and dit.config.num_attention_heads * dit.config.attention_head_dim == 192
+    assert 7.4e6 < model.num_parameters()["generator"] < 7.8e6

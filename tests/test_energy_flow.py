@@ -390,3 +390,30 @@ def test_one_config_per_stage_kind():
         pe.create_model("tiny-32", hybrid={"fine": {"samples": 4}})  # a flow field on a MAR stage
     model = pe.create_model("tiny-32", hybrid={"fine": {"kind": "flow", "max_steps": 4}})  # the stage changes kind
     assert isinstance(model.config.hybrid.fine, pe.FlowConfig) and model.config.hybrid.fine.width == 32
+
+
+def test_a_plain_flow_stage_has_no_energy_head_and_learns_the_velocity_alone():
+    torch.manual_seed(0)
+    stage = v_stage(energy_head=False, one_step_prob=0.0, solver="heun")
+    model = perturb_(pe.create_model("tiny-32-flow", streams=1, hybrid={"coarse": stage, "fine": dict(stage)}))
+    fine = model.hybrid.fine
+    assert fine.head is None and not any(".head." in f".{n}" for n, _ in model.named_parameters())
+    latents = torch.randn(6, 4, 16, 16)
+    model.hybrid.fit_token_scales(latents)
+    losses = model.hybrid.loss(latents, torch.arange(6))
+    losses["loss"].backward()
+    dead = [n for n, p in model.hybrid.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert torch.isfinite(losses["loss"]) and dead == []
+    model.eval()
+    images = model.generate(2, labels=[0, 1], steps=(2, 2), temperature=0.0, seed=0)
+    assert images.shape == (2, 1, 32, 32) and torch.isfinite(images).all()
+    assert model.hybrid.passes((2, 2), 0.0) == 6  # Heun: 2 steps - 1 passes a stage
+    with pytest.raises(ValueError, match="no energy head"):
+        model.generate(2, labels=[0, 1], steps=(2, 2), temperature=0.5, seed=0)
+
+
+@pytest.mark.parametrize("bad", [dict(objective="energy", mean_weight=0.0), dict(mean_weight=0.0),
+                                 dict(residual_blocks=1)])
+def test_a_plain_flow_stage_refuses_what_needs_the_head(bad):
+    with pytest.raises(ValueError, match="energy_head False"):
+        pe.create_model("tiny-32-flow", hybrid={"fine": {**v_stage(energy_head=False), **bad}})

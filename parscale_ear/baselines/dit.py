@@ -69,6 +69,8 @@ class DiTConfig:
 
 PEERS = {  # DiT sizes (Peebles & Xie, Table 1); the latent and patch 2 follow the VAE
     "dit-s": DiTConfig(num_layers=12, heads=6, head_dim=64),
+    # the size of ParScale-EAR's Fashion-MNIST generators (7.6M parameters on 4x16x16 latents): 10 layers, 192 wide
+    "dit-xs": DiTConfig(num_layers=10, heads=3, head_dim=64),
     "dit-b": DiTConfig(num_layers=12, heads=12, head_dim=64),
     # MeanFlow's ImageNet recipe: (r, t) from logit-normal(-0.4, 1), 25% of pairs with r != t, p = 1
     "meanflow-s": DiTConfig(num_layers=12, heads=6, head_dim=64, objective="meanflow", steps=1, logit_normal_mean=-0.4),
