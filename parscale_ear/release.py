@@ -22,6 +22,14 @@ CARD_MARK = "<!-- written by parscale-ear save_pretrained -->"
 # the embedded default model (docs: its README.md; numbers: results/fashion_mnist.json)
 DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "fmnist-32-es"
 HUB_ID = r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*"
+# fields a release's config must hold: left out, their defaults would silently change how the model samples
+REQUIRED_FIELDS = {"": ("num_classes", "vae", "cfg", "temperature"),
+                   "hybrid": ("mode", "coarse", "fine", "coarse_steps", "fine_steps"), "dit": ("objective", "steps", "solver")}
+
+
+def shipped_models() -> list[str]:
+    """Names of the models whose trained weights ship inside the package (weights/NAME)."""
+    return sorted(p.name for p in DEFAULT_MODEL.parent.iterdir() if (p / CONFIG_NAME).is_file())
 
 
 def config_digest(config: dict) -> str:
@@ -35,6 +43,10 @@ def load_module_state(module: torch.nn.Module, state: dict, source: str) -> None
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     wrong = [f"{k}: expected {tuple(own[k].shape)}, got {tuple(state[k].shape)}" for k in own
              if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    kinds = [f"{k} is {state[k].dtype}, expected {'a floating-point' if own[k].is_floating_point() else 'an integer'} "
+             f"tensor" for k in own if k in state and own[k].is_floating_point() != state[k].is_floating_point()]
+    if kinds:
+        raise ValueError(f"{source}: " + kinds[0] + (f" (+{len(kinds) - 1} more)" if len(kinds) > 1 else ""))
     if missing or unexpected or wrong:
         parts = []
         if missing:
@@ -51,15 +63,13 @@ def resolve(name: str | Path, revision: str | None = None) -> Path:
     """A local folder as given, a model shipped inside the package by name, or the snapshot folder of a Hub id."""
     path = Path(name)
     if isinstance(name, str) and not path.exists():
-        shipped = DEFAULT_MODEL.parent
-        if (shipped / name / CONFIG_NAME).is_file():
-            return shipped / name
+        if name in shipped_models():
+            return DEFAULT_MODEL.parent / name
         from .presets import PEER_NAMES, list_models
 
         if name in list_models():  # a preset's name: weights ship only for the models in weights/
-            names = sorted(p.name for p in shipped.iterdir() if (p / CONFIG_NAME).is_file())
             raise FileNotFoundError(f"from_pretrained: no trained weights ship for the preset {name!r} (shipped: "
-                                    f"{', '.join(names)}); create_model({name!r}) builds it untrained, "
+                                    f"{', '.join(shipped_models())}); create_model({name!r}) builds it untrained, "
                                     f"`parscale-ear train --{'peer' if name in PEER_NAMES else 'preset'} {name}` trains it")
     if path.exists() or not isinstance(name, str) or not re.fullmatch(HUB_ID, name):
         return path
@@ -93,11 +103,12 @@ def save_release(model, directory: str | Path, dtype: torch.dtype | None = None)
     if (directory / "checkpoint.pt").exists():
         raise FileExistsError(f"save_pretrained: {directory} holds a training run (checkpoint.pt); write the release "
                               f"into a folder of its own")
-    prepare_output_folder(directory, "save_pretrained:")
-    remove_stale_temporaries(directory, (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME))
     params = {k for k, _ in model.named_parameters()}
     state = {k: (v.to(dtype) if dtype is not None and k in params else v).detach().contiguous().cpu()
              for k, v in model.state_dict().items()}
+    _check_finite_weights(state, dtype)
+    prepare_output_folder(directory, "save_pretrained:")
+    remove_stale_temporaries(directory, (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME))
     with atomic_path(directory / WEIGHTS_NAME) as tmp:  # weights first: a config never points at missing weights
         save_file(state, str(tmp), metadata={"format": FORMAT})
         weights_sha256 = sha256_file(tmp)
@@ -111,6 +122,17 @@ def save_release(model, directory: str | Path, dtype: torch.dtype | None = None)
         with atomic_path(card) as tmp:
             tmp.write_text(model_card(model, dtype))
     return directory
+
+
+def _check_finite_weights(state: dict[str, torch.Tensor], dtype: torch.dtype | None) -> None:
+    """A one-line ValueError naming the first tensor that holds NaN or Inf as it would be stored (a value beyond
+    float16's range of +-65504 becomes Inf), before anything is written."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        stored = str(dtype or torch.float32).replace("torch.", "")
+        raise ValueError(f"save_pretrained: {bad[0]} holds NaN or Inf as {stored}" + (f" (+{len(bad) - 1} more)" if
+                         len(bad) > 1 else "") + "; nothing was written" + ("" if dtype in (None, torch.float32) else
+                         " (values beyond the dtype's range become Inf: store float32 or bfloat16)"))
 
 
 def model_card(model, dtype: torch.dtype | None = None) -> str:
@@ -131,10 +153,14 @@ def model_card(model, dtype: torch.dtype | None = None) -> str:
             f"Quality and speed numbers belong in this card only with the command that measured them.\n")
 
 
-def _read_meta(config_path: Path) -> dict:
-    """config.json's contents, checked: the format, its version, a config object matching its digest."""
+def read_meta(config_path: Path) -> dict:
+    """config.json's contents, checked: the format, its version, both digests, a config object matching its digest
+    and holding the fields that set how the model samples."""
     try:
         meta = json.loads(config_path.read_text())
+    except UnicodeDecodeError:
+        raise ValueError(f"from_pretrained: {config_path} is not a text file (expected the JSON that "
+                         f"save_pretrained writes)") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"from_pretrained: {config_path} is not valid JSON ({e})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or "config" not in meta:
@@ -146,10 +172,26 @@ def _read_meta(config_path: Path) -> dict:
         raise ValueError(f"from_pretrained: format_version {version} is newer than this library's {FORMAT_VERSION}")
     if not isinstance(meta["config"], dict):
         raise ValueError(f"from_pretrained: {config_path}: 'config' must be a JSON object")
-    if "config_sha256" in meta and meta["config_sha256"] != config_digest(meta["config"]):
+    lacking = [k for k in ("weights_sha256", "config_sha256") if not isinstance(meta.get(k), str)]
+    if lacking:
+        raise ValueError(f"from_pretrained: {config_path} records no {' or '.join(lacking)} (save_pretrained always "
+                         f"writes both); it was edited or damaged, and is refused")
+    if meta["config_sha256"] != config_digest(meta["config"]):
         raise ValueError(f"from_pretrained: {config_path}: the config does not match its recorded digest (the file was "
                          f"edited or damaged)")
+    _check_required_fields(meta["config"], config_path)
     return meta
+
+
+def _check_required_fields(config: dict, config_path: Path) -> None:
+    """A one-line ValueError naming the fields of REQUIRED_FIELDS the stored config lacks."""
+    generator = "dit" if config.get("dit") is not None else "hybrid"
+    missing = [k for k in (*REQUIRED_FIELDS[""], generator) if k not in config]
+    if isinstance(config.get(generator), dict):
+        missing += [f"{generator}.{k}" for k in REQUIRED_FIELDS[generator] if k not in config[generator]]
+    if missing:
+        raise ValueError(f"from_pretrained: {config_path}: the config lacks {', '.join(missing)}; their defaults "
+                         f"could change how the model samples, so it is refused")
 
 
 def load_release(cls, directory, device: torch.device, revision: str | None = None):
@@ -157,13 +199,12 @@ def load_release(cls, directory, device: torch.device, revision: str | None = No
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-
     directory = resolve(directory, revision)
     config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
     for p in (config_path, weights_path):
         if not p.is_file():
             raise FileNotFoundError(f"from_pretrained: {p} not found (expected a folder written by save_pretrained)")
-    meta = _read_meta(config_path)
+    meta = read_meta(config_path)
     try:
         from .presets import build_model, config_from_dict
 
@@ -174,7 +215,7 @@ def load_release(cls, directory, device: torch.device, revision: str | None = No
         state = load_file(str(weights_path))
     except (SafetensorError, OSError) as e:
         raise ValueError(f"from_pretrained: cannot read {weights_path} ({e})") from None
-    if "weights_sha256" in meta and meta["weights_sha256"] != sha256_file(weights_path):
+    if meta["weights_sha256"] != sha256_file(weights_path):
         raise ValueError(f"from_pretrained: {weights_path} does not match the digest in {CONFIG_NAME} (the file was "
                          f"changed or damaged)")
     model.load_weights(state, source=str(weights_path))
