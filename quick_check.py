@@ -103,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import torch
     import parscale_ear as pe
+    from parscale_ear.args import set_cpu_threads
 
+    set_cpu_threads()  # the CLI's CPU threads (README: "CPU threads")
     t_start = time.perf_counter()
     torch.manual_seed(0)
     names = check("registry", "list_models", lambda: pe.list_models(peers=False)) or []
