@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from .cli import _overrides, _steps, resolve_device
-from .presets import PEER_NAMES
+from .baselines import PEER_NAMES
 
 # flags that define a run (its recipe): a resumed run keeps its own, and one given that differs is refused
 RUN_DEFAULTS = {"vae": dict(batch_size=256, lr=1e-3, ema_decay=0.999), "generator": dict(batch_size=1024, lr=8e-4, ema_decay=0.999)}

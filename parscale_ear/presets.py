@@ -189,7 +189,7 @@ _PRESETS: dict[str, Callable[[], ParScaleEARConfig]] = {
 }
 
 # The peers, models of their own (baselines/dit.py): a DiT of PEERS on the Fashion-MNIST LiteVAE's latents.
-PEER_NAMES = ("dit-xs", "dit-s", "dit-b", "meanflow-s")
+from .baselines import PEER_NAMES  # noqa: E402
 
 
 def peer_config(name: str, vae: LiteVAEConfig | None = None, num_classes: int = 10) -> Any:
