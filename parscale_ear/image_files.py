@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 MAX_UNREADABLE = 0.01  # default: a run may skip up to 1% of the images it reads
@@ -67,10 +67,12 @@ def decode_image(source: str | os.PathLike | bytes, channels: int | None = None,
                 im.load()
             if image_size is not None:
                 im = fit(im, image_size)
-            array = np.asarray(im, dtype=np.uint8)
+            array = np.array(im, dtype=np.uint8)
     except ImageModeError:
         raise
-    except Exception as error:  # PIL: UnidentifiedImageError, OSError (truncated, unreadable), SyntaxError, ...
+    except UnidentifiedImageError:
+        raise DatasetError(f"cannot read image {name}: not an image file PIL can identify") from None
+    except Exception as error:  # PIL: OSError (truncated, unreadable), SyntaxError, DecompressionBombError, ...
         raise DatasetError(f"cannot read image {name}: {' '.join(str(error).split()) or type(error).__name__}") from None
     return array[:, :, None] if array.ndim == 2 else array  # (H, W, C)
 
