@@ -134,6 +134,10 @@ def _new_run(args, kind: str):
         if not data:
             raise ValueError(f"--vae {args.vae}: its checkpoint does not say what data it was trained on; pass --data")
         defaults["vae_run"] = str(args.vae)
+    if "num_classes" not in overrides:  # the data's classes, not those of the dataset the preset was made for
+        from .train.latents import with_data_classes
+
+        model_config = with_data_classes(model_config, data, given.get("max_images", 0))
     cfg = TrainConfig(kind=kind, **{**defaults, **given, "data": data}, **_schedule(args))
     return cfg, model_config
 

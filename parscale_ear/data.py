@@ -79,13 +79,14 @@ class ImageData:
         return ImageData(self.images[index], labels, list(self.class_names), self.source, identity)
 
 
-def load_dataset(source: str, split: str = "train", image_size: int = 32,
+def load_dataset(source: str, split: str = "train", image_size: int | None = 32,
                  channels: int | None = None) -> ImageData:
     """Load "fashion-mnist", or a folder (idx files, CIFAR-10 batches, images) or .npz file.
 
     `split` ("train" or "test") selects the files of Fashion-MNIST and CIFAR-10; an image folder
     or .npz file is a single split and is returned whole. `channels` forces 1 (grey) or 3 (RGB);
-    by default idx files give 1, CIFAR-10 and image folders 3, .npz what it stores.
+    by default idx files give 1, CIFAR-10 and image folders 3, .npz what it stores. `image_size` None
+    keeps the stored size (an image folder's must then be one).
     """
     check_read_options(split, image_size, channels)
     if str(source).lower() == "fashion-mnist":
@@ -108,11 +109,11 @@ def load_dataset(source: str, split: str = "train", image_size: int = 32,
     return _finish(images, labels, names, image_size, channels, str(path))
 
 
-def check_read_options(split: str, image_size: int, channels: int | None) -> None:
+def check_read_options(split: str, image_size: int | None, channels: int | None) -> None:
     """One-line errors for a split, image size or channel count that no source can give."""
     if split not in SPLITS:
         raise DatasetError(f"split must be one of {SPLITS}, got {split!r}")
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
         raise DatasetError(f"image_size must be a positive int, got {image_size!r}")
     if channels not in (None, 1, 3):
         raise DatasetError(f"channels must be 1 (grey), 3 (RGB) or None (as stored), got {channels!r}")
@@ -140,7 +141,7 @@ def dataset_summary(data: ImageData) -> str:
             f"per class: {', '.join(data.class_names[:3])}{', ...' if data.num_classes > 3 else ''})")
 
 
-def _finish(images: np.ndarray, labels: np.ndarray | None, names: list[str] | None, image_size: int,
+def _finish(images: np.ndarray, labels: np.ndarray | None, names: list[str] | None, image_size: int | None,
             channels: int | None, source: str, files: list[Path] | None = None) -> ImageData:
     """(N, H, W, C) uint8 -> ImageData with the requested size and channels; `files` (the source files, hashed)
     give its identity."""

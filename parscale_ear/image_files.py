@@ -234,15 +234,15 @@ def _channels_last(images: np.ndarray, path: Path) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- arrays
 
-def fit_arrays(images: np.ndarray, image_size: int, channels: int | None, source: str) -> np.ndarray:
-    """uint8 (N, H, W, C) -> (N, S, S, C') at `image_size` with `channels` (None: as stored); grey uses PIL's
-    ITU-R 601-2 luma; upscaling by more than 2x is refused."""
+def fit_arrays(images: np.ndarray, image_size: int | None, channels: int | None, source: str) -> np.ndarray:
+    """uint8 (N, H, W, C) -> (N, S, S, C') at `image_size` (None: as stored) with `channels` (None: as stored); grey
+    uses PIL's ITU-R 601-2 luma; upscaling by more than 2x is refused."""
     if len(images) == 0:
         raise DatasetError(f"{source} holds no images")
     if channels == 1 and images.shape[3] == 3:  # PIL's luma, in its fixed-point form
         rgb = images.astype(np.uint32)
         images = ((rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 0x8000) >> 16).astype(np.uint8)[..., None]
-    if images.shape[1:3] != (image_size, image_size):
+    if image_size is not None and images.shape[1:3] != (image_size, image_size):
         if 2 * min(images.shape[1:3]) < image_size:
             raise DatasetError(f"{source}: images are {images.shape[1]}x{images.shape[2]}; the model needs "
                                f"{image_size}x{image_size} and upscaling by more than 2x is refused (resize them first)")

@@ -37,6 +37,15 @@ def load_images(cfg: TrainConfig, config: ParScaleEARConfig) -> ImageSet:
     return open_images(cfg.data, v.image_size, v.in_channels, cfg.max_images)
 
 
+def with_data_classes(config, data: str, max_images: int = 0):
+    """`config` (a model config) with the classes of `data` (0 when unlabelled): a new run's model takes its data's
+    classes, not those of the dataset its preset was made for."""
+    import dataclasses
+
+    images = open_images(data, config.vae.image_size, config.vae.in_channels, max_images)
+    return config if images.num_classes == config.num_classes else dataclasses.replace(config, num_classes=images.num_classes)
+
+
 @torch.no_grad()
 def encode_dataset(vae, images: torch.Tensor, device: torch.device, batch: int = 500, progress: bool = False) -> torch.Tensor:
     """Scaled posterior means (N, c, h, w) of uint8 images (N, C, H, W), in float32 on the CPU."""
