@@ -160,3 +160,19 @@ def test_in_memory_sources_keep_their_fast_path(tmp_path):
     np.savez(path, images=np.zeros((6, 32, 32), np.uint8), labels=np.arange(6) % 2)
     images = open_images(str(path), 32, 1)
     assert isinstance(images, MemoryImages) and images.data.images.shape == (6, 1, 32, 32)
+
+
+def _relative_imports(path: Path) -> set[str]:
+    import ast
+
+    tree = ast.parse(path.read_text())
+    return {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level and node.module}
+
+
+def test_one_image_reader_and_the_data_modules_import_one_way():
+    package = Path(__file__).resolve().parent.parent / "parscale_ear"
+    assert _relative_imports(package / "data_formats.py") == {"image_files"}  # data -> data_formats, never back
+    assert not _relative_imports(package / "image_files.py")  # the room below data, streaming, shards and FID
+    fid_source = (package / "evaluation" / "fid.py").read_text()
+    assert "image_files" in _relative_imports(package / "evaluation" / "fid.py") and "Image.open" not in fid_source
+    assert "Image.open" not in (package / "data.py").read_text() + (package / "data_formats.py").read_text()
