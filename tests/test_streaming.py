@@ -176,3 +176,22 @@ def test_one_image_reader_and_the_data_modules_import_one_way():
     fid_source = (package / "evaluation" / "fid.py").read_text()
     assert "image_files" in _relative_imports(package / "evaluation" / "fid.py") and "Image.open" not in fid_source
     assert "Image.open" not in (package / "data.py").read_text() + (package / "data_formats.py").read_text()
+
+
+def test_a_streamed_vae_run_resumes_bit_for_bit(tmp_path):
+    import parscale_ear as pe
+    from parscale_ear.train import TrainConfig, train
+
+    root = write_folder(tmp_path / "imgs", per_class=8, size=(32, 32))
+    config = pe.get_config("tiny-32", num_classes=2)
+
+    def cfg(steps):
+        return TrainConfig(kind="vae", steps=steps, batch_size=4, lr=1e-3, warmup_steps=1, log_every=1, ckpt_every=2,
+                           data=str(root), bf16=False, samples=False, workers=1)
+
+    train(cfg(4), tmp_path / "whole", config, progress=False)
+    train(cfg(2), tmp_path / "split", config, progress=False)
+    train(cfg(4), tmp_path / "split", resume=True, progress=False)
+    whole, split = (torch.load(tmp_path / r / "checkpoint.pt", weights_only=True) for r in ("whole", "split"))
+    assert all(torch.equal(whole["model"][k], split["model"][k]) for k in whole["model"])
+    assert whole["config"]["vae"]["latent_scale"] == split["config"]["vae"]["latent_scale"]
