@@ -262,7 +262,7 @@ def test_train_for_minutes_fits_the_steps_to_the_budget_in_the_run_itself(tmp_pa
     done = quality.train_for_minutes(config, vae_run, budget, tmp_path / "run", "cpu", warmup_steps=14, batch_size=8,
                                      lr=1e-3)
     run = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert run["fitted"]["at_step"] == 14 and run["fitted"]["steps_per_s"] > 0
+    assert run["plans"][0]["at_step"] == 14 and run["fitted"]["steps_per_s"] > 0 and run["plans"][-1] == run["fitted"]
     assert done["planned_steps"] == run["fitted"]["steps"] == run["train"]["steps"] >= 28  # at least 2x the warm-up
     assert 14 < done["step"] <= done["planned_steps"] and done["wall_s"] < budget * 60 + 30
     ckpt = load_checkpoint(tmp_path / "run")
@@ -328,8 +328,13 @@ def test_fit_steps_to_budget_changes_nothing_before_the_warm_up_ends(tmp_path, n
     train(TrainConfig(steps=10**6, max_minutes=0.25, fit_steps_to_budget=True, **common), tmp_path / "fit", progress=False)
     plain, fit = losses(tmp_path / "plain"), losses(tmp_path / "fit")
     assert strip_timing(fit[:14]) == strip_timing(plain[:14])
-    steps = json.loads((tmp_path / "fit" / "run.json").read_text())["train"]["steps"]
+    run = json.loads((tmp_path / "fit" / "run.json").read_text())
+    steps = run["train"]["steps"]
     assert 28 <= steps < 10**6 and fit[-1]["step"] <= steps
+    # a second plan a fifth of the way on, from the rate measured since the warm-up's end; the run follows it
+    first, second = run["plans"]
+    assert first["at_step"] == 14 and second["at_step"] == 14 + max(14, (first["steps"] - 14) // 5)
+    assert second["steps"] == steps == run["fitted"]["steps"]
 
     cfg = TrainConfig(kind="generator", steps=10**6, warmup_steps=100, max_minutes=1.0, fit_steps_to_budget=True)
     assert train_mod.fitted_steps(100, 10.0, 30.0, cfg) == 100 + int(10.0 * 30.0 * 0.98)

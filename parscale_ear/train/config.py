@@ -31,7 +31,8 @@ class TrainConfig:
     compile: bool = False
     max_minutes: float = 0.0  # stop (and checkpoint) after this wall time; 0 = no limit
     # with max_minutes: at the end of warm-up, set `steps` from the rate measured during warm-up so the
-    # cosine decay ends at the budget (the warm-up is the same for any total, so nothing changes before)
+    # cosine decay ends at the budget (the warm-up is the same for any total, so nothing changes before), and set them
+    # again a fifth of the way on from the rate measured after the warm-up
     fit_steps_to_budget: bool = False
     data: str = "fashion-mnist"
     vae_run: str = ""  # generator runs: the VAE run folder
