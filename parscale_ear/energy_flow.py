@@ -23,6 +23,7 @@ from torch import nn
 from .checks import check_int, check_real
 from .energy_head import EnergyHead, energy_score_samples
 from .generator import GeneratorConfig, StageBase
+from .guidance import guided, mix
 from .layers import AdaLNBlock, modulate, prepend_stream_prefixes, timestep_embedding
 from .solvers import check_solver, ddim_step, heun_step, time_grid
 
@@ -314,13 +315,8 @@ class EnergyFlowGenerator(StageBase):
 
     def _guided_hidden(self, x, tt, xb, labels, context, cfg: float) -> torch.Tensor:
         """Hidden states at x_t; with cfg != 1 mixed from the labelled and the null-class pass (EAR)."""
-        if cfg == 1.0:
-            return self.hidden(x, tt, xb, labels, context)
-        null = torch.full_like(labels, self.null_class)
-        ctx = None if context is None else torch.cat([context, context])
-        h_c, h_u = self.hidden(torch.cat([x, x]), torch.cat([tt, tt]), None if xb is None else torch.cat([xb, xb]),
-                               torch.cat([labels, null]), ctx).chunk(2)
-        return cfg * h_c + (1.0 - cfg) * h_u
+        return guided(lambda y, x, tt, xb, ctx: self.hidden(x, tt, xb, y, ctx), labels, self.null_class, cfg,
+                      x, tt, xb, context)
 
     def _x0(self, h, x, tt, xi, labels, cfg: float, temperature: float, draw: bool) -> torch.Tensor:
         """A step's x0: the mean (x0 or v head) plus, when it draws, temperature x the energy head's residual;
@@ -331,7 +327,7 @@ class EnergyFlowGenerator(StageBase):
         if self.residual_noise_in is not None and draw:
             cond = self.condition(tt, labels, h.dtype)
             if cfg != 1.0:  # mixed like the hidden states
-                cond = cfg * cond + (1.0 - cfg) * self.condition(tt, torch.full_like(labels, self.null_class), h.dtype)
+                cond = mix(cond, self.condition(tt, torch.full_like(labels, self.null_class), h.dtype), cfg)
         x0 = self.mean_x0(h, x, tt)
         return x0 + temperature * self.residual(h, cond, xi) if draw else x0
 

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .energy_head import EnergyHead, energy_score_loss
+from .guidance import check_guidance, guided
 from .layers import TransformerBlock, prepend_stream_prefixes, stream_parts
 from .solvers import SOLVERS, check_solver  # noqa: F401  (SOLVERS re-exported)
 from .checks import check_field_types, check_int, check_real
@@ -190,8 +191,7 @@ class StageBase(nn.Module):
         return labels
 
     def check_guidance(self, cfg: float) -> None:
-        if cfg != 1.0 and self.num_classes == 0:
-            raise ValueError("cfg != 1 needs a class-conditional model; this one is unconditional")
+        check_guidance(cfg, self.num_classes)
 
 
 class EnergyGenerator(StageBase):
@@ -305,16 +305,11 @@ class EnergyGenerator(StageBase):
         tokens = noise.new_zeros(B, N, self.token_dim)
         labels = self.labels_or_null(labels, B, noise.device)
         generated_before = 0
+        hidden = lambda y, tokens, known, context: self.hidden(tokens, known, y, context)  # noqa: E731
         for generated in unmask_schedule(N, steps):
             known = rank < generated_before
-            if cfg != 1.0:
-                null = torch.full_like(labels, self.null_class)
-                ctx = None if context is None else torch.cat([context, context])
-                h_c, h_u = self.hidden(torch.cat([tokens, tokens]), torch.cat([known, known]), torch.cat([labels, null]), ctx).chunk(2)
-                cfg_k = 1.0 + (cfg - 1.0) * generated / N
-                h = cfg_k * h_c + (1.0 - cfg_k) * h_u
-            else:
-                h = self.hidden(tokens, known, labels, context)
+            cfg_k = cfg if cfg == 1.0 else 1.0 + (cfg - 1.0) * generated / N  # ramped in generated tokens (MAR)
+            h = guided(hidden, labels, self.null_class, cfg_k, tokens, known, context)
             new = (rank >= generated_before) & (rank < generated)  # (B, N)
             tokens = torch.where(new[..., None], self.head(h, noise, temperature).to(tokens.dtype), tokens)
             generated_before = generated

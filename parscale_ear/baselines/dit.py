@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..checks import check_field_types, check_int, check_real
+from ..guidance import check_guidance, guided
 from ..pipeline import ParScaleEAR, check_model_config
 from ..solvers import check_solver, euler_step, heun_step, solver_passes, time_grid
 from ..vae import LiteVAEConfig
@@ -252,12 +253,7 @@ class DiTBaseline(nn.Module):
         B = x.shape[0]
         tt = torch.full((B,), t, device=x.device, dtype=x.dtype)
         extra = () if r is None else (torch.full((B,), r, device=x.device, dtype=x.dtype),)  # meanflow's r
-        if cfg == 1.0:
-            return self.velocity(x, tt, labels, *extra)
-        null = torch.full_like(labels, self.num_classes)
-        v_c, v_u = self.velocity(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([labels, null]),
-                                 *(torch.cat([a, a]) for a in extra)).chunk(2)
-        return v_u + cfg * (v_c - v_u)
+        return guided(lambda y, x, tt, *r: self.velocity(x, tt, y, *r), labels, self.num_classes, cfg, x, tt, *extra)
 
     @torch.no_grad()
     def sample(self, noise: dict, labels: torch.Tensor | None = None, steps: tuple[int, int] | None = None,
@@ -268,8 +264,7 @@ class DiTBaseline(nn.Module):
         heun = self.check_solver(solver) == "heun"
         (x,) = noise["dit"]
         steps = (steps or self.default_steps())[-1]
-        if cfg != 1.0 and self.num_classes == 0:
-            raise ValueError("cfg != 1 needs a class-conditional model; this one is unconditional")
+        check_guidance(cfg, self.num_classes)
         labels = self._labels(labels, x.shape[0], x.device)
         meanflow = self.config.objective == "meanflow"
         times = time_grid(steps, self.config.time_shift)

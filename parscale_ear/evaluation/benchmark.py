@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..fast import _capture
+from ..guidance import mix
 from ..pipeline import ParScaleEAR
 
 
@@ -168,7 +169,7 @@ def time_dit_xl(batch: int, device: torch.device, steps: int = 250, cfg: float =
     @torch.no_grad()
     def step():
         out = dit(x.repeat(rows, 1, 1, 1), timestep=t, class_labels=labels, return_dict=False)[0][:, :4]
-        guided = out if rows == 1 else out[batch:] + cfg * (out[:batch] - out[batch:])
+        guided = out if rows == 1 else mix(out[:batch], out[batch:], cfg)
         x.sub_(guided / steps)
 
     @torch.no_grad()
