@@ -14,7 +14,7 @@ import importlib
 __version__ = "0.3.0"
 
 _EXPORTS = {
-    "EnergyGenerator": "generator", "EnergyHead": "energy_head", "GeneratorConfig": "generator",
+    "EnergyGenerator": "generator", "EnergyHead": "energy_head", "GeneratorConfig": "stage",
     "MARConfig": "generator", "FlowConfig": "energy_flow",
     "CoarseFineHybrid": "hybrid", "HybridConfig": "hybrid",
     "energy_score_loss": "energy_head",

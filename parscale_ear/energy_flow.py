@@ -22,10 +22,10 @@ from torch import nn
 
 from .checks import check_int, check_real
 from .energy_head import EnergyHead, energy_score_samples
-from .generator import GeneratorConfig, StageBase
 from .guidance import guided, mix
 from .layers import AdaLNBlock, modulate, prepend_stream_prefixes, timestep_embedding
 from .solvers import check_solver, ddim_step, heun_step, time_grid
+from .stage import GeneratorConfig, StageBase
 
 TIME_DIM = 256  # sinusoidal features of t
 

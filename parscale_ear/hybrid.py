@@ -1,6 +1,6 @@
 """The coarse/fine hybrid: a coarse stage for global structure on the pooled grid and a fine stage
-for the local residual on the full grid, each a generation stage (EnergyGenerator or
-EnergyFlowGenerator).
+for the local residual on the full grid, each a generation stage of a kind of stage_kinds.py (the flow stage
+EnergyFlowGenerator or the masked autoregressive EnergyGenerator).
 
 Coarse tokens + continuous residual after HART (Tang et al., arXiv 2410.10812), here both continuous.
 A mode names an ordered list of stages (`STAGE_LISTS`), each with its token mapping and context
@@ -19,8 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .generator import EnergyGenerator, GeneratorConfig, MARConfig
-from .checks import check_field_types, check_int, nested_config
+from .checks import check_field_types, check_int
+from .generator import MARConfig
+from .stage import GeneratorConfig
+from .stage_kinds import make_stage, stage_config
 
 
 # ----------------------------------------------------------------------------- stages
@@ -55,8 +57,8 @@ class HybridConfig:
     fine_steps: int = 1  # default steps of the fine stage (1 = one parallel pass)
 
     def __post_init__(self):
-        self.coarse = nested_config(GeneratorConfig, self.coarse, "HybridConfig.coarse")
-        self.fine = nested_config(GeneratorConfig, self.fine, "HybridConfig.fine")
+        self.coarse = stage_config(self.coarse, "HybridConfig.coarse")
+        self.fine = stage_config(self.fine, "HybridConfig.fine")
         check_field_types(self)
         check_int(self.pool, "HybridConfig.pool")
         check_int(self.fine_patch, "HybridConfig.fine_patch")
@@ -101,15 +103,6 @@ def split_coarse_fine(latents: torch.Tensor, pool: int) -> tuple[torch.Tensor, t
 def merge_coarse_fine(coarse: torch.Tensor, fine: torch.Tensor, pool: int) -> torch.Tensor:
     """Inverse of `split_coarse_fine`."""
     return F.interpolate(coarse, scale_factor=pool, mode="nearest") + fine
-
-
-def make_stage(config: GeneratorConfig, num_tokens: int, token_dim: int, num_classes: int, context_dim: int = 0) -> nn.Module:
-    """The generation stage of `config.kind`: 'mar' (EnergyGenerator) or 'flow' (EnergyFlowGenerator)."""
-    if config.kind == "flow":
-        from .energy_flow import EnergyFlowGenerator
-
-        return EnergyFlowGenerator(config, num_tokens, token_dim, num_classes, context_dim)
-    return EnergyGenerator(config, num_tokens, token_dim, num_classes, context_dim)
 
 
 # ----------------------------------------------------------------------------- module

@@ -8,6 +8,8 @@ from .energy_flow import FlowConfig
 from .generator import MARConfig
 from .hybrid import HybridConfig
 from .pipeline import ParScaleEAR, ParScaleEARConfig
+from .stage import GeneratorConfig
+from .stage_kinds import as_kind, upgrade
 from .vae import LiteVAEConfig
 
 
@@ -233,11 +235,12 @@ def list_models(peers: bool = True) -> list[str]:
 
 def merge_overrides(obj: Any, overrides: dict, where: str = "") -> Any:
     """A copy of config dataclass `obj` with `overrides` applied; nested dicts update nested configs."""
-    if isinstance(overrides.get("kind"), str) and hasattr(obj, "as_kind"):  # a stage of another kind
-        obj = obj.as_kind(overrides["kind"])
+    stage = isinstance(obj, GeneratorConfig)
+    if stage and isinstance(overrides.get("kind"), str):  # a stage of another kind
+        obj = as_kind(obj, overrides["kind"])
     fields = {f.name for f in dataclasses.fields(obj)}
-    if hasattr(obj, "upgrade"):  # a retired field: its off value changes nothing, any other is refused by name
-        kept = obj.upgrade({**{f: getattr(obj, f) for f in fields}, **overrides}, f"create_model: {where}".rstrip("."))
+    if stage:  # a retired field: its off value changes nothing, any other is refused by name
+        kept = upgrade({**{f: getattr(obj, f) for f in fields}, **overrides}, f"create_model: {where}".rstrip("."))
         overrides = {k: v for k, v in overrides.items() if k in kept}
     changes = {}
     for key, value in overrides.items():

@@ -338,16 +338,16 @@ def test_retired_stage_options_load_only_at_their_off_value(tmp_path, capsys):
     value that meant "off" loads as the same model; any other value is a one-line error naming the field."""
     import json
 
-    from parscale_ear.checks import nested_config
+    from parscale_ear.stage_kinds import stage_config
     from parscale_ear.cli import main
 
     stored = {**v_stage(), "noise_blocks": 0, "head_steps": 0, "time_shift": 1.0, "mean_param": "v"}
-    assert nested_config(pe.GeneratorConfig, stored, "hybrid.fine") == pe.FlowConfig(**v_stage())
+    assert stage_config(stored, "hybrid.fine") == pe.FlowConfig(**v_stage())
     plain = {"kind": "flow", "mean_param": "x0"}  # no mean head: mean_param did nothing
-    assert nested_config(pe.GeneratorConfig, plain, "hybrid.fine") == pe.FlowConfig(kind="flow")
+    assert stage_config(plain, "hybrid.fine") == pe.FlowConfig(kind="flow")
     for key, value in (("noise_blocks", 1), ("head_steps", 2), ("time_shift", 1.5), ("mean_param", "x0")):
         with pytest.raises(ValueError, match=f"hybrid.fine.{key} = {value!r}: this option was removed"):
-            nested_config(pe.GeneratorConfig, {**v_stage(), key: value}, "hybrid.fine")
+            stage_config({**v_stage(), key: value}, "hybrid.fine")
     from parscale_ear.release import DEFAULT_MODEL
 
     shipped = json.loads((DEFAULT_MODEL / "config.json").read_text())
@@ -369,7 +369,7 @@ def test_one_config_per_stage_kind():
     import dataclasses
     import json
 
-    from parscale_ear.checks import nested_config
+    from parscale_ear.stage_kinds import stage_config
     from parscale_ear.release import DEFAULT_MODEL
 
     mar, flow = ({f.name for f in dataclasses.fields(c)} for c in (pe.MARConfig, pe.FlowConfig))
@@ -377,15 +377,15 @@ def test_one_config_per_stage_kind():
     assert shared <= mar & flow and "samples" not in mar and "mask_ratio_min" not in flow
     with pytest.raises(TypeError, match="build MARConfig or FlowConfig"):
         pe.GeneratorConfig()
-    assert isinstance(nested_config(pe.GeneratorConfig, {"kind": "flow", "samples": 4}, "hybrid.fine"), pe.FlowConfig)
-    assert isinstance(nested_config(pe.GeneratorConfig, {"width": 64, "heads": 2}, "hybrid.fine"), pe.MARConfig)
+    assert isinstance(stage_config({"kind": "flow", "samples": 4}, "hybrid.fine"), pe.FlowConfig)
+    assert isinstance(stage_config({"width": 64, "heads": 2}, "hybrid.fine"), pe.MARConfig)
     with pytest.raises(ValueError, match="kind must be one of"):
-        nested_config(pe.GeneratorConfig, {"kind": "gan"}, "hybrid.fine")
+        stage_config({"kind": "gan"}, "hybrid.fine")
     stored = json.loads((DEFAULT_MODEL / "config.json").read_text())["config"]["hybrid"]["fine"]
     assert {"mask_ratio_min", "samples"} <= set(stored)  # written by 0.2 with every field
-    assert nested_config(pe.GeneratorConfig, stored, "hybrid.fine") == pe.get_config("fmnist-32-es").hybrid.fine
+    assert stage_config(stored, "hybrid.fine") == pe.get_config("fmnist-32-es").hybrid.fine
     with pytest.raises(ValueError, match="hybrid.fine.mask_ratio_min: a field of 'mar' stages, not of a 'flow' stage"):
-        nested_config(pe.GeneratorConfig, {**stored, "mask_ratio_min": 0.5}, "hybrid.fine")
+        stage_config({**stored, "mask_ratio_min": 0.5}, "hybrid.fine")
     with pytest.raises(ValueError, match="hybrid.fine.samples: a field of 'flow' stages, not of a 'mar' stage"):
         pe.create_model("tiny-32", hybrid={"fine": {"samples": 4}})  # a flow field on a MAR stage
     model = pe.create_model("tiny-32", hybrid={"fine": {"kind": "flow", "max_steps": 4}})  # the stage changes kind
