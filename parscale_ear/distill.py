@@ -80,7 +80,7 @@ def teacher_pairs(teacher: ParScaleEAR, n: int, steps: tuple[int, ...], solver: 
     teacher.eval()
     device = teacher.device
     steps = teacher.resolve_steps(steps)
-    teacher.hybrid.check_solver(solver)
+    teacher.hybrid.check_sampling(steps, 1.0, 0.0, solver)
     if is_dit(teacher) and student is None:
         raise ValueError("teacher_pairs: a DiT teacher needs the student whose tokens the pairs are cut into")
     gen = torch.Generator(device).manual_seed(seed)
@@ -110,18 +110,18 @@ def _stage_batch(teacher: ParScaleEAR, b: int, labels, steps, solver, gen) -> tu
     """A ParScale-EAR teacher's stage noises and mean-path outputs for one batch."""
     noise = teacher.draw_noise_on_device(b, gen)
     outputs = teacher.hybrid.sample_stages(noise, labels, steps, 1.0, 0.0, solver)
-    return {name: noise[name][1] for name in outputs}, outputs
+    return {name: noise[name]["x1"] for name in outputs}, outputs
 
 
 def _dit_batch(teacher: ParScaleEAR, student: ParScaleEAR, b: int, labels, steps, solver, gen) -> tuple[dict, dict]:
     """The student's stage noises and a DiT teacher's sample from the latent noise they assemble, as the
     student's normalised stage tokens, for one batch."""
     hybrid = student.hybrid
-    noise = {name: stage.draw_batch(b, teacher.device, torch.float32, gen) for name, stage in hybrid.stages.items()}
-    x1 = {name: draws[1] for name, draws in noise.items()}
+    x1 = {name: parts["x1"] for name, parts in hybrid.draw_batch(b, teacher.device, torch.float32, gen).items()}
     std = {s.name: getattr(hybrid, f"{s.name}_std").to(teacher.device) for s in hybrid.stage_list}
     z = hybrid.latent_noise(x1).to(next(teacher.parameters()).dtype)
-    latents = teacher.hybrid.sample({"dit": (z,)}, labels, steps, 1.0, 1.0, solver).float()
+    (name,) = teacher.hybrid.stages  # one stage whose noise is x_1 on the latent grid
+    latents = teacher.hybrid.sample({name: {"x1": z}}, labels, steps, 1.0, 1.0, solver).float()
     return x1, {name: tokens / std[name] for name, tokens in hybrid.tokens(latents).items()}
 
 

@@ -67,14 +67,15 @@ class EnergyGenerator(StageBase):
         self.norm = nn.LayerNorm(d)
         self.head = EnergyHead(d, token_dim, cfg.head_width, cfg.head_depth, cfg.noise_dim)
 
-    def draw(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """One image's randomness: the order (N,) is drawn first, then head noise (N, noise_dim)."""
+    def draw(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """One image's noise, by the names `sample` takes: the order (N,) is drawn first, then head noise xi
+        (N, noise_dim)."""
         order = torch.randperm(self.num_tokens, generator=generator)
-        return torch.rand(self.num_tokens, self.config.noise_dim, generator=generator) - 0.5, order
+        return {"xi": torch.rand(self.num_tokens, self.config.noise_dim, generator=generator) - 0.5, "order": order}
 
-    def draw_batch(self, batch: int, device, dtype, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        noise = torch.rand(batch, self.num_tokens, self.config.noise_dim, generator=generator, device=device, dtype=dtype) - 0.5
-        return noise, torch.rand(batch, self.num_tokens, generator=generator, device=device).argsort(1)
+    def draw_batch(self, batch: int, device, dtype, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        xi = torch.rand(batch, self.num_tokens, self.config.noise_dim, generator=generator, device=device, dtype=dtype) - 0.5
+        return {"xi": xi, "order": torch.rand(batch, self.num_tokens, generator=generator, device=device).argsort(1)}
 
     def hidden(
         self,
@@ -124,24 +125,25 @@ class EnergyGenerator(StageBase):
         x1, x2 = self.head(h[None].expand(2, -1, -1, -1), noise)  # two independent samples
         return energy_score_loss(x1.float(), x2.float(), tokens.float(), self.config.alpha, self.config.tau, weight=masked)
 
-    def solver(self, solver: str | None = None) -> str:
-        """A MAR stage has no flow solver: None (its own unmasking steps) only."""
+    def check_sampling(self, steps: int, temperature: float = 0.0, solver: str | None = None) -> None:
+        """One-line errors for what this stage cannot sample: more steps than tokens, or a flow solver (a MAR stage
+        unmasks in its own steps)."""
+        unmask_schedule(self.num_tokens, steps)
         if solver is not None:
             check_solver(solver)
             raise ValueError(f"solver {solver!r}: the mar stages sample with their own unmasking steps and take no "
                              "flow solver")
-        return "euler"
 
     def passes(self, steps: int, temperature: float = 0.0, solver: str | None = None) -> int:
         """Backbone passes per image (without CFG's doubling): one a step."""
-        self.solver(solver)
+        self.check_sampling(steps, temperature, solver)
         return steps
 
     @torch.no_grad()
     def sample(
         self,
-        noise: torch.Tensor,
-        orders: torch.Tensor,
+        xi: torch.Tensor,
+        order: torch.Tensor,
         labels: torch.Tensor | None = None,
         steps: int = 4,
         cfg: float = 1.0,
@@ -149,18 +151,18 @@ class EnergyGenerator(StageBase):
         context: torch.Tensor | None = None,
         solver: str | None = None,
     ) -> torch.Tensor:
-        """Generate tokens (B, N, D) in `steps` cosine steps over per-sample random `orders` (B, N).
+        """Generate tokens (B, N, D) in `steps` cosine steps over a per-sample random `order` (B, N).
 
-        noise (B, N, noise_dim) is the head's noise for each position, drawn once per image, so a
+        xi (B, N, noise_dim) is the head's noise for each position, drawn once per image, so a
         sample depends only on its own noise, order and label. CFG mixes hidden states before the
         head, h = cfg_k h_c + (1 - cfg_k) h_u, with cfg_k ramped linearly in generated tokens (MAR).
         """
-        self.solver(solver)
-        B, N = orders.shape
+        self.check_sampling(steps, temperature, solver)
+        B, N = order.shape
         self.check_guidance(cfg)
-        rank = orders.argsort(1)  # rank[b, position] = when that position is generated
-        tokens = noise.new_zeros(B, N, self.token_dim)
-        labels = self.labels_or_null(labels, B, noise.device)
+        rank = order.argsort(1)  # rank[b, position] = when that position is generated
+        tokens = xi.new_zeros(B, N, self.token_dim)
+        labels = self.labels_or_null(labels, B, xi.device)
         generated_before = 0
         hidden = lambda y, tokens, known, context: self.hidden(tokens, known, y, context)  # noqa: E731
         for generated in unmask_schedule(N, steps):
@@ -168,6 +170,6 @@ class EnergyGenerator(StageBase):
             cfg_k = cfg if cfg == 1.0 else 1.0 + (cfg - 1.0) * generated / N  # ramped in generated tokens (MAR)
             h = guided(hidden, labels, self.null_class, cfg_k, tokens, known, context)
             new = (rank >= generated_before) & (rank < generated)  # (B, N)
-            tokens = torch.where(new[..., None], self.head(h, noise, temperature).to(tokens.dtype), tokens)
+            tokens = torch.where(new[..., None], self.head(h, xi, temperature).to(tokens.dtype), tokens)
             generated_before = generated
         return tokens

@@ -21,6 +21,7 @@ from torch import nn
 
 from .checks import check_field_types, check_int
 from .generator import MARConfig
+from .latent_generator import LatentGenerator, Noise
 from .stage import GeneratorConfig
 from .stage_kinds import make_stage, stage_config
 
@@ -106,19 +107,18 @@ def merge_coarse_fine(coarse: torch.Tensor, fine: torch.Tensor, pool: int) -> to
 
 
 # ----------------------------------------------------------------------------- module
-class CoarseFineHybrid(nn.Module):
+class CoarseFineHybrid(LatentGenerator):
     """The generation stages of one mode, run in order (`stage_list`), and the map between latents
-    and each stage's normalised tokens."""
+    and each stage's normalised tokens (the LatentGenerator of ParScale-EAR)."""
 
     def __init__(self, config: HybridConfig, latent_shape: tuple[int, int, int], num_classes: int):
-        super().__init__()
-        self.config = cfg = config
+        super().__init__(config, latent_shape, num_classes)
+        cfg = config
         C, g, g2 = latent_shape
         p = cfg.fine_patch
         if g != g2 or g % cfg.pool or g % p:
             raise ValueError(f"CoarseFineHybrid: latent grid {g}x{g2} is not square or not divisible by pool {cfg.pool} "
                              f"and fine_patch {p}")
-        self.latent_shape, self.num_classes = (C, g, g), num_classes
         self.coarse_side = g // cfg.pool
         self.stage_list = STAGE_LISTS[cfg.mode]
         self.coarse = self.fine = None
@@ -141,16 +141,6 @@ class CoarseFineHybrid(nn.Module):
     def stages(self) -> dict[str, nn.Module]:
         """The stage modules by name, in the order they run."""
         return {s.name: getattr(self, s.name) for s in self.stage_list}
-
-    def passes(self, steps: tuple[int, ...], temperature: float = 0.0, solver: str | None = None) -> int:
-        """Backbone passes per image for per-stage `steps` (without CFG's doubling): each stage's own count
-        (a Heun flow stage adds its corrections), one a step otherwise."""
-        return sum(stage.passes(k, temperature, solver) for stage, k in zip(self.stages.values(), steps))
-
-    def check_solver(self, solver: str | None = None) -> None:
-        """A one-line ValueError unless every stage can sample with `solver` (None: each stage's own)."""
-        for stage in self.stages.values():
-            stage.solver(solver)
 
     def default_steps(self) -> tuple[int, ...]:
         """Steps per stage, matched to `stage_list`; a one-stage model without the coarse split
@@ -242,38 +232,26 @@ class CoarseFineHybrid(nn.Module):
         out["loss"] = sum(out.values())
         return out
 
-    @torch.no_grad()
-    def sample_stages(
-        self,
-        noise: dict[str, tuple[torch.Tensor, ...]],
-        labels: torch.Tensor | None = None,
-        steps: tuple[int, ...] | None = None,
-        cfg: float = 1.0,
-        temperature: float = 1.0,
-        solver: str | None = None,
-    ) -> dict[str, torch.Tensor]:
-        """Each stage's normalised output tokens {name: (B, N, D)} from per-image noise {stage name: its draws},
-        running the stages in order with `steps` matched to `stage_list` (default `default_steps()`); `solver`
-        ("euler" or "heun", flow stages; None: each stage's config) for this call."""
-        steps = tuple(steps or self.default_steps())
-        if len(steps) != len(self.stage_list):
-            raise ValueError(f"steps: expected {len(self.stage_list)} value(s), one per stage "
-                             f"{[s.name for s in self.stage_list]}, got {steps}")
-        outputs = {}
-        self.check_solver(solver)  # before any stage runs
-        for stage, k in zip(self.stage_list, steps):
-            context = self.context(outputs[stage.context]) if stage.context else None
-            outputs[stage.name] = getattr(self, stage.name).sample(*noise[stage.name], labels, k, cfg, temperature, context,
-                                                                   solver=solver)
-        return outputs
+    # ------------------------------------------------------------------ sampling (LatentGenerator)
+    def draw(self, generator: torch.Generator) -> Noise:
+        """One image's noise, stage after stage (coarse before fine), each stage's by the names its `sample` takes."""
+        return {name: stage.draw(generator) for name, stage in self.stages.items()}
 
-    def latents_from_stages(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    def draw_batch(self, batch: int, device, dtype, generator: torch.Generator | None = None) -> Noise:
+        return {name: stage.draw_batch(batch, device, dtype, generator) for name, stage in self.stages.items()}
+
+    def stage_passes(self, name: str, steps: int, temperature: float, solver: str | None) -> int:
+        """The stage's own count: one pass a step, a Heun flow stage's corrections added."""
+        return self.stages[name].passes(steps, temperature, solver)
+
+    def sample_stage(self, name: str, noise: Noise, labels: torch.Tensor | None, steps: int, cfg: float,
+                     temperature: float, solver: str | None, earlier: dict[str, torch.Tensor]) -> torch.Tensor:
+        """A stage's normalised output tokens (B, N, D), conditioned on its context stage's output."""
+        stage = next(s for s in self.stage_list if s.name == name)
+        context = self.context(earlier[stage.context]) if stage.context else None
+        return self.stages[name].sample(**noise[name], labels=labels, steps=steps, cfg=cfg, temperature=temperature,
+                                        context=context, solver=solver)
+
+    def latents(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Latents (B, C, g, g): the sum of each stage's part, from its normalised output tokens."""
         return sum(self._latents_part(stage, outputs[stage.name] * self._std(stage)) for stage in self.stage_list)
-
-    @torch.no_grad()
-    def sample(self, noise: dict[str, tuple[torch.Tensor, ...]], labels: torch.Tensor | None = None,
-               steps: tuple[int, ...] | None = None, cfg: float = 1.0, temperature: float = 1.0,
-               solver: str | None = None) -> torch.Tensor:
-        """Latents (B, C, g, g) from per-image noise (see `sample_stages`)."""
-        return self.latents_from_stages(self.sample_stages(noise, labels, steps, cfg, temperature, solver))

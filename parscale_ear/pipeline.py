@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .hybrid import CoarseFineHybrid, HybridConfig
+from .latent_generator import Noise
 from .checks import check_field_types, check_images, check_int, check_labels, check_real, nested_config
 from .utils import check_device
 from .vae import LiteVAE, LiteVAEConfig
@@ -113,24 +114,22 @@ class ParScaleEAR(nn.Module):
         return out
 
     # ------------------------------------------------------------------ sampling
-    def draw_noise(self, seeds: Sequence[int], device: torch.device | str | None = None) -> dict:
-        """Per-image randomness of each stage (coarse before fine), image i from seed i alone."""
-        stages = self.hybrid.stages
-        per_stage = {name: [] for name in stages}
-        for seed in seeds:
-            g = torch.Generator().manual_seed(int(seed))
-            for name, stage in stages.items():
-                per_stage[name].append(stage.draw(g))
+    def draw_noise(self, seeds: Sequence[int], device: torch.device | str | None = None) -> Noise:
+        """Per-image noise of each stage, by name (see `LatentGenerator.draw`), image i from seed i alone."""
+        per_image = [self.hybrid.draw(torch.Generator().manual_seed(int(seed))) for seed in seeds]
         device = device or self.device
         dtype = next(self.parameters()).dtype
-        stack = lambda xs: torch.stack(xs).to(device, dtype if xs[0].is_floating_point() else xs[0].dtype)  # noqa: E731
-        return {k: tuple(stack(list(parts)) for parts in zip(*draws)) for k, draws in per_stage.items()}
 
-    def draw_noise_on_device(self, batch: int, generator: torch.Generator | None = None) -> dict:
-        """Batch randomness drawn on the model's device in one go: the fast path for timing and
-        serving (capturable in a CUDA graph), not tied to per-image seeds."""
-        dtype = next(self.parameters()).dtype
-        return {name: stage.draw_batch(batch, self.device, dtype, generator) for name, stage in self.hybrid.stages.items()}
+        def stack(parts: list[torch.Tensor]) -> torch.Tensor:
+            return torch.stack(parts).to(device, dtype if parts[0].is_floating_point() else parts[0].dtype)
+
+        return {name: {part: stack([image[name][part] for image in per_image]) for part in parts}
+                for name, parts in per_image[0].items()}
+
+    def draw_noise_on_device(self, batch: int, generator: torch.Generator | None = None) -> Noise:
+        """Batch noise drawn on the model's device in one go: the fast path for timing and serving (capturable in a
+        CUDA graph), not tied to per-image seeds."""
+        return self.hybrid.draw_batch(batch, self.device, next(self.parameters()).dtype, generator)
 
     def default_labels(self, seeds: Sequence[int]) -> torch.Tensor | None:
         """Labels cycle through the classes by seed, so image i's label depends only on seed + i."""
@@ -139,27 +138,14 @@ class ParScaleEAR(nn.Module):
         return torch.tensor([int(s) % self.config.num_classes for s in seeds], dtype=torch.long)
 
     def resolve_steps(self, steps) -> tuple[int, ...]:
-        """Steps per stage (matched to the hybrid's stage list) from None (the config's), an int or
-        a tuple. An int sets a one-stage model's steps, or the first (coarse) stage's of a two-stage
-        model (the fine stage keeps its default); a tuple gives every stage's."""
-        default = tuple(self.hybrid.default_steps())
-        if steps is None:
-            return default
-        if isinstance(steps, (tuple, list)):
-            if len(steps) != len(default):
-                if len(default) == 1:
-                    raise ValueError(f"steps: this model has one stage; pass an int, got the pair {tuple(steps)}")
-                raise TypeError(f"steps: expected an int or a (coarse, fine) pair of ints, got {steps!r}")
-            names = ("coarse", "fine") if len(default) == 2 else ("steps",)
-            return tuple(check_int(k, f"steps[{i}] ({n})") for i, (k, n) in enumerate(zip(steps, names)))
-        steps = check_int(steps, "steps")
-        return (steps,) + default[1:]
+        """Steps per stage from None (the model's), an int (that many in every stage) or one int per stage."""
+        return self.hybrid.resolve_steps(steps)
 
     @torch.no_grad()
-    def sample_latents(self, noise: dict, labels: torch.Tensor | None, steps=None, cfg: float = 1.0, temperature: float = 1.0,
-                       solver: str | None = None) -> torch.Tensor:
+    def sample_latents(self, noise: Noise, labels: torch.Tensor | None, steps=None, cfg: float = 1.0,
+                       temperature: float = 1.0, solver: str | None = None) -> torch.Tensor:
         """Latents (B, c, h, w) from pre-drawn noise; static shapes (the timed path)."""
-        return self.hybrid.sample(noise, labels, self.resolve_steps(steps), cfg, temperature, solver)
+        return self.hybrid.sample(noise, labels, steps, cfg, temperature, solver)
 
     @torch.no_grad()
     def iter_generate(
@@ -187,7 +173,7 @@ class ParScaleEAR(nn.Module):
         if labels is not None:
             labels = check_labels(labels, self.config.num_classes, batch=n)
         steps = self.resolve_steps(steps)
-        self.hybrid.check_solver(solver)  # before any work
+        self.hybrid.check_sampling(steps, cfg, temperature, solver)  # before any work
         starts = range(0, n, batch_size)
         if progress:
             from tqdm.auto import tqdm
@@ -212,7 +198,7 @@ class ParScaleEAR(nn.Module):
             labels: n class indices, a list, array or tensor (default: (seed + i) mod num_classes).
             cfg: classifier-free guidance scale (default: the model's; 1 = unguided, one pass a step).
             temperature: scale of the energy head's draws (default: the model's; 0 = the mean path).
-            steps: steps per stage, (coarse, fine), or an int for the first stage (default: the model's).
+            steps: steps per stage, (coarse, fine), or an int for every stage (default: the model's).
             seed: the first image's seed.
             batch_size: images per forward pass (changes speed, not images).
             progress: show a progress bar.

@@ -33,7 +33,7 @@ def test_teacher_pairs_are_the_teachers_samples():
     assert set(pairs) == {"coarse_x1", "coarse_x0", "fine_x1", "fine_x0", "labels"}
     assert pairs["labels"].tolist() == [0, 1, 2, 3, 4, 5] and pairs["fine_x0"].shape == (6, 64, 16)
     # the same noise through the teacher's own sampler gives the stored outputs
-    noise = {name: (torch.zeros(6, 4, stage.num_tokens, stage.config.noise_dim), pairs[f"{name}_x1"].float())
+    noise = {name: {"xi": torch.zeros(6, 4, stage.num_tokens, stage.config.noise_dim), "x1": pairs[f"{name}_x1"].float()}
              for name, stage in teacher.hybrid.stages.items()}
     out = teacher.hybrid.sample_stages(noise, pairs["labels"], (2, 2), 1.0, 0.0, "heun")
     for name in out:  # float16 storage
@@ -197,8 +197,8 @@ def test_dit_teacher_pairs_are_its_samples_cut_into_the_students_tokens():
         "coarse_x1": (5, 16, 4), "coarse_x0": (5, 16, 4), "fine_x1": (5, 64, 16), "fine_x0": (5, 64, 16), "labels": (5,)}
     # the DiT's own sampler from the assembled noise gives the latents the stage tokens add up to
     x1 = {name: pairs[f"{name}_x1"].float() for name in student.hybrid.stages}
-    want = teacher.hybrid.sample({"dit": (student.hybrid.latent_noise(x1),)}, pairs["labels"], (3,), 1.0, 1.0, "heun")
-    got = student.hybrid.latents_from_stages({name: pairs[f"{name}_x0"].float() for name in x1})
+    want = teacher.hybrid.sample({"dit": {"x1": student.hybrid.latent_noise(x1)}}, pairs["labels"], (3,), 1.0, 1.0, "heun")
+    got = student.hybrid.latents({name: pairs[f"{name}_x0"].float() for name in x1})
     torch.testing.assert_close(got, want, rtol=2e-3, atol=3e-3)
     with pytest.raises(ValueError, match="needs the student"):
         teacher_pairs(teacher, 2, 3)
@@ -252,6 +252,6 @@ def test_a_one_stage_student_takes_the_dit_coupling_whole():
     assert set(pairs) == {"fine_x1", "fine_x0", "labels"}
     z = student.hybrid.latent_noise({"fine": pairs["fine_x1"].float()})
     torch.testing.assert_close(student.hybrid.tokens(z)["fine"], pairs["fine_x1"].float())
-    want = teacher.hybrid.sample({"dit": (z,)}, pairs["labels"], (2,), 1.0, 1.0, "euler")
-    torch.testing.assert_close(student.hybrid.latents_from_stages({"fine": pairs["fine_x0"].float()}), want,
+    want = teacher.hybrid.sample({"dit": {"x1": z}}, pairs["labels"], (2,), 1.0, 1.0, "euler")
+    torch.testing.assert_close(student.hybrid.latents({"fine": pairs["fine_x0"].float()}), want,
                                rtol=2e-3, atol=3e-3)

@@ -48,7 +48,7 @@ def test_dit_exact_euler_on_a_known_velocity(dit, monkeypatch):
     monkeypatch.setattr(dit.hybrid, "velocity", lambda x, t, labels: x)
     x1 = torch.randn(2, 4, 16, 16)
     dit.hybrid.latent_std.fill_(1.0)
-    out = dit.hybrid.sample({"dit": (x1,)}, torch.tensor([0, 1]), (0, 4))
+    out = dit.hybrid.sample({"dit": {"x1": x1}}, torch.tensor([0, 1]), 4)
     assert torch.allclose(out, x1 * 0.75**4)
 
 

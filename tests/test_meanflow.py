@@ -76,8 +76,8 @@ def test_meanflow_steps_move_by_the_average_velocity(mf, monkeypatch):
     monkeypatch.setattr(mf.hybrid, "velocity", u)
     mf.hybrid.latent_std.fill_(1.0)
     x1 = torch.randn(2, 4, 16, 16)
-    assert torch.equal(mf.hybrid.sample({"dit": (x1,)}, torch.tensor([0, 1]), (1,)), torch.zeros_like(x1))
-    torch.testing.assert_close(mf.hybrid.sample({"dit": (x1,)}, torch.tensor([0, 1]), (2,)), x1 / 4)
+    assert torch.equal(mf.hybrid.sample({"dit": {"x1": x1}}, torch.tensor([0, 1]), (1,)), torch.zeros_like(x1))
+    torch.testing.assert_close(mf.hybrid.sample({"dit": {"x1": x1}}, torch.tensor([0, 1]), (2,)), x1 / 4)
     assert seen == [(1.0, 0.0), (1.0, 0.5), (0.5, 0.0)]
     assert mf.hybrid.passes(2) == 2
 

@@ -24,6 +24,7 @@ from torch import nn
 
 from ..checks import check_field_types, check_int, check_real
 from ..guidance import check_guidance, guided
+from ..latent_generator import LatentGenerator, Noise
 from ..pipeline import ParScaleEAR, check_model_config
 from ..solvers import check_solver, euler_step, heun_step, solver_passes, time_grid
 from ..vae import LiteVAEConfig
@@ -146,17 +147,15 @@ class _TwoTimeEmbedding(nn.Module):
         return self.base(t, class_labels, hidden_dtype=hidden_dtype) + extra
 
 
-class DiTBaseline(nn.Module):
-    """x_t = (1 - t) x0 + t eps with a DiT predicting v = eps - x0 (flow) or u(x_t, r, t) (meanflow); one
-    stage named 'dit'."""
+class DiTBaseline(LatentGenerator):
+    """x_t = (1 - t) x0 + t eps with a DiT predicting v = eps - x0 (flow) or u(x_t, r, t) (meanflow); a
+    LatentGenerator of one stage named 'dit', whose noise is x_1 on the latent grid."""
 
     def __init__(self, config: DiTConfig, latent_shape: tuple[int, int, int], num_classes: int):
-        super().__init__()
-        self.config = config
+        super().__init__(config, latent_shape, num_classes)
         C, g, _ = latent_shape
         if g % config.patch_size:
             raise ValueError(f"DiTBaseline: latent grid {g} is not divisible by patch_size {config.patch_size}")
-        self.latent_shape, self.num_classes = (C, g, g), num_classes
         DiTTransformer2DModel, _, _ = _diffusers()
         # num_embeds_ada_norm = classes; diffusers adds the null class (index num_classes) and drops
         # labels with probability 0.1 in training mode, as DiT does for CFG.
@@ -172,7 +171,7 @@ class DiTBaseline(nn.Module):
         self.register_buffer("latent_std", torch.ones(()))
         self.num_tokens = (g // config.patch_size) ** 2
 
-    # the interface the pipeline and the training loop use ---------------------------------
+    # the LatentGenerator's parts ---------------------------------------------------------------
     @property
     def stages(self) -> dict[str, nn.Module]:
         return {"dit": self}
@@ -187,12 +186,16 @@ class DiTBaseline(nn.Module):
         self.latent_std.fill_(std)
         return {"dit": std.item()}
 
-    def draw(self, generator: torch.Generator) -> tuple[torch.Tensor]:
-        """One image's randomness: x_1 (C, g, g)."""
-        return (torch.randn(self.latent_shape, generator=generator),)
+    def draw(self, generator: torch.Generator) -> Noise:
+        """One image's noise: x_1 (C, g, g)."""
+        return {"dit": {"x1": torch.randn(self.latent_shape, generator=generator)}}
 
-    def draw_batch(self, batch: int, device, dtype, generator: torch.Generator | None = None) -> tuple[torch.Tensor]:
-        return (torch.randn(batch, *self.latent_shape, generator=generator, device=device, dtype=dtype),)
+    def draw_batch(self, batch: int, device, dtype, generator: torch.Generator | None = None) -> Noise:
+        return {"dit": {"x1": torch.randn(batch, *self.latent_shape, generator=generator, device=device, dtype=dtype)}}
+
+    def stage_passes(self, name: str, steps: int, temperature: float, solver: str | None) -> int:
+        """Network evaluations per image of `steps` solver steps (Euler: one a step; Heun: two but on the last)."""
+        return solver_passes(steps, self.check_solver(solver))
 
     def velocity(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, r: torch.Tensor | None = None) -> torch.Tensor:
         """The network at x_t (B, C, g, g), t (B,) in [0, 1]: v (flow), or u over [r, t] (meanflow; r (B,),
@@ -211,7 +214,10 @@ class DiTBaseline(nn.Module):
         c = self.config
         return torch.sigmoid(c.logit_normal_mean + c.logit_normal_std * torch.randn(batch, device=device))
 
-    def loss(self, latents: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def loss(self, latents: torch.Tensor, labels: torch.Tensor | None = None,
+             pairs: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        if pairs is not None:
+            raise ValueError("a DiT peer trains on latents, not on a teacher's pairs")
         x0 = latents / self.latent_std
         B = x0.shape[0]
         c = self.config
@@ -255,15 +261,13 @@ class DiTBaseline(nn.Module):
         extra = () if r is None else (torch.full((B,), r, device=x.device, dtype=x.dtype),)  # meanflow's r
         return guided(lambda y, x, tt, *r: self.velocity(x, tt, y, *r), labels, self.num_classes, cfg, x, tt, *extra)
 
-    @torch.no_grad()
-    def sample(self, noise: dict, labels: torch.Tensor | None = None, steps: tuple[int, int] | None = None,
-               cfg: float = 1.0, temperature: float = 1.0, solver: str | None = None) -> torch.Tensor:
-        """Latents (B, C, g, g) from x_1 = noise['dit'][0] in `steps[-1]` steps: Euler or Heun steps of the
-        flow (`solver`, default the config's), or MeanFlow's z_r = z_t - (t - r) u(z_t, r, t);
-        temperature scales x_1 (1 = the model's distribution)."""
+    def sample_stage(self, name: str, noise: Noise, labels: torch.Tensor | None, steps: int, cfg: float,
+                     temperature: float, solver: str | None, earlier: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Normalised latents (B, C, g, g) from x_1 = noise['dit']['x1'] in `steps` steps: Euler or Heun steps of the
+        flow (`solver`, default the config's), or MeanFlow's z_r = z_t - (t - r) u(z_t, r, t); temperature scales
+        x_1 (1 = the model's distribution)."""
         heun = self.check_solver(solver) == "heun"
-        (x,) = noise["dit"]
-        steps = (steps or self.default_steps())[-1]
+        x = noise["dit"]["x1"]
         check_guidance(cfg, self.num_classes)
         labels = self._labels(labels, x.shape[0], x.device)
         meanflow = self.config.objective == "meanflow"
@@ -276,13 +280,10 @@ class DiTBaseline(nn.Module):
                 x = heun_step(x, v, t, t_next, lambda y, s: self._guided(y, s, labels, cfg))
             else:
                 x = euler_step(x, v, t, t_next)
-        return x * self.latent_std
+        return x
 
-    def passes(self, steps: int, temperature: float = 0.0, solver: str | None = None) -> int:
-        """Network evaluations per image for `steps` solver steps (an int, or the per-stage tuple whose last
-        entry is the DiT's), without CFG's doubling."""
-        steps = steps[-1] if isinstance(steps, (tuple, list)) else steps
-        return solver_passes(steps, self.check_solver(solver))
+    def latents(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return outputs["dit"] * self.latent_std
 
     def check_solver(self, solver: str | None = None) -> str:
         """The solver a call uses: `solver`, else the config's (checked; a meanflow peer has only its own)."""
