@@ -192,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         except SystemExit as e:  # --help, --version (0) or a usage error (2, one line already printed)
             return e.code if isinstance(e.code, int) else 2
         if args.command == "models":
-            from .presets import create_model, list_models
+            from .pipeline import create_model
+            from .presets import list_models
 
             for name in list_models():
                 try:

@@ -43,7 +43,7 @@ class FastSampler:
         self.temperature = check_real(config.temperature if temperature is None else temperature, "temperature",
                                       minimum=0.0)
         self.solver = solver
-        model.hybrid.check_sampling(self.steps, self.cfg, self.temperature, solver)
+        model.generator.check_sampling(self.steps, self.cfg, self.temperature, solver)
         self.device = device = model.device
         cuda = device.type == "cuda"
         self.dtype = dtype if dtype is not None else (torch.bfloat16 if cuda else torch.float32)
@@ -78,7 +78,7 @@ class FastSampler:
 
     def _run(self, noise: dict) -> torch.Tensor:
         with torch.no_grad(), self._amp:
-            z = self.model.hybrid.sample(noise, self._labels, self.steps, self.cfg, self.temperature, self.solver)
+            z = self.model.generator.sample(noise, self._labels, self.steps, self.cfg, self.temperature, self.solver)
             return self.decode(z).float()
 
     def _seeded(self) -> torch.Tensor:

@@ -111,6 +111,8 @@ class CoarseFineHybrid(LatentGenerator):
     """The generation stages of one mode, run in order (`stage_list`), and the map between latents
     and each stage's normalised tokens (the LatentGenerator of ParScale-EAR)."""
 
+    config_class = HybridConfig
+
     def __init__(self, config: HybridConfig, latent_shape: tuple[int, int, int], num_classes: int):
         super().__init__(config, latent_shape, num_classes)
         cfg = config

@@ -1,13 +1,15 @@
-"""Named model presets and the `create_model(name, **overrides)` / `list_models()` registry (timm style)."""
+"""Named model configs and the `get_config(name, **overrides)` / `list_models()` registry (timm style; the models
+themselves: `pipeline.create_model`), and the reading of a stored config as the kind of model it describes."""
 from __future__ import annotations
 
 import dataclasses
 from typing import Any, Callable
 
+from .baselines.dit import PEERS
 from .energy_flow import FlowConfig
 from .generator import MARConfig
 from .hybrid import HybridConfig
-from .pipeline import ParScaleEAR, ParScaleEARConfig
+from .model_config import ModelConfig, ParScaleEARConfig, PeerConfig
 from .stage import GeneratorConfig
 from .stage_kinds import as_kind, upgrade
 from .vae import LiteVAEConfig
@@ -190,37 +192,25 @@ _PRESETS: dict[str, Callable[[], ParScaleEARConfig]] = {
     "tiny-32": tiny_32,
 }
 
-# The peers, models of their own (baselines/dit.py): a DiT of PEERS on the Fashion-MNIST LiteVAE's latents.
+# The peers (baselines/dit.py): a DiT of PEERS on the Fashion-MNIST LiteVAE's latents.
 PEER_NAMES = ("dit-xs", "dit-s", "dit-b", "meanflow-s")
 
+# the kinds of model, by the field that holds their generator's config, in the order a stored dict is matched (a peer
+# stored by 0.2 holds an unused hybrid beside its dit)
+MODEL_CONFIGS: tuple[type[ModelConfig], ...] = (PeerConfig, ParScaleEARConfig)
 
-def peer_config(name: str, vae: LiteVAEConfig | None = None, num_classes: int = 10) -> Any:
-    """The peer `name`'s config (a `PeerConfig`) on `vae` (default: the fmnist-32 LiteVAE), sampled unguided."""
-    from .baselines.dit import PEERS, PeerConfig
 
+def peer_config(name: str, vae: LiteVAEConfig | None = None, num_classes: int = 10) -> PeerConfig:
+    """The peer `name`'s config on `vae` (default: the fmnist-32 LiteVAE), sampled unguided."""
     return PeerConfig(name=name, num_classes=num_classes, vae=vae or fmnist_32().vae, dit=dataclasses.replace(PEERS[name]))
 
 
-def config_from_dict(d: dict) -> Any:
-    """The config a stored dict describes: a `ParScaleEARConfig`, or a peer's `PeerConfig` (it has `dit` set)."""
+def config_from_dict(d: dict) -> ModelConfig:
+    """The config a stored dict describes: the kind of model whose generator field it holds (`MODEL_CONFIGS`)."""
     if not isinstance(d, dict):
         raise ValueError(f"config: expected a dict of config fields, got {type(d).__name__}")
-    if d.get("dit") is not None:
-        from .baselines.dit import PeerConfig
-
-        return PeerConfig.from_dict(d)
-    return ParScaleEARConfig.from_dict(d)
-
-
-def build_model(config: Any) -> ParScaleEAR:
-    """The model of a config: `ParScaleEAR`, or `PeerModel` for a peer's config (random weights, CPU)."""
-    if isinstance(config, ParScaleEARConfig):
-        return ParScaleEAR(config)
-    from .baselines.dit import PeerConfig, PeerModel
-
-    if isinstance(config, PeerConfig):
-        return PeerModel(config)
-    raise TypeError(f"build_model: expected a ParScaleEARConfig or a PeerConfig, got {type(config).__name__}")
+    kind = next((c for c in MODEL_CONFIGS if d.get(c.GENERATOR) is not None), ParScaleEARConfig)
+    return kind.from_dict(d)
 
 
 # Shorthands accepted by create_model: they set a field of the hybrid or of both stages.
@@ -253,7 +243,7 @@ def merge_overrides(obj: Any, overrides: dict, where: str = "") -> Any:
     return dataclasses.replace(obj, **changes)
 
 
-def apply_overrides(config: ParScaleEARConfig, **overrides: Any) -> ParScaleEARConfig:
+def apply_overrides(config: ModelConfig, **overrides: Any) -> ModelConfig:
     """`config` with overrides: top-level fields, nested dicts (vae={...}, hybrid={...}), or the
     shorthands mode/pool/coarse_steps/fine_steps (hybrid) and streams/prefix_len/alpha/tau/
     class_dropout (both stages)."""
@@ -270,28 +260,14 @@ def apply_overrides(config: ParScaleEARConfig, **overrides: Any) -> ParScaleEARC
     return merge_overrides(config, overrides)
 
 
-def get_config(name: str, /, **overrides: Any) -> ParScaleEARConfig:
+def get_config(name: str, /, **overrides: Any) -> ModelConfig:
     """The preset's config with overrides (see `apply_overrides`)."""
     if name not in _PRESETS and name not in PEER_NAMES:
         raise ValueError(f"create_model: unknown model {name!r}; available: {', '.join(list_models())}")
     return apply_overrides(_PRESETS[name]() if name in _PRESETS else peer_config(name), **overrides)
 
 
-def create_model(name: str, /, **overrides: Any) -> ParScaleEAR:
-    """Build a preset with random weights (float32, on the CPU).
-
-    Args:
-        name: a preset of `list_models()`, e.g. "fmnist-32-es".
-        overrides: config fields to change: top-level (cfg=1.5), nested dicts (hybrid={"fine": {"depth": 6}}), or the
-            shorthands mode, pool, coarse_steps, fine_steps (the hybrid) and streams, prefix_len, alpha, tau,
-            class_dropout (both stages). A wrong name, field or value is a one-line ValueError or TypeError.
-    Returns:
-        The model (`ParScaleEAR`; a peer's is a `PeerModel`, a subclass); `ParScaleEAR.from_pretrained()` loads trained
-        weights instead."""
-    return build_model(get_config(name, **overrides))
-
-
-def recipe_config(recipe: str, vae_config: ParScaleEARConfig, overrides: dict | None = None) -> Any:
+def recipe_config(recipe: str, vae_config: ModelConfig, overrides: dict | None = None) -> ModelConfig:
     """The model of a named recipe on a VAE run's VAE: a preset's generator (and sampling defaults), or
     a peer model (`PEER_NAMES`) on that VAE, with create_model-style overrides."""
     if recipe in PEER_NAMES:

@@ -96,4 +96,4 @@ def test_lite_256_es_follows_the_shipped_design(default):
            (ship.hybrid.coarse_steps, ship.hybrid.fine_steps, ship.cfg, ship.temperature)
     model = pe.create_model("lite-256-es").eval()
     assert 30e6 <= model.num_parameters()["generator"] <= 40e6
-    assert model.hybrid.fine.num_tokens == 64 and model.hybrid.fine.token_dim == 128
+    assert model.generator.fine.num_tokens == 64 and model.generator.fine.token_dim == 128

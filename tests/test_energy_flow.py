@@ -39,11 +39,11 @@ def test_flow_loss_reaches_every_part():
     torch.manual_seed(0)
     model = pe.create_model("tiny-32-flow")
     latents = torch.randn(6, 4, 16, 16)
-    model.hybrid.fit_token_scales(latents)
-    losses = model.hybrid.loss(latents, torch.arange(6) % 10)
+    model.generator.fit_token_scales(latents)
+    losses = model.generator.loss(latents, torch.arange(6) % 10)
     assert set(losses) == {"coarse", "fine", "loss"} and torch.isfinite(losses["loss"])
     losses["loss"].backward()
-    fine = model.hybrid.fine
+    fine = model.generator.fine
     # the head's output layer is zero-initialised (EAR): at the first step only it gets gradient
     assert fine.head.out.weight.grad.abs().sum() > 0
     assert fine.blocks[0].ada.weight.grad.abs().sum() == 0
@@ -54,8 +54,8 @@ def test_flow_all_parameters_train_after_one_step():
     torch.manual_seed(0)
     model = perturb_(pe.create_model("tiny-32-flow"))
     latents = torch.randn(6, 4, 16, 16)
-    model.hybrid.loss(latents, torch.arange(6))["loss"].backward()
-    dead = [n for n, p in model.hybrid.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    model.generator.loss(latents, torch.arange(6))["loss"].backward()
+    dead = [n for n, p in model.generator.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
     assert dead == []
 
 
@@ -68,7 +68,7 @@ def test_flow_images_do_not_depend_on_batch(flow):
 
 def test_flow_noise_enters_the_backbone(flow):
     """Changing one token's noise changes other tokens' hidden states (joint sampling)."""
-    fine = flow.hybrid.fine
+    fine = flow.generator.fine
     x, t, labels = torch.randn(1, 64, 16), torch.ones(1), torch.tensor([1])
     xi = torch.rand(1, 64, fine.config.noise_dim) - 0.5
     ctx = torch.randn(1, 64, 16)
@@ -89,7 +89,7 @@ def test_flow_steps(flow):
 
 def test_flow_single_stream_has_no_prefix():
     model = pe.create_model("tiny-32-flow", streams=1)
-    assert not hasattr(model.hybrid.fine, "stream_prefix") and not hasattr(model.hybrid.fine, "aggregate")
+    assert not hasattr(model.generator.fine, "stream_prefix") and not hasattr(model.generator.fine, "aggregate")
 
 
 def test_flow_save_load_round_trip(tmp_path, flow):
@@ -104,10 +104,10 @@ def test_mean_head_variant_trains_every_part_and_samples():
     stage = dict(kind="flow", width=32, depth=1, heads=2, streams=2, prefix_len=2, head_width=32, head_depth=1,
                  noise_dim=8, max_steps=4, backbone_noise=False, mean_weight=1.0, samples=3)
     model = perturb_(pe.create_model("tiny-32-flow", hybrid={"coarse": stage, "fine": dict(stage)}))
-    fine = model.hybrid.fine
+    fine = model.generator.fine
     assert fine.noise_in is None and fine.mean_out is not None
-    model.hybrid.loss(torch.randn(6, 4, 16, 16), torch.arange(6))["loss"].backward()
-    dead = [n for n, p in model.hybrid.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    model.generator.loss(torch.randn(6, 4, 16, 16), torch.arange(6))["loss"].backward()
+    dead = [n for n, p in model.generator.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
     assert dead == []
     model.eval()
     a = model.generate(2, labels=[1, 2], seed=0, steps=(2, 2), cfg=1.5)
@@ -132,7 +132,7 @@ def test_v_mean_stage_at_temperature_zero_is_an_euler_flow_solver():
     """mean_param 'v': x0 = x_t - t v, so the DDIM step with the mean x0 is x_t + (t' - t) v."""
     torch.manual_seed(0)
     model = perturb_(pe.create_model("tiny-32-flow", hybrid={"coarse": v_stage(), "fine": v_stage()})).eval()
-    fine = model.hybrid.fine
+    fine = model.generator.fine
     x = torch.randn(2, 64, 16)
     labels, ctx = torch.tensor([1, 2]), torch.randn(2, 64, 16)
     xi = torch.rand(2, 4, 64, 8) - 0.5
@@ -152,7 +152,7 @@ def test_v_mean_loss_is_the_rectified_flow_loss_plus_the_energy_score(monkeypatc
     torch.manual_seed(0)
     stage = v_stage(global_weight=0.0)
     model = perturb_(pe.create_model("tiny-32-flow", hybrid={"coarse": stage, "fine": dict(stage)}))
-    fine = model.hybrid.fine
+    fine = model.generator.fine
     tokens = torch.randn(4, 64, 16)
     torch.manual_seed(1)
     loss = fine.loss(tokens, torch.arange(4), torch.zeros(4, 64, 16))
@@ -180,7 +180,7 @@ def test_residual_blocks_draw_neighbouring_tokens_jointly():
     for blocks, coupled in ((0, False), (1, True)):
         stage = v_stage(residual_blocks=blocks)
         model = perturb_(pe.create_model("tiny-32-flow", hybrid={"coarse": stage, "fine": dict(stage)})).eval()
-        fine = model.hybrid.fine
+        fine = model.generator.fine
         assert (len(fine.residual_blocks) == blocks) and ((fine.residual_noise_in is not None) == bool(blocks))
         x, labels, ctx = torch.randn(1, 64, 16), torch.tensor([3]), torch.randn(1, 64, 16)
         xi = torch.rand(1, 4, 64, 8) - 0.5
@@ -200,8 +200,8 @@ def test_residual_blocks_variant_trains_every_part_and_generates_per_image():
     torch.manual_seed(0)
     stage = v_stage(residual_blocks=1)
     model = perturb_(pe.create_model("tiny-32-flow", hybrid={"coarse": stage, "fine": dict(stage)}))
-    model.hybrid.loss(torch.randn(6, 4, 16, 16), torch.arange(6))["loss"].backward()
-    dead = [n for n, p in model.hybrid.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    model.generator.loss(torch.randn(6, 4, 16, 16), torch.arange(6))["loss"].backward()
+    dead = [n for n, p in model.generator.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
     assert dead == []
     model.eval()
     both = model.generate(3, labels=[1, 2, 3], seed=4, steps=(2, 2), cfg=2.0, temperature=0.7, batch_size=3)
@@ -220,7 +220,7 @@ def test_residual_grad_scales_the_energy_scores_gradient_into_the_backbone():
         torch.manual_seed(0)
         stage = v_stage(residual_blocks=1, residual_grad=w)
         model = perturb_(pe.create_model("tiny-32-flow", hybrid={"coarse": stage, "fine": dict(stage)}))
-        fine = model.hybrid.fine
+        fine = model.generator.fine
         torch.manual_seed(1)
         losses[w] = fine.loss(torch.randn(4, 64, 16), torch.arange(4), torch.randn(4, 64, 16))
         losses[w].backward()
@@ -235,7 +235,7 @@ def test_residual_grad_scales_the_energy_scores_gradient_into_the_backbone():
 
 def test_logit_normal_times_and_the_one_step_share():
     torch.manual_seed(0)
-    fine = pe.create_model("tiny-32-flow", hybrid={"coarse": v_stage(), "fine": v_stage(one_step_prob=0.25)}).hybrid.fine
+    fine = pe.create_model("tiny-32-flow", hybrid={"coarse": v_stage(), "fine": v_stage(one_step_prob=0.25)}).generator.fine
     t = fine._times(20000, "cpu")
     ones = (t == 1).float().mean().item()
     rest = t[t < 1]
@@ -261,7 +261,7 @@ def _gaussian_data_stage():
     sigma(t) / sigma(1) x_1 with sigma(t)^2 = (1 - t)^2 s^2 + t^2, so x_0 = s x_1 exactly."""
     s = 1.0
     model = perturb_(pe.create_model("tiny-32-flow", hybrid={"coarse": v_stage(), "fine": v_stage()})).eval()
-    fine = model.hybrid.fine
+    fine = model.generator.fine
     fine.hidden = lambda x, t, xb, labels, ctx: x  # noqa: E731  (the "hidden state" carries x_t)
     fine.mean_x0 = lambda h, x, t: (1 - t)[:, None, None] * s**2 / ((1 - t) ** 2 * s**2 + t**2)[:, None, None] * x  # noqa: E731
     return fine, s
@@ -291,7 +291,7 @@ def test_heun_is_counted_and_skips_the_steps_the_energy_head_draws():
     torch.manual_seed(0)
     model = perturb_(pe.create_model("tiny-32-flow", hybrid={"coarse": v_stage(residual_blocks=1, solver="heun"),
                                                              "fine": v_stage(residual_blocks=1, solver="heun")})).eval()
-    fine = model.hybrid.fine
+    fine = model.generator.fine
     assert [fine.passes(4), fine.passes(4, temperature=0.5)] == [7, 4]  # every step draws at temperature > 0
     from parscale_ear.evaluation.quality import Schedule, passes_per_image
 
@@ -300,14 +300,14 @@ def test_heun_is_counted_and_skips_the_steps_the_energy_head_draws():
     heun = model.generate(2, labels=[3, 4], steps=(2, 3), cfg=1.5, temperature=0.0, seed=0)
     fast = model.compile_sampler(2, (2, 3), 1.5, 0.0)(seed=0, labels=[3, 4])  # the public fast path: the same images
     assert torch.equal(fast, heun)
-    model.hybrid.coarse.config.solver = model.hybrid.fine.config.solver = "euler"
+    model.generator.coarse.config.solver = model.generator.fine.config.solver = "euler"
     euler = model.generate(2, labels=[3, 4], steps=(2, 3), cfg=1.5, temperature=0.0, seed=0)
     assert torch.isfinite(heun).all() and not torch.allclose(heun, euler)
     # per call, through the public API: the same images as the configs set to heun, the configs untouched
     assert torch.equal(model.generate(2, labels=[3, 4], steps=(2, 3), cfg=1.5, temperature=0.0, seed=0, solver="heun"), heun)
     sampler = model.compile_sampler(2, (2, 3), 1.5, 0.0, solver="heun")
     assert torch.equal(sampler(seed=0, labels=[3, 4]), heun) and sampler.settings["solver"] == "heun"
-    assert model.hybrid.fine.config.solver == "euler" and model.hybrid.passes((2, 3), 0.0, "heun") == 3 + 5
+    assert model.generator.fine.config.solver == "euler" and model.generator.passes((2, 3), 0.0, "heun") == 3 + 5
     with pytest.raises(ValueError, match="solver must be 'euler' or 'heun'"):
         model.generate(1, solver="rk4")
 
@@ -396,18 +396,18 @@ def test_a_plain_flow_stage_has_no_energy_head_and_learns_the_velocity_alone():
     torch.manual_seed(0)
     stage = v_stage(energy_head=False, one_step_prob=0.0, solver="heun")
     model = perturb_(pe.create_model("tiny-32-flow", streams=1, hybrid={"coarse": stage, "fine": dict(stage)}))
-    fine = model.hybrid.fine
+    fine = model.generator.fine
     assert fine.head is None and not any(".head." in f".{n}" for n, _ in model.named_parameters())
     latents = torch.randn(6, 4, 16, 16)
-    model.hybrid.fit_token_scales(latents)
-    losses = model.hybrid.loss(latents, torch.arange(6))
+    model.generator.fit_token_scales(latents)
+    losses = model.generator.loss(latents, torch.arange(6))
     losses["loss"].backward()
-    dead = [n for n, p in model.hybrid.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    dead = [n for n, p in model.generator.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
     assert torch.isfinite(losses["loss"]) and dead == []
     model.eval()
     images = model.generate(2, labels=[0, 1], steps=(2, 2), temperature=0.0, seed=0)
     assert images.shape == (2, 1, 32, 32) and torch.isfinite(images).all()
-    assert model.hybrid.passes((2, 2), 0.0) == 6  # Heun: 2 steps - 1 passes a stage
+    assert model.generator.passes((2, 2), 0.0) == 6  # Heun: 2 steps - 1 passes a stage
     with pytest.raises(ValueError, match="no energy head"):
         model.generate(2, labels=[0, 1], steps=(2, 2), temperature=0.5, seed=0)
 

@@ -18,7 +18,7 @@ def model():
 def test_list_and_create_models():
     assert {"fmnist-32", "lite-256", "tiny-32"} <= set(pe.list_models())
     m = pe.create_model("tiny-32", mode="no_fine", streams=3, fine_steps=1, vae={"latent_channels": 2})
-    assert m.config.hybrid.mode == "no_fine" and m.hybrid.fine is None
+    assert m.config.hybrid.mode == "no_fine" and m.generator.fine is None
     assert m.config.hybrid.coarse.streams == 3 and m.config.vae.latent_channels == 2
     with pytest.raises(ValueError, match="unknown model"):
         pe.create_model("nope")
@@ -51,10 +51,10 @@ def test_coarse_fine_split_merge_and_patchify_roundtrip():
 def test_modes_generate_and_train(mode):
     torch.manual_seed(0)
     m = perturb_(pe.create_model("tiny-32", mode=mode))
-    stages = set(m.hybrid.stages)
+    stages = set(m.generator.stages)
     assert stages == {"full": {"coarse", "fine"}, "no_coarse": {"fine"}, "no_fine": {"coarse"}}[mode]
     z = torch.randn(4, 4, 16, 16)
-    losses = m.hybrid.loss(z, torch.tensor([0, 1, 2, 3]))
+    losses = m.generator.loss(z, torch.tensor([0, 1, 2, 3]))
     assert set(losses) == stages | {"loss"} and torch.isfinite(losses["loss"])
     x = m.eval().generate(3, seed=0)
     assert x.shape == (3, 1, 32, 32) and torch.isfinite(x).all() and x.abs().max() <= 1
@@ -63,9 +63,9 @@ def test_modes_generate_and_train(mode):
 def test_fit_token_scales():
     m = pe.create_model("tiny-32")
     z = 3 * torch.randn(64, 4, 16, 16)
-    scales = m.hybrid.fit_token_scales(z)
+    scales = m.generator.fit_token_scales(z)
     assert set(scales) == {"coarse", "fine"}
-    assert m.hybrid.fine_std.item() == pytest.approx(scales["fine"]) and 2.0 < scales["fine"] < 4.0
+    assert m.generator.fine_std.item() == pytest.approx(scales["fine"]) and 2.0 < scales["fine"] < 4.0
     assert scales["coarse"] < scales["fine"]  # averaging 16 independent values shrinks the std
 
 
@@ -124,7 +124,7 @@ def test_reconstruct(model):
 
 
 def test_save_load_is_bit_identical(model, tmp_path):
-    model.hybrid.fit_token_scales(torch.randn(8, 4, 16, 16) * 2)
+    model.generator.fit_token_scales(torch.randn(8, 4, 16, 16) * 2)
     model.config.vae.latent_scale = 0.7
     before = model.generate(3, seed=4, cfg=1.5)
     model.save_pretrained(tmp_path / "m")
@@ -196,7 +196,7 @@ def test_every_pipeline_parameter_gets_a_gradient(model):
     mean, logvar = model.vae.encode_moments(x)
     out = vae_loss(model.vae.decode(mean), x, mean, logvar)
     torch.manual_seed(0)
-    total = out["loss"] + model.hybrid.loss(torch.randn(4, 4, 16, 16), torch.arange(4))["loss"]
+    total = out["loss"] + model.generator.loss(torch.randn(4, 4, 16, 16), torch.arange(4))["loss"]
     total.backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
@@ -210,13 +210,13 @@ def test_stages_run_as_an_ordered_list_with_one_step_count_each(mode, names, def
     from parscale_ear.hybrid import STAGE_LISTS
 
     model = pe.create_model("tiny-32", mode=mode).eval()
-    assert [s.name for s in model.hybrid.stage_list] == names == list(model.hybrid.stages)
-    assert model.hybrid.stage_list == STAGE_LISTS[mode]
-    assert model.resolve_steps(None) == default and model.hybrid.default_steps() == default
+    assert [s.name for s in model.generator.stage_list] == names == list(model.generator.stages)
+    assert model.generator.stage_list == STAGE_LISTS[mode]
+    assert model.resolve_steps(None) == default and model.generator.default_steps() == default
     assert model.resolve_steps(3) == (3,) * len(default)  # an int: that many steps in every stage
     with pytest.raises(ValueError, match="one per stage"):
-        model.hybrid.sample(model.draw_noise([0]), None, (1,) * (len(names) + 1))
+        model.generator.sample(model.draw_noise([0]), None, (1,) * (len(names) + 1))
     latents = torch.randn(2, 4, 16, 16)
-    tokens = model.hybrid.tokens(latents)  # the stages' parts add up to the latents again
-    rebuilt = sum(model.hybrid._latents_part(s, tokens[s.name]) for s in model.hybrid.stage_list)
+    tokens = model.generator.tokens(latents)  # the stages' parts add up to the latents again
+    rebuilt = sum(model.generator._latents_part(s, tokens[s.name]) for s in model.generator.stage_list)
     torch.testing.assert_close(rebuilt, latents)

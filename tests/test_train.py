@@ -142,11 +142,11 @@ def test_batch_indices_shard_a_global_batch():
 
 def test_param_groups_put_the_head_at_a_quarter_rate_without_decay():
     model = pe.create_model("tiny-32")
-    groups = train_mod.param_groups(model.hybrid, TrainConfig())
+    groups = train_mod.param_groups(model.generator, TrainConfig())
     head = [g for g in groups if g["lr_ratio"] == 0.25][0]
-    head_ids = {id(p) for n, p in model.hybrid.named_parameters() if ".head." in f".{n}"}
+    head_ids = {id(p) for n, p in model.generator.named_parameters() if ".head." in f".{n}"}
     assert {id(p) for p in head["params"]} == head_ids and head["weight_decay"] == 0
-    assert sum(len(g["params"]) for g in groups) == len(list(model.hybrid.parameters()))
+    assert sum(len(g["params"]) for g in groups) == len(list(model.generator.parameters()))
 
 
 def test_latency_profile_on_cpu():

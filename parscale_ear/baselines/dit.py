@@ -9,15 +9,14 @@ trained with one of two objectives and sampled with the matching few-step sample
   Each block's conditioning embeds t as DiT does plus t - r through a second, zero-initialised timestep
   embedder (`_TwoTimeEmbedding`), so at initialisation the network is the flow peer's.
 
-A peer is a model of its own (`PeerConfig`, `PeerModel`; presets "dit-s", "dit-b", "meanflow-s"): the project's
-LiteVAE with a DiT where ParScale-EAR has its coarse/fine stages (same `loss`, `sample`, `stages`,
-`fit_token_scales`), so training, EMA, resume, DDP, per-image seeds, decoding and FID are shared.
+A peer is a generator beside ParScale-EAR's coarse/fine hybrid: a LatentGenerator (latent_generator.py) on the
+project's LiteVAE, its model config a `PeerConfig` (model_config.py; presets "dit-xs", "dit-s", "dit-b",
+"meanflow-s"), so training, EMA, resume, DDP, per-image seeds, decoding and FID are shared.
 Needs the optional `diffusers` package (`pip install 'parscale-ear[baselines]'`).
 """
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -25,9 +24,7 @@ from torch import nn
 from ..checks import check_field_types, check_int, check_real
 from ..guidance import check_guidance, guided
 from ..latent_generator import LatentGenerator, Noise
-from ..pipeline import ParScaleEAR, check_model_config
 from ..solvers import check_solver, euler_step, heun_step, solver_passes, time_grid
-from ..vae import LiteVAEConfig
 
 OBJECTIVES = ("flow", "meanflow")
 
@@ -79,44 +76,6 @@ PEERS = {  # DiT sizes (Peebles & Xie, Table 1); the latent and patch 2 follow t
 }
 
 
-@dataclass
-class PeerConfig:
-    """A peer model: a DiT (`dit`) on the latents of the project's LiteVAE (`vae`), with its sampling defaults."""
-
-    name: str = "dit-s"
-    num_classes: int = 10  # 0 = unconditional
-    vae: LiteVAEConfig = field(default_factory=LiteVAEConfig)
-    dit: DiTConfig = field(default_factory=DiTConfig)
-    cfg: float = 1.0  # default classifier-free guidance scale for `generate`
-    temperature: float = 1.0  # scales x_1 (1 = the model's distribution)
-
-    def __post_init__(self):
-        check_model_config(self, "dit", DiTConfig)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "PeerConfig":
-        """The peer a dict of its fields describes; a 0.2 peer config (ParScale-EAR's fields with `dit` set) too."""
-        d = {k: v for k, v in d.items() if k != "hybrid"}  # 0.2 stored the unused hybrid beside the DiT
-        try:
-            return cls(**d)
-        except TypeError as e:  # unknown or missing keys
-            raise ValueError(f"config does not describe a peer model: {e}") from None
-
-
-class PeerModel(ParScaleEAR):
-    """The pipeline of a peer: LiteVAE + a DiT in the generator's place; sampling, saving and scoring as ParScaleEAR."""
-
-    def __init__(self, config: PeerConfig | None = None):
-        super().__init__(config or PeerConfig())
-
-    @staticmethod
-    def make_generator(cfg: PeerConfig) -> nn.Module:
-        return DiTBaseline(cfg.dit, cfg.vae.latent_shape, cfg.num_classes)
-
-
 def _diffusers():
     try:
         import diffusers  # noqa: F401
@@ -150,6 +109,8 @@ class _TwoTimeEmbedding(nn.Module):
 class DiTBaseline(LatentGenerator):
     """x_t = (1 - t) x0 + t eps with a DiT predicting v = eps - x0 (flow) or u(x_t, r, t) (meanflow); a
     LatentGenerator of one stage named 'dit', whose noise is x_1 on the latent grid."""
+
+    config_class = DiTConfig
 
     def __init__(self, config: DiTConfig, latent_shape: tuple[int, int, int], num_classes: int):
         super().__init__(config, latent_shape, num_classes)

@@ -117,7 +117,7 @@ def _parts(model: ParScaleEAR, sampler, B: int, solver: str | None) -> list[tupl
                 return fn()
         return run
 
-    generator = model.hybrid
+    generator = model.generator
     with torch.no_grad(), amp:
         latents = generator.sample(noise, labels, sampler.steps, sampler.cfg, sampler.temperature, solver)
     parts = [("encode", under_amp(lambda: model.vae.encode(images)))]

@@ -62,7 +62,7 @@ def parse_schedules(text: str) -> list[Schedule]:
 @contextmanager
 def stage_settings(model: ParScaleEAR, settings: dict):
     """Set sampling fields of the model's stage configs for the duration of the block, then restore them."""
-    stages = model.hybrid.stages
+    stages = model.generator.stages
     saved = []
     try:
         for key, value in settings.items():
@@ -85,7 +85,7 @@ def passes_per_image(model: ParScaleEAR, schedule: Schedule) -> int:
     """Backbone passes per image (the P streams of a pass run together in it); CFG doubles each."""
     steps = model.resolve_steps(schedule.steps)
     guided = 2 if schedule.cfg != 1.0 else 1
-    return model.hybrid.passes(steps, schedule.temperature) * guided  # each stage's count (a Heun stage's corrections)
+    return model.generator.passes(steps, schedule.temperature) * guided  # each stage's count (a Heun stage's corrections)
 
 
 def time_sampling(model: ParScaleEAR, schedule: Schedule, batch: int, runs: int = 50, bf16: bool = True,
