@@ -44,8 +44,8 @@ class FlowConfig(GeneratorConfig):
     # AdaLN blocks after the noise enters the residual path (mean head only): attention couples the
     # residual draws of neighbouring tokens; the m draws re-run only these blocks and the head
     residual_blocks: int = 0
-    # mean head only: share of the energy score's gradient that reaches the backbone through the residual
-    # path (1: all of it; 0: the backbone learns from the mean's MSE alone, the residual path from the score)
+    # objective "flow" with a mean head only: share of the energy score's gradient that reaches the backbone through
+    # the residual path (1: all of it; 0: the backbone learns from the mean's MSE alone, the residual path from the score)
     residual_grad: float = 1.0
     time_dist: str = "uniform"  # training t: "uniform" or "logit_normal" (sigmoid of N(0, 1), SD3)
     global_weight: float = 1.0  # weight of the whole-stage energy score beside the per-token one
@@ -86,6 +86,9 @@ class FlowConfig(GeneratorConfig):
         if self.residual_grad < 1 and not self.has_mean_head:
             raise ValueError("FlowConfig: residual_grad < 1 needs a mean head (mean_weight > 0), "
                              "or the backbone would get no gradient")
+        if self.residual_grad != 1 and self.objective == "energy":
+            raise ValueError("FlowConfig: residual_grad applies to objective 'flow' (the energy objective keeps every "
+                             "gradient); leave it at 1")
         if self.time_dist not in ("uniform", "logit_normal"):
             raise ValueError(f"FlowConfig: time_dist must be 'uniform' or 'logit_normal', got {self.time_dist!r}")
         check_solver(self.solver, "FlowConfig: solver")
@@ -236,9 +239,9 @@ class EnergyFlowGenerator(StageBase):
         else:  # one backbone pass; the residual path draws the m samples
             h = self.hidden(x_t, t, None, labels, context)  # (B, N, d)
             cond = self.condition(t, labels, h.dtype)
-            # the share of the score's gradient that reaches the backbone (checked: < 1 needs a mean head); the
-            # energy objective keeps all of it
-            w = 1.0 if c.objective == "energy" else c.residual_grad
+            # the share of the score's gradient that reaches the backbone (checked: < 1 needs a mean head and the
+            # flow objective; the energy objective keeps all of it)
+            w = c.residual_grad
             h_r, cond_r = (h, cond) if w == 1 else (_scale_grad(h, w), _scale_grad(cond, w))
             samples = self.residual(h_r.repeat(m, 1, 1), cond_r.repeat(m, 1), xi).float().view(m, B, N, D)
         if self.mean_out is not None:  # samples = mean + residual
@@ -294,13 +297,11 @@ class EnergyFlowGenerator(StageBase):
     ) -> torch.Tensor:
         """Tokens (B, N, D) in `steps` steps from x1 (B, N, D); xi (B, S, N, noise_dim) gives step k its noise.
 
-        Each step draws x0 ~ G(x_t, t, xi_k) and moves to t' along the line through x_t and that
-        sample (DDIM with a sampled x0). CFG mixes hidden states before the head (EAR),
-        h = cfg h_c + (1 - cfg) h_u; temperature scales the head's adaLN shift (EAR), or, with a mean
-        head, the residual: x0 = mean + temperature * residual (temperature 0: the mean alone, Euler steps of the
-        flow). With `solver` "heun" (default: `config.solver`, at temperature 0), each mean-path step but the last is
-        corrected by a second pass at its end (the trapezoid of the velocities at t and t'), as the DiT peer's Heun
-        solver.
+        Each step draws x0 ~ G(x_t, t, xi_k) and moves to t' along the line through x_t and that sample (DDIM with a
+        sampled x0); CFG mixes hidden states before the head (EAR). Temperature scales the head's adaLN shift (EAR),
+        or, with a mean head, the residual: x0 = mean + temperature * residual (0: the mean alone, the flow's path).
+        With solver "heun" (at temperature 0), each mean-path step but the last is corrected by a second pass at its
+        end (the trapezoid of the velocities at t and t').
         """
         B = x1.shape[0]
         heun = self.check_sampling(steps, temperature, solver) == "heun"

@@ -20,10 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checks import check_field_types, check_int
-from .generator import MARConfig
+from .energy_flow import FlowConfig
 from .latent_generator import LatentGenerator, Noise
 from .stage import GeneratorConfig
-from .stage_kinds import make_stage, stage_config
+from .stage_kinds import make_stage, stage_config, stored_stage
 
 
 # ----------------------------------------------------------------------------- stages
@@ -49,13 +49,16 @@ MODES = tuple(STAGE_LISTS)  # a mode is the name of a stage list
 
 @dataclass
 class HybridConfig:
+    """The stages of ParScale-EAR and their token geometry; the defaults are the shipped design's (flow stages, 2x2
+    fine patches, 2 + 2 steps), each stage's own fields at its kind's defaults."""
+
     mode: str = "full"
     pool: int = 4  # coarse grid = latent grid / pool (16x16 -> 4x4)
-    fine_patch: int = 1  # fine tokens are fine_patch x fine_patch latent patches (2: 64 tokens of 4C dims)
-    coarse: GeneratorConfig = field(default_factory=MARConfig)
-    fine: GeneratorConfig = field(default_factory=MARConfig)
-    coarse_steps: int = 4  # default cosine steps of the coarse stage
-    fine_steps: int = 1  # default steps of the fine stage (1 = one parallel pass)
+    fine_patch: int = 2  # fine tokens are fine_patch x fine_patch latent patches (2: 64 tokens of 4C dims)
+    coarse: GeneratorConfig = field(default_factory=FlowConfig)
+    fine: GeneratorConfig = field(default_factory=FlowConfig)
+    coarse_steps: int = 2  # default steps of the coarse stage
+    fine_steps: int = 2  # default steps of the fine stage
 
     def __post_init__(self):
         self.coarse = stage_config(self.coarse, "HybridConfig.coarse")
@@ -67,6 +70,21 @@ class HybridConfig:
             raise ValueError(f"HybridConfig: mode must be one of {MODES}, got {self.mode!r}")
         if self.coarse_steps < 1 or self.fine_steps < 1:
             raise ValueError(f"HybridConfig: steps must be >= 1, got {self.coarse_steps}, {self.fine_steps}")
+
+
+# what a stored hybrid that omits a field meant: the defaults before 0.4 (the MAR design); `to_dict` writes every
+# field, so only configs written by hand or before a field existed omit one
+STORED_DEFAULTS = {"fine_patch": 1, "coarse_steps": 4, "fine_steps": 1}
+
+
+def stored_hybrid(fields: dict, name: str) -> dict:
+    """A stored hybrid's fields as this version reads them: an omitted field at its earlier default, each stage's
+    fields by `stage_kinds.stored_stage`."""
+    fields = {**STORED_DEFAULTS, **fields}
+    for stage in ("coarse", "fine"):
+        value = fields.get(stage, {})
+        fields[stage] = stored_stage(value, f"{name}.{stage}") if isinstance(value, dict) else value
+    return fields
 
 
 # ----------------------------------------------------------------------------- token layout

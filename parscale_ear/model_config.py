@@ -10,7 +10,7 @@ from typing import ClassVar
 
 from .baselines.dit import DiTBaseline, DiTConfig
 from .checks import check_field_types, check_int, check_real, nested_config
-from .hybrid import CoarseFineHybrid, HybridConfig
+from .hybrid import CoarseFineHybrid, HybridConfig, stored_hybrid
 from .latent_generator import LatentGenerator
 from .vae import LiteVAEConfig
 
@@ -88,11 +88,14 @@ class ParScaleEARConfig(ModelConfig):
 
     @classmethod
     def upgrade(cls, d: dict) -> dict:
-        """0.2 stored `dit: null` beside the hybrid."""
+        """0.2 stored `dit: null` beside the hybrid; a stored hybrid reads as it did (`hybrid.stored_hybrid`)."""
         if d.get("dit") is not None:
             raise ValueError("config describes a DiT peer, not a ParScaleEAR model (read it with "
                              "parscale_ear.presets.config_from_dict)")
-        return {k: v for k, v in d.items() if k != "dit"}
+        d = {k: v for k, v in d.items() if k != "dit"}
+        if isinstance(d.get("hybrid", {}), dict):
+            d["hybrid"] = stored_hybrid(d.get("hybrid", {}), f"{cls.__name__}.hybrid")
+        return d
 
 
 @dataclass

@@ -15,14 +15,21 @@ from .stage_kinds import as_kind, upgrade
 from .vae import LiteVAEConfig
 
 
+def _fmnist_vae() -> LiteVAEConfig:
+    """The Fashion-MNIST LiteVAE: 32x32x1 -> 4x16x16 latent (f = 2, two Haar levels)."""
+    return LiteVAEConfig(image_size=32, in_channels=1, latent_channels=4, latent_size=16, dwt_levels=2,
+                         extractor_channels=32, aggregator_channels=64, decoder_channels=(128, 64))
+
+
 def fmnist_32() -> ParScaleEARConfig:
-    """Class-conditional 32x32 grey (Fashion-MNIST): 32x32x1 -> 4x16x16 latent, 4x4 coarse grid."""
+    """Class-conditional 32x32 grey (Fashion-MNIST) with the first design's MAR stages: 32x32x1 -> 4x16x16 latent,
+    4x4 coarse grid, the fine residual one token per latent position."""
     return ParScaleEARConfig(
         name="fmnist-32",
         num_classes=10,
-        vae=LiteVAEConfig(image_size=32, in_channels=1, latent_channels=4, latent_size=16, dwt_levels=2,
-                          extractor_channels=32, aggregator_channels=64, decoder_channels=(128, 64)),
+        vae=_fmnist_vae(),
         hybrid=HybridConfig(
+            fine_patch=1,
             coarse=MARConfig(width=256, depth=6, heads=4, streams=2, head_width=256, head_depth=3),
             fine=MARConfig(width=256, depth=6, heads=4, streams=2, head_width=256, head_depth=3),
             coarse_steps=8,
@@ -33,11 +40,6 @@ def fmnist_32() -> ParScaleEARConfig:
         cfg=2.0,
         temperature=0.55,
     )
-
-
-def _fmnist_vae() -> LiteVAEConfig:
-    return LiteVAEConfig(image_size=32, in_channels=1, latent_channels=4, latent_size=16, dwt_levels=2,
-                         extractor_channels=32, aggregator_channels=64, decoder_channels=(128, 64))
 
 
 def fmnist_32_flow() -> ParScaleEARConfig:
@@ -93,9 +95,11 @@ def fmnist_32_vflow_s() -> ParScaleEARConfig:
 
 
 # The few-step energy student (distill.py): the shipped flow design, its whole stage trained by the energy score
-# of the drawn x0 (mean + the residual path's draw), half the training draws at t = 1 (the one-pass case) and the
-# rest uniform; sampled with one DDIM-like step per stage, each drawing x0 from the energy head (temperature 1).
-_STUDENT_STAGE = dict(objective="energy", mean_weight=0.0, solver="euler", one_step_prob=0.5, time_dist="uniform")
+# of the drawn x0 (mean + the residual path's draw, every gradient kept: residual_grad at its default), half the
+# training draws at t = 1 (the one-pass case) and the rest uniform; sampled with one DDIM-like step per stage, each
+# drawing x0 from the energy head (temperature 1).
+_STUDENT_STAGE = dict(objective="energy", mean_weight=0.0, residual_grad=1.0, solver="euler", one_step_prob=0.5,
+                      time_dist="uniform")
 _STUDENT_SAMPLING = dict(cfg=1.0, temperature=1.0)
 
 
@@ -124,6 +128,7 @@ def lite_256() -> ParScaleEARConfig:
         vae=LiteVAEConfig(image_size=256, in_channels=3, latent_channels=32, latent_size=16, dwt_levels=4,
                           extractor_channels=32, aggregator_channels=128, decoder_channels=(256, 192, 128, 64, 32)),
         hybrid=HybridConfig(
+            fine_patch=1,
             coarse=MARConfig(width=384, depth=4, heads=6, streams=2, head_width=384, head_depth=3),
             fine=MARConfig(width=512, depth=6, heads=8, streams=2, head_width=512, head_depth=3),
             coarse_steps=4,
@@ -161,6 +166,7 @@ def tiny_32() -> ParScaleEARConfig:
                           extractor_channels=8, extractor_blocks=1, aggregator_channels=16, aggregator_blocks=1,
                           decoder_channels=(16, 8)),
         hybrid=HybridConfig(
+            fine_patch=1,
             coarse=MARConfig(width=32, depth=1, heads=2, streams=2, prefix_len=2, head_width=32, head_depth=1, noise_dim=8),
             fine=MARConfig(width=32, depth=1, heads=2, streams=2, prefix_len=2, head_width=32, head_depth=1, noise_dim=8),
             coarse_steps=4,
@@ -202,7 +208,7 @@ MODEL_CONFIGS: tuple[type[ModelConfig], ...] = (PeerConfig, ParScaleEARConfig)
 
 def peer_config(name: str, vae: LiteVAEConfig | None = None, num_classes: int = 10) -> PeerConfig:
     """The peer `name`'s config on `vae` (default: the fmnist-32 LiteVAE), sampled unguided."""
-    return PeerConfig(name=name, num_classes=num_classes, vae=vae or fmnist_32().vae, dit=dataclasses.replace(PEERS[name]))
+    return PeerConfig(name=name, num_classes=num_classes, vae=vae or _fmnist_vae(), dit=dataclasses.replace(PEERS[name]))
 
 
 def config_from_dict(d: dict) -> ModelConfig:

@@ -24,9 +24,9 @@ class GeneratorConfig:
     (energy_flow.py) or `MARConfig` (generator.py); a dict of fields becomes the config its `kind` names
     (`stage_kinds.stage_config`)."""
 
-    # "flow": few-step energy-score stage (EnergyFlowGenerator, energy_flow.py);
-    # "mar": masked random-order AR with the energy head (EnergyGenerator, generator.py)
-    kind: str = "mar"
+    # "flow": few-step energy-score stage (EnergyFlowGenerator, energy_flow.py), the shipped design's;
+    # "mar": masked random-order AR with the energy head (EnergyGenerator, generator.py), the first presets'
+    kind: str = "flow"
     width: int = 256
     depth: int = 4
     heads: int = 4

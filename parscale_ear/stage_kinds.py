@@ -55,6 +55,15 @@ def upgrade(fields: dict, name: str) -> dict:
     return fields
 
 
+def stored_stage(fields: dict, name: str) -> dict:
+    """A stored stage's fields as this version reads them: without a kind, the earlier default ('mar'); a field
+    that did nothing in it left out (residual_grad under the energy objective, which keeps every gradient)."""
+    fields = {"kind": "mar", **fields}
+    if fields["kind"] == "flow" and fields.get("objective") == "energy":
+        fields.pop("residual_grad", None)
+    return fields
+
+
 def stage_config(value: GeneratorConfig | dict, name: str) -> GeneratorConfig:
     """`value` as the config of its stage kind: a config as it is, or a dict of fields (see `upgrade`)."""
     if isinstance(value, GeneratorConfig):

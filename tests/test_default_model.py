@@ -97,3 +97,25 @@ def test_lite_256_es_follows_the_shipped_design(default):
     model = pe.create_model("lite-256-es").eval()
     assert 30e6 <= model.num_parameters()["generator"] <= 40e6
     assert model.generator.fine.num_tokens == 64 and model.generator.fine.token_dim == 128
+
+
+def test_the_shipped_config_is_in_the_current_format_and_the_old_one_loads_the_same_model(default, tmp_path):
+    """config.json builds its config without any reading of earlier versions (no retired fields, no other kind's
+    fields, no field that does nothing); the same release as 0.1 wrote it (tests/data) loads as the same model and
+    gives the same images."""
+    import json
+    import shutil
+
+    shipped = json.loads((DEFAULT_MODEL / "config.json").read_text())
+    assert shipped["library_version"] == pe.__version__
+    assert pe.ParScaleEARConfig(**shipped["config"]) == default.config
+    old = tmp_path / "old"
+    old.mkdir()
+    shutil.copyfile(ROOT / "tests" / "data" / "fmnist-32-es-0.1.0-config.json", old / "config.json")
+    shutil.copyfile(DEFAULT_MODEL / "model.safetensors", old / "model.safetensors")
+    before = pe.ParScaleEAR.from_pretrained(old)
+    assert before.config == default.config
+    for seed in (0, 7):
+        assert torch.equal(before.generate(3, seed=seed, steps=(1, 1)), default.generate(3, seed=seed, steps=(1, 1)))
+    with pytest.raises(TypeError):  # the old file needs the reading of earlier versions: not the current format
+        pe.ParScaleEARConfig(**json.loads((old / "config.json").read_text())["config"])

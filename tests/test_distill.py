@@ -61,8 +61,10 @@ def test_energy_objective_trains_the_backbone_through_the_score():
     pairs = teacher_pairs(teacher, 8, (2, 2), "heun", seed=0)
     labels = pairs.pop("labels")
     batch = {k: v.float() for k, v in pairs.items()}
+    with pytest.raises(ValueError, match="residual_grad applies to objective 'flow'"):
+        student_of(teacher, residual_grad=0.0)  # the energy objective keeps every gradient: 0 would do nothing
     for objective, reaches in (("energy", True), ("flow", False)):
-        model = student_of(teacher, residual_grad=0.0) if objective == "energy" else tiny_teacher()
+        model = student_of(teacher) if objective == "energy" else tiny_teacher()
         if objective == "flow":
             model.generator.fine.config.residual_grad, model.generator.fine.config.mean_weight = 0.0, 1.0
             model.generator.coarse.config.mean_weight = 1.0

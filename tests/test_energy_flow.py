@@ -348,11 +348,11 @@ def test_retired_stage_options_load_only_at_their_off_value(tmp_path, capsys):
     for key, value in (("noise_blocks", 1), ("head_steps", 2), ("time_shift", 1.5), ("mean_param", "x0")):
         with pytest.raises(ValueError, match=f"hybrid.fine.{key} = {value!r}: this option was removed"):
             stage_config({**v_stage(), key: value}, "hybrid.fine")
-    from parscale_ear.release import DEFAULT_MODEL
+    from pathlib import Path
 
-    shipped = json.loads((DEFAULT_MODEL / "config.json").read_text())
-    assert shipped["config"]["hybrid"]["fine"]["head_steps"] == 0  # written before the fields left: still loads
-    assert pe.ParScaleEAR.from_pretrained().config.hybrid.fine == pe.get_config("fmnist-32-es").hybrid.fine
+    old = json.loads((Path(__file__).parent / "data" / "fmnist-32-es-0.1.0-config.json").read_text())["config"]
+    assert old["hybrid"]["fine"]["head_steps"] == 0  # the shipped model's config as 0.1 wrote it: still loads
+    assert pe.ParScaleEARConfig.from_dict(old).hybrid.fine == pe.get_config("fmnist-32-es").hybrid.fine
     assert pe.create_model("tiny-32-flow", hybrid={"fine": {"head_steps": 0}}).config == pe.get_config("tiny-32-flow")
     with pytest.raises(ValueError, match="mean_param = 'x0': this option was removed"):
         pe.create_model("tiny-32-flow", hybrid={"fine": {**v_stage(), "mean_param": "x0"}})
@@ -369,8 +369,9 @@ def test_one_config_per_stage_kind():
     import dataclasses
     import json
 
-    from parscale_ear.stage_kinds import stage_config
-    from parscale_ear.release import DEFAULT_MODEL
+    from pathlib import Path
+
+    from parscale_ear.stage_kinds import stage_config, stored_stage
 
     mar, flow = ({f.name for f in dataclasses.fields(c)} for c in (pe.MARConfig, pe.FlowConfig))
     shared = {f.name for f in dataclasses.fields(pe.GeneratorConfig)}
@@ -378,12 +379,13 @@ def test_one_config_per_stage_kind():
     with pytest.raises(TypeError, match="build MARConfig or FlowConfig"):
         pe.GeneratorConfig()
     assert isinstance(stage_config({"kind": "flow", "samples": 4}, "hybrid.fine"), pe.FlowConfig)
-    assert isinstance(stage_config({"width": 64, "heads": 2}, "hybrid.fine"), pe.MARConfig)
+    assert isinstance(stage_config({"width": 64, "heads": 2}, "hybrid.fine"), pe.FlowConfig)  # the default kind
     with pytest.raises(ValueError, match="kind must be one of"):
         stage_config({"kind": "gan"}, "hybrid.fine")
-    stored = json.loads((DEFAULT_MODEL / "config.json").read_text())["config"]["hybrid"]["fine"]
-    assert {"mask_ratio_min", "samples"} <= set(stored)  # written by 0.2 with every field
-    assert stage_config(stored, "hybrid.fine") == pe.get_config("fmnist-32-es").hybrid.fine
+    old = json.loads((Path(__file__).parent / "data" / "fmnist-32-es-0.1.0-config.json").read_text())["config"]
+    stored = old["hybrid"]["fine"]
+    assert {"mask_ratio_min", "samples"} <= set(stored)  # written by 0.1 and 0.2 with every field
+    assert stage_config(stored_stage(stored, "hybrid.fine"), "hybrid.fine") == pe.get_config("fmnist-32-es").hybrid.fine
     with pytest.raises(ValueError, match="hybrid.fine.mask_ratio_min: a field of 'mar' stages, not of a 'flow' stage"):
         stage_config({**stored, "mask_ratio_min": 0.5}, "hybrid.fine")
     with pytest.raises(ValueError, match="hybrid.fine.samples: a field of 'flow' stages, not of a 'mar' stage"):
@@ -417,3 +419,42 @@ def test_a_plain_flow_stage_has_no_energy_head_and_learns_the_velocity_alone():
 def test_a_plain_flow_stage_refuses_what_needs_the_head(bad):
     with pytest.raises(ValueError, match="energy_head False"):
         pe.create_model("tiny-32-flow", hybrid={"fine": {**v_stage(energy_head=False), **bad}})
+
+
+def test_defaults_are_the_shipped_designs_kind_and_stored_configs_read_as_they_did():
+    """A stage or hybrid built without a kind is the shipped design's (flow stages, 2x2 fine patches, 2 + 2 steps);
+    a stored config that omitted a field reads with that field's earlier default (the MAR design), so it loads as
+    the model it was."""
+    from parscale_ear.hybrid import HybridConfig
+
+    hybrid = HybridConfig()
+    assert isinstance(hybrid.coarse, pe.FlowConfig) and isinstance(hybrid.fine, pe.FlowConfig)
+    assert (hybrid.fine_patch, hybrid.coarse_steps, hybrid.fine_steps) == (2, 2, 2)
+    assert pe.ParScaleEAR().generate(1, seed=0).shape == (1, 1, 32, 32)  # the default config builds and samples
+    mar = pe.get_config("tiny-32").to_dict()
+    old = {**mar, "hybrid": {k: v for k, v in mar["hybrid"].items() if k not in ("fine_patch", "coarse_steps")}}
+    for stage in ("coarse", "fine"):
+        old["hybrid"][stage] = {k: v for k, v in mar["hybrid"][stage].items() if k != "kind"}
+    read = pe.ParScaleEARConfig.from_dict(old)
+    assert isinstance(read.hybrid.fine, pe.MARConfig) and read.hybrid.fine_patch == 1 and read.hybrid.coarse_steps == 4
+    assert read == pe.ParScaleEARConfig.from_dict({**mar, "hybrid": {**mar["hybrid"], "coarse_steps": 4}})
+    assert isinstance(pe.ParScaleEARConfig.from_dict({"name": "x"}).hybrid.coarse, pe.MARConfig)  # 0.3's default
+
+
+def test_a_field_that_does_nothing_is_refused_or_left_out():
+    """residual_grad only weights the score's gradient under objective 'flow' with a mean head: the energy objective
+    keeps every gradient, so another value is refused; a stored student that holds one (0.1 wrote the shipped
+    model so) loads without it, as the same model."""
+    import json
+
+    from parscale_ear.release import DEFAULT_MODEL
+
+    with pytest.raises(ValueError, match="residual_grad applies to objective 'flow'"):
+        pe.create_model("fmnist-32-es", hybrid={"fine": {"residual_grad": 0.0}})
+    with pytest.raises(ValueError, match="residual_grad applies to objective 'flow'"):
+        pe.FlowConfig(**{**v_stage(), "mean_weight": 0.0, "objective": "energy", "residual_grad": 0.5})
+    stored = pe.get_config("fmnist-32-es").to_dict()
+    stored["hybrid"]["fine"]["residual_grad"] = 0.0
+    assert pe.ParScaleEARConfig.from_dict(stored) == pe.get_config("fmnist-32-es")
+    shipped = json.loads((DEFAULT_MODEL / "config.json").read_text())["config"]
+    assert all(shipped["hybrid"][s]["residual_grad"] == 1.0 for s in ("coarse", "fine"))

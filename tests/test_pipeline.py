@@ -12,7 +12,7 @@ from helpers import perturb_
 @pytest.fixture
 def model():
     torch.manual_seed(0)
-    return perturb_(pe.create_model("tiny-32")).eval()
+    return perturb_(pe.create_model("tiny-32-flow")).eval()
 
 
 def test_list_and_create_models():

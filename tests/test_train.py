@@ -42,7 +42,7 @@ def losses(run: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def vae_run(tmp_path_factory, npz_data):
     out = tmp_path_factory.mktemp("runs") / "vae"
-    train(cfg("vae", npz_data), out, pe.get_config("tiny-32"), progress=False)
+    train(cfg("vae", npz_data), out, pe.get_config("tiny-32-flow"), progress=False)
     return out
 
 
