@@ -46,7 +46,7 @@ if __name__ == "__main__":
     p.add_argument("--compile", action="store_true")
     p.add_argument("--cuda-graphs", action="store_true")
     p.add_argument("--channels-last", action="store_true", help="NHWC decoder convolutions")
-    p.add_argument("--steps", default=None, help="schedule to time: N or COARSE,FINE (default: the model's)")
+    p.add_argument("--steps", default=None, help="schedule to time: N (in every stage) or COARSE,FINE (default: the model's)")
     p.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's)")
     p.add_argument("--temperature", type=float, default=None, help="(default: the model's)")
     p.add_argument("--solver", choices=SOLVERS, default=None, help="flow solver (default: the model's)")

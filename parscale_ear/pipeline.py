@@ -156,12 +156,14 @@ class ParScaleEAR(nn.Module):
             n: how many images (their float32 result must fit in memory; `iter_generate` yields batches).
             labels: n class indices, a list, array or tensor (default: (seed + i) mod num_classes).
             cfg: classifier-free guidance scale (default: the model's; 1 = unguided, one pass a step).
-            temperature: scale of the energy head's draws (default: the model's; 0 = the mean path).
+            temperature: how far a draw strays from the model's most likely path, 1 the trained distribution
+                (default: the model's; what it scales in each kind of model: `latent_generator`).
             steps: steps per stage, (coarse, fine), or an int for every stage (default: the model's).
             seed: the first image's seed.
             batch_size: images per forward pass (changes speed, not images).
             progress: show a progress bar.
-            solver: "euler" or "heun" for flow stages with a mean head and the flow peer (default: the model's).
+            solver: "euler" or "heun" for the mean path of flow stages with a mean head (temperature 0) and the
+                flow peer (default: the model's).
         Returns:
             A float32 tensor (n, C, H, W) with values in [-1, 1], on the model's device.
         """

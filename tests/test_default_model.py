@@ -119,3 +119,23 @@ def test_the_shipped_config_is_in_the_current_format_and_the_old_one_loads_the_s
         assert torch.equal(before.generate(3, seed=seed, steps=(1, 1)), default.generate(3, seed=seed, steps=(1, 1)))
     with pytest.raises(TypeError):  # the old file needs the reading of earlier versions: not the current format
         pe.ParScaleEARConfig(**json.loads((old / "config.json").read_text())["config"])
+
+
+def test_steps_and_solver_mean_one_thing_through_the_api_and_the_cli(default, tmp_path, capsys):
+    """An int of steps is that many steps in every stage (1 -> 1 + 1); an explicit Heun solver where every step
+    draws x0 from the energy head (temperature > 0) would change nothing and is refused with one line."""
+    assert default.resolve_steps(1) == (1, 1) and default.generator.passes(1, 1.0) == 2
+    assert torch.equal(default.generate(2, seed=1, steps=1), default.generate(2, seed=1, steps=(1, 1)))
+    for call in (lambda: default.generate(2, solver="heun"), lambda: default.compile_sampler(2, solver="heun"),
+                 lambda: default.generator.passes((2, 2), 0.5, "heun")):
+        with pytest.raises(ValueError, match="solver 'heun' at temperature"):
+            call()
+    mean = default.generate(2, seed=1, temperature=0.0, steps=(2, 2))  # the mean path: Heun corrects it
+    assert not torch.equal(default.generate(2, seed=1, temperature=0.0, steps=(2, 2), solver="heun"), mean)
+    assert main(["sample", "--n", "2", "--solver", "heun", "--device", "cpu", "--out", str(tmp_path / "h.png")]) == 2
+    err = capsys.readouterr().err
+    assert "solver 'heun' at temperature 1" in err and err.count("\n") == 1 and not (tmp_path / "h.png").exists()
+    for steps in ("1", "1,1"):
+        assert main(["sample", "--n", "2", "--steps", steps, "--device", "cpu", "--out", str(tmp_path / steps)]) == 0
+    for image in ("000000.png", "000001.png"):
+        assert (tmp_path / "1" / image).read_bytes() == (tmp_path / "1,1" / image).read_bytes()

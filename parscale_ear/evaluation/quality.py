@@ -23,7 +23,7 @@ SAMPLING_FIELDS = ("max_steps", "solver")
 
 @dataclass
 class Schedule:
-    steps: object  # int (one stage / DiT) or (coarse, fine)
+    steps: object  # an int (that many in every stage) or one per stage, (coarse, fine)
     cfg: float = 1.0
     temperature: float = 1.0
     # sampling fields of the stage configs for this schedule: {"fine.solver": "heun", "max_steps": 4}
