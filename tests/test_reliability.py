@@ -206,7 +206,7 @@ BAD_CLI = [  # (argv with {root} and {vae}, a part of the one-line message)
     (["train", "--vae", "{vae}", "--steps", "2", "--out", "{tmp}/g", "--set", "hybrid.coarse.class_dropout=-3", *CPU],
      "class_dropout must be in [0, 1]"),
     (["train", "--vae", "{vae}", "--steps", "2", "--out", "{tmp}/g", "--device", "cpu:5", "--batch-size", "8"],
-     "expected cpu, cuda or cuda:N"),
+     "--device: expected 'cpu', 'cuda' or 'cuda:N'"),
     (["train", "--vae", "{vae}", "--steps", "2", "--out", "{tmp}/g", "--batch-size", "1000", "--device", "cpu",
       "--no-progress"], "exceeds the 24 training items"),
     (["sample", "--ckpt", "{root}/mar", "--n", "2", "--solver", "euler", "--out", "{tmp}/o.png"], "take no flow solver"),

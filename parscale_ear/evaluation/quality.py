@@ -181,12 +181,14 @@ def lower_envelope(rows: list[dict], batch: int, key: str = "fid_train") -> list
 
 
 def plot_curves(rows: dict[str, list[dict]], path: str | Path, batch: int, key: str = "fid_train") -> dict:
-    """Plot each run's FID-vs-latency curve (`lower_envelope` at `batch`) into `path`; returns the curves."""
-    from ..plots import line_plot
+    """Plot each run's FID-vs-latency curve (`lower_envelope` at `batch`) into `path` (plots.cost_plot); returns the
+    curves."""
+    from ..plots import cost_plot
 
     curves = {name: lower_envelope(r, batch, key) for name, r in rows.items()}
-    line_plot(path, {name: tuple(map(list, zip(*c))) for name, c in curves.items()}, ylabel="FID-10k (train)",
-              xlabel=f"ms per image (batch {batch})", log_x=True, title=f"FID-10k vs sampling cost, batch {batch}")
+    cost_plot(path, {name: [{"cost": ms, "score": fid} for ms, fid in c] for name, c in curves.items()},
+              xlabel=f"ms per image (batch {batch})", ylabel="FID-10k (train)",
+              title=f"FID-10k vs sampling cost, batch {batch}")
     return curves
 
 
