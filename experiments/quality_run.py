@@ -9,7 +9,7 @@
 A release folder (config.json + model.safetensors, e.g. parscale_ear/weights/fmnist-32-vflow-s) is only scored,
 into a --table path outside it; its rows then carry no training minutes or steps.
 
-The run measures its own rate during its warm-up and sets its step count there (quality.train_for_minutes) so the
+The run measures its own rate during its warm-up and sets its step count there (harness.train_for_minutes) so the
 cosine schedule ends at the budget; --minutes of wall time (compile included) caps it in any case. The VAE's own minutes (from its run) are reported beside. A folder
 that holds a trained run already is only scored (e.g. FID-50k at the best schedule into --table fid50k).
 """
@@ -21,7 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
-from parscale_ear.evaluation import fid, quality
+from parscale_ear.evaluation import fid, quality  # noqa: E402
+from parscale_ear.harness import train_for_minutes  # noqa: E402
 from parscale_ear import train as T  # noqa: E402
 from parscale_ear.utils import environment  # noqa: E402
 from parscale_ear.pipeline import ParScaleEARConfig  # noqa: E402
@@ -74,7 +75,7 @@ else:
     config = recipe_config(args.recipe, ParScaleEARConfig.from_dict(vae_ckpt["config"]), _overrides(args.set))
     if (args.minutes is None) == (args.steps is None):
         sys.exit("quality_run: training needs exactly one of --minutes and --steps")
-    done = quality.train_for_minutes(config, args.vae, args.minutes, out, device, steps=args.steps,
+    done = train_for_minutes(config, args.vae, args.minutes, out, device, steps=args.steps,
                                      warmup_steps=args.warmup_steps,
                                      batch_size=args.batch_size, lr=args.lr,
                                      ema_decay=args.ema_decay, head_lr_ratio=args.head_lr_ratio, seed=args.seed,

@@ -260,3 +260,18 @@ def test_the_product_speaks_of_the_product_alone():
     hits = [f"{p.relative_to(root)}:{n}: {m.group(0)}" for p in files for n, line in enumerate(p.read_text().splitlines(), 1)
             for m in [words.search(line)] if m]
     assert not hits, hits
+
+
+def test_evaluation_scores_and_never_trains():
+    """evaluation/ imports nothing of train/ (nor the training harness); a run that trains then scores is the
+    harness's (harness.py), above both."""
+    import ast
+
+    root = Path(__file__).resolve().parent.parent / "parscale_ear"
+    for path in sorted((root / "evaluation").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        names = {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        names |= {a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
+        bad = {n for n in names if n.lstrip(".").removeprefix("parscale_ear.").split(".")[0] in ("train", "harness")}
+        assert not bad, (path.name, bad)
+    assert "train" in _package_imports("harness")

@@ -252,15 +252,14 @@ def test_no_samples_and_sampling_time_stays_out_of_the_training_clock(tmp_path, 
 def test_train_for_minutes_fits_the_steps_to_the_budget_in_the_run_itself(tmp_path, vae_run):
     """The fixed-budget harness: one run measures its rate during its warm-up, sets its step count so
     the cosine decay ends at the budget, records the plan in run.json, and stops inside max_minutes."""
-    from parscale_ear.evaluation import quality
+    from parscale_ear.harness import train_for_minutes
     from parscale_ear.presets import recipe_config
 
     vae_config = pe.ParScaleEARConfig.from_dict(load_checkpoint(vae_run)["config"])
     config = recipe_config("tiny-32-flow", vae_config)
     assert config.name == "tiny-32-flow" and config.vae == vae_config.vae and config.hybrid.coarse.kind == "flow"
     budget = 0.25  # minutes (a loaded 2-core machine runs a tiny step in ~0.5 s)
-    done = quality.train_for_minutes(config, vae_run, budget, tmp_path / "run", "cpu", warmup_steps=14, batch_size=8,
-                                     lr=1e-3)
+    done = train_for_minutes(config, vae_run, budget, tmp_path / "run", "cpu", warmup_steps=14, batch_size=8, lr=1e-3)
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["fitted"]["at_step"] == 14 and run["fitted"]["steps_per_s"] > 0
     assert done["planned_steps"] == run["fitted"]["steps"] == run["train"]["steps"] >= 28  # at least 2x the warm-up
