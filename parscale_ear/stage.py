@@ -7,6 +7,7 @@ Parallel streams: ParScale, Chen et al. (arXiv 2505.10475). Null class for guida
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
@@ -60,11 +61,12 @@ class GeneratorConfig:
             raise ValueError(f"{type(self).__name__}: tau must be in [0, 1], got {self.tau}")
 
 
-class StageBase(nn.Module):
+class StageBase(nn.Module, ABC):
     """What every generation stage shares beside its config: its geometry, the label embedding whose last row is the
     null class (classifier-free guidance), the P streams' learned prefixes and aggregation (ParScale), class dropout
     in training and the guidance check in sampling. A stage creates these parts in its own order (`make_labels`,
-    `make_streams`): the order fixes its initial weights under a seed."""
+    `make_streams`): the order fixes its initial weights under a seed. Each kind defines the five methods below, all
+    the coarse/fine hybrid calls."""
 
     def __init__(self, config: GeneratorConfig, num_tokens: int, token_dim: int, num_classes: int, context_dim: int):
         super().__init__()
@@ -72,6 +74,31 @@ class StageBase(nn.Module):
         self.num_tokens, self.token_dim = num_tokens, token_dim
         self.num_classes, self.context_dim = num_classes, context_dim
 
+    # ------------------------------------------------------------------ what each kind defines
+    @abstractmethod
+    def draw(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """One image's noise (no batch dimension) by the names `sample` takes, every draw from `generator`."""
+
+    @abstractmethod
+    def draw_batch(self, batch: int, device, dtype, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """A batch's noise drawn on `device` in one go, as `draw`'s."""
+
+    @abstractmethod
+    def passes(self, steps: int, temperature: float = 0.0, solver: str | None = None) -> int:
+        """Backbone passes per image at `steps` (without guidance's doubling); a one-line ValueError where the stage
+        cannot sample so."""
+
+    @abstractmethod
+    def sample(self, *noise: torch.Tensor, labels: torch.Tensor | None = None, steps: int = 1, cfg: float = 1.0,
+               temperature: float = 1.0, context: torch.Tensor | None = None, solver: str | None = None) -> torch.Tensor:
+        """The stage's normalised tokens (B, N, D) from its noise (`draw`'s parts, batched) in `steps` steps."""
+
+    @abstractmethod
+    def loss(self, tokens: torch.Tensor, labels: torch.Tensor | None = None, context: torch.Tensor | None = None,
+             **pairs: torch.Tensor) -> torch.Tensor:
+        """Its training loss on normalised tokens (B, N, D) (a flow stage also takes a teacher's x_1, `noise`)."""
+
+    # ------------------------------------------------------------------ what every kind shares
     def make_labels(self, width: int) -> None:
         self.class_embed = nn.Embedding(self.num_classes + 1, width)  # index num_classes = null / unconditional
         nn.init.normal_(self.class_embed.weight, std=0.02)
