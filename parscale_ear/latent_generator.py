@@ -23,7 +23,7 @@ The sampling arguments mean one thing everywhere:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -38,6 +38,8 @@ Noise = dict[str, dict[str, torch.Tensor]]
 class LatentGenerator(nn.Module, ABC):
     """A generator of latents (B, C, g, g) for the LiteVAE's decoder; see the module doc for what it does and what
     the sampling arguments mean."""
+
+    config_class: ClassVar[type]  # its config dataclass, the one `config` holds
 
     def __init__(self, config: Any, latent_shape: tuple[int, int, int], num_classes: int):
         super().__init__()
