@@ -220,3 +220,70 @@ def test_stages_run_as_an_ordered_list_with_one_step_count_each(mode, names, def
     tokens = model.generator.tokens(latents)  # the stages' parts add up to the latents again
     rebuilt = sum(model.generator._latents_part(s, tokens[s.name]) for s in model.generator.stage_list)
     torch.testing.assert_close(rebuilt, latents)
+
+
+def test_a_new_generator_plugs_into_the_pipeline():
+    """Anything that implements LatentGenerator samples, times and gives the training step its loss through the
+    pipeline without a line of the pipeline knowing it: a one-stage toy whose latents are its scaled x_1."""
+    import dataclasses
+    from typing import ClassVar
+
+    from torch import nn
+
+    from parscale_ear.evaluation.benchmark import profile_latency
+    from parscale_ear.latent_generator import LatentGenerator
+    from parscale_ear.model_config import ModelConfig
+
+    @dataclasses.dataclass
+    class ToyConfig:
+        steps: int = 3
+
+    class Toy(LatentGenerator):
+        config_class = ToyConfig
+
+        def __init__(self, config, latent_shape, num_classes):
+            super().__init__(config, latent_shape, num_classes)
+            self.scale = nn.Parameter(torch.ones(()))
+
+        stages = property(lambda self: {"toy": self})
+        default_steps = lambda self: (self.config.steps,)  # noqa: E731
+        draw = lambda self, g: {"toy": {"x1": torch.randn(self.latent_shape, generator=g)}}  # noqa: E731
+        draw_batch = lambda self, b, device, dtype, g=None: {  # noqa: E731
+            "toy": {"x1": torch.randn(b, *self.latent_shape, generator=g, device=device, dtype=dtype)}}
+        stage_passes = lambda self, name, steps, temperature, solver: steps  # noqa: E731
+        latents = lambda self, outputs: outputs["toy"]  # noqa: E731
+        fit_token_scales = lambda self, latents: {}  # noqa: E731
+
+        def sample_stage(self, name, noise, labels, steps, cfg, temperature, solver, earlier):
+            return noise["toy"]["x1"] * temperature * self.scale / steps
+
+        def loss(self, latents, labels=None, pairs=None):
+            loss = (self.scale * latents).pow(2).mean()
+            return {"toy": loss, "loss": loss}
+
+    @dataclasses.dataclass
+    class ToyModelConfig(ModelConfig):
+        GENERATOR: ClassVar[str] = "toy"
+        GENERATOR_CLASS: ClassVar[type] = Toy
+        WHAT: ClassVar[str] = "toy model"
+        toy: ToyConfig = dataclasses.field(default_factory=ToyConfig)
+
+    model = pe.ParScaleEAR(ToyModelConfig(vae=pe.get_config("tiny-32-flow").vae, temperature=0.5)).eval()
+    a = model.generate(3, seed=4, batch_size=2)
+    assert a.shape == (3, 1, 32, 32) and torch.equal(model.generate(1, seed=6), a[2:])
+    noise = model.draw_noise([4])
+    want = model.vae.decode(noise["toy"]["x1"] * 0.5 / 3).clamp(-1, 1)
+    torch.testing.assert_close(a[:1], want)
+    whole = model.generate(3, seed=4, batch_size=3)
+    assert torch.equal(model.compile_sampler(3)(seed=4), whole) and model.resolve_steps(2) == (2,)
+    torch.testing.assert_close(whole, a)
+    assert model.num_parameters()["generator.toy"] == 1
+    rows = profile_latency(model, batch_sizes=(2,), runs=1, warmup=0)
+    assert [r["name"] for r in rows] == ["encode", "generate.toy (3 steps)", "decode", "end_to_end"]
+    with pytest.raises(ValueError, match="one stage"):
+        model.generate(1, steps=(1, 1))
+    from parscale_ear.train import GeneratorStep
+
+    losses = GeneratorStep(model.generator)(torch.ones(2, 4, 16, 16), None)
+    losses["loss"].backward()
+    assert model.generator.scale.grad == 2.0
