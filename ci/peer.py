@@ -12,7 +12,7 @@ from parscale_ear.evaluation import evaluate, quality
 from parscale_ear.harness import train_for_minutes
 from parscale_ear.evaluation import fid as fidlib
 from parscale_ear.loading import load_checkpoint, load_pipeline, read_metrics
-from parscale_ear.pipeline import ParScaleEARConfig
+from parscale_ear.model_config import ParScaleEARConfig
 from parscale_ear.presets import recipe_config
 from parscale_ear.utils import environment
 

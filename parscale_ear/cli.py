@@ -1,4 +1,4 @@
-"""The `parscale-ear` command line: models, train-vae, train, sample, export, fid, fid-weights.
+"""The `parscale-ear` command line: models, train-vae, train, sample, export, data, fid, fid-weights.
 
 Multi-GPU: `torchrun --nproc_per_node N -m parscale_ear train ...` (same code path for 1..N GPUs).
 """
@@ -76,6 +76,7 @@ def _parser_class():
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .cli_data import add_data_commands
     from .cli_train import add_train_commands
 
     parser = OneLineParser(prog="parscale-ear", description=__doc__.splitlines()[0])
@@ -89,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="release folder to write (config.json + model.safetensors)")
     p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
                    help="dtype of the stored parameters (half types halve the file)")
+    add_data_commands(sub)
     sub.add_parser("fid", help="FID between two folders / .npz image files / statistics files", add_help=False)
     sub.add_parser("fid-weights", help="convert the offline InceptionV3 into pytorch-fid's weight file", add_help=False)
     return parser
@@ -212,6 +214,10 @@ def main(argv: list[str] | None = None) -> int:
             return train_command(args, "vae" if args.command == "train-vae" else "generator")
         if args.command == "sample":
             return _sample(args)
+        if args.command == "data":
+            from .cli_data import data_command
+
+            return data_command(args)
         if args.command == "export":
             from .loading import export
 

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from .cli import _overrides, _steps, resolve_device
-from .presets import PEER_NAMES
+from .baselines import PEER_NAMES
 
 # flags that define a run (its recipe): a resumed run keeps its own, and one given that differs is refused
 RUN_DEFAULTS = {"vae": dict(batch_size=256, lr=1e-3, ema_decay=0.999), "generator": dict(batch_size=1024, lr=8e-4, ema_decay=0.999)}
@@ -36,6 +36,10 @@ def _train_args(p: argparse.ArgumentParser, kind: str) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the training step")
     p.add_argument("--no-bf16", action="store_true", help="train in float32 on CUDA (bf16 autocast is the default)")
     p.add_argument("--max-images", type=int, default=None, help="train on the first N images only (default: all)")
+    p.add_argument("--workers", type=int, default=-1,
+                   help="DataLoader processes per rank reading an image folder or tar shards (-1: up to 8, the CPUs per rank)")
+    p.add_argument("--max-unreadable", type=float, default=0.01,
+                   help="stop once more than this fraction of the images read could not be read (they are skipped)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-samples", action="store_true", help="no sample grids or loss plot during or after training")
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="model config overrides, e.g. hybrid.fine.depth=8")
@@ -84,7 +88,7 @@ def _schedule(args) -> dict:
     """The TrainConfig fields a resumed run may change: how long, how often it logs, samples and saves, compile."""
     return dict(steps=args.steps, log_every=args.log_every, sample_every=args.sample_every, ckpt_every=args.ckpt_every,
                 max_minutes=args.max_minutes, fit_steps_to_budget=args.fit_to_budget, samples=not args.no_samples,
-                compile=args.compile)
+                compile=args.compile, workers=args.workers, max_unreadable=args.max_unreadable)
 
 
 def _run_flags(args, kind: str) -> dict:
@@ -130,6 +134,10 @@ def _new_run(args, kind: str):
         if not data:
             raise ValueError(f"--vae {args.vae}: its checkpoint does not say what data it was trained on; pass --data")
         defaults["vae_run"] = str(args.vae)
+    if "num_classes" not in overrides:  # the data's classes, not those of the dataset the preset was made for
+        from .train.latents import with_data_classes
+
+        model_config = with_data_classes(model_config, data, given.get("max_images", 0))
     cfg = TrainConfig(kind=kind, **{**defaults, **given, "data": data}, **_schedule(args))
     return cfg, model_config
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
+from .baselines import PEER_NAMES  # the peers (baselines/dit.py), named free of torch for the CLI
 from .baselines.dit import PEERS
 from .energy_flow import FlowConfig
 from .generator import MARConfig
@@ -198,8 +199,6 @@ _PRESETS: dict[str, Callable[[], ParScaleEARConfig]] = {
     "tiny-32": tiny_32,
 }
 
-# The peers (baselines/dit.py): a DiT of PEERS on the Fashion-MNIST LiteVAE's latents.
-PEER_NAMES = ("dit-xs", "dit-s", "dit-b", "meanflow-s")
 
 # the kinds of model, by the field that holds their generator's config, in the order a stored dict is matched (a peer
 # stored by 0.2 holds an unused hybrid beside its dit)

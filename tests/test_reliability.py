@@ -54,6 +54,8 @@ def test_fid_save_stats_never_replaces_a_source_or_a_foreign_file(tmp_path, caps
 
 
 def test_cached_latents_follow_the_data_not_only_its_size(tmp_path, vae):
+    from parscale_ear.streaming import MemoryImages
+
     model = train_mod.model_from_checkpoint(train_mod.load_checkpoint(vae))
     rng = np.random.default_rng(1)
     a = ImageData(torch.from_numpy(rng.integers(0, 255, (6, 1, 32, 32), dtype=np.uint8)), torch.arange(6) % 2,
@@ -61,10 +63,10 @@ def test_cached_latents_follow_the_data_not_only_its_size(tmp_path, vae):
     b = ImageData(torch.from_numpy(rng.integers(0, 255, (6, 1, 32, 32), dtype=np.uint8)), torch.arange(6) % 2,
                   ["x", "y"], "a")
     d = train_mod.Dist()
-    la = train_mod.cached_latents(vae, model, a, torch.device("cpu"), d)
-    lb = train_mod.cached_latents(vae, model, b, torch.device("cpu"), d)
+    la = train_mod.latent_shards(vae, model, MemoryImages(a), torch.device("cpu"), d).head(6)
+    lb = train_mod.latent_shards(vae, model, MemoryImages(b), torch.device("cpu"), d).head(6)
     assert not torch.equal(la, lb)  # the same size, other images: encoded again
-    assert torch.equal(train_mod.cached_latents(vae, model, b, torch.device("cpu"), d), lb)
+    assert torch.equal(train_mod.latent_shards(vae, model, MemoryImages(b), torch.device("cpu"), d).head(6), lb)
 
 
 def test_a_diverged_run_stops_with_its_last_finite_checkpoint(tmp_path, data, vae, capsys):

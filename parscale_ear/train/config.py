@@ -37,6 +37,8 @@ class TrainConfig:
     vae_run: str = ""  # generator runs: the VAE run folder
     kl_weight: float = 1e-6
     max_images: int = 0  # train on the first N images only (quick runs); 0 = all
+    workers: int = -1  # DataLoader worker processes per rank reading streamed images; -1: up to 8, the CPUs per rank
+    max_unreadable: float = 0.01  # stop once more than this fraction of the images read could not be read
     samples: bool = True  # sample grids (and the loss plot) every sample_every steps and at the end
     # generator runs: start from this release or run folder's generator weights ("default": the embedded model);
     # new modules keep their initialisation
@@ -58,6 +60,10 @@ class TrainConfig:
         for name in ("warmup_steps", "max_images", "seed"):
             check_int(getattr(self, name), f"TrainConfig.{name} (--{name.replace('_', '-')})", minimum=0)
         check_real(self.lr, "TrainConfig.lr (--lr)", minimum=0.0, inclusive=False)
+        check_int(self.workers, "TrainConfig.workers (--workers)", minimum=-1)
+        check_real(self.max_unreadable, "TrainConfig.max_unreadable (--max-unreadable)", minimum=0.0)
+        if self.max_unreadable > 1:
+            raise ValueError(f"TrainConfig.max_unreadable (--max-unreadable): expected a fraction in [0, 1], got {self.max_unreadable}")
         check_real(self.max_minutes, "TrainConfig.max_minutes (--max-minutes)", minimum=0.0)
         check_real(self.ema_decay, "TrainConfig.ema_decay (--ema-decay)", minimum=0.0)
         if not self.ema_decay < 1:

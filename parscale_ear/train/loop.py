@@ -49,7 +49,8 @@ def train(cfg: TrainConfig, out: str | Path, model_config: ModelConfig | None = 
     data = load_images(cfg, model_config)
     if model_config.num_classes and data.num_classes != model_config.num_classes:
         raise ValueError(f"data has {data.num_classes} classes, the model expects {model_config.num_classes}")
-    task = (VAETask if cfg.kind == "vae" else GeneratorTask)(model, data, cfg, dev, d, fresh=ckpt is None, progress=progress)
+    task = (VAETask if cfg.kind == "vae" else GeneratorTask)(model, data, cfg, dev, d, fresh=ckpt is None, progress=progress,
+                                                             start=ckpt["step"] if ckpt else 0)
     if cfg.batch_size > task.num_items:
         raise ValueError(f"--batch-size {cfg.batch_size} exceeds the {task.num_items} training items; use at most that")
     run = Run(cfg, out, d, dev, model, model_config, task, ckpt, num_images=len(data))
