@@ -73,7 +73,7 @@ def check_preset(name: str) -> None:
         check(name, "decode", lambda: check_tensor(timed(name, "decode", lambda: model.vae.decode(latents)), image_shape, False))
         check(name, "reconstruct", lambda: check_tensor(timed(name, "reconstruct", lambda: model.reconstruct(images)), image_shape, True))
 
-    steps = model.hybrid.default_steps()  # each preset's own (coarse, fine) steps
+    steps = model.generator.default_steps()  # each preset's own (coarse, fine) steps
     op = f"generate {GEN_IMAGES} steps={steps[0]},{steps[1]}"
     gen_shape = (GEN_IMAGES, v.in_channels, v.image_size, v.image_size)
     check(name, "generate", lambda: check_tensor(

@@ -105,10 +105,13 @@ def _add_sample(sub) -> None:
     p.add_argument("--per-class", type=int, default=None,
                    help="K images of every class, class by class (sets --n; a grid shows one class a row)")
     p.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's)")
-    p.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: the model's)")
-    p.add_argument("--steps", type=_steps, default=None, help="N or COARSE,FINE (default: the model's)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="how far a draw strays from the model's most likely path: 1 the trained distribution, 0 the "
+                        "flow's mean path (what it scales per kind of model: docs/DESIGN.md) (default: the model's)")
+    p.add_argument("--steps", type=_steps, default=None, help="N (in every stage) or COARSE,FINE (default: the model's)")
     p.add_argument("--solver", choices=("euler", "heun"), default=None,
-                   help="flow solver: heun corrects each step but the last with a second pass (default: the model's)")
+                   help="flow solver: heun corrects each step but the last with a second pass, on the mean path "
+                        "(temperature 0; refused above it, where each step draws x0) (default: the model's)")
     p.add_argument("--seed", type=int, default=0, help="image i is drawn from seed + i")
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
@@ -194,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         except SystemExit as e:  # --help, --version (0) or a usage error (2, one line already printed)
             return e.code if isinstance(e.code, int) else 2
         if args.command == "models":
-            from .presets import create_model, list_models
+            from .pipeline import create_model
+            from .presets import list_models
 
             for name in list_models():
                 try:

@@ -68,8 +68,8 @@ def add_train_commands(sub) -> None:
                    help="train on a teacher's pairs (its noise -> its sample) instead of the data: a release or run "
                         "folder ('default': the embedded model); needs --pairs")
     p.add_argument("--pairs", type=int, default=0, help="with --teacher: how many teacher pairs to draw")
-    p.add_argument("--teacher-steps", type=_steps, default=None, help="with --teacher: its steps, N or COARSE,FINE "
-                                                                      "(default: the teacher's own)")
+    p.add_argument("--teacher-steps", type=_steps, default=None, help="with --teacher: its steps, N (in every stage) "
+                                                                      "or COARSE,FINE (default: the teacher's own)")
     p.add_argument("--teacher-solver", choices=("euler", "heun"), default=None, help="with --teacher: its solver "
                                                                                       "(default: the teacher's own)")
     _train_args(p, "generator")

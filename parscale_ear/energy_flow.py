@@ -22,9 +22,10 @@ from torch import nn
 
 from .checks import check_int, check_real
 from .energy_head import EnergyHead, energy_score_samples
-from .generator import GeneratorConfig, StageBase
+from .guidance import guided, mix
 from .layers import AdaLNBlock, modulate, prepend_stream_prefixes, timestep_embedding
 from .solvers import check_solver, ddim_step, heun_step, time_grid
+from .stage import GeneratorConfig, StageBase
 
 TIME_DIM = 256  # sinusoidal features of t
 
@@ -43,8 +44,8 @@ class FlowConfig(GeneratorConfig):
     # AdaLN blocks after the noise enters the residual path (mean head only): attention couples the
     # residual draws of neighbouring tokens; the m draws re-run only these blocks and the head
     residual_blocks: int = 0
-    # mean head only: share of the energy score's gradient that reaches the backbone through the residual
-    # path (1: all of it; 0: the backbone learns from the mean's MSE alone, the residual path from the score)
+    # objective "flow" with a mean head only: share of the energy score's gradient that reaches the backbone through
+    # the residual path (1: all of it; 0: the backbone learns from the mean's MSE alone, the residual path from the score)
     residual_grad: float = 1.0
     time_dist: str = "uniform"  # training t: "uniform" or "logit_normal" (sigmoid of N(0, 1), SD3)
     global_weight: float = 1.0  # weight of the whole-stage energy score beside the per-token one
@@ -85,6 +86,9 @@ class FlowConfig(GeneratorConfig):
         if self.residual_grad < 1 and not self.has_mean_head:
             raise ValueError("FlowConfig: residual_grad < 1 needs a mean head (mean_weight > 0), "
                              "or the backbone would get no gradient")
+        if self.residual_grad != 1 and self.objective == "energy":
+            raise ValueError("FlowConfig: residual_grad applies to objective 'flow' (the energy objective keeps every "
+                             "gradient); leave it at 1")
         if self.time_dist not in ("uniform", "logit_normal"):
             raise ValueError(f"FlowConfig: time_dist must be 'uniform' or 'logit_normal', got {self.time_dist!r}")
         check_solver(self.solver, "FlowConfig: solver")
@@ -139,16 +143,18 @@ class EnergyFlowGenerator(StageBase):
         self.residual_blocks = nn.ModuleList(AdaLNBlock(d, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.residual_blocks))
 
     # ------------------------------------------------------------------ randomness
-    def draw(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """One image's randomness: per-step noise xi (S, N, noise_dim) in [-0.5, 0.5] and x_1 (N, D)."""
+    def draw(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """One image's noise, by the names `sample` takes: per-step noise xi (S, N, noise_dim) in [-0.5, 0.5], then
+        x1 (N, D)."""
         c = self.config
         xi = torch.rand(c.max_steps, self.num_tokens, c.noise_dim, generator=generator) - 0.5
-        return xi, torch.randn(self.num_tokens, self.token_dim, generator=generator)
+        return {"xi": xi, "x1": torch.randn(self.num_tokens, self.token_dim, generator=generator)}
 
-    def draw_batch(self, batch: int, device, dtype, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def draw_batch(self, batch: int, device, dtype, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         c = self.config
         xi = torch.rand(batch, c.max_steps, self.num_tokens, c.noise_dim, generator=generator, device=device, dtype=dtype) - 0.5
-        return xi, torch.randn(batch, self.num_tokens, self.token_dim, generator=generator, device=device, dtype=dtype)
+        return {"xi": xi, "x1": torch.randn(batch, self.num_tokens, self.token_dim, generator=generator, device=device,
+                                            dtype=dtype)}
 
     # ------------------------------------------------------------------ network
     def hidden(self, x_t: torch.Tensor, t: torch.Tensor, xi: torch.Tensor | None, labels: torch.Tensor,
@@ -233,9 +239,9 @@ class EnergyFlowGenerator(StageBase):
         else:  # one backbone pass; the residual path draws the m samples
             h = self.hidden(x_t, t, None, labels, context)  # (B, N, d)
             cond = self.condition(t, labels, h.dtype)
-            # the share of the score's gradient that reaches the backbone (checked: < 1 needs a mean head); the
-            # energy objective keeps all of it
-            w = 1.0 if c.objective == "energy" else c.residual_grad
+            # the share of the score's gradient that reaches the backbone (checked: < 1 needs a mean head and the
+            # flow objective; the energy objective keeps all of it)
+            w = c.residual_grad
             h_r, cond_r = (h, cond) if w == 1 else (_scale_grad(h, w), _scale_grad(cond, w))
             samples = self.residual(h_r.repeat(m, 1, 1), cond_r.repeat(m, 1), xi).float().view(m, B, N, D)
         if self.mean_out is not None:  # samples = mean + residual
@@ -253,25 +259,35 @@ class EnergyFlowGenerator(StageBase):
         return loss
 
     # ------------------------------------------------------------------ sampling
-    def solver(self, solver: str | None = None) -> str:
-        """The solver a call uses: `solver`, else the config's; checked against this stage."""
-        solver = check_solver(self.config.solver if solver is None else solver)
-        if solver == "heun" and self.mean_out is None:
+    def check_sampling(self, steps: int, temperature: float = 0.0, solver: str | None = None) -> str:
+        """The solver `steps` steps at `temperature` take (`solver`, else the config's), with one-line errors for what
+        this stage cannot sample: too many steps, a temperature without an energy head, Heun without a mean head, and
+        an explicit Heun where every step draws x0 from the energy head (temperature > 0: DDIM steps, which Heun's
+        correction of the mean path would not change)."""
+        if not 1 <= steps <= self.config.max_steps:
+            raise ValueError(f"steps must be in [1, {self.config.max_steps}] (the config's max_steps), got {steps}")
+        if temperature > 0 and self.head is None:
+            raise ValueError(f"temperature {temperature:g}: this stage has no energy head (energy_head False) and samples "
+                             "its flow's mean path only; use temperature 0")
+        if solver is None:
+            return "euler" if temperature > 0 else self.config.solver
+        if check_solver(solver) == "heun" and self.mean_out is None:
             raise ValueError("solver 'heun' needs a flow stage with a mean head (mean_weight > 0 or objective 'energy')")
+        if solver == "heun" and temperature > 0:
+            raise ValueError(f"solver 'heun' at temperature {temperature:g}: every step draws x0 from the energy head and "
+                             "takes a DDIM step, which Heun does not change; use temperature 0 (the mean path) or 'euler'")
         return solver
 
     def passes(self, steps: int, temperature: float = 0.0, solver: str | None = None) -> int:
-        """Backbone passes per image for `steps` steps (without CFG's doubling): one a step, plus Heun's
-        correction on every step but the last and the steps the energy head draws on."""
-        if self.solver(solver) != "heun":
-            return steps
-        return steps if temperature > 0 else 2 * steps - 1
+        """Backbone passes per image for `steps` steps (without CFG's doubling): one a step, plus Heun's correction
+        on every step but the last (temperature 0)."""
+        return 2 * steps - 1 if self.check_sampling(steps, temperature, solver) == "heun" else steps
 
     @torch.no_grad()
     def sample(
         self,
-        noise: torch.Tensor,
-        x_init: torch.Tensor,
+        xi: torch.Tensor,
+        x1: torch.Tensor,
         labels: torch.Tensor | None = None,
         steps: int = 1,
         cfg: float = 1.0,
@@ -279,48 +295,37 @@ class EnergyFlowGenerator(StageBase):
         context: torch.Tensor | None = None,
         solver: str | None = None,
     ) -> torch.Tensor:
-        """Tokens (B, N, D) in `steps` passes from x_1 = x_init; noise (B, S, N, noise_dim) gives step k its xi.
+        """Tokens (B, N, D) in `steps` steps from x1 (B, N, D); xi (B, S, N, noise_dim) gives step k its noise.
 
-        Each step draws x0 ~ G(x_t, t, xi_k) and moves to t' along the line through x_t and that
-        sample (DDIM with a sampled x0). CFG mixes hidden states before the head (EAR),
-        h = cfg h_c + (1 - cfg) h_u; temperature scales the head's adaLN shift (EAR), or, with a mean
-        head, the residual: x0 = mean + temperature * residual (temperature 0: the mean alone, Euler steps of the
-        flow). With `solver` "heun" (default: `config.solver`), each mean-path step but the last is corrected by a
-        second pass at its end (the trapezoid of the velocities at t and t'), as the DiT peer's Heun solver.
+        Each step draws x0 ~ G(x_t, t, xi_k) and moves to t' along the line through x_t and that sample (DDIM with a
+        sampled x0); CFG mixes hidden states before the head (EAR). Temperature scales the head's adaLN shift (EAR),
+        or, with a mean head, the residual: x0 = mean + temperature * residual (0: the mean alone, the flow's path).
+        With solver "heun" (at temperature 0), each mean-path step but the last is corrected by a second pass at its
+        end (the trapezoid of the velocities at t and t').
         """
-        B = x_init.shape[0]
-        if not 1 <= steps <= self.config.max_steps:
-            raise ValueError(f"steps must be in [1, {self.config.max_steps}] (the config's max_steps), got {steps}")
+        B = x1.shape[0]
+        heun = self.check_sampling(steps, temperature, solver) == "heun"
         self.check_guidance(cfg)
-        if temperature > 0 and self.head is None:
-            raise ValueError(f"temperature {temperature:g}: this stage has no energy head (energy_head False) and samples "
-                             "its flow's mean path only; use temperature 0")
-        labels = self.labels_or_null(labels, B, x_init.device)
-        heun = self.solver(solver) == "heun"
+        labels = self.labels_or_null(labels, B, x1.device)
         times = time_grid(steps)
-        x = x_init
+        x = x1
         for k in range(steps):
             t, t_next = times[k], times[k + 1]
             tt = torch.full((B,), t, device=x.device)
-            xi = noise[:, k]
-            xb = xi if self.noise_in is not None else None
+            xi_k = xi[:, k]
+            xb = xi_k if self.noise_in is not None else None
             h = self._guided_hidden(x, tt, xb, labels, context, cfg)
             draw = temperature > 0
-            if self.mean_out is not None and heun and not draw and t_next > 0:  # the mean path, corrected
+            if heun and t_next > 0:  # the mean path, corrected
                 x = self._heun_step(x, h, t, t_next, xb, labels, context, cfg)
                 continue
-            x = ddim_step(x, self._x0(h, x, tt, xi, labels, cfg, temperature, draw).to(x.dtype), t, t_next)
+            x = ddim_step(x, self._x0(h, x, tt, xi_k, labels, cfg, temperature, draw).to(x.dtype), t, t_next)
         return x
 
     def _guided_hidden(self, x, tt, xb, labels, context, cfg: float) -> torch.Tensor:
         """Hidden states at x_t; with cfg != 1 mixed from the labelled and the null-class pass (EAR)."""
-        if cfg == 1.0:
-            return self.hidden(x, tt, xb, labels, context)
-        null = torch.full_like(labels, self.null_class)
-        ctx = None if context is None else torch.cat([context, context])
-        h_c, h_u = self.hidden(torch.cat([x, x]), torch.cat([tt, tt]), None if xb is None else torch.cat([xb, xb]),
-                               torch.cat([labels, null]), ctx).chunk(2)
-        return cfg * h_c + (1.0 - cfg) * h_u
+        return guided(lambda y, x, tt, xb, ctx: self.hidden(x, tt, xb, y, ctx), labels, self.null_class, cfg,
+                      x, tt, xb, context)
 
     def _x0(self, h, x, tt, xi, labels, cfg: float, temperature: float, draw: bool) -> torch.Tensor:
         """A step's x0: the mean (x0 or v head) plus, when it draws, temperature x the energy head's residual;
@@ -331,7 +336,7 @@ class EnergyFlowGenerator(StageBase):
         if self.residual_noise_in is not None and draw:
             cond = self.condition(tt, labels, h.dtype)
             if cfg != 1.0:  # mixed like the hidden states
-                cond = cfg * cond + (1.0 - cfg) * self.condition(tt, torch.full_like(labels, self.null_class), h.dtype)
+                cond = mix(cond, self.condition(tt, torch.full_like(labels, self.null_class), h.dtype), cfg)
         x0 = self.mean_x0(h, x, tt)
         return x0 + temperature * self.residual(h, cond, xi) if draw else x0
 

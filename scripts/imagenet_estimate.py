@@ -60,7 +60,7 @@ def measure(args) -> dict:
     labels = torch.randint(0, max(1, model.config.num_classes), (b,), device=device) if model.config.num_classes else None
     with torch.no_grad():
         latents = torch.randn(b, v.latent_channels, v.latent_size, v.latent_size, device=device)
-        model.hybrid.fit_token_scales(latents)
+        model.generator.fit_token_scales(latents)
         encode_in = torch.rand(args.encode_batch_size, v.in_channels, v.image_size, v.image_size, device=device) * 2 - 1
 
     @torch.no_grad()
@@ -72,7 +72,7 @@ def measure(args) -> dict:
     vae_step = training_step(VAEStep(model.vae, 1e-6), model.vae.parameters(), (images,), bf16, device, args.compile)
     rates["vae_train"] = b / timed(vae_step, args.steps, args.warmup, device)
     model.vae.requires_grad_(False)
-    gen_step = training_step(GeneratorStep(model.hybrid), model.hybrid.parameters(), (latents, labels), bf16, device,
+    gen_step = training_step(GeneratorStep(model.generator), model.generator.parameters(), (latents, labels), bf16, device,
                              args.compile)
     rates["generator_train"] = b / timed(gen_step, args.steps, args.warmup, device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"

@@ -16,9 +16,10 @@ from torch import nn
 from ..files import atomic_torch_save, atomic_write_json, atomic_write_text, prepare_output_folder, remove_stale_temporaries
 from ..images import save_grid
 from ..loading import CHECKPOINT, METRICS, check_finite_state, load_checkpoint, load_module_state, read_metrics, state_digest
-from ..pipeline import ParScaleEAR, ParScaleEARConfig
+from ..model_config import ModelConfig, ParScaleEARConfig
+from ..pipeline import ParScaleEAR
 from ..plots import line_plot
-from ..presets import build_model, config_from_dict, get_config
+from ..presets import config_from_dict, get_config
 from .config import CHECKPOINT_VERSION, RUN_CONFIG, TrainConfig
 from .distributed import Dist, batch_indices, setup_distributed, step_seed
 from .latents import load_images
@@ -30,7 +31,7 @@ class TrainingDiverged(ValueError):
     """A loss or gradient became NaN or infinite: the run stops; the last finite checkpoint stays."""
 
 
-def train(cfg: TrainConfig, out: str | Path, model_config: ParScaleEARConfig | None = None, resume: bool = False,
+def train(cfg: TrainConfig, out: str | Path, model_config: ModelConfig | None = None, resume: bool = False,
           device: str = "cpu", progress: bool = True) -> Path:
     """Train a VAE (`kind='vae'`) or the generators (`kind='generator'`) into run folder `out`."""
     cfg = replace(cfg)  # fit_steps_to_budget may set cfg.steps: never the caller's object
@@ -40,7 +41,7 @@ def train(cfg: TrainConfig, out: str | Path, model_config: ParScaleEARConfig | N
         prepare_output_folder(out)  # fail before the data loads, not after
     ckpt, model_config, vae_ckpt = _open(cfg, out, model_config, resume)
     torch.manual_seed(cfg.seed)  # initial weights follow --seed (identical on every rank)
-    model = build_model(model_config)
+    model = ParScaleEAR(model_config)
     if vae_ckpt is not None:
         if ParScaleEARConfig.from_dict(vae_ckpt["config"]).vae != model_config.vae:
             raise ValueError("the generator's VAE config does not match the VAE run's")
@@ -60,7 +61,7 @@ def train(cfg: TrainConfig, out: str | Path, model_config: ParScaleEARConfig | N
     return out
 
 
-def _open(cfg: TrainConfig, out: Path, model_config: ParScaleEARConfig | None, resume: bool):
+def _open(cfg: TrainConfig, out: Path, model_config: ModelConfig | None, resume: bool):
     """(the checkpoint to resume or None, the model config, the VAE run's checkpoint or None), with one-line errors."""
     ckpt = None
     if resume:
@@ -94,7 +95,7 @@ class Run:
     """A run between steps: the task, its optimizer and EMA, the clocks of the budget and of the log."""
 
     def __init__(self, cfg: TrainConfig, out: Path, d: Dist, dev: torch.device, model: ParScaleEAR,
-                 model_config: ParScaleEARConfig, task, ckpt: dict | None, num_images: int):
+                 model_config: ModelConfig, task, ckpt: dict | None, num_images: int):
         self.cfg, self.out, self.d, self.dev, self.task, self.model_config = cfg, out, d, dev, task, model_config
         self.part = task.part
         model.to(dev)

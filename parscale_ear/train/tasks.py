@@ -38,18 +38,17 @@ class VAEStep(nn.Module):
 
 
 class GeneratorStep(nn.Module):
-    """One generator training forward: the losses of every stage (or of the DiT peer) on latents, or on a
-    teacher's pairs."""
+    """One generator training forward: the generator's losses on latents, or on a teacher's pairs."""
 
-    def __init__(self, hybrid):
+    def __init__(self, generator):
         super().__init__()
-        self.hybrid = hybrid
+        self.generator = generator
 
     def forward(self, latents: torch.Tensor | None, labels: torch.Tensor | None,
                 pairs: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         if pairs is not None:
-            return self.hybrid.loss(None, labels, pairs=pairs)
-        return self.hybrid.loss(latents, labels)
+            return self.generator.loss(None, labels, pairs=pairs)
+        return self.generator.loss(latents, labels)
 
 
 class VAETask:
@@ -139,8 +138,8 @@ class GeneratorTask:
             if dev.type == "cuda" and self.latents.latents[0][:1].nbytes * len(self.latents) <= DEVICE_LATENTS_BYTES:
                 self.inputs, self.labels = self.latents.to(dev)
             if fresh and not cfg.init:  # an initialised model keeps its source's token scales
-                model.hybrid.fit_token_scales(self.latents.head(10_000).to(dev))
-        self.part, self.step = model.hybrid, GeneratorStep(model.hybrid)
+                model.generator.fit_token_scales(self.latents.head(10_000).to(dev))
+        self.part, self.step = model.generator, GeneratorStep(model.generator)
 
     def _latents(self, cfg: TrainConfig, data: ImageSet, dev: torch.device, d: Dist, progress: bool):
         """The VAE run's latents of `data` (encoded by every rank, its share, where not yet made)."""
@@ -150,23 +149,20 @@ class GeneratorTask:
     def _teacher_pairs(self, cfg: TrainConfig, dev: torch.device, d: Dist, progress: bool, data: ImageSet,
                        source: ParScaleEAR | None) -> dict:
         """The teacher's pairs on the device (generated once into the VAE run folder by rank 0), in the units of
-        the student's token scales: a ParScale-EAR teacher's own scales, which the student takes; with a DiT
-        teacher, the scales of `--init`'s model (`source`, loaded again on resume), else those fitted on the VAE
-        run's latents (the same on resume)."""
-        from ..distill import cached_teacher_pairs, check_same_vae, check_teacher, is_dit, pairs_file
+        the student's token scales: a teacher with the student's stages gives its own, which the student takes; with a
+        latent-grid (DiT) teacher, those of `--init`'s model (`source`), else those fitted on the VAE run's latents."""
+        from ..distill import cached_teacher_pairs, check_same_vae, check_teacher, pairs_file, take_token_scales
 
         teacher = load_pipeline(None if cfg.teacher == "default" else cfg.teacher, device=dev)
         check_same_vae(self.model, teacher, "--teacher")
-        check_teacher(teacher, self.model)
-        scales = teacher
-        if is_dit(teacher) and cfg.init:
-            scales = source or load_pipeline(None if cfg.init == "default" else cfg.init)
-        if is_dit(teacher) and not cfg.init:
-            self.model.hybrid.fit_token_scales(self._latents(cfg, data, dev, d, progress).head(10_000).to(dev))
-        else:
-            for name in self.model.hybrid.stages:
-                getattr(self.model.hybrid, f"{name}_std").copy_(getattr(scales.hybrid, f"{name}_std"))
-        student = self.model if is_dit(teacher) else None  # its token maps and scales cut the DiT's samples
+        through_latents = check_teacher(teacher, self.model) == "latents"
+        if not through_latents:  # the teacher's own token units
+            take_token_scales(self.model, teacher)
+        elif cfg.init:  # the units its samples are cut in: --init's model's (loaded again on resume)
+            take_token_scales(self.model, source or load_pipeline(None if cfg.init == "default" else cfg.init))
+        else:  # ...or the VAE run's latents' (the same on resume)
+            self.model.generator.fit_token_scales(self._latents(cfg, data, dev, d, progress).head(10_000).to(dev))
+        student = self.model if through_latents else None  # its token maps and scales cut the teacher's samples
         steps = None if not cfg.teacher_steps else cfg.teacher_steps[0] if len(cfg.teacher_steps) == 1 else tuple(cfg.teacher_steps)
         solver = cfg.teacher_solver or None
         folder = Path(cfg.vae_run)  # shared by every student of these latents
@@ -180,7 +176,7 @@ class GeneratorTask:
         return {k: v.to(dev) if k == "labels" else v.to(dev, torch.float32) for k, v in pairs.items()}
 
     def trained(self, model: ParScaleEAR) -> nn.Module:
-        return model.hybrid
+        return model.generator
 
     def batch(self, idx: torch.Tensor) -> tuple:
         if self.inputs is self.latents and self.latents is not None:  # gathered through the memory maps
