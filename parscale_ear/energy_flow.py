@@ -15,96 +15,19 @@ residual around it, trained by the energy score.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-from .checks import check_int, check_real
 from .energy_head import EnergyHead, energy_score_samples
+from .flow_config import FlowConfig
 from .guidance import guided, mix
 from .layers import AdaLNBlock, modulate, prepend_stream_prefixes, timestep_embedding
-from .solvers import check_solver, ddim_step, heun_step, time_grid
-from .stage import GeneratorConfig, StageBase
+from .meanflow import interval, meanflow_loss
+from .solvers import check_solver, ddim_step, euler_step, heun_step, time_grid
+from .stage import StageBase
 
 TIME_DIM = 256  # sinusoidal features of t
-
-
-@dataclass
-class FlowConfig(GeneratorConfig):
-    """A few-step energy-score stage (EnergyFlowGenerator): GeneratorConfig's shared fields plus these."""
-
-    kind: str = "flow"
-    samples: int = 2  # m samples per target in the energy score (all pairs repel)
-    backbone_noise: bool = True  # False: the noise enters only the EAR head (the backbone runs once per example)
-    # > 0: a linear mean head on the (noise-free) hidden state predicts v = eps - x0, trained by the rectified-flow
-    # MSE with this weight (mean x0 = x_t - t v: at temperature 0 the stage samples as a flow solver), and a sample
-    # is mean + head residual, the residual trained by the energy score; needs backbone_noise False
-    mean_weight: float = 0.0
-    # AdaLN blocks after the noise enters the residual path (mean head only): attention couples the
-    # residual draws of neighbouring tokens; the m draws re-run only these blocks and the head
-    residual_blocks: int = 0
-    # objective "flow" with a mean head only: share of the energy score's gradient that reaches the backbone through
-    # the residual path (1: all of it; 0: the backbone learns from the mean's MSE alone, the residual path from the score)
-    residual_grad: float = 1.0
-    time_dist: str = "uniform"  # training t: "uniform" or "logit_normal" (sigmoid of N(0, 1), SD3)
-    global_weight: float = 1.0  # weight of the whole-stage energy score beside the per-token one
-    one_step_prob: float = 0.25  # share of training draws at t = 1 (the one-pass case)
-    max_steps: int = 8  # per-image noise is drawn for this many steps
-    # mean-head stages, sampling: "euler" (DDIM with the predicted x0: one pass a step) or "heun" (a second pass at
-    # the step's end corrects it, the trapezoid of the two velocities, on every step but the last and the steps whose
-    # x0 the energy head draws: 2 steps - 1 passes at temperature 0)
-    solver: str = "euler"
-    # mean-head stages, training: "flow" (the mean learns by the velocity MSE, the residual path by the energy score
-    # around the detached mean) or "energy" (the energy score of the drawn x0 = mean + residual trains the whole
-    # stage, every gradient kept; mean_weight then weights an optional velocity MSE beside it)
-    objective: str = "flow"
-    # False: a plain flow stage, the mean head alone (trained by the velocity MSE, sampled at temperature 0): no
-    # energy head and no residual draws, so a teacher pays nothing for a head its sampler never uses
-    energy_head: bool = True
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.kind != "flow":
-            raise ValueError(f"FlowConfig: kind must be 'flow', got {self.kind!r}")
-        check_int(self.samples, "FlowConfig.samples", minimum=2)
-        check_int(self.max_steps, "FlowConfig.max_steps")
-        check_real(self.global_weight, "FlowConfig.global_weight", minimum=0.0)
-        check_real(self.mean_weight, "FlowConfig.mean_weight", minimum=0.0)
-        if self.objective not in ("flow", "energy"):
-            raise ValueError(f"FlowConfig: objective must be 'flow' or 'energy', got {self.objective!r}")
-        if self.objective == "energy" and self.backbone_noise:
-            raise ValueError("FlowConfig: objective 'energy' needs backbone_noise False (a mean head; the noise enters "
-                             "the residual path)")
-        if self.has_mean_head and self.backbone_noise:
-            raise ValueError("FlowConfig: mean_weight > 0 needs backbone_noise False (the mean must not depend on the noise)")
-        check_int(self.residual_blocks, "FlowConfig.residual_blocks", minimum=0)
-        if self.residual_blocks and not self.has_mean_head:
-            raise ValueError("FlowConfig: residual_blocks > 0 needs a mean head (mean_weight > 0)")
-        if not 0 <= self.residual_grad <= 1:
-            raise ValueError(f"FlowConfig: residual_grad must be in [0, 1], got {self.residual_grad}")
-        if self.residual_grad < 1 and not self.has_mean_head:
-            raise ValueError("FlowConfig: residual_grad < 1 needs a mean head (mean_weight > 0), "
-                             "or the backbone would get no gradient")
-        if self.residual_grad != 1 and self.objective == "energy":
-            raise ValueError("FlowConfig: residual_grad applies to objective 'flow' (the energy objective keeps every "
-                             "gradient); leave it at 1")
-        if self.time_dist not in ("uniform", "logit_normal"):
-            raise ValueError(f"FlowConfig: time_dist must be 'uniform' or 'logit_normal', got {self.time_dist!r}")
-        check_solver(self.solver, "FlowConfig: solver")
-        if self.solver == "heun" and not self.has_mean_head:
-            raise ValueError("FlowConfig: solver 'heun' needs a flow stage with a mean head (mean_weight > 0): it "
-                             "corrects the mean path")
-        if not 0 <= self.one_step_prob <= 1:
-            raise ValueError(f"FlowConfig: one_step_prob must be in [0, 1], got {self.one_step_prob}")
-        if not self.energy_head and (self.objective != "flow" or self.mean_weight <= 0 or self.residual_blocks):
-            raise ValueError("FlowConfig: energy_head False (a plain flow stage) needs objective 'flow', mean_weight > 0 "
-                             "and residual_blocks 0")
-
-    @property
-    def has_mean_head(self) -> bool:
-        """A mean head: trained by its MSE (mean_weight > 0) or by the energy objective."""
-        return self.mean_weight > 0 or self.objective == "energy"
+__all__ = ["EnergyFlowGenerator", "FlowConfig"]
 
 
 def _scale_grad(x: torch.Tensor, weight: float) -> torch.Tensor:
@@ -125,6 +48,11 @@ class EnergyFlowGenerator(StageBase):
         self.pos_embed = nn.Parameter(torch.randn(num_tokens, d) * 0.02)
         self.make_labels(d)
         self.time_embed = nn.Sequential(nn.Linear(TIME_DIM, d), nn.SiLU(), nn.Linear(d, d))
+        self.interval_embed = None  # MeanFlow: an embedding of t - r, zero at the start (the stage is then a flow)
+        if cfg.objective == "meanflow":
+            self.interval_embed = nn.Sequential(nn.Linear(TIME_DIM, d), nn.SiLU(), nn.Linear(d, d))
+            nn.init.zeros_(self.interval_embed[2].weight)
+            nn.init.zeros_(self.interval_embed[2].bias)
         self.make_streams(d)
         self.blocks = nn.ModuleList(AdaLNBlock(d, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(d, elementwise_affine=False)
@@ -158,17 +86,17 @@ class EnergyFlowGenerator(StageBase):
 
     # ------------------------------------------------------------------ network
     def hidden(self, x_t: torch.Tensor, t: torch.Tensor, xi: torch.Tensor | None, labels: torch.Tensor,
-               context: torch.Tensor | None = None) -> torch.Tensor:
+               context: torch.Tensor | None = None, r: torch.Tensor | None = None) -> torch.Tensor:
         """Aggregated hidden states (m B, N, d) from x_t (B, N, D), t (B,), labels (B,) and m draws of
         noise xi (m B, N, noise_dim), draw j of example b at row j B + b: every block runs once per draw.
-        Without backbone noise, xi is None and the result is (B, N, d)."""
+        Without backbone noise, xi is None and the result is (B, N, d). r (B,): a MeanFlow stage's interval start."""
         B, N, _ = x_t.shape
         m = 1 if xi is None else xi.shape[0] // B
         P = self.config.streams
         x = self.token_in(x_t) + self.pos_embed
         if self.context_in is not None:
             x = x + self.context_in(context)
-        c = self.condition(t, labels, x.dtype)  # (B, d)
+        c = self.condition(t, labels, x.dtype, r)  # (B, d)
         if P > 1:  # P streams in one batched pass: (B * P, Lp + N, d), row b P + p
             x = prepend_stream_prefixes(x, self.stream_prefix)
             c = c.repeat_interleave(P, dim=0)
@@ -184,9 +112,13 @@ class EnergyFlowGenerator(StageBase):
             h, _ = self.aggregate(h)
         return h
 
-    def condition(self, t: torch.Tensor, labels: torch.Tensor, dtype) -> torch.Tensor:
-        """adaLN conditioning (B, d) from time t (B,) and labels (B,)."""
-        return self.time_embed(timestep_embedding(t).to(dtype)) + self.class_embed(labels)
+    def condition(self, t: torch.Tensor, labels: torch.Tensor, dtype, r: torch.Tensor | None = None) -> torch.Tensor:
+        """adaLN conditioning (B, d) from time t (B,) and labels (B,); a MeanFlow stage adds its interval t - r (r
+        None: r = t, the instantaneous velocity)."""
+        c = self.time_embed(timestep_embedding(t).to(dtype)) + self.class_embed(labels)
+        if self.interval_embed is not None:
+            c = c + self.interval_embed(timestep_embedding(t - (t if r is None else r)).to(dtype))
+        return c
 
     def mean_x0(self, h: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The mean head's x0 (B, N, D) from hidden states h (B, N, d) at x_t (B, N, D), t (B,): the head predicts
@@ -207,7 +139,7 @@ class EnergyFlowGenerator(StageBase):
         """Training times: t = 1 (the one-step case) with probability one_step_prob, else from
         `time_dist` (U(0, 1) or logit-normal)."""
         if self.config.time_dist == "logit_normal":
-            t = torch.sigmoid(torch.randn(batch, device=device))
+            t = torch.sigmoid(self.config.time_mean + torch.randn(batch, device=device))
         else:
             t = torch.rand(batch, device=device)
         return torch.where(torch.rand(batch, device=device) < self.config.one_step_prob, torch.ones_like(t), t)
@@ -226,6 +158,11 @@ class EnergyFlowGenerator(StageBase):
         t = self._times(B, device)
         eps = torch.randn_like(tokens) if noise is None else noise.to(tokens.dtype)
         x_t = (1 - t[:, None, None]) * tokens + t[:, None, None] * eps
+        if c.objective == "meanflow":  # MeanFlow's loss of the average velocity over [r, t] (r = t for most draws)
+            t, r = interval(t, self._times(B, device), c.meanflow_ratio)
+            x_t = (1 - t[:, None, None]) * tokens + t[:, None, None] * eps
+            u = lambda x, tt, rr: self.mean_out(self.hidden(x, tt, None, labels, context, rr))  # noqa: E731
+            return c.mean_weight * meanflow_loss(u, x_t, eps - tokens, t, r, c.loss_power)[0]
         if self.head is None:  # a plain flow stage: the rectified-flow loss on v = eps - x0 alone
             h = self.hidden(x_t, t, None, labels, context)
             return c.mean_weight * torch.nn.functional.mse_loss(self.mean_out(h).float(), (eps - tokens).float())
@@ -271,7 +208,10 @@ class EnergyFlowGenerator(StageBase):
                              "its flow's mean path only; use temperature 0")
         if solver is None:
             return "euler" if temperature > 0 else self.config.solver
-        if check_solver(solver) == "heun" and self.mean_out is None:
+        if check_solver(solver) == "heun" and self.interval_embed is not None:
+            raise ValueError("solver 'heun': a MeanFlow stage steps with its average velocity over each step (solver "
+                             "'euler')")
+        if solver == "heun" and self.mean_out is None:
             raise ValueError("solver 'heun' needs a flow stage with a mean head (mean_weight > 0 or objective 'energy')")
         if solver == "heun" and temperature > 0:
             raise ValueError(f"solver 'heun' at temperature {temperature:g}: every step draws x0 from the energy head and "
@@ -314,6 +254,10 @@ class EnergyFlowGenerator(StageBase):
             tt = torch.full((B,), t, device=x.device)
             xi_k = xi[:, k]
             xb = xi_k if self.noise_in is not None else None
+            if self.interval_embed is not None:  # MeanFlow: an Euler step of the average velocity over [t_next, t]
+                rr = torch.full((B,), t_next, device=x.device)
+                x = euler_step(x, self.mean_out(self._guided_hidden(x, tt, None, labels, context, cfg, rr)), t, t_next)
+                continue
             h = self._guided_hidden(x, tt, xb, labels, context, cfg)
             draw = temperature > 0
             if heun and t_next > 0:  # the mean path, corrected
@@ -322,10 +266,11 @@ class EnergyFlowGenerator(StageBase):
             x = ddim_step(x, self._x0(h, x, tt, xi_k, labels, cfg, temperature, draw).to(x.dtype), t, t_next)
         return x
 
-    def _guided_hidden(self, x, tt, xb, labels, context, cfg: float) -> torch.Tensor:
+    def _guided_hidden(self, x, tt, xb, labels, context, cfg: float, r=None) -> torch.Tensor:
         """Hidden states at x_t; with cfg != 1 mixed from the labelled and the null-class pass (EAR)."""
-        return guided(lambda y, x, tt, xb, ctx: self.hidden(x, tt, xb, y, ctx), labels, self.null_class, cfg,
-                      x, tt, xb, context)
+        extra = () if r is None else (r,)  # a MeanFlow stage's interval start
+        return guided(lambda y, x, tt, xb, ctx, *r: self.hidden(x, tt, xb, y, ctx, *r), labels, self.null_class, cfg,
+                      x, tt, xb, context, *extra)
 
     def _x0(self, h, x, tt, xi, labels, cfg: float, temperature: float, draw: bool) -> torch.Tensor:
         """A step's x0: the mean (x0 or v head) plus, when it draws, temperature x the energy head's residual;

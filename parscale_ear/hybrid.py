@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checks import check_field_types, check_int
-from .energy_flow import FlowConfig
+from .flow_config import FlowConfig
 from .latent_generator import LatentGenerator, Noise
 from .stage import GeneratorConfig
 from .stage_kinds import make_stage, stage_config, stored_stage

@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 from .baselines import PEER_NAMES  # the peers (baselines/dit.py), named free of torch for the CLI
 from .baselines.dit import PEERS
-from .energy_flow import FlowConfig
+from .flow_config import FlowConfig
 from .generator import MARConfig
 from .hybrid import HybridConfig
 from .model_config import ModelConfig, ParScaleEARConfig, PeerConfig
@@ -113,6 +113,41 @@ def fmnist_32_es() -> ParScaleEARConfig:
     return apply_overrides(fmnist_32_vflow_s(), name="fmnist-32-es", hybrid=stages, **_STUDENT_SAMPLING)
 
 
+# One flow network over the whole latent grid (mode no_coarse: the 4x16x16 latent as 64 tokens of 2x2 patches): 10
+# adaLN blocks x 192, P = 1, no energy head, logit-normal t. At equal size and minutes its passes score within 7% of
+# the equal-size DiT's (dit-xs) and cost 0.84x theirs (docs/QUALITY.md rows 111-116). Its steps: coarse_steps +
+# fine_steps (one stage runs both).
+_FLOW1_STAGE = dict(width=192, depth=10, heads=3, head_width=192, streams=1, backbone_noise=False, mean_weight=1.0,
+                    time_dist="logit_normal", energy_head=False, residual_blocks=0, one_step_prob=0.0, solver="heun")
+
+
+def fmnist_32_flow1() -> ParScaleEARConfig:
+    """The flow stage as one network on the whole latent grid (6.8M generator parameters), sampled with 5 Heun steps
+    (9 passes), temperature 0 (there is no energy head: the flow's deterministic path), cfg 1: the teacher and the
+    initialisation of the one-pass models `fmnist-32-mf1` and `fmnist-32-es1`."""
+    return apply_overrides(fmnist_32_flow(), name="fmnist-32-flow1", mode="no_coarse", cfg=1.0, temperature=0.0,
+                           hybrid={"fine": dict(_FLOW1_STAGE), "coarse_steps": 3, "fine_steps": 2})
+
+
+def fmnist_32_mf1() -> ParScaleEARConfig:
+    """fmnist-32-flow1 learning MeanFlow's average velocity (one pass a step; 1 + 1 = 2 steps by default): trained
+    from a fmnist-32-flow1 run's weights (`--init RUN`), where it starts as that flow (its interval embedding is zero),
+    with MeanFlow's time draws (logit-normal(-0.4, 1), 25% of draws with r < t)."""
+    stage = dict(_FLOW1_STAGE, objective="meanflow", solver="euler", time_mean=-0.4)
+    return apply_overrides(fmnist_32_flow1(), name="fmnist-32-mf1", hybrid={"fine": stage, "coarse_steps": 1,
+                                                                            "fine_steps": 1})
+
+
+def fmnist_32_es1() -> ParScaleEARConfig:
+    """fmnist-32-flow1 as a few-step energy student on one stage: every pass sees the whole noise the teacher used,
+    so a one-stage teacher's noise -> sample pairs stay a map; an energy head (m = 4 draws through one attention
+    block) draws each step's x0 around the mean, the whole stage trained by the energy score (`_STUDENT_STAGE`); 1 +
+    1 = 2 steps by default, temperature 1."""
+    stage = dict(_FLOW1_STAGE, **_STUDENT_STAGE, energy_head=True, residual_blocks=1, samples=4)
+    return apply_overrides(fmnist_32_flow1(), name="fmnist-32-es1", hybrid={"fine": stage, "coarse_steps": 1,
+                                                                            "fine_steps": 1}, **_STUDENT_SAMPLING)
+
+
 def fmnist_32_cpu() -> ParScaleEARConfig:
     """A small fmnist-32-flow (~0.9M generator parameters) whose recipe in the README trains on a
     2-core CPU in minutes: rough samples, for trying the library without a GPU."""
@@ -192,6 +227,9 @@ _PRESETS: dict[str, Callable[[], ParScaleEARConfig]] = {
     "fmnist-32-vflow": fmnist_32_vflow,
     "fmnist-32-vflow-s": fmnist_32_vflow_s,
     "fmnist-32-es": fmnist_32_es,
+    "fmnist-32-flow1": fmnist_32_flow1,
+    "fmnist-32-mf1": fmnist_32_mf1,
+    "fmnist-32-es1": fmnist_32_es1,
     "lite-256-es": lite_256_es,
     "tiny-32-flow": tiny_32_flow,
     "lite-256": lite_256,

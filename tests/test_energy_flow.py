@@ -458,3 +458,84 @@ def test_a_field_that_does_nothing_is_refused_or_left_out():
     assert pe.ParScaleEARConfig.from_dict(stored) == pe.get_config("fmnist-32-es")
     shipped = json.loads((DEFAULT_MODEL / "config.json").read_text())["config"]
     assert all(shipped["hybrid"][s]["residual_grad"] == 1.0 for s in ("coarse", "fine"))
+
+
+def _meanflow_pair():
+    """A plain one-stage flow model (perturbed, so nothing is zero) and a MeanFlow model initialised from it."""
+    from parscale_ear.distill import init_generator
+
+    plain = {**v_stage(energy_head=False, one_step_prob=0.0), "streams": 1}
+    torch.manual_seed(0)
+    flow = perturb_(pe.create_model("tiny-32-flow", mode="no_coarse", hybrid={"fine": plain})).eval()
+    mean = pe.create_model("tiny-32-flow", mode="no_coarse", hybrid={"fine": {**plain, "objective": "meanflow"}}).eval()
+    new = init_generator(mean, flow)
+    mean.vae.load_state_dict(flow.vae.state_dict())  # the same decoder
+    return flow, mean, new
+
+
+def test_a_meanflow_stage_initialised_from_a_flow_stage_samples_as_that_flow():
+    """MeanFlow fine-tuned from a flow model starts as it: the interval embedding (the only new weights) is zero, so
+    u(z, r, t) = v(z, t) and each one-pass step is the flow's Euler step."""
+    flow, mean, new = _meanflow_pair()
+    assert new and all(".interval_embed." in f".{n}" for n in new)
+    for steps in (1, 2, 4):
+        a = flow.generate(3, labels=[0, 1, 2], steps=steps, temperature=0.0, solver="euler", seed=5)
+        b = mean.generate(3, labels=[0, 1, 2], steps=steps, temperature=0.0, seed=5)
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert mean.generator.passes(2, 0.0) == 2
+    with pytest.raises(ValueError, match="average velocity"):
+        mean.generate(1, labels=[0], steps=2, temperature=0.0, solver="heun")
+
+
+def test_a_meanflow_stage_trains_every_part_and_depends_on_the_interval():
+    _, mean, _ = _meanflow_pair()
+    perturb_(mean, seed=1).train()
+    latents = torch.randn(6, 4, 16, 16)
+    torch.manual_seed(0)
+    losses = mean.generator.loss(latents, torch.arange(6))
+    losses["loss"].backward()
+    dead = [n for n, p in mean.generator.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert torch.isfinite(losses["loss"]) and 0 < losses["loss"].item() < 1 and dead == []  # adaptive weight: < 1
+    stage = mean.generator.fine.eval()
+    x, t, y = torch.randn(2, stage.num_tokens, stage.token_dim), torch.tensor([0.9, 0.6]), torch.tensor([0, 1])
+    assert not torch.allclose(stage.hidden(x, t, None, y, r=torch.zeros(2)), stage.hidden(x, t, None, y, r=t))
+
+
+def test_the_meanflow_target_is_the_identity_on_tokens():
+    """meanflow_loss with u(x, t, r) = x (t + 2 r) on tokens (B, N, D): the target is v - (t - r) (v (t + 2 r) + x),
+    the JVP running along (v, 1, 0); power 0 leaves the squared error summed per example."""
+    from parscale_ear.meanflow import interval, meanflow_loss
+
+    g = torch.Generator().manual_seed(1)
+    x, v = torch.randn(4, 5, 3, generator=g), torch.randn(4, 5, 3, generator=g)
+    t, r = torch.tensor([0.9, 0.5, 0.7, 1.0]), torch.tensor([0.1, 0.5, 0.2, 0.0])
+    loss, mse = meanflow_loss(lambda x, t, r: x * (t + 2 * r).view(-1, 1, 1), x, v, t, r, power=0.0)
+    a = (t + 2 * r).view(-1, 1, 1)
+    want = (x * a - (v - (t - r).view(-1, 1, 1) * (v * a + x))).pow(2).flatten(1).sum(1)
+    torch.testing.assert_close(loss, want.mean())
+    torch.testing.assert_close(mse, want.mean() / 15)
+    t2, r2 = interval(torch.tensor([0.2, 0.8]), torch.tensor([0.6, 0.3]), ratio=1.0)
+    assert torch.equal(t2, torch.tensor([0.6, 0.8])) and torch.equal(r2, torch.tensor([0.2, 0.3]))
+    assert torch.equal(interval(torch.tensor([0.2]), torch.tensor([0.6]), ratio=0.0)[1], torch.tensor([0.6]))
+
+
+@pytest.mark.parametrize("bad", [dict(energy_head=True, mean_weight=1.0), dict(solver="heun")])
+def test_a_meanflow_stage_refuses_what_it_cannot_use(bad):
+    with pytest.raises(ValueError, match="meanflow"):
+        pe.create_model("tiny-32-flow", hybrid={"fine": {**v_stage(energy_head=False, objective="meanflow"), **bad}})
+
+
+def test_the_one_stage_flow_presets_fit_together():
+    """fmnist-32-flow1 (one plain flow network on the whole grid) initialises its MeanFlow and energy-student
+    versions: each takes all of its weights, and only their own parts (the interval embedding; the energy head and
+    its residual path) start new."""
+    from parscale_ear.distill import init_generator
+
+    flow = pe.create_model("fmnist-32-flow1")
+    fine = flow.generator.fine
+    assert list(flow.generator.stages) == ["fine"] and fine.head is None and fine.config.streams == 1
+    assert fine.num_tokens == 64 and len(fine.blocks) == 10 and flow.generator.passes() == 9  # 5 Heun steps
+    mean, student = pe.create_model("fmnist-32-mf1"), pe.create_model("fmnist-32-es1")
+    assert mean.generator.passes() == 2 and student.generator.passes(temperature=1.0) == 2
+    assert {n.split(".")[1] for n in init_generator(mean, flow)} == {"interval_embed"}
+    assert {n.split(".")[1] for n in init_generator(student, flow)} == {"head", "residual_noise_in", "residual_blocks"}

@@ -24,6 +24,7 @@ from torch import nn
 from ..checks import check_field_types, check_int, check_real
 from ..guidance import check_guidance, guided
 from ..latent_generator import LatentGenerator, Noise
+from ..meanflow import interval, meanflow_loss
 from ..solvers import check_solver, euler_step, heun_step, solver_passes, time_grid
 
 OBJECTIVES = ("flow", "meanflow")
@@ -185,9 +186,7 @@ class DiTBaseline(LatentGenerator):
         labels = self._labels(labels, B, x0.device)
         t = self._times(B, x0.device)
         if c.objective == "meanflow":  # (r, t): two draws, t the larger; r = t (flow matching) but for a share
-            s = self._times(B, x0.device)
-            t, r = torch.maximum(t, s), torch.minimum(t, s)
-            r = torch.where(torch.rand_like(t) < c.meanflow_ratio, r, t)
+            t, r = interval(t, self._times(B, x0.device), c.meanflow_ratio)
         eps = torch.randn_like(x0)
         x_t = (1 - t.view(-1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1) * eps
         v = eps - x0
@@ -199,22 +198,9 @@ class DiTBaseline(LatentGenerator):
 
     def _meanflow_loss(self, x_t: torch.Tensor, v: torch.Tensor, t: torch.Tensor, r: torch.Tensor,
                        labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """MeanFlow's loss: ||u(x_t, r, t) - sg(v - (t - r) du/dt)||^2 with du/dt = v . d_x u + d_t u (one JVP
-        along (v, 0, 1)), each example weighted by sg(1 / (||err||^2 + eps)^p); and, to log, the unweighted
-        error per latent element."""
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
-        c = self.config
-
-        def u(x, tt, rr):
-            return self.velocity(x, tt, labels, rr)
-
-        with sdpa_kernel(SDPBackend.MATH):  # the fused attention kernels have no forward-mode derivative
-            out, dudt = torch.func.jvp(u, (x_t, t, r), (v, torch.ones_like(t), torch.zeros_like(r)))
-        target = (v - (t - r).view(-1, 1, 1, 1) * dudt).detach()
-        err = (out.float() - target.float()).pow(2).flatten(1).sum(1)  # (B,)
-        weight = (err.detach() + c.loss_eps).pow(-c.loss_power)
-        return (weight * err).mean(), err.detach().mean() / out[0].numel()
+        """MeanFlow's loss (meanflow.py) of the network's u over [r, t], and the unweighted error to log."""
+        return meanflow_loss(lambda x, tt, rr: self.velocity(x, tt, labels, rr), x_t, v, t, r, self.config.loss_power,
+                             self.config.loss_eps)
 
     def _guided(self, x, t, labels, cfg, r=None):
         B = x.shape[0]
@@ -239,7 +225,7 @@ class DiTBaseline(LatentGenerator):
             v = self._guided(x, t, labels, cfg, t_next if meanflow else None)
             if heun and t_next > 0:
                 x = heun_step(x, v, t, t_next, lambda y, s: self._guided(y, s, labels, cfg))
-            else:
+            else:  # an Euler step of v, or MeanFlow's z_r = z_t - (t - r) u
                 x = euler_step(x, v, t, t_next)
         return x
 
