@@ -79,8 +79,8 @@ def check_preset(name: str) -> None:
         check(name, "decode", lambda: check_tensor(timed(name, "decode", lambda: model.vae.decode(latents)), image_shape, False))
         check(name, "reconstruct", lambda: check_tensor(timed(name, "reconstruct", lambda: model.reconstruct(images)), image_shape, True))
 
-    steps = model.hybrid.default_steps()  # each preset's own (coarse, fine) steps
-    op = f"generate {GEN_IMAGES} steps={steps[0]},{steps[1]}"
+    steps = model.generator.default_steps()  # each preset's own steps, one per stage
+    op = f"generate {GEN_IMAGES} steps={','.join(map(str, steps))}"
     gen_shape = (GEN_IMAGES, v.in_channels, v.image_size, v.image_size)
     check(name, "generate", lambda: check_tensor(
         timed(name, op, lambda: model.generate(GEN_IMAGES, seed=0, batch_size=B, steps=steps)), gen_shape, True))

@@ -16,7 +16,7 @@ from parscale_ear.evaluation import evaluate
 from parscale_ear.evaluation import fid as fidlib
 from parscale_ear.evaluation.benchmark import profile_latency
 from parscale_ear.loading import load_checkpoint, load_pipeline, read_metrics
-from parscale_ear.pipeline import ParScaleEARConfig
+from parscale_ear.model_config import ParScaleEARConfig
 from parscale_ear.presets import apply_overrides, recipe_config
 from parscale_ear.train import TrainConfig, train
 from parscale_ear.plots import line_plot

@@ -9,9 +9,10 @@ from pathlib import Path
 import _common
 
 from parscale_ear.evaluation import evaluate, quality
+from parscale_ear.harness import train_for_minutes
 from parscale_ear.evaluation import fid as fidlib
 from parscale_ear.loading import load_checkpoint, load_pipeline, read_metrics
-from parscale_ear.pipeline import ParScaleEARConfig
+from parscale_ear.model_config import ParScaleEARConfig
 from parscale_ear.presets import recipe_config
 from parscale_ear.utils import environment
 
@@ -42,7 +43,7 @@ def run(args) -> dict:
         shutil.rmtree(run_dir)
     extra = {"max_images": 400, "warmup_steps": 12} if args.quick else {}
     compiled = dev.type == "cuda" and not args.quick  # as our own runs: the training step compiled on a GPU
-    done = quality.train_for_minutes(config, args.vae, minutes, run_dir, str(dev), batch_size=args.train_batch, lr=args.lr,
+    done = train_for_minutes(config, args.vae, minutes, run_dir, str(dev), batch_size=args.train_batch, lr=args.lr,
                                      ema_decay=args.ema_decay, seed=args.seed, compile=compiled, **extra)
     model = load_pipeline(run_dir, device=dev).eval()
     inception = fidlib.load_inception(dev)

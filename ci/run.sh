@@ -43,9 +43,9 @@ echo "== latency"; timed latency "$py" ci/latency.py --device "$device" "${q[@]}
 
 if [[ -z "$ckpt" || -z "$vae" ]]; then  # no model given: the shipped one, or train one, so every milestone has one
   if [[ $quick == 1 ]]; then  # a tiny real training run on a slice of the data
-    echo "== quick training run (tiny-32, 400 images)"
+    echo "== quick training run (tiny-32-flow, 400 images)"
     rm -rf "$out/runs"  # this script's own folder
-    "$py" -m parscale_ear train-vae --preset tiny-32 --steps 3 --batch-size 16 --max-images 400 --out "$out/runs/vae" \
+    "$py" -m parscale_ear train-vae --preset tiny-32-flow --steps 3 --batch-size 16 --max-images 400 --out "$out/runs/vae" \
         --log-every 1 --sample-every 3 --ckpt-every 3 --warmup-steps 1 --no-progress
     "$py" -m parscale_ear train --vae "$out/runs/vae" --steps 3 --batch-size 16 --max-images 400 --out "$out/runs/gen" \
         --log-every 1 --sample-every 3 --ckpt-every 3 --warmup-steps 1 --no-progress

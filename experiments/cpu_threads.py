@@ -38,7 +38,7 @@ labels = torch.arange(64) % 10
 steps = []
 for _ in range(args.calls + 1):  # the first call is a warm-up
     t = time.perf_counter()
-    generator.hybrid.loss(latents, labels)["loss"].backward()
+    generator.generator.loss(latents, labels)["loss"].backward()
     steps.append(time.perf_counter() - t)
 print(f"threads {args.threads}: 100 images {statistics.median(draws):.2f} s, training step "
       f"{statistics.median(steps[1:]):.3f} s (medians of {args.calls} calls)")

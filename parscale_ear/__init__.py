@@ -14,12 +14,13 @@ import importlib
 __version__ = "0.3.0"
 
 _EXPORTS = {
-    "EnergyGenerator": "generator", "EnergyHead": "energy_head", "GeneratorConfig": "generator",
+    "EnergyGenerator": "generator", "EnergyHead": "energy_head", "GeneratorConfig": "stage",
     "MARConfig": "generator", "FlowConfig": "energy_flow",
     "CoarseFineHybrid": "hybrid", "HybridConfig": "hybrid",
     "energy_score_loss": "energy_head",
-    "ParScaleEAR": "pipeline", "ParScaleEARConfig": "pipeline",
-    "create_model": "presets", "get_config": "presets", "list_models": "presets",
+    "ParScaleEAR": "pipeline", "create_model": "pipeline", "LatentGenerator": "latent_generator",
+    "ModelConfig": "model_config", "ParScaleEARConfig": "model_config", "PeerConfig": "model_config",
+    "get_config": "presets", "list_models": "presets",
     "LiteVAE": "vae", "LiteVAEConfig": "vae",
     "haar_dwt": "wavelets", "haar_idwt": "wavelets",
 }

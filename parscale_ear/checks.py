@@ -155,10 +155,6 @@ def nested_config(cls: type, value: Any, name: str) -> Any:
         return value
     if not isinstance(value, dict):
         raise TypeError(f"{name}: expected a {cls.__name__} or a dict of its fields, got {value!r:.60} ({type(value).__name__})")
-    if hasattr(cls, "upgrade"):  # retired fields of stored configs
-        value = cls.upgrade(value, name)
-    if hasattr(cls, "resolve"):  # a family of configs: the member the fields name
-        cls = cls.resolve(value, name)
     unknown = sorted(set(value) - {f.name for f in dataclasses.fields(cls)})
     if unknown:
         raise ValueError(f"{name}: unknown field(s) {', '.join(map(repr, unknown))} of {cls.__name__}")

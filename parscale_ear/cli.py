@@ -1,4 +1,4 @@
-"""The `parscale-ear` command line: models, train-vae, train, sample, export, fid, fid-weights.
+"""The `parscale-ear` command line: models, train-vae, train, sample, export, data, fid, fid-weights.
 
 Multi-GPU: `torchrun --nproc_per_node N -m parscale_ear train ...` (same code path for 1..N GPUs).
 """
@@ -19,6 +19,7 @@ def _parser_class():
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .cli_data import add_data_commands
     from .cli_train import add_train_commands
 
     parser = OneLineParser(prog="parscale-ear", description=__doc__.splitlines()[0])
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dtype of the stored parameters (half types halve the file)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the config.json and model.safetensors a folder already holds")
+    add_data_commands(sub)
     sub.add_parser("fid", help="FID between two folders / .npz image files / statistics files", add_help=False)
     sub.add_parser("fid-weights", help="convert the offline InceptionV3 into pytorch-fid's weight file", add_help=False)
     return parser
@@ -48,10 +50,13 @@ def _add_sample(sub) -> None:
     p.add_argument("--per-class", type=int, default=None,
                    help="K images of every class, class by class (sets --n; a grid shows one class a row)")
     p.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's)")
-    p.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: the model's)")
-    p.add_argument("--steps", type=parse_steps, default=None, help="N or COARSE,FINE (default: the model's)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="how far a draw strays from the model's most likely path: 1 the trained distribution, 0 the "
+                        "flow's mean path (what it scales per kind of model: docs/DESIGN.md) (default: the model's)")
+    p.add_argument("--steps", type=parse_steps, default=None, help="N (in every stage) or COARSE,FINE (default: the model's)")
     p.add_argument("--solver", choices=("euler", "heun"), default=None,
-                   help="flow solver: heun corrects each step but the last with a second pass (default: the model's)")
+                   help="flow solver: heun corrects each step but the last with a second pass, on the mean path "
+                        "(temperature 0; refused above it, where each step draws x0) (default: the model's)")
     p.add_argument("--seed", type=int, default=0, help="image i is drawn from seed + i")
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
@@ -160,7 +165,8 @@ def _models() -> int:
     are built on the meta device, so nothing is allocated or initialised)."""
     import torch
 
-    from .presets import create_model, list_models
+    from .pipeline import create_model
+    from .presets import list_models
     from .release import shipped_models
 
     shipped = set(shipped_models())
@@ -214,6 +220,10 @@ def main(argv: list[str] | None = None) -> int:
             return train_command(args, "vae" if args.command == "train-vae" else "generator")
         if args.command == "sample":
             return _sample(args)
+        if args.command == "data":
+            from .cli_data import data_command
+
+            return data_command(args)
         if args.command == "export":
             return _export(args)
     except KeyboardInterrupt:

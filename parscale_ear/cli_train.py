@@ -6,21 +6,13 @@ import argparse
 from pathlib import Path
 
 from .args import parse_overrides, parse_steps, print_interrupted, resolve_device
+from .baselines import PEER_NAMES
 
 # flags that define a run (its recipe): a resumed run keeps its own, and one given that differs is refused
 RUN_DEFAULTS = {"vae": dict(batch_size=256, lr=1e-3, ema_decay=0.999), "generator": dict(batch_size=1024, lr=8e-4, ema_decay=0.999)}
 COMMON_DEFAULTS = dict(seed=0, warmup_steps=100, max_images=0)
 # how often a run logs, samples and saves: a new run's defaults; a resumed run keeps its own unless a flag is given
 SCHEDULE_DEFAULTS = dict(log_every=50, sample_every=1000, ckpt_every=1000)
-
-
-def _peer(name: str) -> str:
-    """--peer: one of the peer models (checked when given, so `--help` needs no model code)."""
-    from .presets import PEER_NAMES
-
-    if name not in PEER_NAMES:
-        raise argparse.ArgumentTypeError(f"invalid choice: {name!r} (choose from {', '.join(PEER_NAMES)})")
-    return name
 
 
 def _named(what: str):
@@ -59,6 +51,10 @@ def _train_args(p: argparse.ArgumentParser, kind: str) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the training step")
     p.add_argument("--no-bf16", action="store_true", help="train in float32 on CUDA (bf16 autocast is the default)")
     p.add_argument("--max-images", type=int, default=None, help="train on the first N images only (default: all)")
+    p.add_argument("--workers", type=int, default=-1,
+                   help="DataLoader processes per rank reading an image folder or tar shards (-1: up to 8, the CPUs per rank)")
+    p.add_argument("--max-unreadable", type=float, default=0.01,
+                   help="stop once more than this fraction of the images read could not be read (they are skipped)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-samples", action="store_true", help="no sample grids or loss plot during or after training")
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="model config overrides, e.g. hybrid.fine.depth=8")
@@ -80,7 +76,7 @@ def add_train_commands(sub) -> None:
     p.add_argument("--streams", type=int, default=None, help="ParScale streams P of every stage")
     p.add_argument("--preset", default=None, type=_named("a preset name"),
                    help="generator design from this preset (default: the VAE run's)")
-    p.add_argument("--peer", type=_peer, default=None,
+    p.add_argument("--peer", choices=list(PEER_NAMES), default=None,
                    help="train a peer instead of ParScale-EAR: the DiT flow peer (dit-xs, dit-s, dit-b: diffusers, rectified "
                         "flow) or the one-step MeanFlow peer on the same DiT-S/2 (meanflow-s)")
     p.add_argument("--init", default=None,
@@ -89,8 +85,8 @@ def add_train_commands(sub) -> None:
                    help="train on a teacher's pairs (its noise -> its sample) instead of the data: a release or run "
                         "folder ('default': the embedded model); needs --pairs")
     p.add_argument("--pairs", type=int, default=0, help="with --teacher: how many teacher pairs to draw")
-    p.add_argument("--teacher-steps", type=parse_steps, default=None, help="with --teacher: its steps, N or COARSE,FINE "
-                                                                      "(default: the teacher's own)")
+    p.add_argument("--teacher-steps", type=parse_steps, default=None, help="with --teacher: its steps, N (in every stage) "
+                                                                      "or COARSE,FINE (default: the teacher's own)")
     p.add_argument("--teacher-solver", choices=("euler", "heun"), default=None, help="with --teacher: its solver "
                                                                                       "(default: the teacher's own)")
     _train_args(p, "generator")
@@ -114,7 +110,8 @@ def _schedule(args, own: dict) -> dict:
     out: `own`, the run's own or a new run's default), compile."""
     every = {k: own[k] if getattr(args, k) is None else getattr(args, k) for k in SCHEDULE_DEFAULTS}
     return dict(steps=args.steps, **every, max_minutes=args.max_minutes, fit_steps_to_budget=args.fit_to_budget,
-                samples=not args.no_samples, compile=args.compile)
+                samples=not args.no_samples, compile=args.compile, workers=args.workers,
+                max_unreadable=args.max_unreadable)
 
 
 def _run_flags(args, kind: str) -> dict:
@@ -160,6 +157,10 @@ def _new_run(args, kind: str):
         if not data:
             raise ValueError(f"--vae {args.vae}: its checkpoint does not say what data it was trained on; pass --data")
         defaults["vae_run"] = str(args.vae)
+    if "num_classes" not in overrides:  # the data's classes, not those of the dataset the preset was made for
+        from .train.latents import with_data_classes
+
+        model_config = with_data_classes(model_config, data, given.get("max_images", 0))
     cfg = TrainConfig(kind=kind, **{**defaults, **given, "data": data}, **_schedule(args, SCHEDULE_DEFAULTS))
     return cfg, model_config
 

@@ -1,10 +1,12 @@
-"""Image datasets as uint8 (N, C, H, W) tensors: Fashion-MNIST idx files, CIFAR-10 python
-batches, image folders (ImageFolder layout or flat) and .npz arrays. Fashion-MNIST's 28x28
-images are zero-padded to 32x32 (its background is 0); other sources are resized to fit."""
+"""Image datasets held in memory as uint8 (N, C, H, W) tensors: Fashion-MNIST idx files, CIFAR-10 python batches
+(data_formats.py), image folders (ImageFolder layout or flat) and .npz arrays (image_files.py). Fashion-MNIST's 28x28
+images are zero-padded to 32x32 (its background is 0); other sources are resized to fit. Sets too large for memory
+are read lazily instead (streaming.py)."""
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import math
 import os
 import zlib
@@ -13,26 +15,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
+from .data_formats import CIFAR10_CLASSES, CIFAR_DIR, cifar_files, has_cifar, load_cifar  # noqa: F401 (CIFAR10_CLASSES)
+from .files import sha256_file
+from .image_files import IMAGE_EXTENSIONS, DatasetError, fit_arrays, read_folder, read_npz  # noqa: F401
 from .images import from_uint8
 
 DEBIAN_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian `dataset-fashion-mnist`
 DATA_ENV = "PARSCALE_EAR_DATA"
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
-CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
-                   "dog", "frog", "horse", "ship", "truck"]
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 SPLITS = ("train", "test")
 
 _IDX_PREFIX = {"train": "train", "test": "t10k"}  # Fashion-MNIST names its test split t10k
 _IDX_IMAGES_MAGIC = 2051  # 0x0803: unsigned bytes, 3 dims (N, H, W)
 _IDX_LABELS_MAGIC = 2049  # 0x0801: unsigned bytes, 1 dim (N,)
-
-
-class DatasetError(ValueError):
-    """Data missing, unreadable or not in the expected format; the message is one line."""
 
 
 @dataclass
@@ -43,6 +40,7 @@ class ImageData:
     labels: torch.Tensor | None = None  # (N,) int64 class indices, None when unlabelled
     class_names: list[str] = field(default_factory=list)  # label i is class_names[i]
     source: str = ""  # where the images came from, for summaries and logs
+    identity: str = ""  # a digest of the source files and how they were read ("": none, e.g. arrays made in memory)
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4 or self.images.shape[1] not in (1, 3):
@@ -77,45 +75,59 @@ class ImageData:
         else:
             index = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
         labels = None if self.labels is None else self.labels[index]
-        return ImageData(self.images[index], labels, list(self.class_names), self.source)
+        identity = self.identity and f"{self.identity}:{'first' if seed is None else f'seed{seed}-'}{n}"
+        return ImageData(self.images[index], labels, list(self.class_names), self.source, identity)
 
 
-def load_dataset(source: str, split: str = "train", image_size: int = 32,
+def load_dataset(source: str, split: str = "train", image_size: int | None = 32,
                  channels: int | None = None) -> ImageData:
     """Load "fashion-mnist", or a folder (idx files, CIFAR-10 batches, images) or .npz file.
 
     `split` ("train" or "test") selects the files of Fashion-MNIST and CIFAR-10; an image folder
     or .npz file is a single split and is returned whole. `channels` forces 1 (grey) or 3 (RGB);
-    by default idx files give 1, CIFAR-10 and image folders 3, .npz what it stores.
+    by default idx files give 1, CIFAR-10 and image folders 3, .npz what it stores. `image_size` None
+    keeps the stored size (an image folder's must then be one).
     """
-    if split not in SPLITS:
-        raise DatasetError(f"split must be one of {SPLITS}, got {split!r}")
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-        raise DatasetError(f"image_size must be a positive int, got {image_size!r}")
-    if channels not in (None, 1, 3):
-        raise DatasetError(f"channels must be 1 (grey), 3 (RGB) or None (as stored), got {channels!r}")
-
-    from .data_formats import _CIFAR_DIR, _has_cifar, _load_cifar, _load_image_folder, _load_npz
-
+    check_read_options(split, image_size, channels)
     if str(source).lower() == "fashion-mnist":
         return _load_idx(_find_fashion_mnist(split), split, image_size, channels, f"fashion-mnist {split}")
     path = Path(source).expanduser()
     if not path.exists():
         raise DatasetError(f"data source not found: {path} (expected 'fashion-mnist', a folder of idx "
-                           f"files, CIFAR-10 batches or images, or a .npz file)")
+                           f"files, CIFAR-10 batches, images or tar shards, or a .npz file)")
     if not path.is_dir():
         if path.is_file() and path.suffix.lower() == ".npz":
-            return _load_npz(path, image_size, channels)
+            return _finish(*read_npz(path), image_size, channels, str(path), [path])
         raise DatasetError(f"unsupported data source {path}: expected a .npz file or a folder")
-    if _has_idx(path):
-        return _load_idx(path, split, image_size, channels)
-    if _has_cifar(path):
-        return _load_cifar(path, split, image_size, channels)
-    if _has_idx(path / "fashion-mnist"):
-        return _load_idx(path / "fashion-mnist", split, image_size, channels)
-    if _has_cifar(path / _CIFAR_DIR):
-        return _load_cifar(path / _CIFAR_DIR, split, image_size, channels)
-    return _load_image_folder(path, image_size, 3 if channels is None else channels)
+    for folder, kind in ((path, "idx"), (path, "cifar"), (path / "fashion-mnist", "idx"), (path / CIFAR_DIR, "cifar")):
+        if kind == "idx" and _has_idx(folder):
+            return _load_idx(folder, split, image_size, channels)
+        if kind == "cifar" and has_cifar(folder):
+            return _finish(*load_cifar(folder, split), image_size, channels, f"{folder} {split}", cifar_files(folder, split))
+    channels = 3 if channels is None else channels
+    images, labels, names = read_folder(path, image_size, channels)
+    return _finish(images, labels, names, image_size, channels, str(path))
+
+
+def check_read_options(split: str, image_size: int | None, channels: int | None) -> None:
+    """One-line errors for a split, image size or channel count that no source can give."""
+    if split not in SPLITS:
+        raise DatasetError(f"split must be one of {SPLITS}, got {split!r}")
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
+        raise DatasetError(f"image_size must be a positive int, got {image_size!r}")
+    if channels not in (None, 1, 3):
+        raise DatasetError(f"channels must be 1 (grey), 3 (RGB) or None (as stored), got {channels!r}")
+
+
+def in_memory_source(source: str) -> bool:
+    """True for the sources held in memory (Fashion-MNIST, idx files, CIFAR-10 batches, .npz); False for a folder
+    of images or of tar shards, which are read lazily."""
+    if str(source).lower() == "fashion-mnist":
+        return True
+    path = Path(source).expanduser()
+    if not path.is_dir():
+        return True  # a .npz, or a missing or unsupported path: load_dataset says which
+    return any(_has_idx(f) for f in (path, path / "fashion-mnist")) or any(has_cifar(f) for f in (path, path / CIFAR_DIR))
 
 
 def dataset_summary(data: ImageData) -> str:
@@ -127,6 +139,30 @@ def dataset_summary(data: ImageData) -> str:
     counts = torch.bincount(data.labels, minlength=data.num_classes)
     return (text + f", {data.num_classes} classes ({int(counts.min()):,} to {int(counts.max()):,} "
             f"per class: {', '.join(data.class_names[:3])}{', ...' if data.num_classes > 3 else ''})")
+
+
+def _finish(images: np.ndarray, labels: np.ndarray | None, names: list[str] | None, image_size: int | None,
+            channels: int | None, source: str, files: list[Path] | None = None) -> ImageData:
+    """(N, H, W, C) uint8 -> ImageData with the requested size and channels; `files` (the source files, hashed)
+    give its identity."""
+    images = fit_arrays(images, image_size, channels, source)
+    tensor = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))  # (N, C, S, S)
+    label_tensor = None
+    if labels is not None:
+        label_tensor = torch.from_numpy(labels.astype(np.int64))
+        if names is None:
+            names = [str(i) for i in range(int(labels.max()) + 1)] if labels.size else []
+        if labels.size and (labels.min() < 0 or labels.max() >= len(names)):
+            shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+            raise DatasetError(f"{source}: labels span [{labels.min()}, {labels.max()}], "
+                               f"outside its {len(names)} classes ({shown})")
+    identity = ""
+    if files:
+        digest = hashlib.sha256(f"{image_size} {channels}".encode())
+        for path in files:
+            digest.update(f"{path.name}\t{sha256_file(path)}\n".encode())
+        identity = digest.hexdigest()
+    return ImageData(tensor, label_tensor, list(names or []), source, identity)
 
 
 # ----------------------------------------------------------------------------- Fashion-MNIST
@@ -199,51 +235,5 @@ def _load_idx(folder: Path, split: str, image_size: int, channels: int | None,
     if images.shape[1:] == (28, 28):
         images = np.pad(images, ((0, 0), (2, 2), (2, 2)))  # (N, 32, 32); the background is 0
     names = FASHION_MNIST_CLASSES if len(labels) == 0 or labels.max() < 10 else None
-    return _finish(images[..., None], labels, names, image_size, channels, source or f"{folder} {split}")
-
-
-# ----------------------------------------------------------------------------- CIFAR-10
-
-def _fit(im: Image.Image, size: int) -> Image.Image:
-    """Resize the shorter side to `size` (bicubic), then crop the centre size x size."""
-    w, h = im.size
-    if (w, h) != (size, size):
-        scale = size / min(w, h)
-        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-        im = im.resize((nw, nh), Image.BICUBIC)
-        left, top = (nw - size) // 2, (nh - size) // 2
-        im = im.crop((left, top, left + size, top + size))
-    return im
-
-
-def _finish(images: np.ndarray, labels: np.ndarray | None, names: list[str] | None,
-            image_size: int, channels: int | None, source: str) -> ImageData:
-    """(N, H, W, C) uint8 -> ImageData with the requested size and channels."""
-    if len(images) == 0:
-        raise DatasetError(f"{source} holds no images")
-    if channels == 1 and images.shape[3] == 3:  # PIL's ITU-R 601-2 luma, in its fixed-point form
-        rgb = images.astype(np.uint32)
-        images = ((rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 0x8000) >> 16)
-        images = images.astype(np.uint8)[..., None]
-    if images.shape[1:3] != (image_size, image_size):
-        if 2 * min(images.shape[1:3]) < image_size:
-            raise DatasetError(f"{source}: images are {images.shape[1]}x{images.shape[2]}; the model needs "
-                               f"{image_size}x{image_size} and upscaling by more than 2x is refused (resize them first)")
-        out = np.empty((len(images), image_size, image_size, images.shape[3]), np.uint8)
-        for i, img in enumerate(images):
-            im = Image.fromarray(img[..., 0] if img.shape[2] == 1 else img)  # 2-D -> "L", (H, W, 3) -> "RGB"
-            out[i] = np.asarray(_fit(im, image_size)).reshape(out.shape[1:])
-        images = out
-    if channels == 3 and images.shape[3] == 1:
-        images = np.repeat(images, 3, axis=3)
-    tensor = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))  # (N, C, S, S)
-    label_tensor = None
-    if labels is not None:
-        label_tensor = torch.from_numpy(labels.astype(np.int64))
-        if names is None:
-            names = [str(i) for i in range(int(labels.max()) + 1)] if labels.size else []
-        if labels.size and (labels.min() < 0 or labels.max() >= len(names)):
-            shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
-            raise DatasetError(f"{source}: labels span [{labels.min()}, {labels.max()}], "
-                               f"outside its {len(names)} classes ({shown})")
-    return ImageData(tensor, label_tensor, list(names or []), source)
+    return _finish(images[..., None], labels, names, image_size, channels, source or f"{folder} {split}",
+                   list(files.values()))

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from .hybrid import CoarseFineHybrid
 from .loading import state_digest, weights_digest
 from .pipeline import ParScaleEAR
 
@@ -38,33 +39,39 @@ def check_same_vae(model: ParScaleEAR, other: ParScaleEAR, what: str) -> None:
                          f"(e.g. a VAE run made with train.vae_run_from_release)")
 
 
-def is_dit(model: ParScaleEAR) -> bool:
-    """Whether a pipeline holds a DiT peer (one latent-grid stage) rather than ParScale-EAR stages."""
-    return getattr(model.config, "dit", None) is not None
+def latent_coupling(teacher: ParScaleEAR) -> bool:
+    """Whether a teacher's whole noise is one x_1 on its latent grid (a DiT peer's): a student takes its coupling
+    through the latents, not stage by stage."""
+    noise = teacher.generator.draw_batch(1, "meta", torch.float32)  # shapes only: nothing is drawn
+    parts = [{part: tuple(t.shape[1:]) for part, t in stage.items()} for stage in noise.values()]
+    return parts == [{"x1": tuple(teacher.generator.latent_shape)}]
 
 
-def check_teacher(teacher: ParScaleEAR, student: ParScaleEAR) -> None:
-    """A one-line ValueError unless the teacher's samples can be cut into the student's stage tokens: the same
-    flow stages and shapes, or a flow DiT peer on the student's latent grid (its noise assembled from the
-    student's stage noises, `CoarseFineHybrid.latent_noise`)."""
-    if is_dit(student):
-        raise ValueError("--teacher: the student must have ParScale-EAR stages, not be a DiT peer")
-    s_stages = student.hybrid.stages
-    if is_dit(teacher):
-        if teacher.config.dit.objective != "flow":
-            raise ValueError(f"--teacher: a DiT teacher must be a flow model, got objective {teacher.config.dit.objective!r}")
+def check_teacher(teacher: ParScaleEAR, student: ParScaleEAR) -> str:
+    """How the student takes the teacher's noise -> sample coupling, or a one-line ValueError where it cannot:
+    "stages", a teacher with the student's flow stages and tokens (its own stage noise and stage outputs), or
+    "latents", a flow teacher whose noise is one x_1 on the student's latent grid (assembled from the student's stage
+    noises, `CoarseFineHybrid.latent_noise`; its sample cut into the student's tokens)."""
+    if not isinstance(student.generator, CoarseFineHybrid):
+        raise ValueError("--teacher: the student must have ParScale-EAR stages (a coarse/fine hybrid), not be a DiT peer")
+    s_stages = student.generator.stages
+    if latent_coupling(teacher):
+        objective = getattr(teacher.generator.config, "objective", "flow")
+        if objective != "flow":
+            raise ValueError(f"--teacher: a latent-grid (DiT) teacher must be a flow model, got objective {objective!r}")
         bad = [name for name, stage in s_stages.items() if stage.config.kind != "flow"]
         if bad:
-            raise ValueError(f"--teacher: a DiT teacher needs flow stages in the student; {bad} are not")
-        return
-    t_stages = teacher.hybrid.stages
-    if list(t_stages) != list(s_stages):
+            raise ValueError(f"--teacher: a latent-grid (DiT) teacher needs flow stages in the student; {bad} are not")
+        return "latents"
+    t_stages = teacher.generator.stages
+    if not isinstance(teacher.generator, CoarseFineHybrid) or list(t_stages) != list(s_stages):
         raise ValueError(f"--teacher: its stages {list(t_stages)} differ from the student's {list(s_stages)}")
     for name, stage in s_stages.items():
         t = t_stages[name]
         if (t.num_tokens, t.token_dim) != (stage.num_tokens, stage.token_dim) or t.config.kind != "flow":
             raise ValueError(f"--teacher: stage {name!r} must be a flow stage with the student's tokens "
                              f"({stage.num_tokens} x {stage.token_dim}), got {t.config.kind} {t.num_tokens} x {t.token_dim}")
+    return "stages"
 
 
 @torch.no_grad()
@@ -75,15 +82,16 @@ def teacher_pairs(teacher: ParScaleEAR, n: int, steps: tuple[int, ...], solver: 
     autocast on a GPU. Noise comes from a generator seeded by `seed`, drawn a batch at a time (the same n,
     batch_size and seed give the same pairs).
 
-    A ParScale-EAR teacher samples its mean path (temperature 0) from its own stage noise, in its own token units.
-    A flow DiT teacher (`student` required) samples at temperature 1 from the latent noise assembled from the
-    student's stage noises; its latents are cut into the student's tokens, in the student's token units."""
+    A teacher with stages samples its mean path (temperature 0) from its own stage noise, in its own token units.
+    A latent-grid teacher (`student` required) samples from the latent noise assembled from the student's stage
+    noises (temperature 1: that x_1 as it is); its latents are cut into the student's tokens, in the student's units."""
     teacher.eval()
     device = teacher.device
     steps = teacher.resolve_steps(steps)
-    teacher.hybrid.check_solver(solver)
-    if is_dit(teacher) and student is None:
-        raise ValueError("teacher_pairs: a DiT teacher needs the student whose tokens the pairs are cut into")
+    latent = latent_coupling(teacher)
+    teacher.generator.check_sampling(steps, 1.0, 1.0 if latent else 0.0, solver)
+    if latent and student is None:
+        raise ValueError("teacher_pairs: a latent-grid (DiT) teacher needs the student whose tokens the pairs are cut into")
     gen = torch.Generator(device).manual_seed(seed)
     classes = teacher.config.num_classes
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
@@ -97,7 +105,7 @@ def teacher_pairs(teacher: ParScaleEAR, n: int, steps: tuple[int, ...], solver: 
         b = min(batch_size, n - i)
         labels = (torch.arange(i, i + b, device=device) % classes) if classes else None
         with amp:
-            x1, x0 = _dit_batch(teacher, student, b, labels, steps, solver, gen) if is_dit(teacher) else \
+            x1, x0 = _latent_batch(teacher, student, b, labels, steps, solver, gen) if latent else \
                 _stage_batch(teacher, b, labels, steps, solver, gen)
         for name in x0:
             parts.setdefault(f"{name}_x1", []).append(x1[name].half())
@@ -108,47 +116,53 @@ def teacher_pairs(teacher: ParScaleEAR, n: int, steps: tuple[int, ...], solver: 
 
 
 def _stage_batch(teacher: ParScaleEAR, b: int, labels, steps, solver, gen) -> tuple[dict, dict]:
-    """A ParScale-EAR teacher's stage noises and mean-path outputs for one batch."""
+    """A teacher's stage noises (their x_1) and mean-path stage outputs for one batch."""
     noise = teacher.draw_noise_on_device(b, gen)
-    outputs = teacher.hybrid.sample_stages(noise, labels, steps, 1.0, 0.0, solver)
-    return {name: noise[name][1] for name in outputs}, outputs
+    outputs = teacher.generator.sample_stages(noise, labels, steps, 1.0, 0.0, solver)
+    return {name: noise[name]["x1"] for name in outputs}, outputs
 
 
-def _dit_batch(teacher: ParScaleEAR, student: ParScaleEAR, b: int, labels, steps, solver, gen) -> tuple[dict, dict]:
-    """The student's stage noises and a DiT teacher's sample from the latent noise they assemble, as the
-    student's normalised stage tokens, for one batch."""
-    hybrid = student.hybrid
-    noise = {name: stage.draw_batch(b, teacher.device, torch.float32, gen) for name, stage in hybrid.stages.items()}
-    x1 = {name: draws[1] for name, draws in noise.items()}
+def _latent_batch(teacher: ParScaleEAR, student: ParScaleEAR, b: int, labels, steps, solver, gen) -> tuple[dict, dict]:
+    """The student's stage noises (their x_1) and a latent-grid teacher's sample from the latent noise they assemble,
+    as the student's normalised stage tokens, for one batch."""
+    hybrid = student.generator
+    x1 = {name: parts["x1"] for name, parts in hybrid.draw_batch(b, teacher.device, torch.float32, gen).items()}
     std = {s.name: getattr(hybrid, f"{s.name}_std").to(teacher.device) for s in hybrid.stage_list}
     z = hybrid.latent_noise(x1).to(next(teacher.parameters()).dtype)
-    latents = teacher.hybrid.sample({"dit": (z,)}, labels, steps, 1.0, 1.0, solver).float()
+    (name,) = teacher.generator.stages
+    latents = teacher.generator.sample({name: {"x1": z}}, labels, steps, 1.0, 1.0, solver).float()
     return x1, {name: tokens / std[name] for name, tokens in hybrid.tokens(latents).items()}
+
+
+def take_token_scales(model: ParScaleEAR, source: ParScaleEAR) -> None:
+    """Give `model`'s stages the token scales of `source`'s stages of the same names."""
+    for name in model.generator.stages:
+        getattr(model.generator, f"{name}_std").copy_(getattr(source.generator, f"{name}_std"))
 
 
 def init_generator(model: ParScaleEAR, source: ParScaleEAR) -> list[str]:
     """Copy `source`'s generator weights (and token scales) into `model`'s where names and shapes match;
     returns the names left at their initialisation (new modules of the student). A name in the source that the
     model lacks, or one whose shape differs, is a one-line ValueError (a different architecture)."""
-    mine, theirs = model.hybrid.state_dict(), source.hybrid.state_dict()
+    mine, theirs = model.generator.state_dict(), source.generator.state_dict()
     unknown = sorted(set(theirs) - set(mine))
     wrong = [k for k in theirs if k in mine and theirs[k].shape != mine[k].shape]
     if unknown or wrong:
         detail = f"names the student lacks: {unknown[:3]}" if unknown else \
             f"{wrong[0]}: student {tuple(mine[wrong[0]].shape)}, source {tuple(theirs[wrong[0]].shape)}"
         raise ValueError(f"--init: the source's generator does not fit this model ({detail})")
-    model.hybrid.load_state_dict({**mine, **{k: v.to(mine[k].dtype) for k, v in theirs.items()}})
+    model.generator.load_state_dict({**mine, **{k: v.to(mine[k].dtype) for k, v in theirs.items()}})
     return sorted(set(mine) - set(theirs))
 
 
 def pairs_file(folder: Path, teacher: ParScaleEAR, n: int, steps, solver: str | None,
                student: ParScaleEAR | None = None) -> tuple[Path, dict]:
-    """Where `cached_teacher_pairs` keeps these pairs (a name per teacher and settings) and their key; a DiT
+    """Where `cached_teacher_pairs` keeps these pairs (a name per teacher and settings) and their key; a latent-grid
     teacher's pairs also depend on the student's stages and token scales."""
     key = {"teacher": weights_digest(teacher), "n": n, "steps": list(teacher.resolve_steps(steps)), "solver": solver,
            "seed": PAIRS_SEED, "batch_size": PAIRS_BATCH}
-    if is_dit(teacher):
-        h = student.hybrid
+    if latent_coupling(teacher):
+        h = student.generator
         key["student"] = {"mode": h.config.mode, "pool": h.config.pool, "fine_patch": h.config.fine_patch,
                           "scales": {s.name: float(getattr(h, f"{s.name}_std")) for s in h.stage_list}}
     name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
@@ -157,8 +171,9 @@ def pairs_file(folder: Path, teacher: ParScaleEAR, n: int, steps, solver: str | 
 
 def pairs_layout(teacher: ParScaleEAR, n: int, student: ParScaleEAR | None = None) -> dict[str, tuple]:
     """{name: (shape, dtype)} of every tensor `teacher_pairs` makes: per stage NAME_x1 and NAME_x0, (n, tokens,
-    token dims) in float16 (the student's stages for a DiT teacher), and `labels` (n,) int64 for a conditional one."""
-    stages = (student if is_dit(teacher) else teacher).hybrid.stages
+    token dims) in float16 (the student's stages for a latent-grid teacher), and `labels` (n,) int64 for a conditional
+    one."""
+    stages = (student if latent_coupling(teacher) else teacher).generator.stages
     layout = {f"{name}_{x}": ((n, stage.num_tokens, stage.token_dim), torch.float16) for name, stage in stages.items()
               for x in ("x1", "x0")}
     if teacher.config.num_classes:

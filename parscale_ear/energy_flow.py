@@ -15,92 +15,19 @@ residual around it, trained by the energy score.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-from .checks import check_int, check_real
 from .energy_head import EnergyHead, energy_score_samples
-from .generator import GeneratorConfig, StageBase
+from .flow_config import FlowConfig
+from .guidance import guided, mix
 from .layers import AdaLNBlock, modulate, prepend_stream_prefixes, timestep_embedding
-from .solvers import check_solver, ddim_step, heun_step, time_grid
+from .meanflow import interval, meanflow_loss
+from .solvers import check_solver, ddim_step, euler_step, heun_step, time_grid
+from .stage import StageBase
 
 TIME_DIM = 256  # sinusoidal features of t
-
-
-@dataclass
-class FlowConfig(GeneratorConfig):
-    """A few-step energy-score stage (EnergyFlowGenerator): GeneratorConfig's shared fields plus these."""
-
-    kind: str = "flow"
-    samples: int = 2  # m samples per target in the energy score (all pairs repel)
-    backbone_noise: bool = True  # False: the noise enters only the EAR head (the backbone runs once per example)
-    # > 0: a linear mean head on the (noise-free) hidden state predicts v = eps - x0, trained by the rectified-flow
-    # MSE with this weight (mean x0 = x_t - t v: at temperature 0 the stage samples as a flow solver), and a sample
-    # is mean + head residual, the residual trained by the energy score; needs backbone_noise False
-    mean_weight: float = 0.0
-    # AdaLN blocks after the noise enters the residual path (mean head only): attention couples the
-    # residual draws of neighbouring tokens; the m draws re-run only these blocks and the head
-    residual_blocks: int = 0
-    # mean head only: share of the energy score's gradient that reaches the backbone through the residual
-    # path (1: all of it; 0: the backbone learns from the mean's MSE alone, the residual path from the score)
-    residual_grad: float = 1.0
-    time_dist: str = "uniform"  # training t: "uniform" or "logit_normal" (sigmoid of N(0, 1), SD3)
-    global_weight: float = 1.0  # weight of the whole-stage energy score beside the per-token one
-    one_step_prob: float = 0.25  # share of training draws at t = 1 (the one-pass case)
-    max_steps: int = 8  # per-image noise is drawn for this many steps
-    # mean-head stages, sampling: "euler" (DDIM with the predicted x0: one pass a step) or "heun" (a second pass at
-    # the step's end corrects it, the trapezoid of the two velocities, on every step but the last and the steps whose
-    # x0 the energy head draws: 2 steps - 1 passes at temperature 0)
-    solver: str = "euler"
-    # mean-head stages, training: "flow" (the mean learns by the velocity MSE, the residual path by the energy score
-    # around the detached mean) or "energy" (the energy score of the drawn x0 = mean + residual trains the whole
-    # stage, every gradient kept; mean_weight then weights an optional velocity MSE beside it)
-    objective: str = "flow"
-    # False: a plain flow stage, the mean head alone (trained by the velocity MSE, sampled at temperature 0): no
-    # energy head and no residual draws, so a teacher pays nothing for a head its sampler never uses
-    energy_head: bool = True
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.kind != "flow":
-            raise ValueError(f"FlowConfig: kind must be 'flow', got {self.kind!r}")
-        check_int(self.samples, "FlowConfig.samples", minimum=2)
-        check_int(self.max_steps, "FlowConfig.max_steps")
-        check_real(self.global_weight, "FlowConfig.global_weight", minimum=0.0)
-        check_real(self.mean_weight, "FlowConfig.mean_weight", minimum=0.0)
-        if self.objective not in ("flow", "energy"):
-            raise ValueError(f"FlowConfig: objective must be 'flow' or 'energy', got {self.objective!r}")
-        if self.objective == "energy" and self.backbone_noise:
-            raise ValueError("FlowConfig: objective 'energy' needs backbone_noise False (a mean head; the noise enters "
-                             "the residual path)")
-        if self.has_mean_head and self.backbone_noise:
-            raise ValueError("FlowConfig: mean_weight > 0 needs backbone_noise False (the mean must not depend on the noise)")
-        check_int(self.residual_blocks, "FlowConfig.residual_blocks", minimum=0)
-        if self.residual_blocks and not self.has_mean_head:
-            raise ValueError("FlowConfig: residual_blocks > 0 needs a mean head (mean_weight > 0)")
-        if not 0 <= self.residual_grad <= 1:
-            raise ValueError(f"FlowConfig: residual_grad must be in [0, 1], got {self.residual_grad}")
-        if self.residual_grad < 1 and not self.has_mean_head:
-            raise ValueError("FlowConfig: residual_grad < 1 needs a mean head (mean_weight > 0), "
-                             "or the backbone would get no gradient")
-        if self.time_dist not in ("uniform", "logit_normal"):
-            raise ValueError(f"FlowConfig: time_dist must be 'uniform' or 'logit_normal', got {self.time_dist!r}")
-        check_solver(self.solver, "FlowConfig: solver")
-        if self.solver == "heun" and not self.has_mean_head:
-            raise ValueError("FlowConfig: solver 'heun' needs a flow stage with a mean head (mean_weight > 0): it "
-                             "corrects the mean path")
-        if not 0 <= self.one_step_prob <= 1:
-            raise ValueError(f"FlowConfig: one_step_prob must be in [0, 1], got {self.one_step_prob}")
-        if not self.energy_head and (self.objective != "flow" or self.mean_weight <= 0 or self.residual_blocks):
-            raise ValueError("FlowConfig: energy_head False (a plain flow stage) needs objective 'flow', mean_weight > 0 "
-                             "and residual_blocks 0")
-
-    @property
-    def has_mean_head(self) -> bool:
-        """A mean head: trained by its MSE (mean_weight > 0) or by the energy objective."""
-        return self.mean_weight > 0 or self.objective == "energy"
+__all__ = ["EnergyFlowGenerator", "FlowConfig"]
 
 
 def _scale_grad(x: torch.Tensor, weight: float) -> torch.Tensor:
@@ -121,6 +48,11 @@ class EnergyFlowGenerator(StageBase):
         self.pos_embed = nn.Parameter(torch.randn(num_tokens, d) * 0.02)
         self.make_labels(d)
         self.time_embed = nn.Sequential(nn.Linear(TIME_DIM, d), nn.SiLU(), nn.Linear(d, d))
+        self.interval_embed = None  # MeanFlow: an embedding of t - r, zero at the start (the stage is then a flow)
+        if cfg.objective == "meanflow":
+            self.interval_embed = nn.Sequential(nn.Linear(TIME_DIM, d), nn.SiLU(), nn.Linear(d, d))
+            nn.init.zeros_(self.interval_embed[2].weight)
+            nn.init.zeros_(self.interval_embed[2].bias)
         self.make_streams(d)
         self.blocks = nn.ModuleList(AdaLNBlock(d, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(d, elementwise_affine=False)
@@ -139,30 +71,32 @@ class EnergyFlowGenerator(StageBase):
         self.residual_blocks = nn.ModuleList(AdaLNBlock(d, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.residual_blocks))
 
     # ------------------------------------------------------------------ randomness
-    def draw(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """One image's randomness: per-step noise xi (S, N, noise_dim) in [-0.5, 0.5] and x_1 (N, D)."""
+    def draw(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """One image's noise, by the names `sample` takes: per-step noise xi (S, N, noise_dim) in [-0.5, 0.5], then
+        x1 (N, D)."""
         c = self.config
         xi = torch.rand(c.max_steps, self.num_tokens, c.noise_dim, generator=generator) - 0.5
-        return xi, torch.randn(self.num_tokens, self.token_dim, generator=generator)
+        return {"xi": xi, "x1": torch.randn(self.num_tokens, self.token_dim, generator=generator)}
 
-    def draw_batch(self, batch: int, device, dtype, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def draw_batch(self, batch: int, device, dtype, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         c = self.config
         xi = torch.rand(batch, c.max_steps, self.num_tokens, c.noise_dim, generator=generator, device=device, dtype=dtype) - 0.5
-        return xi, torch.randn(batch, self.num_tokens, self.token_dim, generator=generator, device=device, dtype=dtype)
+        return {"xi": xi, "x1": torch.randn(batch, self.num_tokens, self.token_dim, generator=generator, device=device,
+                                            dtype=dtype)}
 
     # ------------------------------------------------------------------ network
     def hidden(self, x_t: torch.Tensor, t: torch.Tensor, xi: torch.Tensor | None, labels: torch.Tensor,
-               context: torch.Tensor | None = None) -> torch.Tensor:
+               context: torch.Tensor | None = None, r: torch.Tensor | None = None) -> torch.Tensor:
         """Aggregated hidden states (m B, N, d) from x_t (B, N, D), t (B,), labels (B,) and m draws of
         noise xi (m B, N, noise_dim), draw j of example b at row j B + b: every block runs once per draw.
-        Without backbone noise, xi is None and the result is (B, N, d)."""
+        Without backbone noise, xi is None and the result is (B, N, d). r (B,): a MeanFlow stage's interval start."""
         B, N, _ = x_t.shape
         m = 1 if xi is None else xi.shape[0] // B
         P = self.config.streams
         x = self.token_in(x_t) + self.pos_embed
         if self.context_in is not None:
             x = x + self.context_in(context)
-        c = self.condition(t, labels, x.dtype)  # (B, d)
+        c = self.condition(t, labels, x.dtype, r)  # (B, d)
         if P > 1:  # P streams in one batched pass: (B * P, Lp + N, d), row b P + p
             x = prepend_stream_prefixes(x, self.stream_prefix)
             c = c.repeat_interleave(P, dim=0)
@@ -178,9 +112,13 @@ class EnergyFlowGenerator(StageBase):
             h, _ = self.aggregate(h)
         return h
 
-    def condition(self, t: torch.Tensor, labels: torch.Tensor, dtype) -> torch.Tensor:
-        """adaLN conditioning (B, d) from time t (B,) and labels (B,)."""
-        return self.time_embed(timestep_embedding(t).to(dtype)) + self.class_embed(labels)
+    def condition(self, t: torch.Tensor, labels: torch.Tensor, dtype, r: torch.Tensor | None = None) -> torch.Tensor:
+        """adaLN conditioning (B, d) from time t (B,) and labels (B,); a MeanFlow stage adds its interval t - r (r
+        None: r = t, the instantaneous velocity)."""
+        c = self.time_embed(timestep_embedding(t).to(dtype)) + self.class_embed(labels)
+        if self.interval_embed is not None:
+            c = c + self.interval_embed(timestep_embedding(t - (t if r is None else r)).to(dtype))
+        return c
 
     def mean_x0(self, h: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The mean head's x0 (B, N, D) from hidden states h (B, N, d) at x_t (B, N, D), t (B,): the head predicts
@@ -201,7 +139,7 @@ class EnergyFlowGenerator(StageBase):
         """Training times: t = 1 (the one-step case) with probability one_step_prob, else from
         `time_dist` (U(0, 1) or logit-normal)."""
         if self.config.time_dist == "logit_normal":
-            t = torch.sigmoid(torch.randn(batch, device=device))
+            t = torch.sigmoid(self.config.time_mean + torch.randn(batch, device=device))
         else:
             t = torch.rand(batch, device=device)
         return torch.where(torch.rand(batch, device=device) < self.config.one_step_prob, torch.ones_like(t), t)
@@ -220,6 +158,11 @@ class EnergyFlowGenerator(StageBase):
         t = self._times(B, device)
         eps = torch.randn_like(tokens) if noise is None else noise.to(tokens.dtype)
         x_t = (1 - t[:, None, None]) * tokens + t[:, None, None] * eps
+        if c.objective == "meanflow":  # MeanFlow's loss of the average velocity over [r, t] (r = t for most draws)
+            t, r = interval(t, self._times(B, device), c.meanflow_ratio)
+            x_t = (1 - t[:, None, None]) * tokens + t[:, None, None] * eps
+            u = lambda x, tt, rr: self.mean_out(self.hidden(x, tt, None, labels, context, rr))  # noqa: E731
+            return c.mean_weight * meanflow_loss(u, x_t, eps - tokens, t, r, c.loss_power)[0]
         if self.head is None:  # a plain flow stage: the rectified-flow loss on v = eps - x0 alone
             h = self.hidden(x_t, t, None, labels, context)
             return c.mean_weight * torch.nn.functional.mse_loss(self.mean_out(h).float(), (eps - tokens).float())
@@ -233,9 +176,9 @@ class EnergyFlowGenerator(StageBase):
         else:  # one backbone pass; the residual path draws the m samples
             h = self.hidden(x_t, t, None, labels, context)  # (B, N, d)
             cond = self.condition(t, labels, h.dtype)
-            # the share of the score's gradient that reaches the backbone (checked: < 1 needs a mean head); the
-            # energy objective keeps all of it
-            w = 1.0 if c.objective == "energy" else c.residual_grad
+            # the share of the score's gradient that reaches the backbone (checked: < 1 needs a mean head and the
+            # flow objective; the energy objective keeps all of it)
+            w = c.residual_grad
             h_r, cond_r = (h, cond) if w == 1 else (_scale_grad(h, w), _scale_grad(cond, w))
             samples = self.residual(h_r.repeat(m, 1, 1), cond_r.repeat(m, 1), xi).float().view(m, B, N, D)
         if self.mean_out is not None:  # samples = mean + residual
@@ -253,25 +196,38 @@ class EnergyFlowGenerator(StageBase):
         return loss
 
     # ------------------------------------------------------------------ sampling
-    def solver(self, solver: str | None = None) -> str:
-        """The solver a call uses: `solver`, else the config's; checked against this stage."""
-        solver = check_solver(self.config.solver if solver is None else solver)
+    def check_sampling(self, steps: int, temperature: float = 0.0, solver: str | None = None) -> str:
+        """The solver `steps` steps at `temperature` take (`solver`, else the config's), with one-line errors for what
+        this stage cannot sample: too many steps, a temperature without an energy head, Heun without a mean head, and
+        an explicit Heun where every step draws x0 from the energy head (temperature > 0: DDIM steps, which Heun's
+        correction of the mean path would not change)."""
+        if not 1 <= steps <= self.config.max_steps:
+            raise ValueError(f"steps must be in [1, {self.config.max_steps}] (the config's max_steps), got {steps}")
+        if temperature > 0 and self.head is None:
+            raise ValueError(f"temperature {temperature:g}: this stage has no energy head (energy_head False) and samples "
+                             "its flow's mean path only; use temperature 0")
+        if solver is None:
+            return "euler" if temperature > 0 else self.config.solver
+        if check_solver(solver) == "heun" and self.interval_embed is not None:
+            raise ValueError("solver 'heun': a MeanFlow stage steps with its average velocity over each step (solver "
+                             "'euler')")
         if solver == "heun" and self.mean_out is None:
             raise ValueError("solver 'heun' needs a flow stage with a mean head (mean_weight > 0 or objective 'energy')")
+        if solver == "heun" and temperature > 0:
+            raise ValueError(f"solver 'heun' at temperature {temperature:g}: every step draws x0 from the energy head and "
+                             "takes a DDIM step, which Heun does not change; use temperature 0 (the mean path) or 'euler'")
         return solver
 
     def passes(self, steps: int, temperature: float = 0.0, solver: str | None = None) -> int:
-        """Backbone passes per image for `steps` steps (without CFG's doubling): one a step, plus Heun's
-        correction on every step but the last and the steps the energy head draws on."""
-        if self.solver(solver) != "heun":
-            return steps
-        return steps if temperature > 0 else 2 * steps - 1
+        """Backbone passes per image for `steps` steps (without CFG's doubling): one a step, plus Heun's correction
+        on every step but the last (temperature 0)."""
+        return 2 * steps - 1 if self.check_sampling(steps, temperature, solver) == "heun" else steps
 
     @torch.no_grad()
     def sample(
         self,
-        noise: torch.Tensor,
-        x_init: torch.Tensor,
+        xi: torch.Tensor,
+        x1: torch.Tensor,
         labels: torch.Tensor | None = None,
         steps: int = 1,
         cfg: float = 1.0,
@@ -279,48 +235,42 @@ class EnergyFlowGenerator(StageBase):
         context: torch.Tensor | None = None,
         solver: str | None = None,
     ) -> torch.Tensor:
-        """Tokens (B, N, D) in `steps` passes from x_1 = x_init; noise (B, S, N, noise_dim) gives step k its xi.
+        """Tokens (B, N, D) in `steps` steps from x1 (B, N, D); xi (B, S, N, noise_dim) gives step k its noise.
 
-        Each step draws x0 ~ G(x_t, t, xi_k) and moves to t' along the line through x_t and that
-        sample (DDIM with a sampled x0). CFG mixes hidden states before the head (EAR),
-        h = cfg h_c + (1 - cfg) h_u; temperature scales the head's adaLN shift (EAR), or, with a mean
-        head, the residual: x0 = mean + temperature * residual (temperature 0: the mean alone, Euler steps of the
-        flow). With `solver` "heun" (default: `config.solver`), each mean-path step but the last is corrected by a
-        second pass at its end (the trapezoid of the velocities at t and t'), as the DiT peer's Heun solver.
+        Each step draws x0 ~ G(x_t, t, xi_k) and moves to t' along the line through x_t and that sample (DDIM with a
+        sampled x0); CFG mixes hidden states before the head (EAR). Temperature scales the head's adaLN shift (EAR),
+        or, with a mean head, the residual: x0 = mean + temperature * residual (0: the mean alone, the flow's path).
+        With solver "heun" (at temperature 0), each mean-path step but the last is corrected by a second pass at its
+        end (the trapezoid of the velocities at t and t').
         """
-        B = x_init.shape[0]
-        if not 1 <= steps <= self.config.max_steps:
-            raise ValueError(f"steps must be in [1, {self.config.max_steps}] (the config's max_steps), got {steps}")
+        B = x1.shape[0]
+        heun = self.check_sampling(steps, temperature, solver) == "heun"
         self.check_guidance(cfg)
-        if temperature > 0 and self.head is None:
-            raise ValueError(f"temperature {temperature:g}: this stage has no energy head (energy_head False) and samples "
-                             "its flow's mean path only; use temperature 0")
-        labels = self.labels_or_null(labels, B, x_init.device)
-        heun = self.solver(solver) == "heun"
+        labels = self.labels_or_null(labels, B, x1.device)
         times = time_grid(steps)
-        x = x_init
+        x = x1
         for k in range(steps):
             t, t_next = times[k], times[k + 1]
             tt = torch.full((B,), t, device=x.device)
-            xi = noise[:, k]
-            xb = xi if self.noise_in is not None else None
+            xi_k = xi[:, k]
+            xb = xi_k if self.noise_in is not None else None
+            if self.interval_embed is not None:  # MeanFlow: an Euler step of the average velocity over [t_next, t]
+                rr = torch.full((B,), t_next, device=x.device)
+                x = euler_step(x, self.mean_out(self._guided_hidden(x, tt, None, labels, context, cfg, rr)), t, t_next)
+                continue
             h = self._guided_hidden(x, tt, xb, labels, context, cfg)
             draw = temperature > 0
-            if self.mean_out is not None and heun and not draw and t_next > 0:  # the mean path, corrected
+            if heun and t_next > 0:  # the mean path, corrected
                 x = self._heun_step(x, h, t, t_next, xb, labels, context, cfg)
                 continue
-            x = ddim_step(x, self._x0(h, x, tt, xi, labels, cfg, temperature, draw).to(x.dtype), t, t_next)
+            x = ddim_step(x, self._x0(h, x, tt, xi_k, labels, cfg, temperature, draw).to(x.dtype), t, t_next)
         return x
 
-    def _guided_hidden(self, x, tt, xb, labels, context, cfg: float) -> torch.Tensor:
+    def _guided_hidden(self, x, tt, xb, labels, context, cfg: float, r=None) -> torch.Tensor:
         """Hidden states at x_t; with cfg != 1 mixed from the labelled and the null-class pass (EAR)."""
-        if cfg == 1.0:
-            return self.hidden(x, tt, xb, labels, context)
-        null = torch.full_like(labels, self.null_class)
-        ctx = None if context is None else torch.cat([context, context])
-        h_c, h_u = self.hidden(torch.cat([x, x]), torch.cat([tt, tt]), None if xb is None else torch.cat([xb, xb]),
-                               torch.cat([labels, null]), ctx).chunk(2)
-        return cfg * h_c + (1.0 - cfg) * h_u
+        extra = () if r is None else (r,)  # a MeanFlow stage's interval start
+        return guided(lambda y, x, tt, xb, ctx, *r: self.hidden(x, tt, xb, y, ctx, *r), labels, self.null_class, cfg,
+                      x, tt, xb, context, *extra)
 
     def _x0(self, h, x, tt, xi, labels, cfg: float, temperature: float, draw: bool) -> torch.Tensor:
         """A step's x0: the mean (x0 or v head) plus, when it draws, temperature x the energy head's residual;
@@ -331,7 +281,7 @@ class EnergyFlowGenerator(StageBase):
         if self.residual_noise_in is not None and draw:
             cond = self.condition(tt, labels, h.dtype)
             if cfg != 1.0:  # mixed like the hidden states
-                cond = cfg * cond + (1.0 - cfg) * self.condition(tt, torch.full_like(labels, self.null_class), h.dtype)
+                cond = mix(cond, self.condition(tt, torch.full_like(labels, self.null_class), h.dtype), cfg)
         x0 = self.mean_x0(h, x, tt)
         return x0 + temperature * self.residual(h, cond, xi) if draw else x0
 

@@ -43,9 +43,7 @@ class FastSampler:
         self.temperature = check_real(config.temperature if temperature is None else temperature, "temperature",
                                       minimum=0.0)
         self.solver = solver
-        model.hybrid.check_solver(solver)
-        if self.cfg != 1.0 and config.num_classes == 0:
-            raise ValueError("compile_sampler: cfg != 1 needs a class-conditional model; this one is unconditional")
+        model.generator.check_sampling(self.steps, self.cfg, self.temperature, solver)
         self.device = device = model.device
         cuda = device.type == "cuda"
         self.dtype = dtype if dtype is not None else (torch.bfloat16 if cuda else torch.float32)
@@ -80,7 +78,7 @@ class FastSampler:
 
     def _run(self, noise: dict) -> torch.Tensor:
         with torch.no_grad(), self._amp:
-            z = self.model.hybrid.sample(noise, self._labels, self.steps, self.cfg, self.temperature, self.solver)
+            z = self.model.generator.sample(noise, self._labels, self.steps, self.cfg, self.temperature, self.solver)
             return self.decode(z).float()
 
     def _seeded(self) -> torch.Tensor:
@@ -109,8 +107,8 @@ class FastSampler:
         seeds = list(range(seed, seed + self.batch_size))
         drawn = self.model.draw_noise(seeds)
         for name, parts in drawn.items():
-            for buf, value in zip(self._noise[name], parts):
-                buf.copy_(value)
+            for part, value in parts.items():
+                self._noise[name][part].copy_(value)
         self._set_labels(labels, seeds)
 
     def _set_labels(self, labels, seeds) -> None:

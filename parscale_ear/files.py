@@ -133,18 +133,37 @@ def sha256_file(path: str | os.PathLike) -> str:
 @contextlib.contextmanager
 def folder_lock(folder: str | os.PathLike, what: str = "--out") -> Iterator[None]:
     """Hold an exclusive lock (flock on FOLDER/.parscale-ear.lock) while the block runs: a second process asking for
-    it gets a one-line error at once instead of writing into the same files. The system releases the lock when the
-    process ends, however it ends; the empty lock file stays."""
+    it gets a one-line error at once instead of writing into the same files. The lock file is removed when the block
+    ends (the system releases the lock of a process that dies); a process that opened the file just before its
+    holder removed it sees that and opens it again, so two processes never hold two locks of one folder."""
     import fcntl
 
     path = Path(folder) / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
+    for _ in range(10):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            os.close(fd)
             raise BlockingIOError(f"{what} {folder} is in use by another process training into it (it holds "
                                   f"{LOCK_NAME}); wait for it to end or choose another {what}") from None
+        if _same_file(fd, path):
+            break
+        os.close(fd)  # the holder removed it between our open and our lock: open the path again
+    else:
+        raise BlockingIOError(f"{what} {folder}: its lock file {LOCK_NAME} keeps being replaced; another process is "
+                              f"starting and stopping trainings in it")
+    try:
         yield
     finally:
+        with contextlib.suppress(OSError):
+            path.unlink()  # while still locked: whoever opened it meanwhile finds it gone and opens it again
         os.close(fd)  # releases the lock
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether the open file `fd` is still the file at `path`."""
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except OSError:
+        return False

@@ -7,115 +7,16 @@ EAR: Shao, Meng, Zhou (ICML 2025, arXiv 2505.07812). Masking and schedule: MAR, 
 from __future__ import annotations
 
 import math
-import dataclasses
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from .energy_head import EnergyHead, energy_score_loss
-from .layers import TransformerBlock, prepend_stream_prefixes, stream_parts
-from .solvers import SOLVERS, check_solver  # noqa: F401  (SOLVERS re-exported)
-from .checks import check_field_types, check_int, check_real
-
-
-@dataclass
-class GeneratorConfig:
-    """What every generation stage has (backbone, P streams, EAR's head, guidance); its geometry (tokens, token size,
-    context) comes from the hybrid. A stage's config is that of its kind, which adds the rest: `MARConfig` (below) or
-    `FlowConfig` (energy_flow.py); a dict of fields becomes the config its `kind` names (`nested_config`)."""
-
-    # "mar": masked random-order AR with the energy head (EnergyGenerator, below);
-    # "flow": few-step energy-score stage (EnergyFlowGenerator, energy_flow.py)
-    kind: str = "mar"
-    width: int = 256
-    depth: int = 4
-    heads: int = 4
-    mlp_ratio: float = 4.0
-    streams: int = 1  # ParScale P; P = 1 is the plain model (no prefix, no aggregation)
-    prefix_len: int = 4  # learned prefix tokens per stream (used when streams > 1)
-    agg_smoothing: float = 0.01  # w <- w (1 - eps) + eps / P, ParScale's code default
-    head_width: int = 256
-    head_depth: int = 3  # residual adaLN blocks in the energy head
-    noise_dim: int = 64  # eps ~ U[-0.5, 0.5]^noise_dim per token, EAR's choice
-    class_dropout: float = 0.1  # label dropped to the null class for CFG
-    alpha: float = 1.0  # energy-score exponent; 1 is best in EAR, 2 collapses
-    tau: float = 1.0  # repulsion weight; > 1 makes the loss unbounded
-
-    # fields of earlier versions whose experiments were dropped (docs/QUALITY.md keeps their measurements) and the
-    # value that meant "off": a stored config holding one at that value is the same model without it
-    RETIRED = {"noise_blocks": 0, "head_steps": 0, "time_shift": 1.0, "mean_param": "v"}
-
-    @staticmethod
-    def kinds() -> dict[str, type]:
-        """The config class of each stage kind."""
-        from .energy_flow import FlowConfig
-
-        return {"mar": MARConfig, "flow": FlowConfig}
-
-    @classmethod
-    def resolve(cls, fields: dict, name: str = "GeneratorConfig") -> type:
-        """The config class a dict of stage fields describes (by its `kind`, default 'mar')."""
-        kinds = cls.kinds()
-        kind = fields.get("kind", cls.__dataclass_fields__["kind"].default)
-        if kind not in kinds:
-            raise ValueError(f"{name}: kind must be one of {tuple(kinds)}, got {kind!r}")
-        return kinds[kind]
-
-    @classmethod
-    def upgrade(cls, fields: dict, name: str) -> dict:
-        """`fields` without what a stored config of an earlier version may hold beyond its kind's fields: the retired
-        options at their "off" value (mean_param: 'v', or anything in a stage without a mean head, where it did
-        nothing) and the other kind's fields at their defaults (0.2 stored every field in every stage); any other
-        value is a one-line ValueError naming the field."""
-        fields = dict(fields)
-        for key, off in cls.RETIRED.items():
-            if key not in fields:
-                continue
-            value = fields.pop(key)
-            weight = fields.get("mean_weight", 0.0)
-            mean_head = fields.get("kind", "mar") == "flow" and (
-                (isinstance(weight, (int, float)) and weight > 0) or fields.get("objective", "flow") == "energy")
-            if value != off and not (key == "mean_param" and not mean_head):
-                raise ValueError(f"{name}.{key} = {value!r}: this option was removed in parscale-ear 0.3 (its runs are "
-                                 f"in docs/QUALITY.md); only {off!r}, its off value, still loads")
-        mine = cls.resolve(fields, name) if isinstance(fields.get("kind", "mar"), str) else cls
-        for kind, other in cls.kinds().items():
-            if other is mine:
-                continue
-            for f in dataclasses.fields(other):
-                if f.name in fields and f.name not in mine.__dataclass_fields__:
-                    if fields[f.name] != f.default:
-                        raise ValueError(f"{name}.{f.name}: a field of {kind!r} stages, not of a "
-                                         f"{fields.get('kind', 'mar')!r} stage")
-                    del fields[f.name]
-        return fields
-
-    def as_kind(self, kind: str) -> "GeneratorConfig":
-        """This stage's shared fields in a config of `kind` (its own fields at their defaults)."""
-        target = self.resolve({"kind": kind})
-        if type(self) is target:
-            return self
-        shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(GeneratorConfig) if f.name != "kind"}
-        return target(**shared, kind=kind)
-
-    def __post_init__(self):
-        if type(self) is GeneratorConfig:
-            raise TypeError("GeneratorConfig holds what every stage shares; build MARConfig or FlowConfig (or pass a "
-                            "dict of fields with its kind)")
-        check_field_types(self)
-        if not 0 <= self.class_dropout <= 1:
-            raise ValueError(f"{type(self).__name__}: class_dropout must be in [0, 1], got {self.class_dropout}")
-        for name in ("width", "depth", "heads", "head_width", "head_depth", "noise_dim", "prefix_len"):
-            check_int(getattr(self, name), f"{type(self).__name__}.{name}")
-        if self.streams < 1:
-            raise ValueError(f"{type(self).__name__}: streams must be >= 1, got {self.streams}")
-        if self.width % self.heads:
-            raise ValueError(f"{type(self).__name__}: width {self.width} not divisible by heads {self.heads}")
-        if not 0 < self.alpha < 2:
-            raise ValueError(f"{type(self).__name__}: alpha must be in (0, 2), got {self.alpha}")
-        if not 0 <= self.tau <= 1:
-            raise ValueError(f"{type(self).__name__}: tau must be in [0, 1], got {self.tau}")
+from .guidance import guided
+from .layers import TransformerBlock, prepend_stream_prefixes
+from .solvers import check_solver
+from .stage import GeneratorConfig, StageBase
 
 
 @dataclass
@@ -150,50 +51,6 @@ def unmask_schedule(num_tokens: int, steps: int) -> list[int]:
     return generated
 
 
-class StageBase(nn.Module):
-    """What every generation stage shares beside its config: its geometry, the label embedding whose last row is the
-    null class (classifier-free guidance), the P streams' learned prefixes and aggregation (ParScale), class dropout
-    in training and the guidance check in sampling. A stage creates these parts in its own order (`make_labels`,
-    `make_streams`): the order fixes its initial weights under a seed."""
-
-    def __init__(self, config: GeneratorConfig, num_tokens: int, token_dim: int, num_classes: int, context_dim: int):
-        super().__init__()
-        self.config = config
-        self.num_tokens, self.token_dim = num_tokens, token_dim
-        self.num_classes, self.context_dim = num_classes, context_dim
-
-    def make_labels(self, width: int) -> None:
-        self.class_embed = nn.Embedding(self.num_classes + 1, width)  # index num_classes = null / unconditional
-        nn.init.normal_(self.class_embed.weight, std=0.02)
-
-    def make_streams(self, width: int) -> None:
-        c = self.config
-        if c.streams > 1:
-            self.stream_prefix, self.aggregate = stream_parts(c.streams, c.prefix_len, width, c.agg_smoothing)
-
-    @property
-    def null_class(self) -> int:
-        return self.num_classes
-
-    def labels_or_null(self, labels: torch.Tensor | None, batch: int, device) -> torch.Tensor:
-        if labels is None:
-            return torch.full((batch,), self.null_class, dtype=torch.long, device=device)
-        return labels
-
-    def train_labels(self, labels: torch.Tensor | None, batch: int, device) -> torch.Tensor:
-        """Training labels: the null class where none are given, else each dropped to it with `class_dropout`."""
-        if labels is None:
-            return self.labels_or_null(None, batch, device)
-        if self.config.class_dropout > 0:
-            drop = torch.rand(batch, device=device) < self.config.class_dropout
-            labels = torch.where(drop, torch.full_like(labels, self.null_class), labels)
-        return labels
-
-    def check_guidance(self, cfg: float) -> None:
-        if cfg != 1.0 and self.num_classes == 0:
-            raise ValueError("cfg != 1 needs a class-conditional model; this one is unconditional")
-
-
 class EnergyGenerator(StageBase):
     """A bidirectional transformer over N tokens (masked ones replaced by a learned token) + energy head."""
 
@@ -210,14 +67,15 @@ class EnergyGenerator(StageBase):
         self.norm = nn.LayerNorm(d)
         self.head = EnergyHead(d, token_dim, cfg.head_width, cfg.head_depth, cfg.noise_dim)
 
-    def draw(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """One image's randomness: the order (N,) is drawn first, then head noise (N, noise_dim)."""
+    def draw(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """One image's noise, by the names `sample` takes: the order (N,) is drawn first, then head noise xi
+        (N, noise_dim)."""
         order = torch.randperm(self.num_tokens, generator=generator)
-        return torch.rand(self.num_tokens, self.config.noise_dim, generator=generator) - 0.5, order
+        return {"xi": torch.rand(self.num_tokens, self.config.noise_dim, generator=generator) - 0.5, "order": order}
 
-    def draw_batch(self, batch: int, device, dtype, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        noise = torch.rand(batch, self.num_tokens, self.config.noise_dim, generator=generator, device=device, dtype=dtype) - 0.5
-        return noise, torch.rand(batch, self.num_tokens, generator=generator, device=device).argsort(1)
+    def draw_batch(self, batch: int, device, dtype, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        xi = torch.rand(batch, self.num_tokens, self.config.noise_dim, generator=generator, device=device, dtype=dtype) - 0.5
+        return {"xi": xi, "order": torch.rand(batch, self.num_tokens, generator=generator, device=device).argsort(1)}
 
     def hidden(
         self,
@@ -267,24 +125,25 @@ class EnergyGenerator(StageBase):
         x1, x2 = self.head(h[None].expand(2, -1, -1, -1), noise)  # two independent samples
         return energy_score_loss(x1.float(), x2.float(), tokens.float(), self.config.alpha, self.config.tau, weight=masked)
 
-    def solver(self, solver: str | None = None) -> str:
-        """A MAR stage has no flow solver: None (its own unmasking steps) only."""
+    def check_sampling(self, steps: int, temperature: float = 0.0, solver: str | None = None) -> None:
+        """One-line errors for what this stage cannot sample: more steps than tokens, or a flow solver (a MAR stage
+        unmasks in its own steps)."""
+        unmask_schedule(self.num_tokens, steps)
         if solver is not None:
             check_solver(solver)
             raise ValueError(f"solver {solver!r}: the mar stages sample with their own unmasking steps and take no "
                              "flow solver")
-        return "euler"
 
     def passes(self, steps: int, temperature: float = 0.0, solver: str | None = None) -> int:
         """Backbone passes per image (without CFG's doubling): one a step."""
-        self.solver(solver)
+        self.check_sampling(steps, temperature, solver)
         return steps
 
     @torch.no_grad()
     def sample(
         self,
-        noise: torch.Tensor,
-        orders: torch.Tensor,
+        xi: torch.Tensor,
+        order: torch.Tensor,
         labels: torch.Tensor | None = None,
         steps: int = 4,
         cfg: float = 1.0,
@@ -292,30 +151,25 @@ class EnergyGenerator(StageBase):
         context: torch.Tensor | None = None,
         solver: str | None = None,
     ) -> torch.Tensor:
-        """Generate tokens (B, N, D) in `steps` cosine steps over per-sample random `orders` (B, N).
+        """Generate tokens (B, N, D) in `steps` cosine steps over a per-sample random `order` (B, N).
 
-        noise (B, N, noise_dim) is the head's noise for each position, drawn once per image, so a
+        xi (B, N, noise_dim) is the head's noise for each position, drawn once per image, so a
         sample depends only on its own noise, order and label. CFG mixes hidden states before the
         head, h = cfg_k h_c + (1 - cfg_k) h_u, with cfg_k ramped linearly in generated tokens (MAR).
         """
-        self.solver(solver)
-        B, N = orders.shape
+        self.check_sampling(steps, temperature, solver)
+        B, N = order.shape
         self.check_guidance(cfg)
-        rank = orders.argsort(1)  # rank[b, position] = when that position is generated
-        tokens = noise.new_zeros(B, N, self.token_dim)
-        labels = self.labels_or_null(labels, B, noise.device)
+        rank = order.argsort(1)  # rank[b, position] = when that position is generated
+        tokens = xi.new_zeros(B, N, self.token_dim)
+        labels = self.labels_or_null(labels, B, xi.device)
         generated_before = 0
+        hidden = lambda y, tokens, known, context: self.hidden(tokens, known, y, context)  # noqa: E731
         for generated in unmask_schedule(N, steps):
             known = rank < generated_before
-            if cfg != 1.0:
-                null = torch.full_like(labels, self.null_class)
-                ctx = None if context is None else torch.cat([context, context])
-                h_c, h_u = self.hidden(torch.cat([tokens, tokens]), torch.cat([known, known]), torch.cat([labels, null]), ctx).chunk(2)
-                cfg_k = 1.0 + (cfg - 1.0) * generated / N
-                h = cfg_k * h_c + (1.0 - cfg_k) * h_u
-            else:
-                h = self.hidden(tokens, known, labels, context)
+            cfg_k = cfg if cfg == 1.0 else 1.0 + (cfg - 1.0) * generated / N  # ramped in generated tokens (MAR)
+            h = guided(hidden, labels, self.null_class, cfg_k, tokens, known, context)
             new = (rank >= generated_before) & (rank < generated)  # (B, N)
-            tokens = torch.where(new[..., None], self.head(h, noise, temperature).to(tokens.dtype), tokens)
+            tokens = torch.where(new[..., None], self.head(h, xi, temperature).to(tokens.dtype), tokens)
             generated_before = generated
         return tokens

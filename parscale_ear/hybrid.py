@@ -1,6 +1,6 @@
 """The coarse/fine hybrid: a coarse stage for global structure on the pooled grid and a fine stage
-for the local residual on the full grid, each a generation stage (EnergyGenerator or
-EnergyFlowGenerator).
+for the local residual on the full grid, each a generation stage of a kind of stage_kinds.py (the flow stage
+EnergyFlowGenerator or the masked autoregressive EnergyGenerator).
 
 Coarse tokens + continuous residual after HART (Tang et al., arXiv 2410.10812), here both continuous.
 A mode names an ordered list of stages (`STAGE_LISTS`), each with its token mapping and context
@@ -19,8 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .generator import EnergyGenerator, GeneratorConfig, MARConfig
-from .checks import check_field_types, check_int, nested_config
+from .checks import check_field_types, check_int
+from .flow_config import FlowConfig
+from .latent_generator import LatentGenerator, Noise
+from .stage import GeneratorConfig
+from .stage_kinds import make_stage, stage_config, stored_stage
 
 
 # ----------------------------------------------------------------------------- stages
@@ -46,17 +49,20 @@ MODES = tuple(STAGE_LISTS)  # a mode is the name of a stage list
 
 @dataclass
 class HybridConfig:
+    """The stages of ParScale-EAR and their token geometry; the defaults are the shipped design's (flow stages, 2x2
+    fine patches, 2 + 2 steps), each stage's own fields at its kind's defaults."""
+
     mode: str = "full"
     pool: int = 4  # coarse grid = latent grid / pool (16x16 -> 4x4)
-    fine_patch: int = 1  # fine tokens are fine_patch x fine_patch latent patches (2: 64 tokens of 4C dims)
-    coarse: GeneratorConfig = field(default_factory=MARConfig)
-    fine: GeneratorConfig = field(default_factory=MARConfig)
-    coarse_steps: int = 4  # default cosine steps of the coarse stage
-    fine_steps: int = 1  # default steps of the fine stage (1 = one parallel pass)
+    fine_patch: int = 2  # fine tokens are fine_patch x fine_patch latent patches (2: 64 tokens of 4C dims)
+    coarse: GeneratorConfig = field(default_factory=FlowConfig)
+    fine: GeneratorConfig = field(default_factory=FlowConfig)
+    coarse_steps: int = 2  # default steps of the coarse stage
+    fine_steps: int = 2  # default steps of the fine stage
 
     def __post_init__(self):
-        self.coarse = nested_config(GeneratorConfig, self.coarse, "HybridConfig.coarse")
-        self.fine = nested_config(GeneratorConfig, self.fine, "HybridConfig.fine")
+        self.coarse = stage_config(self.coarse, "HybridConfig.coarse")
+        self.fine = stage_config(self.fine, "HybridConfig.fine")
         check_field_types(self)
         check_int(self.pool, "HybridConfig.pool")
         check_int(self.fine_patch, "HybridConfig.fine_patch")
@@ -64,6 +70,21 @@ class HybridConfig:
             raise ValueError(f"HybridConfig: mode must be one of {MODES}, got {self.mode!r}")
         if self.coarse_steps < 1 or self.fine_steps < 1:
             raise ValueError(f"HybridConfig: steps must be >= 1, got {self.coarse_steps}, {self.fine_steps}")
+
+
+# what a stored hybrid that omits a field meant: the defaults before 0.4 (the MAR design); `to_dict` writes every
+# field, so only configs written by hand or before a field existed omit one
+STORED_DEFAULTS = {"fine_patch": 1, "coarse_steps": 4, "fine_steps": 1}
+
+
+def stored_hybrid(fields: dict, name: str) -> dict:
+    """A stored hybrid's fields as this version reads them: an omitted field at its earlier default, each stage's
+    fields by `stage_kinds.stored_stage`."""
+    fields = {**STORED_DEFAULTS, **fields}
+    for stage in ("coarse", "fine"):
+        value = fields.get(stage, {})
+        fields[stage] = stored_stage(value, f"{name}.{stage}") if isinstance(value, dict) else value
+    return fields
 
 
 # ----------------------------------------------------------------------------- token layout
@@ -103,29 +124,21 @@ def merge_coarse_fine(coarse: torch.Tensor, fine: torch.Tensor, pool: int) -> to
     return F.interpolate(coarse, scale_factor=pool, mode="nearest") + fine
 
 
-def make_stage(config: GeneratorConfig, num_tokens: int, token_dim: int, num_classes: int, context_dim: int = 0) -> nn.Module:
-    """The generation stage of `config.kind`: 'mar' (EnergyGenerator) or 'flow' (EnergyFlowGenerator)."""
-    if config.kind == "flow":
-        from .energy_flow import EnergyFlowGenerator
-
-        return EnergyFlowGenerator(config, num_tokens, token_dim, num_classes, context_dim)
-    return EnergyGenerator(config, num_tokens, token_dim, num_classes, context_dim)
-
-
 # ----------------------------------------------------------------------------- module
-class CoarseFineHybrid(nn.Module):
+class CoarseFineHybrid(LatentGenerator):
     """The generation stages of one mode, run in order (`stage_list`), and the map between latents
-    and each stage's normalised tokens."""
+    and each stage's normalised tokens (the LatentGenerator of ParScale-EAR)."""
+
+    config_class = HybridConfig
 
     def __init__(self, config: HybridConfig, latent_shape: tuple[int, int, int], num_classes: int):
-        super().__init__()
-        self.config = cfg = config
+        super().__init__(config, latent_shape, num_classes)
+        cfg = config
         C, g, g2 = latent_shape
         p = cfg.fine_patch
         if g != g2 or g % cfg.pool or g % p:
             raise ValueError(f"CoarseFineHybrid: latent grid {g}x{g2} is not square or not divisible by pool {cfg.pool} "
                              f"and fine_patch {p}")
-        self.latent_shape, self.num_classes = (C, g, g), num_classes
         self.coarse_side = g // cfg.pool
         self.stage_list = STAGE_LISTS[cfg.mode]
         self.coarse = self.fine = None
@@ -148,16 +161,6 @@ class CoarseFineHybrid(nn.Module):
     def stages(self) -> dict[str, nn.Module]:
         """The stage modules by name, in the order they run."""
         return {s.name: getattr(self, s.name) for s in self.stage_list}
-
-    def passes(self, steps: tuple[int, ...], temperature: float = 0.0, solver: str | None = None) -> int:
-        """Backbone passes per image for per-stage `steps` (without CFG's doubling): each stage's own count
-        (a Heun flow stage adds its corrections), one a step otherwise."""
-        return sum(stage.passes(k, temperature, solver) for stage, k in zip(self.stages.values(), steps))
-
-    def check_solver(self, solver: str | None = None) -> None:
-        """A one-line ValueError unless every stage can sample with `solver` (None: each stage's own)."""
-        for stage in self.stages.values():
-            stage.solver(solver)
 
     def default_steps(self) -> tuple[int, ...]:
         """Steps per stage, matched to `stage_list`; a one-stage model without the coarse split
@@ -249,38 +252,26 @@ class CoarseFineHybrid(nn.Module):
         out["loss"] = sum(out.values())
         return out
 
-    @torch.no_grad()
-    def sample_stages(
-        self,
-        noise: dict[str, tuple[torch.Tensor, ...]],
-        labels: torch.Tensor | None = None,
-        steps: tuple[int, ...] | None = None,
-        cfg: float = 1.0,
-        temperature: float = 1.0,
-        solver: str | None = None,
-    ) -> dict[str, torch.Tensor]:
-        """Each stage's normalised output tokens {name: (B, N, D)} from per-image noise {stage name: its draws},
-        running the stages in order with `steps` matched to `stage_list` (default `default_steps()`); `solver`
-        ("euler" or "heun", flow stages; None: each stage's config) for this call."""
-        steps = tuple(steps or self.default_steps())
-        if len(steps) != len(self.stage_list):
-            raise ValueError(f"steps: expected {len(self.stage_list)} value(s), one per stage "
-                             f"{[s.name for s in self.stage_list]}, got {steps}")
-        outputs = {}
-        self.check_solver(solver)  # before any stage runs
-        for stage, k in zip(self.stage_list, steps):
-            context = self.context(outputs[stage.context]) if stage.context else None
-            outputs[stage.name] = getattr(self, stage.name).sample(*noise[stage.name], labels, k, cfg, temperature, context,
-                                                                   solver=solver)
-        return outputs
+    # ------------------------------------------------------------------ sampling (LatentGenerator)
+    def draw(self, generator: torch.Generator) -> Noise:
+        """One image's noise, stage after stage (coarse before fine), each stage's by the names its `sample` takes."""
+        return {name: stage.draw(generator) for name, stage in self.stages.items()}
 
-    def latents_from_stages(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    def draw_batch(self, batch: int, device, dtype, generator: torch.Generator | None = None) -> Noise:
+        return {name: stage.draw_batch(batch, device, dtype, generator) for name, stage in self.stages.items()}
+
+    def stage_passes(self, name: str, steps: int, temperature: float, solver: str | None) -> int:
+        """The stage's own count: one pass a step, a Heun flow stage's corrections added."""
+        return self.stages[name].passes(steps, temperature, solver)
+
+    def sample_stage(self, name: str, noise: Noise, labels: torch.Tensor | None, steps: int, cfg: float,
+                     temperature: float, solver: str | None, earlier: dict[str, torch.Tensor]) -> torch.Tensor:
+        """A stage's normalised output tokens (B, N, D), conditioned on its context stage's output."""
+        stage = next(s for s in self.stage_list if s.name == name)
+        context = self.context(earlier[stage.context]) if stage.context else None
+        return self.stages[name].sample(**noise[name], labels=labels, steps=steps, cfg=cfg, temperature=temperature,
+                                        context=context, solver=solver)
+
+    def latents(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Latents (B, C, g, g): the sum of each stage's part, from its normalised output tokens."""
         return sum(self._latents_part(stage, outputs[stage.name] * self._std(stage)) for stage in self.stage_list)
-
-    @torch.no_grad()
-    def sample(self, noise: dict[str, tuple[torch.Tensor, ...]], labels: torch.Tensor | None = None,
-               steps: tuple[int, ...] | None = None, cfg: float = 1.0, temperature: float = 1.0,
-               solver: str | None = None) -> torch.Tensor:
-        """Latents (B, C, g, g) from per-image noise (see `sample_stages`)."""
-        return self.latents_from_stages(self.sample_stages(noise, labels, steps, cfg, temperature, solver))

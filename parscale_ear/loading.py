@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from .pipeline import ParScaleEAR
+from .presets import config_from_dict
 from .release import CONFIG_NAME, load_module_state  # noqa: F401  (load_module_state: part of this API)
 
 CHECKPOINT = "checkpoint.pt"  # in a run folder, written by `train`
@@ -137,16 +138,14 @@ def check_finite_state(state: dict, source: str) -> None:
 
 def model_from_checkpoint(ckpt: dict, use_ema: bool = True) -> ParScaleEAR:
     """The pipeline held by a checkpoint (EMA weights by default)."""
-    from .presets import build_model, config_from_dict
-
-    model = build_model(config_from_dict(ckpt["config"]))
+    model = ParScaleEAR(config_from_dict(ckpt["config"]))
     weights = ckpt["ema"] if use_ema else ckpt["model"]
     check_finite_state(weights, "checkpoint")
     if ckpt["kind"] == "vae":
         load_module_state(model.vae, weights, "checkpoint (LiteVAE)")
     else:
         load_module_state(model.vae, ckpt["vae"], "checkpoint (LiteVAE)")
-        load_module_state(model.hybrid, weights, "checkpoint (generator)")
+        load_module_state(model.generator, weights, "checkpoint (generator)")
     return model.eval()
 
 

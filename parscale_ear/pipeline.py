@@ -1,22 +1,24 @@
-"""ParScaleEAR: the end-to-end pipeline, noise -> coarse tokens -> fine residual -> LiteVAE decoder -> pixels.
+"""ParScaleEAR: the end-to-end pipeline, noise -> a generator of latents -> LiteVAE decoder -> pixels.
 
-Joins LiteVAE (vae.py) and the coarse/fine hybrid of energy generators (hybrid.py, generator.py).
-Per-image seeds as in EDM (Karras et al. 2022): image i depends only on seed + i.
+A LiteVAE (vae.py) plus a generator of its latents, any LatentGenerator (latent_generator.py): ParScale-EAR's
+coarse/fine hybrid of energy stages (hybrid.py) or a DiT peer (baselines/dit.py), as its config says
+(model_config.py). Per-image seeds as in EDM (Karras et al. 2022): image i depends only on seed + i.
 """
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
 from torch import nn
 
-from .hybrid import CoarseFineHybrid, HybridConfig
-from .checks import check_field_types, check_images, check_int, check_labels, check_real, nested_config
+from .checks import check_images, check_int, check_labels, check_real
+from .latent_generator import Noise
+from .model_config import ModelConfig, ParScaleEARConfig
+from .presets import PEER_NAMES, config_from_dict, get_config, list_models
+from .release import DEFAULT_MODEL, load_module_state, model_card, read_release, resolve, save_release, shipped_models
 from .utils import check_device
-from .vae import LiteVAE, LiteVAEConfig
+from .vae import LiteVAE
 
 if TYPE_CHECKING:
     from .fast import FastSampler
@@ -34,65 +36,23 @@ def _memory_bytes() -> int:
         return 1 << 62
 
 
-def check_model_config(config: Any, generator: str, generator_cls: type) -> None:
-    """What every model config (ParScaleEARConfig, a peer's PeerConfig) checks: its LiteVAE and its generator config
-    `generator` (dicts become configs), the field types, the class count and the sampling defaults."""
-    name = type(config).__name__
-    config.vae = nested_config(LiteVAEConfig, config.vae, f"{name}.vae")
-    setattr(config, generator, nested_config(generator_cls, getattr(config, generator), f"{name}.{generator}"))
-    check_field_types(config)
-    check_int(config.num_classes, f"{name}.num_classes", minimum=0)
-    check_real(config.cfg, f"{name}.cfg", minimum=0.0)
-    check_real(config.temperature, f"{name}.temperature", minimum=0.0)
-
-
-@dataclass
-class ParScaleEARConfig:
-    name: str = "custom"
-    num_classes: int = 10  # 0 = unconditional
-    vae: LiteVAEConfig = field(default_factory=LiteVAEConfig)
-    hybrid: HybridConfig = field(default_factory=HybridConfig)
-    cfg: float = 1.0  # default classifier-free guidance scale for `generate`
-    temperature: float = 1.0  # default temperature (scales the head's adaLN shift, EAR; with a mean head the residual, 0 = the mean path)
-
-    def __post_init__(self):
-        check_model_config(self, "hybrid", HybridConfig)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ParScaleEARConfig":
-        """The config a dict of its fields describes (`presets.config_from_dict` also reads the peers')."""
-        if isinstance(d, dict) and d.get("dit") is not None:
-            raise ValueError("config describes a DiT peer, not a ParScaleEAR model (read it with "
-                             "parscale_ear.presets.config_from_dict)")
-        d = {k: v for k, v in d.items() if k != "dit"} if isinstance(d, dict) else d  # "dit": null, written by 0.2
-        try:
-            return cls(**d)
-        except TypeError as e:  # unknown or missing keys
-            raise ValueError(f"config does not describe a ParScaleEAR model: {e}") from None
-
-
 class ParScaleEAR(nn.Module):
-    """LiteVAE + coarse/fine energy generators; `generate`, `reconstruct`, save/load."""
+    """A LiteVAE plus a generator of its latents (`generator`); `generate`, `reconstruct`, save/load."""
 
-    def __init__(self, config: ParScaleEARConfig | None = None):
+    def __init__(self, config: ModelConfig | None = None):
         super().__init__()
-        self.config = cfg = config or ParScaleEARConfig()
+        self.config = cfg = ParScaleEARConfig() if config is None else config
+        if not isinstance(cfg, ModelConfig):
+            raise TypeError(f"ParScaleEAR: expected a model config (ParScaleEARConfig or PeerConfig), got "
+                            f"{type(cfg).__name__}")
         try:
             self.vae = LiteVAE(cfg.vae)
-            self.hybrid = self.make_generator(cfg)
+            self.generator = cfg.make_generator()
         except (MemoryError, RuntimeError) as e:  # sizes this machine cannot hold: one line naming the config
             if not isinstance(e, MemoryError) and "allocate" not in str(e) and "out of memory" not in str(e):
                 raise
-            raise ValueError(f"ParScaleEARConfig {cfg.name!r}: its sizes need more memory than this machine has; "
+            raise ValueError(f"{type(cfg).__name__} {cfg.name!r}: its sizes need more memory than this machine has; "
                              f"reduce the widths, channels or streams") from None
-
-    @staticmethod
-    def make_generator(cfg: ParScaleEARConfig) -> nn.Module:
-        """The generator on the LiteVAE's latents: the coarse/fine stages (a peer model puts its own here)."""
-        return CoarseFineHybrid(cfg.hybrid, cfg.vae.latent_shape, cfg.num_classes)
 
     # ------------------------------------------------------------------ info
     @property
@@ -106,31 +66,29 @@ class ParScaleEAR(nn.Module):
             "vae.encoder": count(self.vae) - count(self.vae.decoder),
             "vae.decoder": count(self.vae.decoder),
         }
-        for name, stage in self.hybrid.stages.items():
+        for name, stage in self.generator.stages.items():
             out[f"generator.{name}"] = count(stage)
         out["generator"] = sum(v for k, v in out.items() if k.startswith("generator."))
         out["total"] = count(self)
         return out
 
     # ------------------------------------------------------------------ sampling
-    def draw_noise(self, seeds: Sequence[int], device: torch.device | str | None = None) -> dict:
-        """Per-image randomness of each stage (coarse before fine), image i from seed i alone."""
-        stages = self.hybrid.stages
-        per_stage = {name: [] for name in stages}
-        for seed in seeds:
-            g = torch.Generator().manual_seed(int(seed))
-            for name, stage in stages.items():
-                per_stage[name].append(stage.draw(g))
+    def draw_noise(self, seeds: Sequence[int], device: torch.device | str | None = None) -> Noise:
+        """Per-image noise of each stage, by name (see `LatentGenerator.draw`), image i from seed i alone."""
+        per_image = [self.generator.draw(torch.Generator().manual_seed(int(seed))) for seed in seeds]
         device = device or self.device
         dtype = next(self.parameters()).dtype
-        stack = lambda xs: torch.stack(xs).to(device, dtype if xs[0].is_floating_point() else xs[0].dtype)  # noqa: E731
-        return {k: tuple(stack(list(parts)) for parts in zip(*draws)) for k, draws in per_stage.items()}
 
-    def draw_noise_on_device(self, batch: int, generator: torch.Generator | None = None) -> dict:
-        """Batch randomness drawn on the model's device in one go: the fast path for timing and
-        serving (capturable in a CUDA graph), not tied to per-image seeds."""
-        dtype = next(self.parameters()).dtype
-        return {name: stage.draw_batch(batch, self.device, dtype, generator) for name, stage in self.hybrid.stages.items()}
+        def stack(parts: list[torch.Tensor]) -> torch.Tensor:
+            return torch.stack(parts).to(device, dtype if parts[0].is_floating_point() else parts[0].dtype)
+
+        return {name: {part: stack([image[name][part] for image in per_image]) for part in parts}
+                for name, parts in per_image[0].items()}
+
+    def draw_noise_on_device(self, batch: int, generator: torch.Generator | None = None) -> Noise:
+        """Batch noise drawn on the model's device in one go: the fast path for timing and serving (capturable in a
+        CUDA graph), not tied to per-image seeds."""
+        return self.generator.draw_batch(batch, self.device, next(self.parameters()).dtype, generator)
 
     def default_labels(self, seeds: Sequence[int]) -> torch.Tensor | None:
         """Labels cycle through the classes by seed, so image i's label depends only on seed + i."""
@@ -139,27 +97,14 @@ class ParScaleEAR(nn.Module):
         return torch.tensor([int(s) % self.config.num_classes for s in seeds], dtype=torch.long)
 
     def resolve_steps(self, steps) -> tuple[int, ...]:
-        """Steps per stage (matched to the hybrid's stage list) from None (the config's), an int or
-        a tuple. An int sets a one-stage model's steps, or the first (coarse) stage's of a two-stage
-        model (the fine stage keeps its default); a tuple gives every stage's."""
-        default = tuple(self.hybrid.default_steps())
-        if steps is None:
-            return default
-        if isinstance(steps, (tuple, list)):
-            if len(steps) != len(default):
-                if len(default) == 1:
-                    raise ValueError(f"steps: this model has one stage; pass an int, got the pair {tuple(steps)}")
-                raise TypeError(f"steps: expected an int or a (coarse, fine) pair of ints, got {steps!r}")
-            names = ("coarse", "fine") if len(default) == 2 else ("steps",)
-            return tuple(check_int(k, f"steps[{i}] ({n})") for i, (k, n) in enumerate(zip(steps, names)))
-        steps = check_int(steps, "steps")
-        return (steps,) + default[1:]
+        """Steps per stage from None (the model's), an int (that many in every stage) or one int per stage."""
+        return self.generator.resolve_steps(steps)
 
     @torch.no_grad()
-    def sample_latents(self, noise: dict, labels: torch.Tensor | None, steps=None, cfg: float = 1.0, temperature: float = 1.0,
-                       solver: str | None = None) -> torch.Tensor:
+    def sample_latents(self, noise: Noise, labels: torch.Tensor | None, steps=None, cfg: float = 1.0,
+                       temperature: float = 1.0, solver: str | None = None) -> torch.Tensor:
         """Latents (B, c, h, w) from pre-drawn noise; static shapes (the timed path)."""
-        return self.hybrid.sample(noise, labels, self.resolve_steps(steps), cfg, temperature, solver)
+        return self.generator.sample(noise, labels, steps, cfg, temperature, solver)
 
     @torch.no_grad()
     def iter_generate(
@@ -187,7 +132,7 @@ class ParScaleEAR(nn.Module):
         if labels is not None:
             labels = check_labels(labels, self.config.num_classes, batch=n)
         steps = self.resolve_steps(steps)
-        self.hybrid.check_solver(solver)  # before any work
+        self.generator.check_sampling(steps, cfg, temperature, solver)  # before any work
         starts = range(0, n, batch_size)
         if progress:
             from tqdm.auto import tqdm
@@ -198,7 +143,7 @@ class ParScaleEAR(nn.Module):
             noise = self.draw_noise(chunk)
             y = labels[i : i + len(chunk)] if labels is not None else self.default_labels(chunk)
             y = None if y is None else y.to(self.device)
-            latents = self.hybrid.sample(noise, y, steps, cfg, temperature, solver)
+            latents = self.generator.sample(noise, y, steps, cfg, temperature, solver)
             yield self.vae.decode(latents).clamp(-1, 1)
 
     @torch.no_grad()
@@ -211,12 +156,14 @@ class ParScaleEAR(nn.Module):
             n: how many images (their float32 result must fit in memory; `iter_generate` yields batches).
             labels: n class indices, a list, array or tensor (default: (seed + i) mod num_classes).
             cfg: classifier-free guidance scale (default: the model's; 1 = unguided, one pass a step).
-            temperature: scale of the energy head's draws (default: the model's; 0 = the mean path).
-            steps: steps per stage, (coarse, fine), or an int for the first stage (default: the model's).
+            temperature: how far a draw strays from the model's most likely path, 1 the trained distribution
+                (default: the model's; what it scales in each kind of model: `latent_generator`).
+            steps: steps per stage, (coarse, fine), or an int for every stage (default: the model's).
             seed: the first image's seed.
             batch_size: images per forward pass (changes speed, not images).
             progress: show a progress bar.
-            solver: "euler" or "heun" for flow stages with a mean head and the flow peer (default: the model's).
+            solver: "euler" or "heun" for the mean path of flow stages with a mean head (temperature 0) and the
+                flow peer (default: the model's).
         Returns:
             A float32 tensor (n, C, H, W) with values in [-1, 1], on the model's device.
         """
@@ -268,14 +215,10 @@ class ParScaleEAR(nn.Module):
             dtype: torch.float16 / bfloat16 store the parameters at half size (buffers stay float32); None: float32.
         Returns:
             The folder."""
-        from .release import save_release
-
         return save_release(self, directory, dtype)
 
     def model_card(self, dtype: torch.dtype | None = None) -> str:
         """A Hugging Face style model card (README.md) describing this model and how to load it."""
-        from .release import model_card
-
         return model_card(self, dtype)
 
     @classmethod
@@ -290,16 +233,43 @@ class ParScaleEAR(nn.Module):
             revision: the Hub revision of a Hub id.
         Returns:
             The model in eval mode on `device`. A missing, damaged or edited file is a one-line error."""
-        from .release import DEFAULT_MODEL, load_release
-
         if directory is None:
             directory = DEFAULT_MODEL
         if not isinstance(directory, (str, Path)) or not str(directory).strip():
             raise ValueError(f"from_pretrained: expected a release folder, a shipped model name or a Hub id, got {directory!r}")
-        return load_release(cls, directory, check_device(device), revision)
+        device = check_device(device)
+        _check_not_a_bare_preset(directory)
+        config, state, weights = read_release(resolve(directory, revision))
+        try:
+            model = cls(config_from_dict(config))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"from_pretrained: {weights.parent / 'config.json'}: {e}") from None
+        model.load_weights(state, source=str(weights))
+        return model.to(device).eval()
 
     def load_weights(self, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
         """Strictly load a state dict; a mismatch with the config raises a ValueError naming it."""
-        from .release import load_module_state
-
         load_module_state(self, state, f"weights in {source}")
+
+
+def _check_not_a_bare_preset(name: str | Path) -> None:
+    """A one-line FileNotFoundError for a preset's name that is no folder and no shipped model: weights ship only for
+    the models in weights/, and the error says how to build or train the preset instead."""
+    if isinstance(name, str) and not Path(name).exists() and name not in shipped_models() and name in list_models():
+        flag = "peer" if name in PEER_NAMES else "preset"
+        raise FileNotFoundError(f"from_pretrained: no trained weights ship for the preset {name!r} (shipped: "
+                                f"{', '.join(shipped_models())}); create_model({name!r}) builds it untrained, "
+                                f"`parscale-ear train --{flag} {name}` trains it")
+
+
+def create_model(name: str, /, **overrides: Any) -> ParScaleEAR:
+    """Build a preset with random weights (float32, on the CPU).
+
+    Args:
+        name: a preset of `list_models()`, e.g. "fmnist-32-es", or a peer's, e.g. "dit-s".
+        overrides: config fields to change: top-level (cfg=1.5), nested dicts (hybrid={"fine": {"depth": 6}}), or the
+            shorthands mode, pool, coarse_steps, fine_steps (the hybrid) and streams, prefix_len, alpha, tau,
+            class_dropout (both stages). A wrong name, field or value is a one-line ValueError or TypeError.
+    Returns:
+        The model; `ParScaleEAR.from_pretrained()` loads trained weights instead."""
+    return ParScaleEAR(get_config(name, **overrides))

@@ -1,24 +1,36 @@
-"""Named model presets and the `create_model(name, **overrides)` / `list_models()` registry (timm style)."""
+"""Named model configs and the `get_config(name, **overrides)` / `list_models()` registry (timm style; the models
+themselves: `pipeline.create_model`), and the reading of a stored config as the kind of model it describes."""
 from __future__ import annotations
 
 import dataclasses
 from typing import Any, Callable
 
-from .energy_flow import FlowConfig
+from .baselines import PEER_NAMES  # the peers (baselines/dit.py), named free of torch for the CLI
+from .baselines.dit import PEERS
+from .flow_config import FlowConfig
 from .generator import MARConfig
 from .hybrid import HybridConfig
-from .pipeline import ParScaleEAR, ParScaleEARConfig
+from .model_config import ModelConfig, ParScaleEARConfig, PeerConfig
+from .stage import GeneratorConfig
+from .stage_kinds import as_kind, upgrade
 from .vae import LiteVAEConfig
 
 
+def _fmnist_vae() -> LiteVAEConfig:
+    """The Fashion-MNIST LiteVAE: 32x32x1 -> 4x16x16 latent (f = 2, two Haar levels)."""
+    return LiteVAEConfig(image_size=32, in_channels=1, latent_channels=4, latent_size=16, dwt_levels=2,
+                         extractor_channels=32, aggregator_channels=64, decoder_channels=(128, 64))
+
+
 def fmnist_32() -> ParScaleEARConfig:
-    """Class-conditional 32x32 grey (Fashion-MNIST): 32x32x1 -> 4x16x16 latent, 4x4 coarse grid."""
+    """Class-conditional 32x32 grey (Fashion-MNIST) with the first design's MAR stages: 32x32x1 -> 4x16x16 latent,
+    4x4 coarse grid, the fine residual one token per latent position."""
     return ParScaleEARConfig(
         name="fmnist-32",
         num_classes=10,
-        vae=LiteVAEConfig(image_size=32, in_channels=1, latent_channels=4, latent_size=16, dwt_levels=2,
-                          extractor_channels=32, aggregator_channels=64, decoder_channels=(128, 64)),
+        vae=_fmnist_vae(),
         hybrid=HybridConfig(
+            fine_patch=1,
             coarse=MARConfig(width=256, depth=6, heads=4, streams=2, head_width=256, head_depth=3),
             fine=MARConfig(width=256, depth=6, heads=4, streams=2, head_width=256, head_depth=3),
             coarse_steps=8,
@@ -29,11 +41,6 @@ def fmnist_32() -> ParScaleEARConfig:
         cfg=2.0,
         temperature=0.55,
     )
-
-
-def _fmnist_vae() -> LiteVAEConfig:
-    return LiteVAEConfig(image_size=32, in_channels=1, latent_channels=4, latent_size=16, dwt_levels=2,
-                         extractor_channels=32, aggregator_channels=64, decoder_channels=(128, 64))
 
 
 def fmnist_32_flow() -> ParScaleEARConfig:
@@ -89,9 +96,11 @@ def fmnist_32_vflow_s() -> ParScaleEARConfig:
 
 
 # The few-step energy student (distill.py): the shipped flow design, its whole stage trained by the energy score
-# of the drawn x0 (mean + the residual path's draw), half the training draws at t = 1 (the one-pass case) and the
-# rest uniform; sampled with one DDIM-like step per stage, each drawing x0 from the energy head (temperature 1).
-_STUDENT_STAGE = dict(objective="energy", mean_weight=0.0, solver="euler", one_step_prob=0.5, time_dist="uniform")
+# of the drawn x0 (mean + the residual path's draw, every gradient kept: residual_grad at its default), half the
+# training draws at t = 1 (the one-pass case) and the rest uniform; sampled with one DDIM-like step per stage, each
+# drawing x0 from the energy head (temperature 1).
+_STUDENT_STAGE = dict(objective="energy", mean_weight=0.0, residual_grad=1.0, solver="euler", one_step_prob=0.5,
+                      time_dist="uniform")
 _STUDENT_SAMPLING = dict(cfg=1.0, temperature=1.0)
 
 
@@ -102,6 +111,41 @@ def fmnist_32_es() -> ParScaleEARConfig:
     from the energy head), cfg 1; 1 + 1 (2 passes) is the fastest schedule."""
     stages = {"coarse": dict(_STUDENT_STAGE), "fine": dict(_STUDENT_STAGE), "coarse_steps": 2, "fine_steps": 2}
     return apply_overrides(fmnist_32_vflow_s(), name="fmnist-32-es", hybrid=stages, **_STUDENT_SAMPLING)
+
+
+# One flow network over the whole latent grid (mode no_coarse: the 4x16x16 latent as 64 tokens of 2x2 patches): 10
+# adaLN blocks x 192, P = 1, no energy head, logit-normal t. At equal size and minutes its passes score within 7% of
+# the equal-size DiT's (dit-xs) and cost 0.84x theirs (docs/QUALITY.md rows 111-116). Its steps: coarse_steps +
+# fine_steps (one stage runs both).
+_FLOW1_STAGE = dict(width=192, depth=10, heads=3, head_width=192, streams=1, backbone_noise=False, mean_weight=1.0,
+                    time_dist="logit_normal", energy_head=False, residual_blocks=0, one_step_prob=0.0, solver="heun")
+
+
+def fmnist_32_flow1() -> ParScaleEARConfig:
+    """The flow stage as one network on the whole latent grid (6.8M generator parameters), sampled with 5 Heun steps
+    (9 passes), temperature 0 (there is no energy head: the flow's deterministic path), cfg 1: the teacher and the
+    initialisation of the one-pass models `fmnist-32-mf1` and `fmnist-32-es1`."""
+    return apply_overrides(fmnist_32_flow(), name="fmnist-32-flow1", mode="no_coarse", cfg=1.0, temperature=0.0,
+                           hybrid={"fine": dict(_FLOW1_STAGE), "coarse_steps": 3, "fine_steps": 2})
+
+
+def fmnist_32_mf1() -> ParScaleEARConfig:
+    """fmnist-32-flow1 learning MeanFlow's average velocity (one pass a step; 1 + 1 = 2 steps by default): trained
+    from a fmnist-32-flow1 run's weights (`--init RUN`), where it starts as that flow (its interval embedding is zero),
+    with MeanFlow's time draws (logit-normal(-0.4, 1), 25% of draws with r < t)."""
+    stage = dict(_FLOW1_STAGE, objective="meanflow", solver="euler", time_mean=-0.4)
+    return apply_overrides(fmnist_32_flow1(), name="fmnist-32-mf1", hybrid={"fine": stage, "coarse_steps": 1,
+                                                                            "fine_steps": 1})
+
+
+def fmnist_32_es1() -> ParScaleEARConfig:
+    """fmnist-32-flow1 as a few-step energy student on one stage: every pass sees the whole noise the teacher used,
+    so a one-stage teacher's noise -> sample pairs stay a map; an energy head (m = 4 draws through one attention
+    block) draws each step's x0 around the mean, the whole stage trained by the energy score (`_STUDENT_STAGE`); 1 +
+    1 = 2 steps by default, temperature 1."""
+    stage = dict(_FLOW1_STAGE, **_STUDENT_STAGE, energy_head=True, residual_blocks=1, samples=4)
+    return apply_overrides(fmnist_32_flow1(), name="fmnist-32-es1", hybrid={"fine": stage, "coarse_steps": 1,
+                                                                            "fine_steps": 1}, **_STUDENT_SAMPLING)
 
 
 def fmnist_32_cpu() -> ParScaleEARConfig:
@@ -120,6 +164,7 @@ def lite_256() -> ParScaleEARConfig:
         vae=LiteVAEConfig(image_size=256, in_channels=3, latent_channels=32, latent_size=16, dwt_levels=4,
                           extractor_channels=32, aggregator_channels=128, decoder_channels=(256, 192, 128, 64, 32)),
         hybrid=HybridConfig(
+            fine_patch=1,
             coarse=MARConfig(width=384, depth=4, heads=6, streams=2, head_width=384, head_depth=3),
             fine=MARConfig(width=512, depth=6, heads=8, streams=2, head_width=512, head_depth=3),
             coarse_steps=4,
@@ -157,6 +202,7 @@ def tiny_32() -> ParScaleEARConfig:
                           extractor_channels=8, extractor_blocks=1, aggregator_channels=16, aggregator_blocks=1,
                           decoder_channels=(16, 8)),
         hybrid=HybridConfig(
+            fine_patch=1,
             coarse=MARConfig(width=32, depth=1, heads=2, streams=2, prefix_len=2, head_width=32, head_depth=1, noise_dim=8),
             fine=MARConfig(width=32, depth=1, heads=2, streams=2, prefix_len=2, head_width=32, head_depth=1, noise_dim=8),
             coarse_steps=4,
@@ -181,6 +227,9 @@ _PRESETS: dict[str, Callable[[], ParScaleEARConfig]] = {
     "fmnist-32-vflow": fmnist_32_vflow,
     "fmnist-32-vflow-s": fmnist_32_vflow_s,
     "fmnist-32-es": fmnist_32_es,
+    "fmnist-32-flow1": fmnist_32_flow1,
+    "fmnist-32-mf1": fmnist_32_mf1,
+    "fmnist-32-es1": fmnist_32_es1,
     "lite-256-es": lite_256_es,
     "tiny-32-flow": tiny_32_flow,
     "lite-256": lite_256,
@@ -188,37 +237,23 @@ _PRESETS: dict[str, Callable[[], ParScaleEARConfig]] = {
     "tiny-32": tiny_32,
 }
 
-# The peers, models of their own (baselines/dit.py): a DiT of PEERS on the Fashion-MNIST LiteVAE's latents.
-PEER_NAMES = ("dit-xs", "dit-s", "dit-b", "meanflow-s")
+
+# the kinds of model, by the field that holds their generator's config, in the order a stored dict is matched (a peer
+# stored by 0.2 holds an unused hybrid beside its dit)
+MODEL_CONFIGS: tuple[type[ModelConfig], ...] = (PeerConfig, ParScaleEARConfig)
 
 
-def peer_config(name: str, vae: LiteVAEConfig | None = None, num_classes: int = 10) -> Any:
-    """The peer `name`'s config (a `PeerConfig`) on `vae` (default: the fmnist-32 LiteVAE), sampled unguided."""
-    from .baselines.dit import PEERS, PeerConfig
-
-    return PeerConfig(name=name, num_classes=num_classes, vae=vae or fmnist_32().vae, dit=dataclasses.replace(PEERS[name]))
+def peer_config(name: str, vae: LiteVAEConfig | None = None, num_classes: int = 10) -> PeerConfig:
+    """The peer `name`'s config on `vae` (default: the fmnist-32 LiteVAE), sampled unguided."""
+    return PeerConfig(name=name, num_classes=num_classes, vae=vae or _fmnist_vae(), dit=dataclasses.replace(PEERS[name]))
 
 
-def config_from_dict(d: dict) -> Any:
-    """The config a stored dict describes: a `ParScaleEARConfig`, or a peer's `PeerConfig` (it has `dit` set)."""
+def config_from_dict(d: dict) -> ModelConfig:
+    """The config a stored dict describes: the kind of model whose generator field it holds (`MODEL_CONFIGS`)."""
     if not isinstance(d, dict):
         raise ValueError(f"config: expected a dict of config fields, got {type(d).__name__}")
-    if d.get("dit") is not None:
-        from .baselines.dit import PeerConfig
-
-        return PeerConfig.from_dict(d)
-    return ParScaleEARConfig.from_dict(d)
-
-
-def build_model(config: Any) -> ParScaleEAR:
-    """The model of a config: `ParScaleEAR`, or `PeerModel` for a peer's config (random weights, CPU)."""
-    if isinstance(config, ParScaleEARConfig):
-        return ParScaleEAR(config)
-    from .baselines.dit import PeerConfig, PeerModel
-
-    if isinstance(config, PeerConfig):
-        return PeerModel(config)
-    raise TypeError(f"build_model: expected a ParScaleEARConfig or a PeerConfig, got {type(config).__name__}")
+    kind = next((c for c in MODEL_CONFIGS if d.get(c.GENERATOR) is not None), ParScaleEARConfig)
+    return kind.from_dict(d)
 
 
 # Shorthands accepted by create_model: they set a field of the hybrid or of both stages.
@@ -233,11 +268,12 @@ def list_models(peers: bool = True) -> list[str]:
 
 def merge_overrides(obj: Any, overrides: dict, where: str = "") -> Any:
     """A copy of config dataclass `obj` with `overrides` applied; nested dicts update nested configs."""
-    if isinstance(overrides.get("kind"), str) and hasattr(obj, "as_kind"):  # a stage of another kind
-        obj = obj.as_kind(overrides["kind"])
+    stage = isinstance(obj, GeneratorConfig)
+    if stage and isinstance(overrides.get("kind"), str):  # a stage of another kind
+        obj = as_kind(obj, overrides["kind"])
     fields = {f.name for f in dataclasses.fields(obj)}
-    if hasattr(obj, "upgrade"):  # a retired field: its off value changes nothing, any other is refused by name
-        kept = obj.upgrade({**{f: getattr(obj, f) for f in fields}, **overrides}, f"create_model: {where}".rstrip("."))
+    if stage:  # a retired field: its off value changes nothing, any other is refused by name
+        kept = upgrade({**{f: getattr(obj, f) for f in fields}, **overrides}, f"create_model: {where}".rstrip("."))
         overrides = {k: v for k, v in overrides.items() if k in kept}
     changes = {}
     for key, value in overrides.items():
@@ -250,7 +286,7 @@ def merge_overrides(obj: Any, overrides: dict, where: str = "") -> Any:
     return dataclasses.replace(obj, **changes)
 
 
-def apply_overrides(config: ParScaleEARConfig, **overrides: Any) -> ParScaleEARConfig:
+def apply_overrides(config: ModelConfig, **overrides: Any) -> ModelConfig:
     """`config` with overrides: top-level fields, nested dicts (vae={...}, hybrid={...}), or the
     shorthands mode/pool/coarse_steps/fine_steps (hybrid) and streams/prefix_len/alpha/tau/
     class_dropout (both stages)."""
@@ -267,28 +303,14 @@ def apply_overrides(config: ParScaleEARConfig, **overrides: Any) -> ParScaleEARC
     return merge_overrides(config, overrides)
 
 
-def get_config(name: str, /, **overrides: Any) -> ParScaleEARConfig:
+def get_config(name: str, /, **overrides: Any) -> ModelConfig:
     """The preset's config with overrides (see `apply_overrides`)."""
     if name not in _PRESETS and name not in PEER_NAMES:
         raise ValueError(f"create_model: unknown model {name!r}; available: {', '.join(list_models())}")
     return apply_overrides(_PRESETS[name]() if name in _PRESETS else peer_config(name), **overrides)
 
 
-def create_model(name: str, /, **overrides: Any) -> ParScaleEAR:
-    """Build a preset with random weights (float32, on the CPU).
-
-    Args:
-        name: a preset of `list_models()`, e.g. "fmnist-32-es".
-        overrides: config fields to change: top-level (cfg=1.5), nested dicts (hybrid={"fine": {"depth": 6}}), or the
-            shorthands mode, pool, coarse_steps, fine_steps (the hybrid) and streams, prefix_len, alpha, tau,
-            class_dropout (both stages). A wrong name, field or value is a one-line ValueError or TypeError.
-    Returns:
-        The model (`ParScaleEAR`; a peer's is a `PeerModel`, a subclass); `ParScaleEAR.from_pretrained()` loads trained
-        weights instead."""
-    return build_model(get_config(name, **overrides))
-
-
-def recipe_config(recipe: str, vae_config: ParScaleEARConfig, overrides: dict | None = None) -> Any:
+def recipe_config(recipe: str, vae_config: ModelConfig, overrides: dict | None = None) -> ModelConfig:
     """The model of a named recipe on a VAE run's VAE: a preset's generator (and sampling defaults), or
     a peer model (`PEER_NAMES`) on that VAE, with create_model-style overrides."""
     if recipe in PEER_NAMES:

@@ -1,7 +1,8 @@
 """The release format: a folder with config.json (the format, its version, the model config and SHA-256 digests of
 config and weights) and model.safetensors (float32, or float16 / bfloat16 parameters), plus a model card; written
-atomically by `save_release`, read strictly by `load_release` (a damaged or edited file is a one-line error, never
-wrong weights). Models shipped inside the package load by name; a Hugging Face Hub id "org/name" downloads."""
+atomically by `save_release`, read strictly by `read_release` (a damaged or edited file is a one-line error, never
+wrong weights). Models shipped inside the package load by name; a Hugging Face Hub id "org/name" downloads. The
+model itself is built from the config by the pipeline (`ParScaleEAR.from_pretrained`); nothing here knows a model."""
 from __future__ import annotations
 
 import hashlib
@@ -25,11 +26,6 @@ HUB_ID = r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*"
 # fields a release's config must hold: left out, their defaults would silently change how the model samples
 REQUIRED_FIELDS = {"": ("num_classes", "vae", "cfg", "temperature"),
                    "hybrid": ("mode", "coarse", "fine", "coarse_steps", "fine_steps"), "dit": ("objective", "steps", "solver")}
-
-
-def shipped_models() -> list[str]:
-    """Names of the models whose trained weights ship inside the package (weights/NAME)."""
-    return sorted(p.name for p in DEFAULT_MODEL.parent.iterdir() if (p / CONFIG_NAME).is_file())
 
 
 def config_digest(config: dict) -> str:
@@ -59,18 +55,18 @@ def load_module_state(module: torch.nn.Module, state: dict, source: str) -> None
     module.load_state_dict(state, strict=True)
 
 
+def shipped_models() -> list[str]:
+    """The names of the models shipped inside the package (folders of weights/ with a config.json)."""
+    return sorted(p.name for p in DEFAULT_MODEL.parent.iterdir() if (p / CONFIG_NAME).is_file())
+
+
 def resolve(name: str | Path, revision: str | None = None) -> Path:
     """A local folder as given, a model shipped inside the package by name, or the snapshot folder of a Hub id."""
     path = Path(name)
     if isinstance(name, str) and not path.exists():
-        if name in shipped_models():
-            return DEFAULT_MODEL.parent / name
-        from .presets import PEER_NAMES, list_models
-
-        if name in list_models():  # a preset's name: weights ship only for the models in weights/
-            raise FileNotFoundError(f"from_pretrained: no trained weights ship for the preset {name!r} (shipped: "
-                                    f"{', '.join(shipped_models())}); create_model({name!r}) builds it untrained, "
-                                    f"`parscale-ear train --{'peer' if name in PEER_NAMES else 'preset'} {name}` trains it")
+        shipped = DEFAULT_MODEL.parent
+        if (shipped / name / CONFIG_NAME).is_file():
+            return shipped / name
     if path.exists() or not isinstance(name, str) or not re.fullmatch(HUB_ID, name):
         return path
     try:
@@ -104,7 +100,7 @@ def save_release(model, directory: str | Path, dtype: torch.dtype | None = None)
         raise FileExistsError(f"save_pretrained: {directory} holds a training run (checkpoint.pt); write the release "
                               f"into a folder of its own")
     params = {k for k, _ in model.named_parameters()}
-    state = {k: (v.to(dtype) if dtype is not None and k in params else v).detach().contiguous().cpu()
+    state = {_stored_name(k): (v.to(dtype) if dtype is not None and k in params else v).detach().contiguous().cpu()
              for k, v in model.state_dict().items()}
     _check_finite_weights(state, dtype)
     prepare_output_folder(directory, "save_pretrained:")
@@ -140,8 +136,7 @@ def model_card(model, dtype: torch.dtype | None = None) -> str:
     from . import __version__
 
     c, counts = model.config, model.num_parameters()
-    kind = "DiT peer (diffusers)" if hasattr(c, "dit") else f"ParScale-EAR, hybrid mode {c.hybrid.mode}"
-    steps = model.hybrid.default_steps()
+    kind, steps = c.describe(), model.generator.default_steps()
     return (f"---\nlibrary_name: parscale-ear\nlicense: mit\ntags:\n- image-generation\n- energy-score\n- parscale-ear\n"
             f"---\n{CARD_MARK}\n# {c.name}\n\n{kind}: {c.vae.image_size}x{c.vae.image_size}x{c.vae.in_channels} images, "
             f"latent {c.vae.latent_channels}x{c.vae.latent_size}x{c.vae.latent_size}, {c.num_classes} classes; "
@@ -194,23 +189,18 @@ def _check_required_fields(config: dict, config_path: Path) -> None:
                          f"could change how the model samples, so it is refused")
 
 
-def load_release(cls, directory, device: torch.device, revision: str | None = None):
-    """A model of class `cls` (ParScaleEAR) from a release folder, a shipped name or a Hub id, float32, on `device`."""
+def read_release(directory: Path) -> tuple[dict, dict[str, torch.Tensor], Path]:
+    """A release folder's model config (a dict), its weights by the model's names and the weights' path, each file
+    checked: the format, its version, the digests of config and weights (a damaged or edited file is a one-line
+    error, never wrong weights)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    directory = resolve(directory, revision)
     config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
     for p in (config_path, weights_path):
         if not p.is_file():
             raise FileNotFoundError(f"from_pretrained: {p} not found (expected a folder written by save_pretrained)")
     meta = read_meta(config_path)
-    try:
-        from .presets import build_model, config_from_dict
-
-        model = build_model(config_from_dict(meta["config"]))
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"from_pretrained: {config_path}: {e}") from None
     try:
         state = load_file(str(weights_path))
     except (SafetensorError, OSError) as e:
@@ -218,5 +208,17 @@ def load_release(cls, directory, device: torch.device, revision: str | None = No
     if meta["weights_sha256"] != sha256_file(weights_path):
         raise ValueError(f"from_pretrained: {weights_path} does not match the digest in {CONFIG_NAME} (the file was "
                          f"changed or damaged)")
-    model.load_weights(state, source=str(weights_path))
-    return model.to(device).eval()
+    return meta["config"], {_model_name(k): v for k, v in state.items()}, weights_path
+
+
+# the weights file keeps the names it has had since 0.1: the generator's weights (the model's `generator`) under
+# "hybrid.", whatever the generator is
+STORED_GENERATOR, MODEL_GENERATOR = "hybrid.", "generator."
+
+
+def _stored_name(key: str) -> str:
+    return STORED_GENERATOR + key[len(MODEL_GENERATOR):] if key.startswith(MODEL_GENERATOR) else key
+
+
+def _model_name(key: str) -> str:
+    return MODEL_GENERATOR + key[len(STORED_GENERATOR):] if key.startswith(STORED_GENERATOR) else key

@@ -1,4 +1,4 @@
-"""Devices and the run environment: the one device resolver of the CLI, ci/ and the FID command, and the
+"""Devices and the run environment: the one device check of the API, the CLI, ci/ and the FID command, and the
 machine/commit description stored beside measured numbers."""
 from __future__ import annotations
 
@@ -9,27 +9,10 @@ import subprocess
 
 import torch
 
-def resolve_device(name: str | None) -> str:
-    """A device string from --device (cpu, cuda, cuda:N); default cuda when available, else cpu.
-    The one device resolver of the CLI, the ci/ scripts and the FID command."""
-    if not name:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise ValueError(f"--device {name!r}: expected cpu, cuda or cuda:N") from None
-    if device.type not in ("cpu", "cuda") or (device.type == "cpu" and device.index not in (None, 0)):
-        raise ValueError(f"--device {name!r}: expected cpu, cuda or cuda:N")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {name}: CUDA is not available on this machine")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return name
-
 
 def check_device(device, name: str = "device") -> torch.device:
-    """`device` as a torch.device: a torch.device or 'cpu', 'cuda', 'cuda:N' that this machine has (one-line errors)."""
+    """`device` as a torch.device: a torch.device or 'cpu', 'cuda', 'cuda:N' that this machine has (one-line errors).
+    The one device check of the API, the CLI, the ci/ scripts and the FID command."""
     if not isinstance(device, (str, torch.device)):
         raise TypeError(f"{name}: expected 'cpu', 'cuda', 'cuda:N' or a torch.device, got {device!r} ({type(device).__name__})")
     try:
@@ -60,6 +43,13 @@ def available_memory() -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
     except (AttributeError, ValueError, OSError):
         return 1 << 62
+
+
+def resolve_device(name: str | None) -> str:
+    """A device string from --device (checked by `check_device`); without one, cuda where available, else cpu."""
+    if not name:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(check_device(name, "--device"))
 
 
 def environment(device: torch.device) -> dict:

@@ -13,6 +13,6 @@ import parscale_ear as pe  # noqa: E402
 
 @pytest.fixture
 def tiny():
-    """A tiny 32x32 model in eval mode with fixed weights."""
+    """A tiny 32x32 model of the shipped design's kind (flow stages) in eval mode with fixed weights."""
     torch.manual_seed(0)
-    return pe.create_model("tiny-32").eval()
+    return pe.create_model("tiny-32-flow").eval()

@@ -49,7 +49,7 @@ def interrupt_after(monkeypatch, calls: int):
 
 
 def tiny_peer(name: str = "dit-s", **dit):
-    """A peer model (PeerModel) with a one-layer DiT on the tiny-32 LiteVAE."""
+    """A peer model (a pipeline with a DiT generator) with a one-layer DiT on the tiny-32 LiteVAE."""
     import parscale_ear as pe
 
     return pe.create_model(name, vae=pe.get_config("tiny-32").vae, dit={"num_layers": 1, "heads": 2, "head_dim": 8, **dit})

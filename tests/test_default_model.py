@@ -96,4 +96,46 @@ def test_lite_256_es_follows_the_shipped_design(default):
            (ship.hybrid.coarse_steps, ship.hybrid.fine_steps, ship.cfg, ship.temperature)
     model = pe.create_model("lite-256-es").eval()
     assert 30e6 <= model.num_parameters()["generator"] <= 40e6
-    assert model.hybrid.fine.num_tokens == 64 and model.hybrid.fine.token_dim == 128
+    assert model.generator.fine.num_tokens == 64 and model.generator.fine.token_dim == 128
+
+
+def test_the_shipped_config_is_in_the_current_format_and_the_old_one_loads_the_same_model(default, tmp_path):
+    """config.json builds its config without any reading of earlier versions (no retired fields, no other kind's
+    fields, no field that does nothing); the same release as 0.1 wrote it (tests/data) loads as the same model and
+    gives the same images."""
+    import json
+    import shutil
+
+    shipped = json.loads((DEFAULT_MODEL / "config.json").read_text())
+    assert shipped["library_version"] == pe.__version__
+    assert pe.ParScaleEARConfig(**shipped["config"]) == default.config
+    old = tmp_path / "old"
+    old.mkdir()
+    shutil.copyfile(ROOT / "tests" / "data" / "fmnist-32-es-0.1.0-config.json", old / "config.json")
+    shutil.copyfile(DEFAULT_MODEL / "model.safetensors", old / "model.safetensors")
+    before = pe.ParScaleEAR.from_pretrained(old)
+    assert before.config == default.config
+    for seed in (0, 7):
+        assert torch.equal(before.generate(3, seed=seed, steps=(1, 1)), default.generate(3, seed=seed, steps=(1, 1)))
+    with pytest.raises(TypeError):  # the old file needs the reading of earlier versions: not the current format
+        pe.ParScaleEARConfig(**json.loads((old / "config.json").read_text())["config"])
+
+
+def test_steps_and_solver_mean_one_thing_through_the_api_and_the_cli(default, tmp_path, capsys):
+    """An int of steps is that many steps in every stage (1 -> 1 + 1); an explicit Heun solver where every step
+    draws x0 from the energy head (temperature > 0) would change nothing and is refused with one line."""
+    assert default.resolve_steps(1) == (1, 1) and default.generator.passes(1, 1.0) == 2
+    assert torch.equal(default.generate(2, seed=1, steps=1), default.generate(2, seed=1, steps=(1, 1)))
+    for call in (lambda: default.generate(2, solver="heun"), lambda: default.compile_sampler(2, solver="heun"),
+                 lambda: default.generator.passes((2, 2), 0.5, "heun")):
+        with pytest.raises(ValueError, match="solver 'heun' at temperature"):
+            call()
+    mean = default.generate(2, seed=1, temperature=0.0, steps=(2, 2))  # the mean path: Heun corrects it
+    assert not torch.equal(default.generate(2, seed=1, temperature=0.0, steps=(2, 2), solver="heun"), mean)
+    assert main(["sample", "--n", "2", "--solver", "heun", "--device", "cpu", "--out", str(tmp_path / "h.png")]) == 2
+    err = capsys.readouterr().err
+    assert "solver 'heun' at temperature 1" in err and err.count("\n") == 1 and not (tmp_path / "h.png").exists()
+    for steps in ("1", "1,1"):
+        assert main(["sample", "--n", "2", "--steps", steps, "--device", "cpu", "--out", str(tmp_path / steps)]) == 0
+    for image in ("000000.png", "000001.png"):
+        assert (tmp_path / "1" / image).read_bytes() == (tmp_path / "1,1" / image).read_bytes()

@@ -33,9 +33,9 @@ def test_teacher_pairs_are_the_teachers_samples():
     assert set(pairs) == {"coarse_x1", "coarse_x0", "fine_x1", "fine_x0", "labels"}
     assert pairs["labels"].tolist() == [0, 1, 2, 3, 4, 5] and pairs["fine_x0"].shape == (6, 64, 16)
     # the same noise through the teacher's own sampler gives the stored outputs
-    noise = {name: (torch.zeros(6, 4, stage.num_tokens, stage.config.noise_dim), pairs[f"{name}_x1"].float())
-             for name, stage in teacher.hybrid.stages.items()}
-    out = teacher.hybrid.sample_stages(noise, pairs["labels"], (2, 2), 1.0, 0.0, "heun")
+    noise = {name: {"xi": torch.zeros(6, 4, stage.num_tokens, stage.config.noise_dim), "x1": pairs[f"{name}_x1"].float()}
+             for name, stage in teacher.generator.stages.items()}
+    out = teacher.generator.sample_stages(noise, pairs["labels"], (2, 2), 1.0, 0.0, "heun")
     for name in out:  # float16 storage
         torch.testing.assert_close(out[name].half(), pairs[f"{name}_x0"], rtol=2e-3, atol=2e-3)
     again = teacher_pairs(teacher, 6, (2, 2), "heun", batch_size=4, seed=3)  # the same settings: the same pairs
@@ -61,21 +61,23 @@ def test_energy_objective_trains_the_backbone_through_the_score():
     pairs = teacher_pairs(teacher, 8, (2, 2), "heun", seed=0)
     labels = pairs.pop("labels")
     batch = {k: v.float() for k, v in pairs.items()}
+    with pytest.raises(ValueError, match="residual_grad applies to objective 'flow'"):
+        student_of(teacher, residual_grad=0.0)  # the energy objective keeps every gradient: 0 would do nothing
     for objective, reaches in (("energy", True), ("flow", False)):
-        model = student_of(teacher, residual_grad=0.0) if objective == "energy" else tiny_teacher()
+        model = student_of(teacher) if objective == "energy" else tiny_teacher()
         if objective == "flow":
-            model.hybrid.fine.config.residual_grad, model.hybrid.fine.config.mean_weight = 0.0, 1.0
-            model.hybrid.coarse.config.mean_weight = 1.0
-            model.hybrid.fine.config.mean_weight = 0.0  # no MSE either: only the score is left
-            model.hybrid.fine.config.objective = "flow"
+            model.generator.fine.config.residual_grad, model.generator.fine.config.mean_weight = 0.0, 1.0
+            model.generator.coarse.config.mean_weight = 1.0
+            model.generator.fine.config.mean_weight = 0.0  # no MSE either: only the score is left
+            model.generator.fine.config.objective = "flow"
         init_generator(model, teacher)
         model.train()
-        loss = model.hybrid.fine.loss(batch["fine_x0"], labels, model.hybrid.context(batch["coarse_x0"]),
+        loss = model.generator.fine.loss(batch["fine_x0"], labels, model.generator.context(batch["coarse_x0"]),
                                       noise=batch["fine_x1"])
         loss.backward()
-        grad = model.hybrid.fine.blocks[0].attn.qkv.weight.grad
+        grad = model.generator.fine.blocks[0].attn.qkv.weight.grad
         assert (grad is not None and grad.abs().sum() > 0) == reaches, objective
-        assert model.hybrid.fine.residual_blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+        assert model.generator.fine.residual_blocks[0].attn.qkv.weight.grad.abs().sum() > 0
 
 
 def test_pairs_put_x_t_on_the_teachers_line(monkeypatch):
@@ -86,7 +88,7 @@ def test_pairs_put_x_t_on_the_teachers_line(monkeypatch):
     pairs = teacher_pairs(teacher, 4, (1, 1), "euler", seed=0)
     labels = pairs.pop("labels")
     seen = {}
-    stage = student.hybrid.coarse
+    stage = student.generator.coarse
     real = stage.hidden
 
     def spy(x_t, t, xi, labels, context=None):
@@ -94,7 +96,7 @@ def test_pairs_put_x_t_on_the_teachers_line(monkeypatch):
         return real(x_t, t, xi, labels, context)
 
     monkeypatch.setattr(stage, "hidden", spy)
-    student.hybrid.loss(None, labels, pairs={k: v.float() for k, v in pairs.items()})
+    student.generator.loss(None, labels, pairs={k: v.float() for k, v in pairs.items()})
     assert torch.all(seen["t"] == 1)
     torch.testing.assert_close(seen["x_t"], pairs["coarse_x1"].float())
 
@@ -166,7 +168,7 @@ def test_cli_refuses_a_teacher_that_does_not_fit(runs, capsys, extra, message):
 
 def test_latent_noise_is_unit_noise_split_into_the_stages():
     """The coarse x_1 sets the block means, the fine x_1 the detail inside them; independent draws give N(0, I)."""
-    hybrid = student_of(tiny_teacher()).hybrid
+    hybrid = student_of(tiny_teacher()).generator
     torch.manual_seed(0)
     x1 = {name: torch.randn(4000, stage.num_tokens, stage.token_dim) for name, stage in hybrid.stages.items()}
     z = hybrid.latent_noise(x1)
@@ -189,15 +191,15 @@ def test_dit_teacher_pairs_are_its_samples_cut_into_the_students_tokens():
     teacher = tiny_dit()
     student = student_of(tiny_teacher())
     student.vae.load_state_dict(teacher.vae.state_dict())
-    student.hybrid.coarse_std.fill_(0.7)
-    student.hybrid.fine_std.fill_(0.3)
+    student.generator.coarse_std.fill_(0.7)
+    student.generator.fine_std.fill_(0.3)
     pairs = teacher_pairs(teacher, 5, 3, "heun", batch_size=4, seed=1, student=student)
     assert {k: tuple(v.shape) for k, v in pairs.items()} == {
         "coarse_x1": (5, 16, 4), "coarse_x0": (5, 16, 4), "fine_x1": (5, 64, 16), "fine_x0": (5, 64, 16), "labels": (5,)}
     # the DiT's own sampler from the assembled noise gives the latents the stage tokens add up to
-    x1 = {name: pairs[f"{name}_x1"].float() for name in student.hybrid.stages}
-    want = teacher.hybrid.sample({"dit": (student.hybrid.latent_noise(x1),)}, pairs["labels"], (3,), 1.0, 1.0, "heun")
-    got = student.hybrid.latents_from_stages({name: pairs[f"{name}_x0"].float() for name in x1})
+    x1 = {name: pairs[f"{name}_x1"].float() for name in student.generator.stages}
+    want = teacher.generator.sample({"dit": {"x1": student.generator.latent_noise(x1)}}, pairs["labels"], (3,), 1.0, 1.0, "heun")
+    got = student.generator.latents({name: pairs[f"{name}_x0"].float() for name in x1})
     torch.testing.assert_close(got, want, rtol=2e-3, atol=3e-3)
     with pytest.raises(ValueError, match="needs the student"):
         teacher_pairs(teacher, 2, 3)
@@ -248,8 +250,8 @@ def test_a_one_stage_student_takes_the_dit_coupling_whole():
     student.vae.load_state_dict(teacher.vae.state_dict())
     pairs = teacher_pairs(teacher, 3, 2, "euler", batch_size=2, seed=0, student=student)
     assert set(pairs) == {"fine_x1", "fine_x0", "labels"}
-    z = student.hybrid.latent_noise({"fine": pairs["fine_x1"].float()})
-    torch.testing.assert_close(student.hybrid.tokens(z)["fine"], pairs["fine_x1"].float())
-    want = teacher.hybrid.sample({"dit": (z,)}, pairs["labels"], (2,), 1.0, 1.0, "euler")
-    torch.testing.assert_close(student.hybrid.latents_from_stages({"fine": pairs["fine_x0"].float()}), want,
+    z = student.generator.latent_noise({"fine": pairs["fine_x1"].float()})
+    torch.testing.assert_close(student.generator.tokens(z)["fine"], pairs["fine_x1"].float())
+    want = teacher.generator.sample({"dit": {"x1": z}}, pairs["labels"], (2,), 1.0, 1.0, "euler")
+    torch.testing.assert_close(student.generator.latents({"fine": pairs["fine_x0"].float()}), want,
                                rtol=2e-3, atol=3e-3)

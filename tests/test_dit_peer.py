@@ -23,12 +23,12 @@ def dit():
 def test_dit_is_diffusers_and_trains(dit):
     from diffusers import DiTTransformer2DModel
 
-    assert isinstance(dit.hybrid.dit, DiTTransformer2DModel)
+    assert isinstance(dit.generator.dit, DiTTransformer2DModel)
     latents = torch.randn(4, 4, 16, 16)
     dit.train()
-    losses = dit.hybrid.loss(latents, torch.arange(4))
+    losses = dit.generator.loss(latents, torch.arange(4))
     losses["loss"].backward()
-    assert torch.isfinite(losses["loss"]) and dit.hybrid.dit.proj_out_2.weight.grad.abs().sum() > 0
+    assert torch.isfinite(losses["loss"]) and dit.generator.dit.proj_out_2.weight.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("solver", ["euler", "heun"])
@@ -38,17 +38,17 @@ def test_dit_sampling_is_per_image(solver):
     a = model.generate(4, seed=2, batch_size=4, steps=3, cfg=2.0)
     b = model.generate(4, seed=2, batch_size=3, steps=3, cfg=2.0)
     assert torch.allclose(a, b, atol=1e-5) and a.shape == (4, 1, 32, 32)
-    assert model.hybrid.passes(3) == (3 if solver == "euler" else 5)
+    assert model.generator.passes(3) == (3 if solver == "euler" else 5)
     with pytest.raises(ValueError, match="one stage"):
         model.generate(2, steps=(1, 2))
 
 
 def test_dit_exact_euler_on_a_known_velocity(dit, monkeypatch):
     """With v(x, t) = x the flow ODE dx/dt = x from t = 1 to 0 gives x_0 = x_1 * prod(1 - dt)."""
-    monkeypatch.setattr(dit.hybrid, "velocity", lambda x, t, labels: x)
+    monkeypatch.setattr(dit.generator, "velocity", lambda x, t, labels: x)
     x1 = torch.randn(2, 4, 16, 16)
-    dit.hybrid.latent_std.fill_(1.0)
-    out = dit.hybrid.sample({"dit": (x1,)}, torch.tensor([0, 1]), (0, 4))
+    dit.generator.latent_std.fill_(1.0)
+    out = dit.generator.sample({"dit": {"x1": x1}}, torch.tensor([0, 1]), 4)
     assert torch.allclose(out, x1 * 0.75**4)
 
 
@@ -77,25 +77,32 @@ def test_dit_through_the_fast_sampler(dit):
 def test_dit_solver_per_call(dit):
     """generate(solver=...) overrides the peer's configured solver for that call only."""
     heun = dit.generate(2, seed=1, steps=3, solver="heun")
-    assert dit.hybrid.config.solver == "euler" and dit.hybrid.passes(3, solver="heun") == 5
+    assert dit.generator.config.solver == "euler" and dit.generator.passes(3, solver="heun") == 5
     assert not torch.equal(heun, dit.generate(2, seed=1, steps=3))
-    dit.hybrid.config.solver = "heun"
+    dit.generator.config.solver = "heun"
     assert torch.equal(heun, dit.generate(2, seed=1, steps=3))
     with pytest.raises(ValueError, match="solver must be 'euler' or 'heun'"):
         dit.generate(2, steps=3, solver="rk4")
 
 
-def test_peers_are_models_of_their_own():
-    """The peers register beside the presets with their own config; ParScaleEARConfig has no field for them."""
+def test_peers_are_generators_beside_ours():
+    """The peers register beside the presets with their own config of the one model shape; ParScaleEARConfig has no
+    field for them; a peer's model is the pipeline with a DiT as its generator, not a subclass of anything of ours."""
     import dataclasses
 
-    from parscale_ear.baselines.dit import PeerConfig, PeerModel
+    from parscale_ear.baselines.dit import DiTBaseline
+    from parscale_ear.hybrid import CoarseFineHybrid
+    from parscale_ear.model_config import ModelConfig, PeerConfig
 
     assert {"dit-s", "dit-b", "meanflow-s"} <= set(pe.list_models()) and "dit-s" not in pe.list_models(peers=False)
     assert "dit" not in {f.name for f in dataclasses.fields(pe.ParScaleEARConfig)}
     config = pe.get_config("meanflow-s")
     assert isinstance(config, PeerConfig) and config.dit.objective == "meanflow" and config.vae == pe.get_config("fmnist-32").vae
-    assert isinstance(tiny_peer(), PeerModel)
+    assert isinstance(config, ModelConfig) and isinstance(pe.get_config("tiny-32-flow"), ModelConfig)
+    peer = tiny_peer()
+    assert type(peer) is pe.ParScaleEAR and isinstance(peer.generator, DiTBaseline) and not hasattr(peer, "hybrid")
+    assert isinstance(peer.generator, pe.LatentGenerator) and not isinstance(peer.generator, CoarseFineHybrid)
+    assert isinstance(pe.create_model("tiny-32-flow").generator, pe.LatentGenerator)
     with pytest.raises(ValueError, match="unknown option 'mode'"):
         pe.create_model("dit-s", mode="no_coarse")  # ParScale-EAR's shorthands do not apply to a peer
 
@@ -103,7 +110,7 @@ def test_peers_are_models_of_their_own():
 def test_stored_configs_load_as_the_model_they_describe():
     """A peer's config of 0.2 (ParScale-EAR's fields with `dit` set) loads as a PeerConfig; ParScale-EAR's with
     `dit: null` as a ParScaleEARConfig; each class refuses the other's."""
-    from parscale_ear.baselines.dit import PeerConfig
+    from parscale_ear.model_config import PeerConfig
     from parscale_ear.presets import config_from_dict
 
     ours = pe.get_config("tiny-32-flow").to_dict()
@@ -124,6 +131,6 @@ def test_the_equal_size_peer_matches_our_generators_size():
     """dit-xs: 10 layers, 192 wide, patch 2 on the Fashion-MNIST latents: 7.6M parameters, about the size of
     ParScale-EAR's Fashion-MNIST generators (6.3M), so the two compare at equal size."""
     model = pe.create_model("dit-xs")
-    dit = model.hybrid.dit
+    dit = model.generator.dit
     assert len(dit.transformer_blocks) == 10 and dit.config.num_attention_heads * dit.config.attention_head_dim == 192
     assert 7.4e6 < model.num_parameters()["generator"] < 7.8e6

@@ -39,11 +39,11 @@ def test_flow_loss_reaches_every_part():
     torch.manual_seed(0)
     model = pe.create_model("tiny-32-flow")
     latents = torch.randn(6, 4, 16, 16)
-    model.hybrid.fit_token_scales(latents)
-    losses = model.hybrid.loss(latents, torch.arange(6) % 10)
+    model.generator.fit_token_scales(latents)
+    losses = model.generator.loss(latents, torch.arange(6) % 10)
     assert set(losses) == {"coarse", "fine", "loss"} and torch.isfinite(losses["loss"])
     losses["loss"].backward()
-    fine = model.hybrid.fine
+    fine = model.generator.fine
     # the head's output layer is zero-initialised (EAR): at the first step only it gets gradient
     assert fine.head.out.weight.grad.abs().sum() > 0
     assert fine.blocks[0].ada.weight.grad.abs().sum() == 0
@@ -54,8 +54,8 @@ def test_flow_all_parameters_train_after_one_step():
     torch.manual_seed(0)
     model = perturb_(pe.create_model("tiny-32-flow"))
     latents = torch.randn(6, 4, 16, 16)
-    model.hybrid.loss(latents, torch.arange(6))["loss"].backward()
-    dead = [n for n, p in model.hybrid.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    model.generator.loss(latents, torch.arange(6))["loss"].backward()
+    dead = [n for n, p in model.generator.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
     assert dead == []
 
 
@@ -68,7 +68,7 @@ def test_flow_images_do_not_depend_on_batch(flow):
 
 def test_flow_noise_enters_the_backbone(flow):
     """Changing one token's noise changes other tokens' hidden states (joint sampling)."""
-    fine = flow.hybrid.fine
+    fine = flow.generator.fine
     x, t, labels = torch.randn(1, 64, 16), torch.ones(1), torch.tensor([1])
     xi = torch.rand(1, 64, fine.config.noise_dim) - 0.5
     ctx = torch.randn(1, 64, 16)
@@ -89,7 +89,7 @@ def test_flow_steps(flow):
 
 def test_flow_single_stream_has_no_prefix():
     model = pe.create_model("tiny-32-flow", streams=1)
-    assert not hasattr(model.hybrid.fine, "stream_prefix") and not hasattr(model.hybrid.fine, "aggregate")
+    assert not hasattr(model.generator.fine, "stream_prefix") and not hasattr(model.generator.fine, "aggregate")
 
 
 def test_flow_save_load_round_trip(tmp_path, flow):
@@ -104,10 +104,10 @@ def test_mean_head_variant_trains_every_part_and_samples():
     stage = dict(kind="flow", width=32, depth=1, heads=2, streams=2, prefix_len=2, head_width=32, head_depth=1,
                  noise_dim=8, max_steps=4, backbone_noise=False, mean_weight=1.0, samples=3)
     model = perturb_(pe.create_model("tiny-32-flow", hybrid={"coarse": stage, "fine": dict(stage)}))
-    fine = model.hybrid.fine
+    fine = model.generator.fine
     assert fine.noise_in is None and fine.mean_out is not None
-    model.hybrid.loss(torch.randn(6, 4, 16, 16), torch.arange(6))["loss"].backward()
-    dead = [n for n, p in model.hybrid.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    model.generator.loss(torch.randn(6, 4, 16, 16), torch.arange(6))["loss"].backward()
+    dead = [n for n, p in model.generator.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
     assert dead == []
     model.eval()
     a = model.generate(2, labels=[1, 2], seed=0, steps=(2, 2), cfg=1.5)
@@ -132,7 +132,7 @@ def test_v_mean_stage_at_temperature_zero_is_an_euler_flow_solver():
     """mean_param 'v': x0 = x_t - t v, so the DDIM step with the mean x0 is x_t + (t' - t) v."""
     torch.manual_seed(0)
     model = perturb_(pe.create_model("tiny-32-flow", hybrid={"coarse": v_stage(), "fine": v_stage()})).eval()
-    fine = model.hybrid.fine
+    fine = model.generator.fine
     x = torch.randn(2, 64, 16)
     labels, ctx = torch.tensor([1, 2]), torch.randn(2, 64, 16)
     xi = torch.rand(2, 4, 64, 8) - 0.5
@@ -152,7 +152,7 @@ def test_v_mean_loss_is_the_rectified_flow_loss_plus_the_energy_score(monkeypatc
     torch.manual_seed(0)
     stage = v_stage(global_weight=0.0)
     model = perturb_(pe.create_model("tiny-32-flow", hybrid={"coarse": stage, "fine": dict(stage)}))
-    fine = model.hybrid.fine
+    fine = model.generator.fine
     tokens = torch.randn(4, 64, 16)
     torch.manual_seed(1)
     loss = fine.loss(tokens, torch.arange(4), torch.zeros(4, 64, 16))
@@ -180,7 +180,7 @@ def test_residual_blocks_draw_neighbouring_tokens_jointly():
     for blocks, coupled in ((0, False), (1, True)):
         stage = v_stage(residual_blocks=blocks)
         model = perturb_(pe.create_model("tiny-32-flow", hybrid={"coarse": stage, "fine": dict(stage)})).eval()
-        fine = model.hybrid.fine
+        fine = model.generator.fine
         assert (len(fine.residual_blocks) == blocks) and ((fine.residual_noise_in is not None) == bool(blocks))
         x, labels, ctx = torch.randn(1, 64, 16), torch.tensor([3]), torch.randn(1, 64, 16)
         xi = torch.rand(1, 4, 64, 8) - 0.5
@@ -200,8 +200,8 @@ def test_residual_blocks_variant_trains_every_part_and_generates_per_image():
     torch.manual_seed(0)
     stage = v_stage(residual_blocks=1)
     model = perturb_(pe.create_model("tiny-32-flow", hybrid={"coarse": stage, "fine": dict(stage)}))
-    model.hybrid.loss(torch.randn(6, 4, 16, 16), torch.arange(6))["loss"].backward()
-    dead = [n for n, p in model.hybrid.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    model.generator.loss(torch.randn(6, 4, 16, 16), torch.arange(6))["loss"].backward()
+    dead = [n for n, p in model.generator.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
     assert dead == []
     model.eval()
     both = model.generate(3, labels=[1, 2, 3], seed=4, steps=(2, 2), cfg=2.0, temperature=0.7, batch_size=3)
@@ -220,7 +220,7 @@ def test_residual_grad_scales_the_energy_scores_gradient_into_the_backbone():
         torch.manual_seed(0)
         stage = v_stage(residual_blocks=1, residual_grad=w)
         model = perturb_(pe.create_model("tiny-32-flow", hybrid={"coarse": stage, "fine": dict(stage)}))
-        fine = model.hybrid.fine
+        fine = model.generator.fine
         torch.manual_seed(1)
         losses[w] = fine.loss(torch.randn(4, 64, 16), torch.arange(4), torch.randn(4, 64, 16))
         losses[w].backward()
@@ -235,7 +235,7 @@ def test_residual_grad_scales_the_energy_scores_gradient_into_the_backbone():
 
 def test_logit_normal_times_and_the_one_step_share():
     torch.manual_seed(0)
-    fine = pe.create_model("tiny-32-flow", hybrid={"coarse": v_stage(), "fine": v_stage(one_step_prob=0.25)}).hybrid.fine
+    fine = pe.create_model("tiny-32-flow", hybrid={"coarse": v_stage(), "fine": v_stage(one_step_prob=0.25)}).generator.fine
     t = fine._times(20000, "cpu")
     ones = (t == 1).float().mean().item()
     rest = t[t < 1]
@@ -261,7 +261,7 @@ def _gaussian_data_stage():
     sigma(t) / sigma(1) x_1 with sigma(t)^2 = (1 - t)^2 s^2 + t^2, so x_0 = s x_1 exactly."""
     s = 1.0
     model = perturb_(pe.create_model("tiny-32-flow", hybrid={"coarse": v_stage(), "fine": v_stage()})).eval()
-    fine = model.hybrid.fine
+    fine = model.generator.fine
     fine.hidden = lambda x, t, xb, labels, ctx: x  # noqa: E731  (the "hidden state" carries x_t)
     fine.mean_x0 = lambda h, x, t: (1 - t)[:, None, None] * s**2 / ((1 - t) ** 2 * s**2 + t**2)[:, None, None] * x  # noqa: E731
     return fine, s
@@ -291,7 +291,7 @@ def test_heun_is_counted_and_skips_the_steps_the_energy_head_draws():
     torch.manual_seed(0)
     model = perturb_(pe.create_model("tiny-32-flow", hybrid={"coarse": v_stage(residual_blocks=1, solver="heun"),
                                                              "fine": v_stage(residual_blocks=1, solver="heun")})).eval()
-    fine = model.hybrid.fine
+    fine = model.generator.fine
     assert [fine.passes(4), fine.passes(4, temperature=0.5)] == [7, 4]  # every step draws at temperature > 0
     from parscale_ear.evaluation.quality import Schedule, passes_per_image
 
@@ -300,14 +300,14 @@ def test_heun_is_counted_and_skips_the_steps_the_energy_head_draws():
     heun = model.generate(2, labels=[3, 4], steps=(2, 3), cfg=1.5, temperature=0.0, seed=0)
     fast = model.compile_sampler(2, (2, 3), 1.5, 0.0)(seed=0, labels=[3, 4])  # the public fast path: the same images
     assert torch.equal(fast, heun)
-    model.hybrid.coarse.config.solver = model.hybrid.fine.config.solver = "euler"
+    model.generator.coarse.config.solver = model.generator.fine.config.solver = "euler"
     euler = model.generate(2, labels=[3, 4], steps=(2, 3), cfg=1.5, temperature=0.0, seed=0)
     assert torch.isfinite(heun).all() and not torch.allclose(heun, euler)
     # per call, through the public API: the same images as the configs set to heun, the configs untouched
     assert torch.equal(model.generate(2, labels=[3, 4], steps=(2, 3), cfg=1.5, temperature=0.0, seed=0, solver="heun"), heun)
     sampler = model.compile_sampler(2, (2, 3), 1.5, 0.0, solver="heun")
     assert torch.equal(sampler(seed=0, labels=[3, 4]), heun) and sampler.settings["solver"] == "heun"
-    assert model.hybrid.fine.config.solver == "euler" and model.hybrid.passes((2, 3), 0.0, "heun") == 3 + 5
+    assert model.generator.fine.config.solver == "euler" and model.generator.passes((2, 3), 0.0, "heun") == 3 + 5
     with pytest.raises(ValueError, match="solver must be 'euler' or 'heun'"):
         model.generate(1, solver="rk4")
 
@@ -338,21 +338,21 @@ def test_retired_stage_options_load_only_at_their_off_value(tmp_path, capsys):
     value that meant "off" loads as the same model; any other value is a one-line error naming the field."""
     import json
 
-    from parscale_ear.checks import nested_config
+    from parscale_ear.stage_kinds import stage_config
     from parscale_ear.cli import main
 
     stored = {**v_stage(), "noise_blocks": 0, "head_steps": 0, "time_shift": 1.0, "mean_param": "v"}
-    assert nested_config(pe.GeneratorConfig, stored, "hybrid.fine") == pe.FlowConfig(**v_stage())
+    assert stage_config(stored, "hybrid.fine") == pe.FlowConfig(**v_stage())
     plain = {"kind": "flow", "mean_param": "x0"}  # no mean head: mean_param did nothing
-    assert nested_config(pe.GeneratorConfig, plain, "hybrid.fine") == pe.FlowConfig(kind="flow")
+    assert stage_config(plain, "hybrid.fine") == pe.FlowConfig(kind="flow")
     for key, value in (("noise_blocks", 1), ("head_steps", 2), ("time_shift", 1.5), ("mean_param", "x0")):
         with pytest.raises(ValueError, match=f"hybrid.fine.{key} = {value!r}: this option was removed"):
-            nested_config(pe.GeneratorConfig, {**v_stage(), key: value}, "hybrid.fine")
-    from parscale_ear.release import DEFAULT_MODEL
+            stage_config({**v_stage(), key: value}, "hybrid.fine")
+    from pathlib import Path
 
-    shipped = json.loads((DEFAULT_MODEL / "config.json").read_text())
-    assert shipped["config"]["hybrid"]["fine"]["head_steps"] == 0  # written before the fields left: still loads
-    assert pe.ParScaleEAR.from_pretrained().config.hybrid.fine == pe.get_config("fmnist-32-es").hybrid.fine
+    old = json.loads((Path(__file__).parent / "data" / "fmnist-32-es-0.1.0-config.json").read_text())["config"]
+    assert old["hybrid"]["fine"]["head_steps"] == 0  # the shipped model's config as 0.1 wrote it: still loads
+    assert pe.ParScaleEARConfig.from_dict(old).hybrid.fine == pe.get_config("fmnist-32-es").hybrid.fine
     assert pe.create_model("tiny-32-flow", hybrid={"fine": {"head_steps": 0}}).config == pe.get_config("tiny-32-flow")
     with pytest.raises(ValueError, match="mean_param = 'x0': this option was removed"):
         pe.create_model("tiny-32-flow", hybrid={"fine": {**v_stage(), "mean_param": "x0"}})
@@ -369,23 +369,25 @@ def test_one_config_per_stage_kind():
     import dataclasses
     import json
 
-    from parscale_ear.checks import nested_config
-    from parscale_ear.release import DEFAULT_MODEL
+    from pathlib import Path
+
+    from parscale_ear.stage_kinds import stage_config, stored_stage
 
     mar, flow = ({f.name for f in dataclasses.fields(c)} for c in (pe.MARConfig, pe.FlowConfig))
     shared = {f.name for f in dataclasses.fields(pe.GeneratorConfig)}
     assert shared <= mar & flow and "samples" not in mar and "mask_ratio_min" not in flow
     with pytest.raises(TypeError, match="build MARConfig or FlowConfig"):
         pe.GeneratorConfig()
-    assert isinstance(nested_config(pe.GeneratorConfig, {"kind": "flow", "samples": 4}, "hybrid.fine"), pe.FlowConfig)
-    assert isinstance(nested_config(pe.GeneratorConfig, {"width": 64, "heads": 2}, "hybrid.fine"), pe.MARConfig)
+    assert isinstance(stage_config({"kind": "flow", "samples": 4}, "hybrid.fine"), pe.FlowConfig)
+    assert isinstance(stage_config({"width": 64, "heads": 2}, "hybrid.fine"), pe.FlowConfig)  # the default kind
     with pytest.raises(ValueError, match="kind must be one of"):
-        nested_config(pe.GeneratorConfig, {"kind": "gan"}, "hybrid.fine")
-    stored = json.loads((DEFAULT_MODEL / "config.json").read_text())["config"]["hybrid"]["fine"]
-    assert {"mask_ratio_min", "samples"} <= set(stored)  # written by 0.2 with every field
-    assert nested_config(pe.GeneratorConfig, stored, "hybrid.fine") == pe.get_config("fmnist-32-es").hybrid.fine
+        stage_config({"kind": "gan"}, "hybrid.fine")
+    old = json.loads((Path(__file__).parent / "data" / "fmnist-32-es-0.1.0-config.json").read_text())["config"]
+    stored = old["hybrid"]["fine"]
+    assert {"mask_ratio_min", "samples"} <= set(stored)  # written by 0.1 and 0.2 with every field
+    assert stage_config(stored_stage(stored, "hybrid.fine"), "hybrid.fine") == pe.get_config("fmnist-32-es").hybrid.fine
     with pytest.raises(ValueError, match="hybrid.fine.mask_ratio_min: a field of 'mar' stages, not of a 'flow' stage"):
-        nested_config(pe.GeneratorConfig, {**stored, "mask_ratio_min": 0.5}, "hybrid.fine")
+        stage_config({**stored, "mask_ratio_min": 0.5}, "hybrid.fine")
     with pytest.raises(ValueError, match="hybrid.fine.samples: a field of 'flow' stages, not of a 'mar' stage"):
         pe.create_model("tiny-32", hybrid={"fine": {"samples": 4}})  # a flow field on a MAR stage
     model = pe.create_model("tiny-32", hybrid={"fine": {"kind": "flow", "max_steps": 4}})  # the stage changes kind
@@ -396,18 +398,18 @@ def test_a_plain_flow_stage_has_no_energy_head_and_learns_the_velocity_alone():
     torch.manual_seed(0)
     stage = v_stage(energy_head=False, one_step_prob=0.0, solver="heun")
     model = perturb_(pe.create_model("tiny-32-flow", streams=1, hybrid={"coarse": stage, "fine": dict(stage)}))
-    fine = model.hybrid.fine
+    fine = model.generator.fine
     assert fine.head is None and not any(".head." in f".{n}" for n, _ in model.named_parameters())
     latents = torch.randn(6, 4, 16, 16)
-    model.hybrid.fit_token_scales(latents)
-    losses = model.hybrid.loss(latents, torch.arange(6))
+    model.generator.fit_token_scales(latents)
+    losses = model.generator.loss(latents, torch.arange(6))
     losses["loss"].backward()
-    dead = [n for n, p in model.hybrid.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    dead = [n for n, p in model.generator.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
     assert torch.isfinite(losses["loss"]) and dead == []
     model.eval()
     images = model.generate(2, labels=[0, 1], steps=(2, 2), temperature=0.0, seed=0)
     assert images.shape == (2, 1, 32, 32) and torch.isfinite(images).all()
-    assert model.hybrid.passes((2, 2), 0.0) == 6  # Heun: 2 steps - 1 passes a stage
+    assert model.generator.passes((2, 2), 0.0) == 6  # Heun: 2 steps - 1 passes a stage
     with pytest.raises(ValueError, match="no energy head"):
         model.generate(2, labels=[0, 1], steps=(2, 2), temperature=0.5, seed=0)
 
@@ -417,3 +419,123 @@ def test_a_plain_flow_stage_has_no_energy_head_and_learns_the_velocity_alone():
 def test_a_plain_flow_stage_refuses_what_needs_the_head(bad):
     with pytest.raises(ValueError, match="energy_head False"):
         pe.create_model("tiny-32-flow", hybrid={"fine": {**v_stage(energy_head=False), **bad}})
+
+
+def test_defaults_are_the_shipped_designs_kind_and_stored_configs_read_as_they_did():
+    """A stage or hybrid built without a kind is the shipped design's (flow stages, 2x2 fine patches, 2 + 2 steps);
+    a stored config that omitted a field reads with that field's earlier default (the MAR design), so it loads as
+    the model it was."""
+    from parscale_ear.hybrid import HybridConfig
+
+    hybrid = HybridConfig()
+    assert isinstance(hybrid.coarse, pe.FlowConfig) and isinstance(hybrid.fine, pe.FlowConfig)
+    assert (hybrid.fine_patch, hybrid.coarse_steps, hybrid.fine_steps) == (2, 2, 2)
+    assert pe.ParScaleEAR().generate(1, seed=0).shape == (1, 1, 32, 32)  # the default config builds and samples
+    mar = pe.get_config("tiny-32").to_dict()
+    old = {**mar, "hybrid": {k: v for k, v in mar["hybrid"].items() if k not in ("fine_patch", "coarse_steps")}}
+    for stage in ("coarse", "fine"):
+        old["hybrid"][stage] = {k: v for k, v in mar["hybrid"][stage].items() if k != "kind"}
+    read = pe.ParScaleEARConfig.from_dict(old)
+    assert isinstance(read.hybrid.fine, pe.MARConfig) and read.hybrid.fine_patch == 1 and read.hybrid.coarse_steps == 4
+    assert read == pe.ParScaleEARConfig.from_dict({**mar, "hybrid": {**mar["hybrid"], "coarse_steps": 4}})
+    assert isinstance(pe.ParScaleEARConfig.from_dict({"name": "x"}).hybrid.coarse, pe.MARConfig)  # 0.3's default
+
+
+def test_a_field_that_does_nothing_is_refused_or_left_out():
+    """residual_grad only weights the score's gradient under objective 'flow' with a mean head: the energy objective
+    keeps every gradient, so another value is refused; a stored student that holds one (0.1 wrote the shipped
+    model so) loads without it, as the same model."""
+    import json
+
+    from parscale_ear.release import DEFAULT_MODEL
+
+    with pytest.raises(ValueError, match="residual_grad applies to objective 'flow'"):
+        pe.create_model("fmnist-32-es", hybrid={"fine": {"residual_grad": 0.0}})
+    with pytest.raises(ValueError, match="residual_grad applies to objective 'flow'"):
+        pe.FlowConfig(**{**v_stage(), "mean_weight": 0.0, "objective": "energy", "residual_grad": 0.5})
+    stored = pe.get_config("fmnist-32-es").to_dict()
+    stored["hybrid"]["fine"]["residual_grad"] = 0.0
+    assert pe.ParScaleEARConfig.from_dict(stored) == pe.get_config("fmnist-32-es")
+    shipped = json.loads((DEFAULT_MODEL / "config.json").read_text())["config"]
+    assert all(shipped["hybrid"][s]["residual_grad"] == 1.0 for s in ("coarse", "fine"))
+
+
+def _meanflow_pair():
+    """A plain one-stage flow model (perturbed, so nothing is zero) and a MeanFlow model initialised from it."""
+    from parscale_ear.distill import init_generator
+
+    plain = {**v_stage(energy_head=False, one_step_prob=0.0), "streams": 1}
+    torch.manual_seed(0)
+    flow = perturb_(pe.create_model("tiny-32-flow", mode="no_coarse", hybrid={"fine": plain})).eval()
+    mean = pe.create_model("tiny-32-flow", mode="no_coarse", hybrid={"fine": {**plain, "objective": "meanflow"}}).eval()
+    new = init_generator(mean, flow)
+    mean.vae.load_state_dict(flow.vae.state_dict())  # the same decoder
+    return flow, mean, new
+
+
+def test_a_meanflow_stage_initialised_from_a_flow_stage_samples_as_that_flow():
+    """MeanFlow fine-tuned from a flow model starts as it: the interval embedding (the only new weights) is zero, so
+    u(z, r, t) = v(z, t) and each one-pass step is the flow's Euler step."""
+    flow, mean, new = _meanflow_pair()
+    assert new and all(".interval_embed." in f".{n}" for n in new)
+    for steps in (1, 2, 4):
+        a = flow.generate(3, labels=[0, 1, 2], steps=steps, temperature=0.0, solver="euler", seed=5)
+        b = mean.generate(3, labels=[0, 1, 2], steps=steps, temperature=0.0, seed=5)
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert mean.generator.passes(2, 0.0) == 2
+    with pytest.raises(ValueError, match="average velocity"):
+        mean.generate(1, labels=[0], steps=2, temperature=0.0, solver="heun")
+
+
+def test_a_meanflow_stage_trains_every_part_and_depends_on_the_interval():
+    _, mean, _ = _meanflow_pair()
+    perturb_(mean, seed=1).train()
+    latents = torch.randn(6, 4, 16, 16)
+    torch.manual_seed(0)
+    losses = mean.generator.loss(latents, torch.arange(6))
+    losses["loss"].backward()
+    dead = [n for n, p in mean.generator.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert torch.isfinite(losses["loss"]) and 0 < losses["loss"].item() < 1 and dead == []  # adaptive weight: < 1
+    stage = mean.generator.fine.eval()
+    x, t, y = torch.randn(2, stage.num_tokens, stage.token_dim), torch.tensor([0.9, 0.6]), torch.tensor([0, 1])
+    assert not torch.allclose(stage.hidden(x, t, None, y, r=torch.zeros(2)), stage.hidden(x, t, None, y, r=t))
+
+
+def test_the_meanflow_target_is_the_identity_on_tokens():
+    """meanflow_loss with u(x, t, r) = x (t + 2 r) on tokens (B, N, D): the target is v - (t - r) (v (t + 2 r) + x),
+    the JVP running along (v, 1, 0); power 0 leaves the squared error summed per example."""
+    from parscale_ear.meanflow import interval, meanflow_loss
+
+    g = torch.Generator().manual_seed(1)
+    x, v = torch.randn(4, 5, 3, generator=g), torch.randn(4, 5, 3, generator=g)
+    t, r = torch.tensor([0.9, 0.5, 0.7, 1.0]), torch.tensor([0.1, 0.5, 0.2, 0.0])
+    loss, mse = meanflow_loss(lambda x, t, r: x * (t + 2 * r).view(-1, 1, 1), x, v, t, r, power=0.0)
+    a = (t + 2 * r).view(-1, 1, 1)
+    want = (x * a - (v - (t - r).view(-1, 1, 1) * (v * a + x))).pow(2).flatten(1).sum(1)
+    torch.testing.assert_close(loss, want.mean())
+    torch.testing.assert_close(mse, want.mean() / 15)
+    t2, r2 = interval(torch.tensor([0.2, 0.8]), torch.tensor([0.6, 0.3]), ratio=1.0)
+    assert torch.equal(t2, torch.tensor([0.6, 0.8])) and torch.equal(r2, torch.tensor([0.2, 0.3]))
+    assert torch.equal(interval(torch.tensor([0.2]), torch.tensor([0.6]), ratio=0.0)[1], torch.tensor([0.6]))
+
+
+@pytest.mark.parametrize("bad", [dict(energy_head=True, mean_weight=1.0), dict(solver="heun")])
+def test_a_meanflow_stage_refuses_what_it_cannot_use(bad):
+    with pytest.raises(ValueError, match="meanflow"):
+        pe.create_model("tiny-32-flow", hybrid={"fine": {**v_stage(energy_head=False, objective="meanflow"), **bad}})
+
+
+def test_the_one_stage_flow_presets_fit_together():
+    """fmnist-32-flow1 (one plain flow network on the whole grid) initialises its MeanFlow and energy-student
+    versions: each takes all of its weights, and only their own parts (the interval embedding; the energy head and
+    its residual path) start new."""
+    from parscale_ear.distill import init_generator
+
+    flow = pe.create_model("fmnist-32-flow1")
+    fine = flow.generator.fine
+    assert list(flow.generator.stages) == ["fine"] and fine.head is None and fine.config.streams == 1
+    assert fine.num_tokens == 64 and len(fine.blocks) == 10 and flow.generator.passes() == 9  # 5 Heun steps
+    mean, student = pe.create_model("fmnist-32-mf1"), pe.create_model("fmnist-32-es1")
+    assert mean.generator.passes() == 2 and student.generator.passes(temperature=1.0) == 2
+    assert {n.split(".")[1] for n in init_generator(mean, flow)} == {"interval_embed"}
+    assert {n.split(".")[1] for n in init_generator(student, flow)} == {"head", "residual_noise_in", "residual_blocks"}

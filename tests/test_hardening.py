@@ -51,7 +51,7 @@ def tiny_cfg(kind, data, vae_run="", steps=2):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, npz_data):
     root = tmp_path_factory.mktemp("runs")
-    vae = train(tiny_cfg("vae", npz_data), root / "vae", pe.get_config("tiny-32"), progress=False)
+    vae = train(tiny_cfg("vae", npz_data), root / "vae", pe.get_config("tiny-32-flow"), progress=False)
     gen = train(tiny_cfg("generator", npz_data, str(vae)), root / "gen", progress=False)
     return vae, gen
 

@@ -26,19 +26,19 @@ def test_meanflow_starts_as_a_flow_model():
     torch.manual_seed(0)
     model = tiny_peer("meanflow-s", **TINY).eval()
     x, t, y = torch.randn(3, 4, 16, 16), torch.rand(3), torch.tensor([0, 1, 2])
-    peer = model.hybrid
+    peer = model.generator
     assert torch.equal(peer.velocity(x, t, y, torch.zeros(3)), peer.velocity(x, t, y, t))
 
 
 def test_meanflow_depends_on_the_interval_once_trained(mf):
     x, t, y = torch.randn(3, 4, 16, 16), torch.rand(3), torch.tensor([0, 1, 2])
-    assert not torch.allclose(mf.hybrid.velocity(x, t, y, torch.zeros(3)), mf.hybrid.velocity(x, t, y, t))
+    assert not torch.allclose(mf.generator.velocity(x, t, y, torch.zeros(3)), mf.generator.velocity(x, t, y, t))
 
 
 def test_meanflow_target_is_the_identity(mf, monkeypatch):
     """With u(x, r, t) = x (t + 2 r), the loss's target is v - (t - r) (v (t + 2 r) + x): the JVP runs along
     (dx/dt, dr/dt, dt/dt) = (v, 0, 1)."""
-    peer = mf.hybrid
+    peer = mf.generator
     peer.config.loss_power = 0.0  # unweighted: the loss is the mean squared error summed per example
     monkeypatch.setattr(peer, "velocity", lambda x, t, labels, r=None: x * (t + 2 * r).view(-1, 1, 1, 1))
     g = torch.Generator().manual_seed(1)
@@ -55,12 +55,12 @@ def test_meanflow_target_is_the_identity(mf, monkeypatch):
 def test_meanflow_adaptive_weight_normalises_each_example(mf):
     """p = 1: each example's weighted loss is err / (err + eps), so the loss is below 1 and near it for large errors."""
     mf.train()
-    losses = mf.hybrid.loss(torch.randn(4, 4, 16, 16) * 3, torch.arange(4))
+    losses = mf.generator.loss(torch.randn(4, 4, 16, 16) * 3, torch.arange(4))
     assert 0.5 < losses["loss"].item() < 1.0 and losses["mse"] > 0
     losses["loss"].backward()
-    grads = [p.grad for p in mf.hybrid.parameters() if p.grad is not None]
+    grads = [p.grad for p in mf.generator.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
-    interval = mf.hybrid.dit.transformer_blocks[0].norm1.emb.interval_embedder.linear_2.weight.grad
+    interval = mf.generator.dit.transformer_blocks[0].norm1.emb.interval_embedder.linear_2.weight.grad
     assert interval is not None and interval.abs().sum() > 0  # the (t - r) embedding learns
 
 
@@ -73,13 +73,13 @@ def test_meanflow_steps_move_by_the_average_velocity(mf, monkeypatch):
         seen.append((float(t[0]), float(r[0])))
         return x
 
-    monkeypatch.setattr(mf.hybrid, "velocity", u)
-    mf.hybrid.latent_std.fill_(1.0)
+    monkeypatch.setattr(mf.generator, "velocity", u)
+    mf.generator.latent_std.fill_(1.0)
     x1 = torch.randn(2, 4, 16, 16)
-    assert torch.equal(mf.hybrid.sample({"dit": (x1,)}, torch.tensor([0, 1]), (1,)), torch.zeros_like(x1))
-    torch.testing.assert_close(mf.hybrid.sample({"dit": (x1,)}, torch.tensor([0, 1]), (2,)), x1 / 4)
+    assert torch.equal(mf.generator.sample({"dit": {"x1": x1}}, torch.tensor([0, 1]), (1,)), torch.zeros_like(x1))
+    torch.testing.assert_close(mf.generator.sample({"dit": {"x1": x1}}, torch.tensor([0, 1]), (2,)), x1 / 4)
     assert seen == [(1.0, 0.0), (1.0, 0.5), (0.5, 0.0)]
-    assert mf.hybrid.passes(2) == 2
+    assert mf.generator.passes(2) == 2
 
 
 def test_meanflow_is_per_image_and_refuses_heun(mf):

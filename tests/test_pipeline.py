@@ -13,13 +13,13 @@ from helpers import perturb_
 @pytest.fixture
 def model():
     torch.manual_seed(0)
-    return perturb_(pe.create_model("tiny-32")).eval()
+    return perturb_(pe.create_model("tiny-32-flow")).eval()
 
 
 def test_list_and_create_models():
     assert {"fmnist-32", "lite-256", "tiny-32"} <= set(pe.list_models())
     m = pe.create_model("tiny-32", mode="no_fine", streams=3, fine_steps=1, vae={"latent_channels": 2})
-    assert m.config.hybrid.mode == "no_fine" and m.hybrid.fine is None
+    assert m.config.hybrid.mode == "no_fine" and m.generator.fine is None
     assert m.config.hybrid.coarse.streams == 3 and m.config.vae.latent_channels == 2
     with pytest.raises(ValueError, match="unknown model"):
         pe.create_model("nope")
@@ -52,10 +52,10 @@ def test_coarse_fine_split_merge_and_patchify_roundtrip():
 def test_modes_generate_and_train(mode):
     torch.manual_seed(0)
     m = perturb_(pe.create_model("tiny-32", mode=mode))
-    stages = set(m.hybrid.stages)
+    stages = set(m.generator.stages)
     assert stages == {"full": {"coarse", "fine"}, "no_coarse": {"fine"}, "no_fine": {"coarse"}}[mode]
     z = torch.randn(4, 4, 16, 16)
-    losses = m.hybrid.loss(z, torch.tensor([0, 1, 2, 3]))
+    losses = m.generator.loss(z, torch.tensor([0, 1, 2, 3]))
     assert set(losses) == stages | {"loss"} and torch.isfinite(losses["loss"])
     x = m.eval().generate(3, seed=0)
     assert x.shape == (3, 1, 32, 32) and torch.isfinite(x).all() and x.abs().max() <= 1
@@ -64,9 +64,9 @@ def test_modes_generate_and_train(mode):
 def test_fit_token_scales():
     m = pe.create_model("tiny-32")
     z = 3 * torch.randn(64, 4, 16, 16)
-    scales = m.hybrid.fit_token_scales(z)
+    scales = m.generator.fit_token_scales(z)
     assert set(scales) == {"coarse", "fine"}
-    assert m.hybrid.fine_std.item() == pytest.approx(scales["fine"]) and 2.0 < scales["fine"] < 4.0
+    assert m.generator.fine_std.item() == pytest.approx(scales["fine"]) and 2.0 < scales["fine"] < 4.0
     assert scales["coarse"] < scales["fine"]  # averaging 16 independent values shrinks the std
 
 
@@ -125,7 +125,7 @@ def test_reconstruct(model):
 
 
 def test_save_load_is_bit_identical(model, tmp_path):
-    model.hybrid.fit_token_scales(torch.randn(8, 4, 16, 16) * 2)
+    model.generator.fit_token_scales(torch.randn(8, 4, 16, 16) * 2)
     model.config.vae.latent_scale = 0.7
     before = model.generate(3, seed=4, cfg=1.5)
     model.save_pretrained(tmp_path / "m")
@@ -198,7 +198,7 @@ def test_every_pipeline_parameter_gets_a_gradient(model):
     mean, logvar = model.vae.encode_moments(x)
     out = vae_loss(model.vae.decode(mean), x, mean, logvar)
     torch.manual_seed(0)
-    total = out["loss"] + model.hybrid.loss(torch.randn(4, 4, 16, 16), torch.arange(4))["loss"]
+    total = out["loss"] + model.generator.loss(torch.randn(4, 4, 16, 16), torch.arange(4))["loss"]
     total.backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
@@ -212,13 +212,80 @@ def test_stages_run_as_an_ordered_list_with_one_step_count_each(mode, names, def
     from parscale_ear.hybrid import STAGE_LISTS
 
     model = pe.create_model("tiny-32", mode=mode).eval()
-    assert [s.name for s in model.hybrid.stage_list] == names == list(model.hybrid.stages)
-    assert model.hybrid.stage_list == STAGE_LISTS[mode]
-    assert model.resolve_steps(None) == default and model.hybrid.default_steps() == default
-    assert model.resolve_steps(3) == (3,) + default[1:]
+    assert [s.name for s in model.generator.stage_list] == names == list(model.generator.stages)
+    assert model.generator.stage_list == STAGE_LISTS[mode]
+    assert model.resolve_steps(None) == default and model.generator.default_steps() == default
+    assert model.resolve_steps(3) == (3,) * len(default)  # an int: that many steps in every stage
     with pytest.raises(ValueError, match="one per stage"):
-        model.hybrid.sample(model.draw_noise([0]), None, (1,) * (len(names) + 1))
+        model.generator.sample(model.draw_noise([0]), None, (1,) * (len(names) + 1))
     latents = torch.randn(2, 4, 16, 16)
-    tokens = model.hybrid.tokens(latents)  # the stages' parts add up to the latents again
-    rebuilt = sum(model.hybrid._latents_part(s, tokens[s.name]) for s in model.hybrid.stage_list)
+    tokens = model.generator.tokens(latents)  # the stages' parts add up to the latents again
+    rebuilt = sum(model.generator._latents_part(s, tokens[s.name]) for s in model.generator.stage_list)
     torch.testing.assert_close(rebuilt, latents)
+
+
+def test_a_new_generator_plugs_into_the_pipeline():
+    """Anything that implements LatentGenerator samples, times and gives the training step its loss through the
+    pipeline without a line of the pipeline knowing it: a one-stage toy whose latents are its scaled x_1."""
+    import dataclasses
+    from typing import ClassVar
+
+    from torch import nn
+
+    from parscale_ear.evaluation.benchmark import profile_latency
+    from parscale_ear.latent_generator import LatentGenerator
+    from parscale_ear.model_config import ModelConfig
+
+    @dataclasses.dataclass
+    class ToyConfig:
+        steps: int = 3
+
+    class Toy(LatentGenerator):
+        config_class = ToyConfig
+
+        def __init__(self, config, latent_shape, num_classes):
+            super().__init__(config, latent_shape, num_classes)
+            self.scale = nn.Parameter(torch.ones(()))
+
+        stages = property(lambda self: {"toy": self})
+        default_steps = lambda self: (self.config.steps,)  # noqa: E731
+        draw = lambda self, g: {"toy": {"x1": torch.randn(self.latent_shape, generator=g)}}  # noqa: E731
+        draw_batch = lambda self, b, device, dtype, g=None: {  # noqa: E731
+            "toy": {"x1": torch.randn(b, *self.latent_shape, generator=g, device=device, dtype=dtype)}}
+        stage_passes = lambda self, name, steps, temperature, solver: steps  # noqa: E731
+        latents = lambda self, outputs: outputs["toy"]  # noqa: E731
+        fit_token_scales = lambda self, latents: {}  # noqa: E731
+
+        def sample_stage(self, name, noise, labels, steps, cfg, temperature, solver, earlier):
+            return noise["toy"]["x1"] * temperature * self.scale / steps
+
+        def loss(self, latents, labels=None, pairs=None):
+            loss = (self.scale * latents).pow(2).mean()
+            return {"toy": loss, "loss": loss}
+
+    @dataclasses.dataclass
+    class ToyModelConfig(ModelConfig):
+        GENERATOR: ClassVar[str] = "toy"
+        GENERATOR_CLASS: ClassVar[type] = Toy
+        WHAT: ClassVar[str] = "toy model"
+        toy: ToyConfig = dataclasses.field(default_factory=ToyConfig)
+
+    model = pe.ParScaleEAR(ToyModelConfig(vae=pe.get_config("tiny-32-flow").vae, temperature=0.5)).eval()
+    a = model.generate(3, seed=4, batch_size=2)
+    assert a.shape == (3, 1, 32, 32) and torch.equal(model.generate(1, seed=6), a[2:])
+    noise = model.draw_noise([4])
+    want = model.vae.decode(noise["toy"]["x1"] * 0.5 / 3).clamp(-1, 1)
+    torch.testing.assert_close(a[:1], want)
+    whole = model.generate(3, seed=4, batch_size=3)
+    assert torch.equal(model.compile_sampler(3)(seed=4), whole) and model.resolve_steps(2) == (2,)
+    torch.testing.assert_close(whole, a)
+    assert model.num_parameters()["generator.toy"] == 1
+    rows = profile_latency(model, batch_sizes=(2,), runs=1, warmup=0)
+    assert [r["name"] for r in rows] == ["encode", "generate.toy (3 steps)", "decode", "end_to_end"]
+    with pytest.raises(ValueError, match="one stage"):
+        model.generate(1, steps=(1, 1))
+    from parscale_ear.train import GeneratorStep
+
+    losses = GeneratorStep(model.generator)(torch.ones(2, 4, 16, 16), None)
+    losses["loss"].backward()
+    assert model.generator.scale.grad == 2.0

@@ -83,7 +83,7 @@ def test_sample_cli_with_any_labels_and_steps_is_an_image_or_one_line(labels, st
 @pytest.fixture(scope="module")
 def release(tmp_path_factory):
     torch.manual_seed(0)
-    return pe.create_model("tiny-32").save_pretrained(tmp_path_factory.mktemp("rel") / "tiny")
+    return pe.create_model("tiny-32-flow").save_pretrained(tmp_path_factory.mktemp("rel") / "tiny")
 
 
 @pytest.fixture(scope="module")

@@ -66,10 +66,10 @@ def test_schedule_settings_are_parsed_applied_and_restored():
     torch.manual_seed(0)
     model = perturb_(pe.create_model("tiny-32-flow", hybrid={"coarse": v_stage(), "fine": v_stage()})).eval()
     with quality.stage_settings(model, s[0].settings):
-        assert model.hybrid.fine.config.solver == "heun" and model.hybrid.coarse.config.solver == "euler"
-        assert model.hybrid.fine.config.max_steps == model.hybrid.coarse.config.max_steps == 6
+        assert model.generator.fine.config.solver == "heun" and model.generator.coarse.config.solver == "euler"
+        assert model.generator.fine.config.max_steps == model.generator.coarse.config.max_steps == 6
         with_settings = model.generate(2, steps=(2, 2), temperature=0.0)
-    assert model.hybrid.fine.config.solver == "euler" and model.hybrid.coarse.config.max_steps == 4
+    assert model.generator.fine.config.solver == "euler" and model.generator.coarse.config.max_steps == 4
     assert not torch.allclose(with_settings, model.generate(2, steps=(2, 2), temperature=0.0))
     with pytest.raises(ValueError, match="no stage 'middle'"):
         with quality.stage_settings(model, {"middle.solver": "heun"}):
@@ -77,7 +77,7 @@ def test_schedule_settings_are_parsed_applied_and_restored():
     ref = fid.statistics(np.random.default_rng(0).normal(size=(40, 8)))
     rows = quality.evaluate_schedules(model, s, 6, {"train": ref}, StandIn())
     assert rows[0]["settings"] == s[0].settings and "settings" not in rows[1]
-    assert model.hybrid.fine.config.solver == "euler"  # restored after the evaluation
+    assert model.generator.fine.config.solver == "euler"  # restored after the evaluation
 
 
 def test_lower_envelope_and_curve_comparison():
@@ -99,12 +99,12 @@ def test_a_schedule_can_ask_for_the_heun_solver():
     assert s.settings == {"fine.solver": "heun"} and s.label == "steps 4+4, cfg 1, temp 0, fine.solver heun"
     model = pe.create_model("tiny-32-flow", hybrid={"coarse": v_stage(), "fine": v_stage()}).eval()
     with quality.stage_settings(model, s.settings):
-        assert model.hybrid.fine.config.solver == "heun" and quality.passes_per_image(model, s) == 4 + 7
-    assert model.hybrid.fine.config.solver == "euler" and quality.passes_per_image(model, s) == 8
+        assert model.generator.fine.config.solver == "heun" and quality.passes_per_image(model, s) == 4 + 7
+    assert model.generator.fine.config.solver == "euler" and quality.passes_per_image(model, s) == 8
     with pytest.raises(ValueError, match="solver must be 'euler' or 'heun'"):
         with quality.stage_settings(model, {"solver": "rk4"}):
             pass
-    assert model.hybrid.coarse.config.solver == "euler"  # restored after the refusal
+    assert model.generator.coarse.config.solver == "euler"  # restored after the refusal
 
 
 def test_plot_curves_writes_each_runs_lower_envelope(tmp_path):

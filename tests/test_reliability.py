@@ -40,7 +40,7 @@ def cfg(kind, data, vae_run="", steps=3, **kw):
 
 @pytest.fixture(scope="module")
 def vae(tmp_path_factory, data):
-    return train(cfg("vae", data, steps=2), tmp_path_factory.mktemp("runs") / "vae", pe.get_config("tiny-32"), progress=False)
+    return train(cfg("vae", data, steps=2), tmp_path_factory.mktemp("runs") / "vae", pe.get_config("tiny-32-flow"), progress=False)
 
 
 def test_fid_save_stats_never_replaces_a_source_or_a_foreign_file(tmp_path, capsys):
@@ -55,6 +55,8 @@ def test_fid_save_stats_never_replaces_a_source_or_a_foreign_file(tmp_path, caps
 
 
 def test_cached_latents_follow_the_data_not_only_its_size(tmp_path, vae):
+    from parscale_ear.streaming import MemoryImages
+
     model = train_mod.model_from_checkpoint(train_mod.load_checkpoint(vae))
     rng = np.random.default_rng(1)
     a = ImageData(torch.from_numpy(rng.integers(0, 255, (6, 1, 32, 32), dtype=np.uint8)), torch.arange(6) % 2,
@@ -62,10 +64,10 @@ def test_cached_latents_follow_the_data_not_only_its_size(tmp_path, vae):
     b = ImageData(torch.from_numpy(rng.integers(0, 255, (6, 1, 32, 32), dtype=np.uint8)), torch.arange(6) % 2,
                   ["x", "y"], "a")
     d = train_mod.Dist()
-    la = train_mod.cached_latents(vae, model, a, torch.device("cpu"), d)
-    lb = train_mod.cached_latents(vae, model, b, torch.device("cpu"), d)
+    la = train_mod.latent_shards(vae, model, MemoryImages(a), torch.device("cpu"), d).head(6)
+    lb = train_mod.latent_shards(vae, model, MemoryImages(b), torch.device("cpu"), d).head(6)
     assert not torch.equal(la, lb)  # the same size, other images: encoded again
-    assert torch.equal(train_mod.cached_latents(vae, model, b, torch.device("cpu"), d), lb)
+    assert torch.equal(train_mod.latent_shards(vae, model, MemoryImages(b), torch.device("cpu"), d).head(6), lb)
 
 
 def test_a_diverged_run_stops_with_its_last_finite_checkpoint(tmp_path, data, vae, capsys):
@@ -164,6 +166,7 @@ def broken(tmp_path_factory, data, vae):
     root = tmp_path_factory.mktemp("broken")
     gen = train(cfg("generator", data, str(vae), steps=2), root / "gen", progress=False)
     assert main(["export", "--run", str(gen), "--out", str(root / "rel")]) == 0
+    pe.create_model("tiny-32").save_pretrained(root / "mar")  # MAR stages: no flow solver
     ckpt = torch.load(gen / CHECKPOINT, weights_only=True)
     # the structure checks below are those a checkpoint whose digest was recomputed after an edit meets
     for key in ("ema", "vae", "train", "optimizer", "model"):
@@ -220,10 +223,11 @@ BAD_CLI = [  # (argv with {root} and {vae}, a part of the one-line message)
     (["train", "--vae", "{vae}", "--steps", "2", "--out", "{tmp}/g", "--set", "hybrid.coarse.class_dropout=-3", *CPU],
      "class_dropout must be in [0, 1]"),
     (["train", "--vae", "{vae}", "--steps", "2", "--out", "{tmp}/g", "--device", "cpu:5", "--batch-size", "8"],
-     "expected cpu, cuda or cuda:N"),
+     "--device: expected 'cpu', 'cuda' or 'cuda:N'"),
     (["train", "--vae", "{vae}", "--steps", "2", "--out", "{tmp}/g", "--batch-size", "1000", "--device", "cpu",
       "--no-progress"], "exceeds the 24 training items"),
-    (["sample", "--ckpt", "{root}/rel", "--n", "2", "--solver", "euler", "--out", "{tmp}/o.png"], "take no flow solver"),
+    (["sample", "--ckpt", "{root}/mar", "--n", "2", "--solver", "euler", "--out", "{tmp}/o.png"], "take no flow solver"),
+    (["sample", "--ckpt", "{root}/rel", "--n", "2", "--solver", "heun", "--out", "{tmp}/o.png"], "needs a flow stage with a mean head"),
     (["sample", "--ckpt", "{root}/rel", "--n", "2", "--out", ""], "got an empty path"),
     (["sample", "--ckpt", "{root}/rel", "--n", "2", "--out", "{tmp}/out/.png"], "a grid needs a file name"),
     (["train", "--vae", "{vae}", "--steps", "2", "--out", "{tmp}/g", "--peer", "dit-s", "--streams", "2", *CPU],

@@ -153,6 +153,7 @@ def test_a_run_folder_in_use_refuses_a_second_training(tmp_path, data, capsys):
         holder.wait()
     assert main(["train-vae", "--preset", "tiny-32", "--data", data, "--steps", "1", "--out", str(out), "--no-samples",
                  *CPU]) == 0  # the lock dies with its process
+    assert not (out / LOCK_NAME).exists()  # a run removes its lock file when it ends
 
 
 # ---------------------------------------------------------------------------- resume keeps the run's own

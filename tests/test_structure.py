@@ -40,7 +40,7 @@ def _package_imports(module: str) -> set[str]:
     return {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module}
 
 
-@pytest.mark.parametrize("module", ["generator", "energy_flow", "energy_head"])
+@pytest.mark.parametrize("module", ["stage", "generator", "energy_flow", "energy_head"])
 def test_the_generators_and_the_energy_score_do_not_import_the_vae(module):
     assert not _package_imports(module) & {"vae", "vae_objective"}
 
@@ -200,19 +200,42 @@ def test_peer_budget_is_the_generator_runs_minutes(tmp_path):
     assert peer.budget_minutes(SimpleNamespace(minutes=None, gen_run=str(tmp_path / "release"))) == 4.0  # no metrics
 
 
-def test_every_module_is_short_and_every_function_shorter():
-    """One concept a file: no package module over 350 lines, no function over 60."""
+def _script_body_lines(tree) -> int:
+    """Lines of the code a module runs at its top level outside functions and classes (a script's main body): every
+    statement but imports, definitions, the docstring and CONSTANT = ... assignments."""
     import ast
 
-    root = Path(__file__).resolve().parent.parent / "parscale_ear"
+    lines = 0
+    for i, node in enumerate(tree.body):
+        if isinstance(node, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            continue
+        if i == 0 and isinstance(node, ast.Expr) and isinstance(getattr(node, "value", None), ast.Constant):
+            continue  # the docstring
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        if targets and all(isinstance(t, ast.Name) and t.id.isupper() for t in targets):
+            continue
+        lines += node.end_lineno - node.lineno + 1
+    return lines
+
+
+@pytest.mark.parametrize("folder", ["parscale_ear", "ci", "experiments"])
+def test_every_module_is_short_and_every_function_shorter(folder):
+    """One concept a file: no module of the package, ci/ or experiments/ over 350 lines, no function over 60, and no
+    script running more than 60 lines outside its functions (its `__main__` block included)."""
+    import ast
+
+    root = Path(__file__).resolve().parent.parent / folder
     long_modules, long_functions = [], []
     for path in sorted(root.rglob("*.py")):
         text = path.read_text()
         if len(text.splitlines()) > 350:
             long_modules.append(f"{path.relative_to(root)} ({len(text.splitlines())} lines)")
-        for node in ast.walk(ast.parse(text)):
+        tree = ast.parse(text)
+        for node in ast.walk(tree):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 60:
                 long_functions.append(f"{path.relative_to(root)}:{node.name} ({node.end_lineno - node.lineno + 1})")
+        if _script_body_lines(tree) > 60:
+            long_functions.append(f"{path.relative_to(root)}: its top level ({_script_body_lines(tree)} lines)")
     assert not long_modules and not long_functions, (long_modules, long_functions)
 
 
@@ -337,3 +360,18 @@ def test_documents_cite_paths_that_exist():
                 if not any((base / path).exists() or list(base.glob(path)) for base in (root, package)):
                     missing.append(f"{doc.name}: {path}")
     assert not missing, missing
+
+
+def test_evaluation_scores_and_never_trains():
+    """evaluation/ imports nothing of train/ (nor the training harness); a run that trains then scores is the
+    harness's (harness.py), above both."""
+    import ast
+
+    root = Path(__file__).resolve().parent.parent / "parscale_ear"
+    for path in sorted((root / "evaluation").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        names = {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        names |= {a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
+        bad = {n for n in names if n.lstrip(".").removeprefix("parscale_ear.").split(".")[0] in ("train", "harness")}
+        assert not bad, (path.name, bad)
+    assert "train" in _package_imports("harness")

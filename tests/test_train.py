@@ -42,7 +42,7 @@ def losses(run: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def vae_run(tmp_path_factory, npz_data):
     out = tmp_path_factory.mktemp("runs") / "vae"
-    train(cfg("vae", npz_data), out, pe.get_config("tiny-32"), progress=False)
+    train(cfg("vae", npz_data), out, pe.get_config("tiny-32-flow"), progress=False)
     return out
 
 
@@ -142,11 +142,11 @@ def test_batch_indices_shard_a_global_batch():
 
 def test_param_groups_put_the_head_at_a_quarter_rate_without_decay():
     model = pe.create_model("tiny-32")
-    groups = train_mod.param_groups(model.hybrid, TrainConfig())
+    groups = train_mod.param_groups(model.generator, TrainConfig())
     head = [g for g in groups if g["lr_ratio"] == 0.25][0]
-    head_ids = {id(p) for n, p in model.hybrid.named_parameters() if ".head." in f".{n}"}
+    head_ids = {id(p) for n, p in model.generator.named_parameters() if ".head." in f".{n}"}
     assert {id(p) for p in head["params"]} == head_ids and head["weight_decay"] == 0
-    assert sum(len(g["params"]) for g in groups) == len(list(model.hybrid.parameters()))
+    assert sum(len(g["params"]) for g in groups) == len(list(model.generator.parameters()))
 
 
 def test_latency_profile_on_cpu():
@@ -252,17 +252,16 @@ def test_no_samples_and_sampling_time_stays_out_of_the_training_clock(tmp_path, 
 def test_train_for_minutes_fits_the_steps_to_the_budget_in_the_run_itself(tmp_path, vae_run):
     """The fixed-budget harness: one run measures its rate during its warm-up, sets its step count so
     the cosine decay ends at the budget, records the plan in run.json, and stops inside max_minutes."""
-    from parscale_ear.evaluation import quality
+    from parscale_ear.harness import train_for_minutes
     from parscale_ear.presets import recipe_config
 
     vae_config = pe.ParScaleEARConfig.from_dict(load_checkpoint(vae_run)["config"])
     config = recipe_config("tiny-32-flow", vae_config)
     assert config.name == "tiny-32-flow" and config.vae == vae_config.vae and config.hybrid.coarse.kind == "flow"
     budget = 0.25  # minutes (a loaded 2-core machine runs a tiny step in ~0.5 s)
-    done = quality.train_for_minutes(config, vae_run, budget, tmp_path / "run", "cpu", warmup_steps=14, batch_size=8,
-                                     lr=1e-3)
+    done = train_for_minutes(config, vae_run, budget, tmp_path / "run", "cpu", warmup_steps=14, batch_size=8, lr=1e-3)
     run = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert run["fitted"]["at_step"] == 14 and run["fitted"]["steps_per_s"] > 0
+    assert run["plans"][0]["at_step"] == 14 and run["fitted"]["steps_per_s"] > 0 and run["plans"][-1] == run["fitted"]
     assert done["planned_steps"] == run["fitted"]["steps"] == run["train"]["steps"] >= 28  # at least 2x the warm-up
     assert 14 < done["step"] <= done["planned_steps"] and done["wall_s"] < budget * 60 + 30
     ckpt = load_checkpoint(tmp_path / "run")
@@ -328,8 +327,13 @@ def test_fit_steps_to_budget_changes_nothing_before_the_warm_up_ends(tmp_path, n
     train(TrainConfig(steps=10**6, max_minutes=0.25, fit_steps_to_budget=True, **common), tmp_path / "fit", progress=False)
     plain, fit = losses(tmp_path / "plain"), losses(tmp_path / "fit")
     assert strip_timing(fit[:14]) == strip_timing(plain[:14])
-    steps = json.loads((tmp_path / "fit" / "run.json").read_text())["train"]["steps"]
+    run = json.loads((tmp_path / "fit" / "run.json").read_text())
+    steps = run["train"]["steps"]
     assert 28 <= steps < 10**6 and fit[-1]["step"] <= steps
+    # a second plan a fifth of the way on, from the rate measured since the warm-up's end; the run follows it
+    first, second = run["plans"]
+    assert first["at_step"] == 14 and second["at_step"] == 14 + max(14, (first["steps"] - 14) // 5)
+    assert second["steps"] == steps == run["fitted"]["steps"]
 
     cfg = TrainConfig(kind="generator", steps=10**6, warmup_steps=100, max_minutes=1.0, fit_steps_to_budget=True)
     assert train_mod.fitted_steps(100, 10.0, 30.0, cfg) == 100 + int(10.0 * 30.0 * 0.98)

@@ -9,23 +9,23 @@ trained with one of two objectives and sampled with the matching few-step sample
   Each block's conditioning embeds t as DiT does plus t - r through a second, zero-initialised timestep
   embedder (`_TwoTimeEmbedding`), so at initialisation the network is the flow peer's.
 
-A peer is a model of its own (`PeerConfig`, `PeerModel`; presets "dit-s", "dit-b", "meanflow-s"): the project's
-LiteVAE with a DiT where ParScale-EAR has its coarse/fine stages (same `loss`, `sample`, `stages`,
-`fit_token_scales`), so training, EMA, resume, DDP, per-image seeds, decoding and FID are shared.
+A peer is a generator beside ParScale-EAR's coarse/fine hybrid: a LatentGenerator (latent_generator.py) on the
+project's LiteVAE, its model config a `PeerConfig` (model_config.py; presets "dit-xs", "dit-s", "dit-b",
+"meanflow-s"), so training, EMA, resume, DDP, per-image seeds, decoding and FID are shared.
 Needs the optional `diffusers` package (`pip install 'parscale-ear[baselines]'`).
 """
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..checks import check_field_types, check_int, check_real
-from ..pipeline import ParScaleEAR, check_model_config
+from ..guidance import check_guidance, guided
+from ..latent_generator import LatentGenerator, Noise
+from ..meanflow import interval, meanflow_loss
 from ..solvers import check_solver, euler_step, heun_step, solver_passes, time_grid
-from ..vae import LiteVAEConfig
 
 OBJECTIVES = ("flow", "meanflow")
 
@@ -77,44 +77,6 @@ PEERS = {  # DiT sizes (Peebles & Xie, Table 1); the latent and patch 2 follow t
 }
 
 
-@dataclass
-class PeerConfig:
-    """A peer model: a DiT (`dit`) on the latents of the project's LiteVAE (`vae`), with its sampling defaults."""
-
-    name: str = "dit-s"
-    num_classes: int = 10  # 0 = unconditional
-    vae: LiteVAEConfig = field(default_factory=LiteVAEConfig)
-    dit: DiTConfig = field(default_factory=DiTConfig)
-    cfg: float = 1.0  # default classifier-free guidance scale for `generate`
-    temperature: float = 1.0  # scales x_1 (1 = the model's distribution)
-
-    def __post_init__(self):
-        check_model_config(self, "dit", DiTConfig)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "PeerConfig":
-        """The peer a dict of its fields describes; a 0.2 peer config (ParScale-EAR's fields with `dit` set) too."""
-        d = {k: v for k, v in d.items() if k != "hybrid"}  # 0.2 stored the unused hybrid beside the DiT
-        try:
-            return cls(**d)
-        except TypeError as e:  # unknown or missing keys
-            raise ValueError(f"config does not describe a peer model: {e}") from None
-
-
-class PeerModel(ParScaleEAR):
-    """The pipeline of a peer: LiteVAE + a DiT in the generator's place; sampling, saving and scoring as ParScaleEAR."""
-
-    def __init__(self, config: PeerConfig | None = None):
-        super().__init__(config or PeerConfig())
-
-    @staticmethod
-    def make_generator(cfg: PeerConfig) -> nn.Module:
-        return DiTBaseline(cfg.dit, cfg.vae.latent_shape, cfg.num_classes)
-
-
 def _diffusers():
     try:
         import diffusers  # noqa: F401
@@ -145,17 +107,17 @@ class _TwoTimeEmbedding(nn.Module):
         return self.base(t, class_labels, hidden_dtype=hidden_dtype) + extra
 
 
-class DiTBaseline(nn.Module):
-    """x_t = (1 - t) x0 + t eps with a DiT predicting v = eps - x0 (flow) or u(x_t, r, t) (meanflow); one
-    stage named 'dit'."""
+class DiTBaseline(LatentGenerator):
+    """x_t = (1 - t) x0 + t eps with a DiT predicting v = eps - x0 (flow) or u(x_t, r, t) (meanflow); a
+    LatentGenerator of one stage named 'dit', whose noise is x_1 on the latent grid."""
+
+    config_class = DiTConfig
 
     def __init__(self, config: DiTConfig, latent_shape: tuple[int, int, int], num_classes: int):
-        super().__init__()
-        self.config = config
+        super().__init__(config, latent_shape, num_classes)
         C, g, _ = latent_shape
         if g % config.patch_size:
             raise ValueError(f"DiTBaseline: latent grid {g} is not divisible by patch_size {config.patch_size}")
-        self.latent_shape, self.num_classes = (C, g, g), num_classes
         DiTTransformer2DModel, _, _ = _diffusers()
         # num_embeds_ada_norm = classes; diffusers adds the null class (index num_classes) and drops
         # labels with probability 0.1 in training mode, as DiT does for CFG.
@@ -171,7 +133,7 @@ class DiTBaseline(nn.Module):
         self.register_buffer("latent_std", torch.ones(()))
         self.num_tokens = (g // config.patch_size) ** 2
 
-    # the interface the pipeline and the training loop use ---------------------------------
+    # the LatentGenerator's parts ---------------------------------------------------------------
     @property
     def stages(self) -> dict[str, nn.Module]:
         return {"dit": self}
@@ -186,12 +148,16 @@ class DiTBaseline(nn.Module):
         self.latent_std.fill_(std)
         return {"dit": std.item()}
 
-    def draw(self, generator: torch.Generator) -> tuple[torch.Tensor]:
-        """One image's randomness: x_1 (C, g, g)."""
-        return (torch.randn(self.latent_shape, generator=generator),)
+    def draw(self, generator: torch.Generator) -> Noise:
+        """One image's noise: x_1 (C, g, g)."""
+        return {"dit": {"x1": torch.randn(self.latent_shape, generator=generator)}}
 
-    def draw_batch(self, batch: int, device, dtype, generator: torch.Generator | None = None) -> tuple[torch.Tensor]:
-        return (torch.randn(batch, *self.latent_shape, generator=generator, device=device, dtype=dtype),)
+    def draw_batch(self, batch: int, device, dtype, generator: torch.Generator | None = None) -> Noise:
+        return {"dit": {"x1": torch.randn(batch, *self.latent_shape, generator=generator, device=device, dtype=dtype)}}
+
+    def stage_passes(self, name: str, steps: int, temperature: float, solver: str | None) -> int:
+        """Network evaluations per image of `steps` solver steps (Euler: one a step; Heun: two but on the last)."""
+        return solver_passes(steps, self.check_solver(solver))
 
     def velocity(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, r: torch.Tensor | None = None) -> torch.Tensor:
         """The network at x_t (B, C, g, g), t (B,) in [0, 1]: v (flow), or u over [r, t] (meanflow; r (B,),
@@ -210,16 +176,17 @@ class DiTBaseline(nn.Module):
         c = self.config
         return torch.sigmoid(c.logit_normal_mean + c.logit_normal_std * torch.randn(batch, device=device))
 
-    def loss(self, latents: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def loss(self, latents: torch.Tensor, labels: torch.Tensor | None = None,
+             pairs: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        if pairs is not None:
+            raise ValueError("a DiT peer trains on latents, not on a teacher's pairs")
         x0 = latents / self.latent_std
         B = x0.shape[0]
         c = self.config
         labels = self._labels(labels, B, x0.device)
         t = self._times(B, x0.device)
         if c.objective == "meanflow":  # (r, t): two draws, t the larger; r = t (flow matching) but for a share
-            s = self._times(B, x0.device)
-            t, r = torch.maximum(t, s), torch.minimum(t, s)
-            r = torch.where(torch.rand_like(t) < c.meanflow_ratio, r, t)
+            t, r = interval(t, self._times(B, x0.device), c.meanflow_ratio)
         eps = torch.randn_like(x0)
         x_t = (1 - t.view(-1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1) * eps
         v = eps - x0
@@ -231,45 +198,24 @@ class DiTBaseline(nn.Module):
 
     def _meanflow_loss(self, x_t: torch.Tensor, v: torch.Tensor, t: torch.Tensor, r: torch.Tensor,
                        labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """MeanFlow's loss: ||u(x_t, r, t) - sg(v - (t - r) du/dt)||^2 with du/dt = v . d_x u + d_t u (one JVP
-        along (v, 0, 1)), each example weighted by sg(1 / (||err||^2 + eps)^p); and, to log, the unweighted
-        error per latent element."""
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
-        c = self.config
-
-        def u(x, tt, rr):
-            return self.velocity(x, tt, labels, rr)
-
-        with sdpa_kernel(SDPBackend.MATH):  # the fused attention kernels have no forward-mode derivative
-            out, dudt = torch.func.jvp(u, (x_t, t, r), (v, torch.ones_like(t), torch.zeros_like(r)))
-        target = (v - (t - r).view(-1, 1, 1, 1) * dudt).detach()
-        err = (out.float() - target.float()).pow(2).flatten(1).sum(1)  # (B,)
-        weight = (err.detach() + c.loss_eps).pow(-c.loss_power)
-        return (weight * err).mean(), err.detach().mean() / out[0].numel()
+        """MeanFlow's loss (meanflow.py) of the network's u over [r, t], and the unweighted error to log."""
+        return meanflow_loss(lambda x, tt, rr: self.velocity(x, tt, labels, rr), x_t, v, t, r, self.config.loss_power,
+                             self.config.loss_eps)
 
     def _guided(self, x, t, labels, cfg, r=None):
         B = x.shape[0]
         tt = torch.full((B,), t, device=x.device, dtype=x.dtype)
         extra = () if r is None else (torch.full((B,), r, device=x.device, dtype=x.dtype),)  # meanflow's r
-        if cfg == 1.0:
-            return self.velocity(x, tt, labels, *extra)
-        null = torch.full_like(labels, self.num_classes)
-        v_c, v_u = self.velocity(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([labels, null]),
-                                 *(torch.cat([a, a]) for a in extra)).chunk(2)
-        return v_u + cfg * (v_c - v_u)
+        return guided(lambda y, x, tt, *r: self.velocity(x, tt, y, *r), labels, self.num_classes, cfg, x, tt, *extra)
 
-    @torch.no_grad()
-    def sample(self, noise: dict, labels: torch.Tensor | None = None, steps: tuple[int, int] | None = None,
-               cfg: float = 1.0, temperature: float = 1.0, solver: str | None = None) -> torch.Tensor:
-        """Latents (B, C, g, g) from x_1 = noise['dit'][0] in `steps[-1]` steps: Euler or Heun steps of the
-        flow (`solver`, default the config's), or MeanFlow's z_r = z_t - (t - r) u(z_t, r, t);
-        temperature scales x_1 (1 = the model's distribution)."""
+    def sample_stage(self, name: str, noise: Noise, labels: torch.Tensor | None, steps: int, cfg: float,
+                     temperature: float, solver: str | None, earlier: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Normalised latents (B, C, g, g) from x_1 = noise['dit']['x1'] in `steps` steps: Euler or Heun steps of the
+        flow (`solver`, default the config's), or MeanFlow's z_r = z_t - (t - r) u(z_t, r, t); temperature scales
+        x_1 (1 = the model's distribution)."""
         heun = self.check_solver(solver) == "heun"
-        (x,) = noise["dit"]
-        steps = (steps or self.default_steps())[-1]
-        if cfg != 1.0 and self.num_classes == 0:
-            raise ValueError("cfg != 1 needs a class-conditional model; this one is unconditional")
+        x = noise["dit"]["x1"]
+        check_guidance(cfg, self.num_classes)
         labels = self._labels(labels, x.shape[0], x.device)
         meanflow = self.config.objective == "meanflow"
         times = time_grid(steps, self.config.time_shift)
@@ -279,15 +225,12 @@ class DiTBaseline(nn.Module):
             v = self._guided(x, t, labels, cfg, t_next if meanflow else None)
             if heun and t_next > 0:
                 x = heun_step(x, v, t, t_next, lambda y, s: self._guided(y, s, labels, cfg))
-            else:
+            else:  # an Euler step of v, or MeanFlow's z_r = z_t - (t - r) u
                 x = euler_step(x, v, t, t_next)
-        return x * self.latent_std
+        return x
 
-    def passes(self, steps: int, temperature: float = 0.0, solver: str | None = None) -> int:
-        """Network evaluations per image for `steps` solver steps (an int, or the per-stage tuple whose last
-        entry is the DiT's), without CFG's doubling."""
-        steps = steps[-1] if isinstance(steps, (tuple, list)) else steps
-        return solver_passes(steps, self.check_solver(solver))
+    def latents(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return outputs["dit"] * self.latent_std
 
     def check_solver(self, solver: str | None = None) -> str:
         """The solver a call uses: `solver`, else the config's (checked; a meanflow peer has only its own)."""

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..fast import _capture
+from ..guidance import mix
 from ..pipeline import ParScaleEAR
 
 
@@ -116,21 +117,16 @@ def _parts(model: ParScaleEAR, sampler, B: int, solver: str | None) -> list[tupl
                 return fn()
         return run
 
+    generator = model.generator
     with torch.no_grad(), amp:
-        latents = model.hybrid.sample(noise, labels, sampler.steps, sampler.cfg, sampler.temperature, solver)
+        latents = generator.sample(noise, labels, sampler.steps, sampler.cfg, sampler.temperature, solver)
     parts = [("encode", under_amp(lambda: model.vae.encode(images)))]
-    if hasattr(model.config, "dit"):  # a peer: one stage, its own solver
-        parts.append((f"generate.dit ({sampler.steps[-1]} steps)", under_amp(
-            lambda: model.hybrid.sample(noise, labels, sampler.steps, sampler.cfg, sampler.temperature, solver))))
-    else:  # each stage of the hybrid's list, in order, on the previous stages' outputs
-        hybrid, outputs = model.hybrid, {}
-        for st, k in zip(hybrid.stage_list, sampler.steps):
-            ctx = hybrid.context(outputs[st.context]) if st.context else None
-            stage = hybrid.stages[st.name]
-            run = under_amp(lambda stage=stage, name=st.name, k=k, ctx=ctx: stage.sample(
-                *noise[name], labels, k, sampler.cfg, sampler.temperature, ctx, solver=solver))
-            outputs[st.name] = run()
-            parts.append((f"generate.{st.name} ({k} steps)", run))
+    outputs = {}  # each stage in order, on the earlier stages' outputs
+    for name, k in zip(generator.stages, sampler.steps):
+        run = under_amp(lambda name=name, k=k, earlier=dict(outputs): generator.sample_stage(
+            name, noise, labels, k, sampler.cfg, sampler.temperature, solver, earlier))
+        outputs[name] = run()
+        parts.append((f"generate.{name} ({k} steps)", run))
     return parts + [("decode", under_amp(lambda: sampler.decode(latents))), ("end_to_end", sampler)]
 
 
@@ -168,7 +164,7 @@ def time_dit_xl(batch: int, device: torch.device, steps: int = 250, cfg: float =
     @torch.no_grad()
     def step():
         out = dit(x.repeat(rows, 1, 1, 1), timestep=t, class_labels=labels, return_dict=False)[0][:, :4]
-        guided = out if rows == 1 else out[batch:] + cfg * (out[:batch] - out[batch:])
+        guided = out if rows == 1 else mix(out[:batch], out[batch:], cfg)
         x.sub_(guided / steps)
 
     @torch.no_grad()

@@ -11,14 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from scipy import linalg
 from torch import nn
 from tqdm import tqdm
 
-from ..data import IMAGE_EXTENSIONS
 from .fid_weights import FEATURE_DIM, FIDWeightsError, load_inception  # noqa: F401  (load_inception: part of this API)
 from ..files import atomic_path
+from ..image_files import read_folder, read_npz
 
 MIN_RELIABLE_IMAGES = 10_000  # below this FID is strongly biased (it falls with n); 50k is the standard
 STATS_DIR = Path(__file__).resolve().parent.parent / "stats"  # parscale_ear/stats: fashion-mnist-{train,test}.npz
@@ -193,52 +192,17 @@ def resolve_source(source: str | Path) -> Path:
     return path
 
 
-def _load_image(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as image:
-            if image.mode == "P":  # palette -> RGB is lossless
-                image = image.convert("RGB")
-            if image.mode not in ("L", "RGB"):
-                raise ValueError(f"{path}: expected an L (grey) or RGB image, given mode {image.mode}")
-            array = np.asarray(image, dtype=np.uint8)
-    except ValueError:
-        raise
-    except Exception as error:  # PIL: UnidentifiedImageError, OSError (truncated), SyntaxError ...
-        raise ValueError(f"cannot read image {path}: {error}") from None
-    return array[:, :, None] if array.ndim == 2 else array  # (H, W, C)
-
-
 def load_images_source(path: str | Path) -> np.ndarray:
-    """uint8 images (N, H, W, C) from a folder of png/jpg (recursive, sorted) or an .npz."""
+    """uint8 images (N, H, W, C) of one size from an image folder (flat, or one sub-folder a class) or an .npz,
+    read by the library's one image reader (image_files.py)."""
     path = Path(path)
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
-        if not files:
-            raise ValueError(f"{path}: expected image files {IMAGE_EXTENSIONS}, found none")
-        images = [_load_image(p) for p in files]
-        shapes = {image.shape for image in images}
-        if len(shapes) != 1:
-            raise ValueError(f"{path}: expected images of one size and mode, given shapes "
-                             f"{sorted(shapes)[:4]}")
-        return np.stack(images)
+        return read_folder(path)[0]
     if not path.is_file():
         raise FileNotFoundError(f"image source not found: {path}")
     if path.suffix != ".npz":
         raise ValueError(f"expected a folder of images or an .npz, given {path}")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            key = next((k for k in ("images", "arr_0") if k in data.files), None)
-            if key is None:
-                raise ValueError(f"{path}: expected key 'images' or 'arr_0', given {sorted(data.files)}")
-            images = data[key]
-    except _READ_ERRORS as error:
-        raise ValueError(f"cannot read images {path}: {error or type(error).__name__} (truncated or damaged .npz)") from None
-    if images.dtype != np.uint8:
-        raise TypeError(f"{path}: expected uint8 images, given dtype {images.dtype}")
-    if images.ndim == 3:
-        images = images[..., None]  # (N, H, W) grey
-    channels_last, _ = _check_images(images)
-    return images if channels_last else np.ascontiguousarray(images.transpose(0, 2, 3, 1))
+    return read_npz(path)[0]
 
 
 def _is_stats_file(source) -> bool:

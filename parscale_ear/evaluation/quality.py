@@ -1,8 +1,6 @@
-"""Fixed-budget quality harness: train a named recipe (ParScale-EAR preset or the DiT peer) on a
-VAE run's latents for a fixed number of GPU-minutes, then score each sampling schedule by FID against
-the train and test statistics, network passes per image and synchronised sampling ms/image.
-
-One row per schedule; rows go to JSON and Markdown with command, commit, device and date.
+"""Scoring a trained model's sampling schedules: FID against the train and test statistics, network passes per image
+and synchronised sampling ms/image, one row per schedule; rows go to JSON and Markdown with command, commit, device
+and date, and each run's FID-vs-latency curve to a plot. Training for a budget first is harness.py's.
 """
 from __future__ import annotations
 
@@ -14,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..pipeline import ParScaleEAR, ParScaleEARConfig
+from ..pipeline import ParScaleEAR
 
 
 # stage config fields that only change sampling, settable per schedule (see `stage_settings`)
@@ -23,7 +21,7 @@ SAMPLING_FIELDS = ("max_steps", "solver")
 
 @dataclass
 class Schedule:
-    steps: object  # int (one stage / DiT) or (coarse, fine)
+    steps: object  # an int (that many in every stage) or one per stage, (coarse, fine)
     cfg: float = 1.0
     temperature: float = 1.0
     # sampling fields of the stage configs for this schedule: {"fine.solver": "heun", "max_steps": 4}
@@ -62,7 +60,7 @@ def parse_schedules(text: str) -> list[Schedule]:
 @contextmanager
 def stage_settings(model: ParScaleEAR, settings: dict):
     """Set sampling fields of the model's stage configs for the duration of the block, then restore them."""
-    stages = model.hybrid.stages
+    stages = model.generator.stages
     saved = []
     try:
         for key, value in settings.items():
@@ -85,7 +83,7 @@ def passes_per_image(model: ParScaleEAR, schedule: Schedule) -> int:
     """Backbone passes per image (the P streams of a pass run together in it); CFG doubles each."""
     steps = model.resolve_steps(schedule.steps)
     guided = 2 if schedule.cfg != 1.0 else 1
-    return model.hybrid.passes(steps, schedule.temperature) * guided  # each stage's count (a Heun stage's corrections)
+    return model.generator.passes(steps, schedule.temperature) * guided  # each stage's count (a Heun stage's corrections)
 
 
 def time_sampling(model: ParScaleEAR, schedule: Schedule, batch: int, runs: int = 50, bf16: bool = True,
@@ -138,37 +136,6 @@ def evaluate_schedules(model: ParScaleEAR, schedules: list[Schedule], n: int, re
     return rows
 
 
-def train_for_minutes(config: ParScaleEARConfig, vae_run: str | Path, minutes: float, out: str | Path, device: str,
-                      warmup_steps: int = 100, steps: int | None = None, **train_options) -> dict:
-    """Train `config` on the VAE run's latents for `minutes` of wall time, compile included: the run
-    measures its own rate during its warm-up and sets its step count there so that its cosine decay
-    ends at the budget (TrainConfig.fit_steps_to_budget), and max_minutes caps it in any case; or, with
-    `steps`, for that many steps (its wall time then is what it took).
-    `train_options` go to TrainConfig (batch_size, lr, ema_decay, head_lr_ratio, seed, compile, ...).
-    Returns the run's last metrics row with the measured rate, the planned steps and the wall seconds."""
-    from ..loading import load_checkpoint, read_metrics
-    from ..train import METRICS, RUN_CONFIG, TrainConfig, train
-
-    out = Path(out)
-    data = load_checkpoint(vae_run)["train"]["data"]
-    # steps is an upper bound until the warm-up's end sets it; the warm-up does not depend on it
-    budget = dict(steps=steps, max_minutes=0.0, fit_steps_to_budget=False) if steps else \
-        dict(steps=10**7, max_minutes=minutes, fit_steps_to_budget=True)
-    cfg = TrainConfig(kind="generator", warmup_steps=warmup_steps, log_every=20, sample_every=10**9,
-                      ckpt_every=10**9, data=data, vae_run=str(vae_run), samples=False, **budget, **train_options)
-    t0 = time.time()
-    train(cfg, out, config, device=device, progress=False)
-    wall = time.time() - t0
-    fitted = json.loads((out / RUN_CONFIG).read_text()).get("fitted", {})
-    if fitted:
-        print(f"{config.name}: {fitted['steps_per_s']:.2f} steps/s in warm-up -> {fitted['steps']} steps planned in "
-              f"{minutes} min; wall {wall:.1f} s", flush=True)
-    else:
-        print(f"{config.name}: {cfg.steps} steps; wall {wall:.1f} s", flush=True)
-    return {**read_metrics(out / METRICS)[-1], "steps_per_s": fitted.get("steps_per_s"), "planned_steps": fitted.get("steps"),
-            "wall_s": wall}
-
-
 def lower_envelope(rows: list[dict], batch: int, key: str = "fid_train") -> list[tuple[float, float]]:
     """(ms/image, FID) points of the best FID reached at or below each latency: a run's FID-vs-latency curve
     over its schedules, from the rows of `evaluate_schedules` timed at `batch`."""
@@ -181,12 +148,14 @@ def lower_envelope(rows: list[dict], batch: int, key: str = "fid_train") -> list
 
 
 def plot_curves(rows: dict[str, list[dict]], path: str | Path, batch: int, key: str = "fid_train") -> dict:
-    """Plot each run's FID-vs-latency curve (`lower_envelope` at `batch`) into `path`; returns the curves."""
-    from ..plots import line_plot
+    """Plot each run's FID-vs-latency curve (`lower_envelope` at `batch`) into `path` (plots.cost_plot); returns the
+    curves."""
+    from ..plots import cost_plot
 
     curves = {name: lower_envelope(r, batch, key) for name, r in rows.items()}
-    line_plot(path, {name: tuple(map(list, zip(*c))) for name, c in curves.items()}, ylabel="FID-10k (train)",
-              xlabel=f"ms per image (batch {batch})", log_x=True, title=f"FID-10k vs sampling cost, batch {batch}")
+    cost_plot(path, {name: [{"cost": ms, "score": fid} for ms, fid in c] for name, c in curves.items()},
+              xlabel=f"ms per image (batch {batch})", ylabel="FID-10k (train)",
+              title=f"FID-10k vs sampling cost, batch {batch}")
     return curves
 
 

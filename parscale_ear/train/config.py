@@ -34,12 +34,15 @@ class TrainConfig:
     compile: bool = False
     max_minutes: float = 0.0  # stop (and checkpoint) after this wall time; 0 = no limit
     # with max_minutes: at the end of warm-up, set `steps` from the rate measured during warm-up so the
-    # cosine decay ends at the budget (the warm-up is the same for any total, so nothing changes before)
+    # cosine decay ends at the budget (the warm-up is the same for any total, so nothing changes before), and set them
+    # again a fifth of the way on from the rate measured after the warm-up
     fit_steps_to_budget: bool = False
     data: str = "fashion-mnist"
     vae_run: str = ""  # generator runs: the VAE run folder
     kl_weight: float = 1e-6
     max_images: int = 0  # train on the first N images only (quick runs); 0 = all
+    workers: int = -1  # DataLoader worker processes per rank reading streamed images; -1: up to 8, the CPUs per rank
+    max_unreadable: float = 0.01  # stop once more than this fraction of the images read could not be read
     samples: bool = True  # sample grids (and the loss plot) every sample_every steps and at the end
     # generator runs: start from this release or run folder's generator weights ("default": the embedded model);
     # new modules keep their initialisation
@@ -63,6 +66,10 @@ class TrainConfig:
         if self.seed >= MAX_SEED:
             raise ValueError(f"TrainConfig.seed (--seed): expected an int below 2**32, got {self.seed}")
         check_real(self.lr, "TrainConfig.lr (--lr)", minimum=0.0, inclusive=False)
+        check_int(self.workers, "TrainConfig.workers (--workers)", minimum=-1)
+        check_real(self.max_unreadable, "TrainConfig.max_unreadable (--max-unreadable)", minimum=0.0)
+        if self.max_unreadable > 1:
+            raise ValueError(f"TrainConfig.max_unreadable (--max-unreadable): expected a fraction in [0, 1], got {self.max_unreadable}")
         check_real(self.max_minutes, "TrainConfig.max_minutes (--max-minutes)", minimum=0.0)
         check_real(self.ema_decay, "TrainConfig.ema_decay (--ema-decay)", minimum=0.0)
         if not self.ema_decay < 1:

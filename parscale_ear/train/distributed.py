@@ -1,12 +1,19 @@
-"""One loop for 1..N GPUs (DDP through torchrun) and the CPU: the process's rank, the seeded data order of each
-rank and each step's seed, so `--resume` and any number of GPUs draw exactly what an uninterrupted run would."""
+"""One loop for 1..N processes on one or many nodes (DDP through torchrun: `--nproc_per_node G`, and `--nnodes N
+--rdzv-backend c10d --rdzv-endpoint HOST:PORT` across nodes) and the CPU: the process's rank, the seeded data order of
+each rank and each step's seed, so `--resume` and any number of GPUs draw the global batches an uninterrupted run
+would."""
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+# Collectives wait this long: ranks meet after each encodes its share of the latents, which can take a while
+TIMEOUT = timedelta(minutes=60)
+
 
 @dataclass
 class Dist:
@@ -20,7 +27,7 @@ class Dist:
 
 
 def setup_distributed(device: str) -> tuple[Dist, torch.device]:
-    """Initialise torch.distributed when launched by torchrun (WORLD_SIZE > 1)."""
+    """Initialise torch.distributed when launched by torchrun (WORLD_SIZE > 1): NCCL on GPUs, gloo on the CPU."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Dist(), torch.device(device)
@@ -28,10 +35,10 @@ def setup_distributed(device: str) -> tuple[Dist, torch.device]:
     if device.startswith("cuda"):
         torch.cuda.set_device(local)
         dev = torch.device("cuda", local)
-        dist.init_process_group("nccl", device_id=dev)
+        dist.init_process_group("nccl", device_id=dev, timeout=TIMEOUT)
     else:
         dev = torch.device(device)
-        dist.init_process_group("gloo")
+        dist.init_process_group("gloo", timeout=TIMEOUT)
     return Dist(rank, world, local), dev
 
 
@@ -39,8 +46,16 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + step) * 4096 + rank
 
 
+def check_batch(batch: int, d: Dist) -> None:
+    """The global batch splits evenly over the processes (one line otherwise)."""
+    if batch % d.world:
+        raise ValueError(f"--batch-size {batch} must be a multiple of the {d.world} processes (each takes an equal share)")
+
+
 def batch_indices(num_items: int, batch: int, step: int, seed: int, d: Dist) -> torch.Tensor:
-    """This rank's share of global batch `step`: epochs are seeded permutations, cut into batches."""
+    """This rank's share of global batch `step`: epochs are seeded permutations, cut into batches; the same items as
+    DistributedSampler(seed=seed * 7919, drop_last=True) at that epoch gives this rank (streaming.RankBatches), so the
+    global batch does not depend on the number of processes."""
     per_epoch = max(1, num_items // batch)
     epoch, i = divmod(step, per_epoch)
     perm = torch.randperm(num_items, generator=torch.Generator().manual_seed(seed * 7919 + epoch))

@@ -1,26 +1,49 @@
-"""What a generator trains on: the training images (a slice for quick runs), their latents under a VAE run's
-weights (cached once in that run folder, keyed by the weights and a digest of the data), the latent scale a VAE
-run measures, and a VAE run made from a release's LiteVAE."""
+"""What a generator trains on: the training images (in memory or read lazily), their latents under a VAE run's weights
+and the latent scale a VAE run measures, and a VAE run made from a release's LiteVAE.
+
+The latents are encoded once into memory-mapped shards in the VAE run folder (latents/KEY/), each rank encoding its
+share of the shards in parallel; KEY is a digest of the VAE weights and of the data's identity (its files' manifest or
+its tar shards' digests). Each shard is written atomically, its .json (count, shape, dtype, SHA-256 of its files)
+last: a killed encode resumes at the first shard without one, and a shard that fails its check is encoded again."""
 from __future__ import annotations
 
-from dataclasses import asdict
+import hashlib
+import json
+import warnings
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..data import ImageData, load_dataset
-from ..files import atomic_torch_save, prepare_output_folder, remove_stale_temporaries
+from ..files import atomic_path, atomic_torch_save, atomic_write_json, prepare_output_folder, remove_stale_temporaries
+from ..image_files import MAX_UNREADABLE, DatasetError, Unreadable
 from ..images import from_uint8
 from ..loading import CHECKPOINT, METRICS, state_digest, weights_digest
 from ..pipeline import ParScaleEAR, ParScaleEARConfig
+from ..streaming import ImageSet, loader, open_images, ordered_batches, read_images
 from .config import CHECKPOINT_VERSION, TrainConfig
 from .distributed import Dist
 
-def load_images(cfg: TrainConfig, config: ParScaleEARConfig) -> ImageData:
+LATENTS_DIR = "latents"
+SHARD_ITEMS = 4096  # images per latent shard: ranks share the shards, and a killed encode redoes at most one
+_FORMAT = 1
+
+
+def load_images(cfg: TrainConfig, config: ParScaleEARConfig) -> ImageSet:
+    """The run's training images at the model's size and channels (the first --max-images when set)."""
     v = config.vae
-    data = load_dataset(cfg.data, "train", image_size=v.image_size, channels=v.in_channels)
-    return data.subset(cfg.max_images) if 0 < cfg.max_images < len(data) else data
+    return open_images(cfg.data, v.image_size, v.in_channels, cfg.max_images)
+
+
+def with_data_classes(config, data: str, max_images: int = 0):
+    """`config` (a model config) with the classes of `data` (0 when unlabelled): a new run's model takes its data's
+    classes, not those of the dataset its preset was made for."""
+    import dataclasses
+
+    images = open_images(data, config.vae.image_size, config.vae.in_channels, max_images)
+    return config if images.num_classes == config.num_classes else dataclasses.replace(config, num_classes=images.num_classes)
 
 
 @torch.no_grad()
@@ -39,45 +62,176 @@ def encode_dataset(vae, images: torch.Tensor, device: torch.device, batch: int =
     return torch.cat(out)
 
 
-def cached_latents(vae_run: Path, model: ParScaleEAR, data: ImageData, device: torch.device, d: Dist,
-                   progress: bool = False) -> torch.Tensor:
-    """Latents of the training images under the VAE run's weights, cached once in the VAE run folder, keyed by
-    the VAE weights and the data's identity (source, size and a digest of the images): other data never reuses
-    another set's latents."""
-    path = vae_run / "latents-train.pt"
-    key = {"vae": weights_digest(model.vae), "source": data.source, "num_images": len(data),
-           "shape": list(data.images.shape), "images": _digest(data.images), "labels": _digest(data.labels)}
-    if path.exists():
-        try:
-            cache = torch.load(path, weights_only=True)
-        except Exception:  # a foreign or broken cache is rebuilt
-            cache = {}
-        if isinstance(cache, dict) and cache.get("key") == key:
-            return cache["latents"]
-    latents = None
-    if d.main:
-        remove_stale_temporaries(vae_run, (path.name,))
-        latents = encode_dataset(model.vae, data.images, device, progress=progress)
-        atomic_torch_save({"key": key, "latents": latents}, path)
+@dataclass
+class LatentSet:
+    """Latents (N, c, h, w) float32 and labels (N,) int64 (-1: unlabelled), memory-mapped shard by shard."""
+
+    latents: list[np.memmap]
+    labels: list[np.memmap]
+    skipped: int = 0  # images that could not be read, so have no latent
+
+    def __post_init__(self):
+        self.offsets = np.cumsum([0] + [len(x) for x in self.latents])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def gather(self, idx: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows `idx` (latents, labels) read through the memory maps."""
+        idx = np.asarray(idx.cpu() if isinstance(idx, torch.Tensor) else idx, dtype=np.int64)
+        shard = np.searchsorted(self.offsets, idx, side="right") - 1
+        lat = np.empty((len(idx), *self.latents[0].shape[1:]), np.float32)
+        lab = np.empty(len(idx), np.int64)
+        for k in np.unique(shard):
+            rows = shard == k
+            lat[rows], lab[rows] = self.latents[k][idx[rows] - self.offsets[k]], self.labels[k][idx[rows] - self.offsets[k]]
+        return torch.from_numpy(lat), torch.from_numpy(lab)
+
+    def head(self, n: int) -> torch.Tensor:
+        """The first n latents (a copy)."""
+        return self.gather(np.arange(min(n, len(self))))[0]
+
+    def to(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """All latents and labels as tensors on `device`, copied shard by shard."""
+        return (torch.cat([torch.from_numpy(np.asarray(x)).to(device) for x in self.latents]),
+                torch.cat([torch.from_numpy(np.asarray(y)).to(device) for y in self.labels]))
+
+
+def latent_key(vae, images: ImageSet, shard_items: int = SHARD_ITEMS) -> str:
+    """The digest that names a set of latents: the VAE weights, the data's identity and count, the shard size."""
+    fields = {"format": _FORMAT, "vae": weights_digest(vae), "data": images.identity, "num_images": len(images),
+              "shard_items": shard_items}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+def latent_shards(vae_run: str | Path, model: ParScaleEAR, images: ImageSet, device: torch.device, d: Dist = Dist(),
+                  shard_items: int = SHARD_ITEMS, workers: int = -1, max_unreadable: float = MAX_UNREADABLE,
+                  progress: bool = False) -> LatentSet:
+    """The latents of `images` under the model's VAE, from (or encoded into) memory-mapped shards in the VAE run folder:
+    this rank checks and, where missing or failing their check, encodes shards rank, rank + world, ...; then every rank
+    maps all of them."""
+    key = latent_key(model.vae, images, shard_items)
+    folder = Path(vae_run) / LATENTS_DIR / key[:16]
+    plan = [(k, start, min(len(images), start + shard_items)) for k, start in enumerate(range(0, len(images), shard_items))]
+    prepare_output_folder(folder, "latents")
+    mine = plan[d.rank :: d.world]
+    remove_stale_temporaries(folder, [f"{k:06d}.*" for k, _, _ in mine])
+    seen = Unreadable(max_unreadable, len(images))
+    for k, start, stop in mine:
+        meta = _check_shard(folder, k, key, start, stop, full=True)
+        if meta is None:
+            meta = _encode_shard(folder, k, key, start, stop, model.vae, images, device, workers, progress and d.main)
+        seen.add(stop - start, meta["skipped"], meta.get("first_skipped", ""))
     if d.world > 1:
         dist.barrier()
-    return latents if latents is not None else torch.load(path, weights_only=True)["latents"]
+    metas = [_check_shard(folder, k, key, start, stop, full=False) for k, start, stop in plan]
+    if any(m is None for m in metas):
+        missing = next(k for (k, _, _), m in zip(plan, metas) if m is None)
+        raise DatasetError(f"latent shard {folder / f'{missing:06d}.json'} is missing or fails its check after encoding; "
+                           f"is {vae_run} on a file system every node sees?")
+    total = Unreadable(max_unreadable, len(images))
+    total.add(len(images), sum(m["skipped"] for m in metas), next((m["first_skipped"] for m in metas if m["skipped"]), ""))
+    return LatentSet([_map(folder / f"{k:06d}.latents.npy") for k, _, _ in plan],
+                     [_map(folder / f"{k:06d}.labels.npy") for k, _, _ in plan], total.skipped)
 
 
-def _digest(t: torch.Tensor | None) -> str | None:
-    """SHA-256 of a tensor's bytes (None for None)."""
-    if t is None:
+def _map(path: Path) -> np.ndarray:
+    """An .npy memory-mapped (read only); one with no rows is read (it cannot be mapped)."""
+    try:
+        return np.load(path, mmap_mode="r")
+    except ValueError:  # an array with no rows cannot be mapped
+        return np.load(path)
+
+
+def _file_check(path: Path, full: bool, finite: bool) -> tuple[str, tuple, str]:
+    """(SHA-256 or "" when not `full`, shape, dtype) of an .npy; with `finite`, raises if a value is NaN or Inf."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(f)
+        offset = f.tell()
+        if fortran or f.seek(0, 2) != offset + int(np.prod(shape)) * dtype.itemsize:
+            raise ValueError("its size does not match its header")
+        if not full:
+            return "", tuple(shape), dtype.str
+        f.seek(0)
+        digest, data = hashlib.sha256(f.read(offset)), b""
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            digest.update(chunk)
+            if finite and not np.isfinite(np.frombuffer(chunk, dtype)).all():
+                raise ValueError("it holds NaN or Inf")
+    return digest.hexdigest(), tuple(shape), dtype.str
+
+
+def _check_shard(folder: Path, k: int, key: str, start: int, stop: int, full: bool) -> dict | None:
+    """Shard k's record if its files are what it says (count, shape, dtype; with `full` also the SHA-256 of both
+    files and finite latents), else None (with a one-line warning where files were there)."""
+    meta_path = folder / f"{k:06d}.json"
+    if not meta_path.is_file():
         return None
-    import hashlib
-
-    return hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()
+    try:
+        meta = json.loads(meta_path.read_text())
+        if (meta["key"], meta["start"], meta["stop"]) != (key, start, stop) or meta["count"] + meta["skipped"] != stop - start:
+            raise ValueError("its record belongs to other data")
+        digest, shape, dtype = _file_check(folder / f"{k:06d}.latents.npy", full, finite=True)
+        label_digest, label_shape, label_dtype = _file_check(folder / f"{k:06d}.labels.npy", full, finite=False)
+        if (list(shape), dtype, list(label_shape), label_dtype) != (meta["shape"], "<f4", [meta["count"]], "<i8"):
+            raise ValueError(f"it holds {dtype} {shape} latents and {label_dtype} {label_shape} labels, its record says "
+                             f"{meta['shape']}")
+        if full and (digest, label_digest) != (meta["latents_sha256"], meta["labels_sha256"]):
+            raise ValueError("its contents differ from the digest written when it was made")
+        return meta
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        warnings.warn(f"latent shard {meta_path} fails its check ({' '.join(str(error).split())}); it is encoded again",
+                      stacklevel=3)
+        return None
 
 
 @torch.no_grad()
-def latent_scale(vae, data: ImageData, device: torch.device, n: int = 5000) -> float:
-    """1 / std of the (unscaled) posterior means over up to n training images."""
+def _encode_shard(folder: Path, k: int, key: str, start: int, stop: int, vae, images: ImageSet, device: torch.device,
+                  workers: int, progress: bool) -> dict:
+    """Encode images start..stop-1 (unreadable ones skipped) into shard k: latents, labels, then its record."""
+    vae = vae.to(device).eval()
+    shape = (stop - start, vae.config.latent_channels, vae.config.latent_size, vae.config.latent_size)
+    labels, skipped, first, n = [], 0, "", 0
+    batches = loader(images.without_replacement(), ordered_batches(start, stop, 256), workers)
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc=f"encode latents {k + 1}", unit="batch", leave=False)
+    latents_path = folder / f"{k:06d}.latents.npy"
+    with atomic_path(latents_path) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
+        for batch in batches:
+            skipped, first = skipped + batch.skipped, first or batch.first
+            if len(batch.images):
+                out[n : n + len(batch.images)] = vae.encode(from_uint8(batch.images.to(device))).float().cpu().numpy()
+                labels.append(batch.labels.numpy())
+                n += len(batch.images)
+        out.flush()
+        if n < len(out):  # unreadable images: keep the first n rows
+            kept = np.array(out[:n])
+            del out
+            with open(tmp, "wb") as f:
+                np.save(f, kept)
+        else:
+            del out
+    with atomic_path(folder / f"{k:06d}.labels.npy") as tmp, open(tmp, "wb") as f:
+        np.save(f, np.concatenate(labels) if labels else np.zeros(0, np.int64))
+    meta = {"key": key, "start": start, "stop": stop, "count": n, "skipped": skipped, "shape": [n, *shape[1:]],
+            "latents_sha256": _file_check(latents_path, True, True)[0],
+            "labels_sha256": _file_check(folder / f"{k:06d}.labels.npy", True, False)[0],
+            **({"first_skipped": first} if skipped else {})}
+    atomic_write_json(folder / f"{k:06d}.json", meta)
+    return meta
+
+
+@torch.no_grad()
+def latent_scale(vae, images, device: torch.device, n: int = 5000) -> float:
+    """1 / std of the (unscaled) posterior means over up to n training images (uint8 (N, C, H, W), or an ImageSet)."""
     scale = vae.config.latent_scale
-    z = encode_dataset(vae, data.images[:n], device) / scale
+    first = images[:n] if isinstance(images, torch.Tensor) else read_images(images, n)
+    z = encode_dataset(vae, first, device) / scale
     return float(1.0 / z.std().clamp_min(1e-6))
 
 

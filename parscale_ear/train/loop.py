@@ -20,9 +20,10 @@ from ..files import (atomic_torch_save, atomic_write_json, atomic_write_text, fo
 from ..images import save_grid
 from ..loading import (CHECKPOINT, METRICS, check_finite_state, load_checkpoint, load_module_state, read_metrics,
                        source_digest, state_digest)
-from ..pipeline import ParScaleEAR, ParScaleEARConfig
+from ..model_config import ModelConfig, ParScaleEARConfig
+from ..pipeline import ParScaleEAR
 from ..plots import line_plot
-from ..presets import build_model, config_from_dict, get_config
+from ..presets import config_from_dict, get_config
 from .config import CHECKPOINT_VERSION, RUN_CONFIG, TrainConfig
 from .distributed import Dist, batch_indices, setup_distributed, step_seed
 from .divergence import DivergenceWatch
@@ -35,7 +36,7 @@ class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C (SIGINT) stopped the run; its message says which checkpoint the folder keeps."""
 
 
-def train(cfg: TrainConfig, out: str | Path, model_config: ParScaleEARConfig | None = None, resume: bool = False,
+def train(cfg: TrainConfig, out: str | Path, model_config: ModelConfig | None = None, resume: bool = False,
           device: str = "cpu", progress: bool = True) -> Path:
     """Train a VAE (`kind='vae'`) or the generators (`kind='generator'`) into run folder `out`, holding a lock on it
     (a second process training into it gets a one-line error)."""
@@ -83,7 +84,7 @@ def _start(cfg: TrainConfig, out: Path, model_config, resume: bool, d: Dist, dev
     ckpt, model_config, vae_ckpt = _open(cfg, out, model_config, resume, d.main)
     teacher = _teacher_digest(cfg, ckpt)
     torch.manual_seed(cfg.seed)  # initial weights follow --seed (identical on every rank)
-    model = build_model(model_config)
+    model = ParScaleEAR(model_config)
     if vae_ckpt is not None:
         if ParScaleEARConfig.from_dict(vae_ckpt["config"]).vae != model_config.vae:
             raise ValueError("the generator's VAE config does not match the VAE run's")
@@ -91,7 +92,8 @@ def _start(cfg: TrainConfig, out: Path, model_config, resume: bool, d: Dist, dev
     data = load_images(cfg, model_config)
     if model_config.num_classes and data.num_classes != model_config.num_classes:
         raise ValueError(f"data has {data.num_classes} classes, the model expects {model_config.num_classes}")
-    task = (VAETask if cfg.kind == "vae" else GeneratorTask)(model, data, cfg, dev, d, fresh=ckpt is None, progress=progress)
+    task = (VAETask if cfg.kind == "vae" else GeneratorTask)(model, data, cfg, dev, d, fresh=ckpt is None, progress=progress,
+                                                             start=ckpt["step"] if ckpt else 0)
     if cfg.batch_size > task.num_items:
         raise ValueError(f"--batch-size {cfg.batch_size} exceeds the {task.num_items} training items; use at most that")
     return Run(cfg, out, d, dev, model, model_config, task, ckpt, num_images=len(data), teacher_digest=teacher)
@@ -110,7 +112,7 @@ def _teacher_digest(cfg: TrainConfig, ckpt: dict | None) -> str | None:
     return digest
 
 
-def _open(cfg: TrainConfig, out: Path, model_config: ParScaleEARConfig | None, resume: bool, main: bool = True):
+def _open(cfg: TrainConfig, out: Path, model_config: ModelConfig | None, resume: bool, main: bool = True):
     """(the checkpoint to resume or None, the model config, the VAE run's checkpoint or None), with one-line errors."""
     ckpt = None
     if resume:
@@ -148,7 +150,7 @@ class Run:
     """A run between steps: the task, its optimizer and EMA, the clocks of the budget and of the log."""
 
     def __init__(self, cfg: TrainConfig, out: Path, d: Dist, dev: torch.device, model: ParScaleEAR,
-                 model_config: ParScaleEARConfig, task, ckpt: dict | None, num_images: int, teacher_digest: str | None):
+                 model_config: ModelConfig, task, ckpt: dict | None, num_images: int, teacher_digest: str | None):
         self.cfg, self.out, self.d, self.dev, self.task, self.model_config = cfg, out, d, dev, task, model_config
         self.sources = {} if teacher_digest is None else {"teacher_digest": teacher_digest}  # kept in the checkpoint
         self.part = task.part
@@ -212,12 +214,15 @@ class Run:
         self.window_n = 0
         warm = warmup_steps(cfg)
         fit = cfg.fit_steps_to_budget and self.start + FIT_FROM < warm  # a resumed run past its warm-up keeps its steps
+        refit = None  # the step of the second plan, from the rate after the warm-up (often faster than during it)
         step = self.start
         while step < cfg.steps:
             losses, grad_norm = self.step(step)
             done = self.step_now = step + 1
-            if fit and done in (self.start + FIT_FROM, warm):
+            if fit and done in (self.start + FIT_FROM, warm, refit):
                 self.replan(done)
+                if done == warm:
+                    refit = warm + max(warm, (cfg.steps - warm) // 5)
             out_of_time = cfg.max_minutes > 0 and (time.time() - self.t_start) > 60 * cfg.max_minutes
             self.after_step(step, losses, grad_norm, out_of_time)
             step = done
@@ -247,14 +252,18 @@ class Run:
         return losses, grad_norm
 
     def replan(self, done: int) -> None:
-        """fit_steps_to_budget: mark the rate's start, then at the warm-up's end set the steps the budget fits."""
+        """fit_steps_to_budget: mark the rate's start; at the warm-up's end set the steps the budget fits, and set them
+        again a fifth of the way on from the rate measured since (a short run would otherwise end early where its
+        steps speed up after the warm-up: ~10% of a 4-minute budget on a GPU)."""
         cfg, d = self.cfg, self.d
         if self.dev.type == "cuda":
             torch.cuda.synchronize(self.dev)
+        now = time.time()
         if done == self.start + FIT_FROM:
-            self.fit_mark = (done, time.time())
+            self.fit_mark = (done, now)
             return
-        rate = (done - self.fit_mark[0]) / max(time.time() - self.fit_mark[1], 1e-9)
+        rate = (done - self.fit_mark[0]) / max(now - self.fit_mark[1], 1e-9)
+        self.fit_mark = (done, now)
         planned = torch.tensor([fitted_steps(done, rate, time.time() - self.t_start, cfg)], device=self.dev)
         if d.world > 1:  # every rank must stop at the same step: rank 0's plan
             dist.broadcast(planned, 0)
@@ -264,7 +273,8 @@ class Run:
             self.bar.refresh()
         if d.main:
             self.info["train"]["steps"] = cfg.steps
-            self.info["fitted"] = {"at_step": done, "steps_per_s": round(rate, 3), "steps": cfg.steps}
+            self.info["fitted"] = {"at_step": done, "steps_per_s": round(rate, 3), "steps": cfg.steps}  # the last plan
+            self.info.setdefault("plans", []).append(self.info["fitted"])
             atomic_write_json(self.out / RUN_CONFIG, self.info)
 
     def after_step(self, step: int, losses: dict, grad_norm: torch.Tensor, out_of_time: bool) -> None:

@@ -1,0 +1,103 @@
+"""FlowConfig: the settings of a flow stage (EnergyFlowGenerator, energy_flow.py): GeneratorConfig's shared fields
+plus how the stage is trained (the energy score of its draws, the rectified-flow velocity of a mean head, or MeanFlow's
+average velocity), where its noise enters, its training times and its sampler."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .checks import check_int, check_real
+from .solvers import check_solver
+from .stage import GeneratorConfig
+
+OBJECTIVES = ("flow", "energy", "meanflow")
+
+
+@dataclass
+class FlowConfig(GeneratorConfig):
+    """A few-step energy-score stage (EnergyFlowGenerator): GeneratorConfig's shared fields plus these."""
+
+    kind: str = "flow"
+    samples: int = 2  # m samples per target in the energy score (all pairs repel)
+    backbone_noise: bool = True  # False: the noise enters only the EAR head (the backbone runs once per example)
+    # > 0: a linear mean head on the (noise-free) hidden state predicts v = eps - x0, trained by the rectified-flow
+    # MSE with this weight (mean x0 = x_t - t v: at temperature 0 the stage samples as a flow solver), and a sample
+    # is mean + head residual, the residual trained by the energy score; needs backbone_noise False
+    mean_weight: float = 0.0
+    # AdaLN blocks after the noise enters the residual path (mean head only): attention couples the
+    # residual draws of neighbouring tokens; the m draws re-run only these blocks and the head
+    residual_blocks: int = 0
+    # objective "flow" with a mean head only: share of the energy score's gradient that reaches the backbone through
+    # the residual path (1: all of it; 0: the backbone learns from the mean's MSE alone, the residual path from the score)
+    residual_grad: float = 1.0
+    time_dist: str = "uniform"  # training t: "uniform" or "logit_normal" (sigmoid of N(0, 1), SD3)
+    global_weight: float = 1.0  # weight of the whole-stage energy score beside the per-token one
+    one_step_prob: float = 0.25  # share of training draws at t = 1 (the one-pass case)
+    max_steps: int = 8  # per-image noise is drawn for this many steps
+    # mean-head stages, sampling: "euler" (DDIM with the predicted x0: one pass a step) or "heun" (a second pass at
+    # the step's end corrects it, the trapezoid of the two velocities, on every step but the last and the steps whose
+    # x0 the energy head draws: 2 steps - 1 passes at temperature 0)
+    solver: str = "euler"
+    # mean-head stages, training: "flow" (the mean learns by the velocity MSE, the residual path by the energy score
+    # around the detached mean), "energy" (the energy score of the drawn x0 = mean + residual trains the whole
+    # stage, every gradient kept; mean_weight then weights an optional velocity MSE beside it) or "meanflow" (a plain
+    # stage whose mean head learns MeanFlow's average velocity u over [r, t], weighted by mean_weight: one pass a step,
+    # one pass a sample at one step; its time embedding of t - r starts at zero, so `--init` from a flow stage starts
+    # as that flow)
+    objective: str = "flow"
+    meanflow_ratio: float = 0.25  # meanflow: share of training draws with r < t (the rest r = t, flow matching)
+    loss_power: float = 1.0  # meanflow: adaptive weight 1 / (||err||^2 + 1e-3)^power of each example (the paper's p)
+    time_mean: float = 0.0  # time_dist "logit_normal": t = sigmoid(N(time_mean, 1)) (MeanFlow: -0.4)
+    # False: a plain flow stage, the mean head alone (trained by the velocity MSE, sampled at temperature 0): no
+    # energy head and no residual draws, so a teacher pays nothing for a head its sampler never uses
+    energy_head: bool = True
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.kind != "flow":
+            raise ValueError(f"FlowConfig: kind must be 'flow', got {self.kind!r}")
+        check_int(self.samples, "FlowConfig.samples", minimum=2)
+        check_int(self.max_steps, "FlowConfig.max_steps")
+        check_real(self.global_weight, "FlowConfig.global_weight", minimum=0.0)
+        check_real(self.mean_weight, "FlowConfig.mean_weight", minimum=0.0)
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"FlowConfig: objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.objective == "energy" and self.backbone_noise:
+            raise ValueError("FlowConfig: objective 'energy' needs backbone_noise False (a mean head; the noise enters "
+                             "the residual path)")
+        if self.has_mean_head and self.backbone_noise:
+            raise ValueError("FlowConfig: mean_weight > 0 needs backbone_noise False (the mean must not depend on the noise)")
+        check_int(self.residual_blocks, "FlowConfig.residual_blocks", minimum=0)
+        if self.residual_blocks and not self.has_mean_head:
+            raise ValueError("FlowConfig: residual_blocks > 0 needs a mean head (mean_weight > 0)")
+        if not 0 <= self.residual_grad <= 1:
+            raise ValueError(f"FlowConfig: residual_grad must be in [0, 1], got {self.residual_grad}")
+        if self.residual_grad < 1 and not self.has_mean_head:
+            raise ValueError("FlowConfig: residual_grad < 1 needs a mean head (mean_weight > 0), "
+                             "or the backbone would get no gradient")
+        if self.residual_grad != 1 and self.objective == "energy":
+            raise ValueError("FlowConfig: residual_grad applies to objective 'flow' (the energy objective keeps every "
+                             "gradient); leave it at 1")
+        if self.time_dist not in ("uniform", "logit_normal"):
+            raise ValueError(f"FlowConfig: time_dist must be 'uniform' or 'logit_normal', got {self.time_dist!r}")
+        check_solver(self.solver, "FlowConfig: solver")
+        if self.solver == "heun" and not self.has_mean_head:
+            raise ValueError("FlowConfig: solver 'heun' needs a flow stage with a mean head (mean_weight > 0): it "
+                             "corrects the mean path")
+        if not 0 <= self.one_step_prob <= 1:
+            raise ValueError(f"FlowConfig: one_step_prob must be in [0, 1], got {self.one_step_prob}")
+        if not self.energy_head and (self.objective == "energy" or self.mean_weight <= 0 or self.residual_blocks):
+            raise ValueError("FlowConfig: energy_head False (a plain flow stage) needs objective 'flow' or 'meanflow', "
+                             "mean_weight > 0 and residual_blocks 0")
+        if self.objective == "meanflow" and (self.energy_head or self.solver != "euler"):
+            raise ValueError("FlowConfig: objective 'meanflow' is a plain stage stepping with its average velocity: it "
+                             "needs energy_head False and solver 'euler'")
+        if not 0 <= self.meanflow_ratio <= 1:
+            raise ValueError(f"FlowConfig: meanflow_ratio must be in [0, 1], got {self.meanflow_ratio}")
+        check_real(self.loss_power, "FlowConfig.loss_power", minimum=0.0)
+        check_real(self.time_mean, "FlowConfig.time_mean", minimum=-math.inf)
+
+    @property
+    def has_mean_head(self) -> bool:
+        """A mean head: trained by its MSE (mean_weight > 0) or by the energy objective."""
+        return self.mean_weight > 0 or self.objective == "energy"
