@@ -19,7 +19,7 @@ while [[ $# -gt 0 ]]; do
     --out) out=$2; shift 2 ;;
     --ckpt) ckpt=$2; shift 2 ;;
     --vae) vae=$2; shift 2 ;;
-    -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;;
     *) echo "ci/run.sh: unknown argument $1 (see bash ci/run.sh --help)" >&2; exit 2 ;;
   esac
 done

@@ -12,8 +12,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from parscale_ear.evaluation import evaluate, fid  # noqa: E402
 
-p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-p.add_argument("--device", default="cuda")
-p.add_argument("--out", default="parscale_ear/stats")
+p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+p.add_argument("--device", default="cuda", help="cpu, cuda or cuda:N for Inception (default: cuda)")
+p.add_argument("--out", default="parscale_ear/stats", help="folder for the two .npz files (default: parscale_ear/stats)")
 args = p.parse_args()
 evaluate.write_reference_statistics(args.out, inception=fid.load_inception(args.device))

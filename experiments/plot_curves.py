@@ -38,11 +38,13 @@ def plot(res: dict, batch: int, path: Path) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--results", default=str(ROOT / "results" / "fashion_mnist.json"))
-    p.add_argument("--out", default=str(ROOT / "results"))
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--results", default=str(ROOT / "results" / "fashion_mnist.json"),
+                   help="the measured rows (default: results/fashion_mnist.json)")
+    p.add_argument("--out", default=str(ROOT / "results"), help="folder for the two PNGs, made if new (default: results)")
     args = p.parse_args()
     res = json.loads(Path(args.results).read_text())
+    Path(args.out).mkdir(parents=True, exist_ok=True)
     for batch in (256, 16):
         plot(res, batch, Path(args.out) / f"curve_b{batch}.png")
         print(f"wrote {Path(args.out) / f'curve_b{batch}.png'}")

@@ -6,7 +6,7 @@
       --teacher-steps 4,4 --teacher-solver heun --minutes 1 --out runs/q/es --schedules '1,1@1@1;2,2@1@1'
   python experiments/quality_run.py --vae runs/vae --recipe dit-s --out runs/q/dit --schedules '8' --n 50000 --table fid50k
 
-A release folder (config.json + model.safetensors, e.g. parscale_ear/weights/fmnist-32-vflow-s) is only scored,
+A release folder (config.json + model.safetensors, e.g. parscale_ear/weights/fmnist-32-es) is only scored,
 into a --table path outside it; its rows then carry no training minutes or steps.
 
 The run measures its own rate during its warm-up and sets its step count there (harness.train_for_minutes) so the
@@ -31,23 +31,23 @@ from parscale_ear.release import CONFIG_NAME  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--vae", required=True)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--vae", required=True, help="VAE run folder whose latents the generator trains on")
     p.add_argument("--recipe", required=True, help="a preset name (fmnist-32-flow, ...) or a peer (dit-s, dit-b)")
     p.add_argument("--minutes", type=float, default=None, help="generator training budget (GPU-minutes)")
     p.add_argument("--steps", type=int, default=None, help="train this many steps instead of a budget in minutes")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="run folder (trained here unless it holds a run), or a release to score")
     p.add_argument("--schedules", required=True, help="steps[@cfg[@temperature]] separated by ';' (steps: N in every stage, or COARSE,FINE)")
-    p.add_argument("--n", type=int, default=10000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--lr", type=float, default=4e-4)
-    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--n", type=int, default=10000, help="samples per schedule for FID (default: 10000)")
+    p.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
+    p.add_argument("--device", default="cuda", help="cpu, cuda or cuda:N (default: cuda)")
+    p.add_argument("--batch-size", type=int, default=256, help="training batch (default: 256)")
+    p.add_argument("--lr", type=float, default=4e-4, help="peak learning rate (default: 4e-4)")
+    p.add_argument("--ema-decay", type=float, default=0.999, help="EMA decay of the sampled weights (default: 0.999)")
     p.add_argument("--warmup-steps", type=int, default=100, help="linear learning-rate warm-up steps")
     p.add_argument("--head-lr-ratio", type=float, default=0.25, help="energy head lr / --lr (EAR: 0.25)")
     p.add_argument("--compile", action="store_true", help="torch.compile the training step (its compile time counts in --minutes)")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="model config overrides, as parscale-ear's --set")
     p.add_argument("--init", default="", help="start from this release or run's generator ('default': the embedded model)")
     p.add_argument("--teacher", default="", help="train on this release or run's pairs ('default': the embedded model)")
     p.add_argument("--pairs", type=int, default=0, help="with --teacher: how many pairs")
@@ -56,7 +56,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--time-runs", type=int, default=50, help="timed calls per batch size and schedule")
     p.add_argument("--train-only", action="store_true", help="train (unless --out holds a run) and stop before scoring")
     p.add_argument("--table", default="quality", help="name of the results table written in --out (NAME.json, NAME.md)")
-    p.add_argument("--stats-dir", default=str(Path(__file__).resolve().parent.parent / "parscale_ear" / "stats"))
+    p.add_argument("--stats-dir", default=str(Path(__file__).resolve().parent.parent / "parscale_ear" / "stats"),
+                   help="folder of fashion-mnist-{train,test}.npz (default: the shipped statistics)")
     return p.parse_args()
 
 
@@ -64,7 +65,7 @@ def train_or_find(args, out: Path, release: bool) -> tuple[dict, float | None]:
     """(the run's last metrics row, its training seconds): a release folder is scored as it is and a folder holding a
     trained run already (an earlier call or another command) is only scored, --recipe then being the rows' label;
     otherwise the recipe trains here for its budget."""
-    from parscale_ear.cli import _overrides
+    from parscale_ear.args import parse_overrides
 
     if release:  # never written into
         if out.resolve() in (out / args.table).resolve().parents:
@@ -73,7 +74,8 @@ def train_or_find(args, out: Path, release: bool) -> tuple[dict, float | None]:
     if (out / T.CHECKPOINT).exists():
         done = T.read_metrics(out / T.METRICS)[-1]
         return done, done["elapsed_s"]
-    config = recipe_config(args.recipe, ParScaleEARConfig.from_dict(T.load_checkpoint(args.vae)["config"]), _overrides(args.set))
+    config = recipe_config(args.recipe, ParScaleEARConfig.from_dict(T.load_checkpoint(args.vae)["config"]),
+                           parse_overrides(args.set))
     if (args.minutes is None) == (args.steps is None):
         sys.exit("quality_run: training needs exactly one of --minutes and --steps")
     done = train_for_minutes(config, args.vae, args.minutes, out, args.device, steps=args.steps,

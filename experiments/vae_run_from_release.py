@@ -2,7 +2,7 @@
 exactly the latents of that model's LiteVAE without training the VAE again (parscale_ear.train.vae_run_from_release):
 
   python experiments/vae_run_from_release.py --out runs/vae [--release parscale_ear/weights/fmnist-32-vflow-s] \
-      [--metrics results/2026-12-02-h200-compiled/vae_metrics.jsonl]
+      [--metrics runs/vae/metrics.jsonl]
 """
 import argparse
 import sys
@@ -11,7 +11,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from parscale_ear.train import vae_run_from_release  # noqa: E402
 
-p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 p.add_argument("--out", required=True, help="new VAE run folder")
 p.add_argument("--release", default=None, help="release folder (default: the shipped model)")
 p.add_argument("--data", default="fashion-mnist", help="the data the VAE was trained on (generator runs read it)")

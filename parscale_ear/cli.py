@@ -5,69 +5,12 @@ Multi-GPU: `torchrun --nproc_per_node N -m parscale_ear train ...` (same code pa
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-# Errors a user can cause (bad flags, files, folders): one line, exit 2. OSError covers missing,
-# unwritable and wrong-kind paths (NotADirectoryError, IsADirectoryError, PermissionError).
-USER_ERRORS = (ValueError, TypeError, OSError)
+from .args import (USER_ERRORS, OneLineParser, one_line, parse_steps, print_error, print_interrupted, resolve_device,
+                   set_cpu_threads)
 
-
-def _steps(text: str):
-    try:
-        parts = [int(p) for p in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected N or COARSE,FINE (ints), got {text!r}") from None
-    if len(parts) == 1:
-        return parts[0]
-    if len(parts) == 2:
-        return tuple(parts)
-    raise argparse.ArgumentTypeError(f"--steps: expected N or COARSE,FINE, got {text!r}")
-
-
-def _overrides(items: list[str]) -> dict:
-    """--set key=value pairs (value parsed as JSON when it can be); dotted keys nest: vae.latent_channels=8."""
-    out: dict = {}
-    for item in items or []:
-        if "=" not in item:
-            raise ValueError(f"--set: expected KEY=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            pass
-        node = out
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return out
-
-
-class _Help(argparse.HelpFormatter):
-    """Help with each optional flag's default shown (not for required flags, None or switches)."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if (action.option_strings and not action.required and action.default not in (None, False, argparse.SUPPRESS)
-                and "default" not in text):
-            text += " (default: %(default)s)"
-        return text
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse with every usage error as one `parscale-ear: error:` line (exit 2), not a usage block; `--help`
-    still prints the usage."""
-
-    def __init__(self, *args, **kwargs):
-        kwargs.setdefault("formatter_class", _Help)
-        super().__init__(*args, **kwargs)
-
-    def error(self, message: str):
-        command = self.prog.removeprefix("parscale-ear").strip()
-        where = f"{command}: " if command else ""
-        self.exit(2, f"parscale-ear: error: {where}{message} (see {self.prog} --help)\n")
 
 
 def _parser_class():
@@ -82,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="parscale-ear", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"parscale-ear {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_parser_class())
-    sub.add_parser("models", help="list the model presets and their parameter counts")
+    sub.add_parser("models", help="list the model presets, which of them ship trained weights, and their sizes")
     add_train_commands(sub)
     _add_sample(sub)
     p = sub.add_parser("export", help="write a generator run in the release format (config.json + model.safetensors)")
@@ -90,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="release folder to write (config.json + model.safetensors)")
     p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
                    help="dtype of the stored parameters (half types halve the file)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the config.json and model.safetensors a folder already holds")
     add_data_commands(sub)
     sub.add_parser("fid", help="FID between two folders / .npz image files / statistics files", add_help=False)
     sub.add_parser("fid-weights", help="convert the offline InceptionV3 into pytorch-fid's weight file", add_help=False)
@@ -108,7 +53,7 @@ def _add_sample(sub) -> None:
     p.add_argument("--temperature", type=float, default=None,
                    help="how far a draw strays from the model's most likely path: 1 the trained distribution, 0 the "
                         "flow's mean path (what it scales per kind of model: docs/DESIGN.md) (default: the model's)")
-    p.add_argument("--steps", type=_steps, default=None, help="N (in every stage) or COARSE,FINE (default: the model's)")
+    p.add_argument("--steps", type=parse_steps, default=None, help="N (in every stage) or COARSE,FINE (default: the model's)")
     p.add_argument("--solver", choices=("euler", "heun"), default=None,
                    help="flow solver: heun corrects each step but the last with a second pass, on the mean path "
                         "(temperature 0; refused above it, where each step draws x0) (default: the model's)")
@@ -116,15 +61,12 @@ def _add_sample(sub) -> None:
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--out", required=True, help="grid.png, or a folder for one PNG per image named by its seed")
-
-
-def resolve_device(name):
-    from .utils import resolve_device as resolve
-
-    return resolve(name)
+    p.add_argument("--overwrite", action="store_true", help="replace the grid, or the PNGs of these seeds, if they exist")
 
 
 MAX_SAMPLE_IMAGES = 10_000_000  # a call of `sample`; more: several calls with --seed
+MAX_GRID_IMAGES = 10_000  # one PNG grid (a 1,000 x 10 sheet); more: --out FOLDER, one PNG per image
+GRID_BYTES_PER_VALUE = 16  # the float32 images, the grid make_grid builds, its uint8 copy and PIL's image
 
 
 def _sample_out(text: str) -> tuple[Path, bool]:
@@ -142,6 +84,38 @@ def _sample_out(text: str) -> tuple[Path, bool]:
     return out, as_grid
 
 
+def _check_sample_targets(out: Path, as_grid: bool, seeds: range, overwrite: bool) -> None:
+    """A one-line FileExistsError where the call would replace a file (the grid, or a PNG of one of `seeds`)
+    that --overwrite does not allow it to replace."""
+    if overwrite:
+        return
+    if as_grid:
+        if out.exists():
+            raise FileExistsError(f"--out {out} exists; it is left alone: choose another path, or pass --overwrite "
+                                  f"to replace it")
+        return
+    taken = sorted(p.name for p in out.glob("*.png") if p.stem.isdigit() and int(p.stem) in seeds
+                   and f"{int(p.stem):06d}" == p.stem)
+    if taken:
+        raise FileExistsError(f"--out {out} already holds {len(taken)} of the PNGs this call writes ({taken[0]}"
+                              f"{', ...' if len(taken) > 1 else ''}); they are left alone: choose another folder or "
+                              f"--seed, or pass --overwrite to replace them")
+
+
+def _check_grid(n: int, image_shape: tuple[int, int, int]) -> None:
+    """A grid is bounded: at most MAX_GRID_IMAGES images, and no more than the memory free now can hold."""
+    from .utils import available_memory
+
+    if n > MAX_GRID_IMAGES:
+        raise ValueError(f"--n {n}: a grid holds at most {MAX_GRID_IMAGES:,} images; for more, write one PNG per "
+                         f"image with --out FOLDER")
+    need, free = n * GRID_BYTES_PER_VALUE * image_shape[0] * image_shape[1] * image_shape[2], available_memory()
+    if need > free:
+        raise ValueError(f"--n {n}: a grid of {n} images of {'x'.join(map(str, image_shape))} needs about "
+                         f"{need / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB of memory free; lower --n, or "
+                         f"write one PNG per image with --out FOLDER")
+
+
 def _sample(args) -> int:
     from .loading import load_pipeline
     from .checks import check_int
@@ -156,6 +130,8 @@ def _sample(args) -> int:
         per_class = check_int(args.per_class, "--per-class")
     if n > MAX_SAMPLE_IMAGES:
         raise ValueError(f"--n {n}: at most {MAX_SAMPLE_IMAGES:,} images a call; split larger jobs with --seed")
+    if as_grid and args.per_class is None and n > MAX_GRID_IMAGES:  # before the model loads
+        _check_grid(n, (1, 1, 1))
     prepare_output_folder(out.parent if as_grid else out)
     # what a killed earlier call left
     remove_stale_temporaries(*((out.parent, (out.name,)) if as_grid else (out, ("[0-9]*.png",))))
@@ -167,9 +143,12 @@ def _sample(args) -> int:
         n, labels = per_class * classes, [c for c in range(classes) for _ in range(per_class)]
     elif labels is not None and len(labels) == 1:
         labels = labels * n
+    _check_sample_targets(out, as_grid, range(args.seed, args.seed + n), args.overwrite)
     options = dict(labels=labels, cfg=args.cfg, temperature=args.temperature, steps=args.steps, solver=args.solver,
                    seed=args.seed, batch_size=args.batch_size, progress=True)
-    if as_grid:  # generate checks that the grid fits in memory
+    if as_grid:
+        v = model.config.vae
+        _check_grid(n, (v.in_channels, v.image_size, v.image_size))
         nrow = per_class if args.per_class is not None else min(10, n)
         save_grid(model.generate(n, **options), out, nrow=nrow)
     else:
@@ -181,33 +160,60 @@ def _sample(args) -> int:
     return 0
 
 
+def _models() -> int:
+    """The presets as a table: whether trained weights ship, and parameter counts (from shapes alone: the models
+    are built on the meta device, so nothing is allocated or initialised)."""
+    import torch
+
+    from .pipeline import create_model
+    from .presets import list_models
+    from .release import shipped_models
+
+    shipped = set(shipped_models())
+    rows = [("name", "weights", "vae", "generator", "total", "generator parts")]
+    for name in list_models():
+        weights = "shipped" if name in shipped else "-"
+        try:
+            with torch.device("meta"):
+                counts = create_model(name).num_parameters()
+        except ImportError as e:  # a peer without the optional diffusers
+            rows.append((name, weights, "-", "-", "-", f"({one_line(e)})"))
+            continue
+        millions = lambda k: f"{counts[k] / 1e6:.2f}M"  # noqa: E731
+        parts = ", ".join(f"{k.split('.', 1)[1]} {millions(k)}" for k in counts if k.startswith("generator."))
+        rows.append((name, weights, f"{(counts['vae.encoder'] + counts['vae.decoder']) / 1e6:.2f}M",
+                     millions("generator"), millions("total"), parts))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:  # text columns left-aligned, numbers right-aligned, the last column as it comes
+        cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1]), *(c.rjust(w) for c, w in zip(row[2:5], widths[2:]))]
+        print("  ".join(cells + [row[5]]))
+    print(f"weights: 'shipped' loads trained with ParScaleEAR.from_pretrained(NAME) or `parscale-ear sample --ckpt "
+          f"NAME`; the others are designs to train (`parscale-ear train-vae` / `train`)")
+    return 0
+
+
+def _export(args) -> int:
+    import torch
+
+    from .loading import export
+
+    print(f"wrote {export(args.run, args.out, getattr(torch, args.dtype), overwrite=args.overwrite)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("fid", "fid-weights"):  # their own parsers and error handling
+        from .evaluation.commands import fid_cli, fid_weights_cli
+
+        return (fid_cli if argv[0] == "fid" else fid_weights_cli)(argv[1:])
+    args = build_parser().parse_or_exit_code(argv)
+    if isinstance(args, int):  # --help, --version (0) or a usage error (2, one line already printed)
+        return args
+    set_cpu_threads()
     try:
-        if argv and argv[0] == "fid":
-            from .evaluation.fid import fid_cli
-
-            return fid_cli(argv[1:])
-        if argv and argv[0] == "fid-weights":
-            from .evaluation.fid_weights import fid_weights_cli
-
-            return fid_weights_cli(argv[1:])
-        try:
-            args = build_parser().parse_args(argv)
-        except SystemExit as e:  # --help, --version (0) or a usage error (2, one line already printed)
-            return e.code if isinstance(e.code, int) else 2
         if args.command == "models":
-            from .pipeline import create_model
-            from .presets import list_models
-
-            for name in list_models():
-                try:
-                    counts = create_model(name).num_parameters()
-                except ImportError as e:  # a peer without the optional diffusers
-                    print(f"{name:12s} ({e})")
-                    continue
-                print(f"{name:12s} " + "  ".join(f"{k}={v / 1e6:.2f}M" for k, v in counts.items()))
-            return 0
+            return _models()
         if args.command in ("train-vae", "train"):
             from .cli_train import train_command
 
@@ -219,27 +225,17 @@ def main(argv: list[str] | None = None) -> int:
 
             return data_command(args)
         if args.command == "export":
-            from .loading import export
-
-            import torch
-
-            print(f"wrote {export(args.run, args.out, getattr(torch, args.dtype))}")
-            return 0
+            return _export(args)
+    except KeyboardInterrupt:
+        return print_interrupted("every file written so far is complete")
     except USER_ERRORS as e:
-        print(f"parscale-ear: error: {_one_line(e)}", file=sys.stderr)
-        return 2
+        return print_error(e)
     except (MemoryError, RuntimeError) as e:  # sizes this machine cannot hold: one line; other errors stay loud
         if not _out_of_memory(e):
             raise
-        print(f"parscale-ear: error: out of memory ({_one_line(e)[:160]}): reduce the sizes asked for (--set widths, "
-              f"--streams, --n, --batch-size)", file=sys.stderr)
-        return 2
+        return print_error(f"out of memory ({one_line(e)[:160]}): reduce the sizes asked for (--set widths, "
+                           f"--streams, --n, --batch-size)")
     return 1
-
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text
 
 
 def _out_of_memory(error: BaseException) -> bool:

@@ -5,19 +5,33 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .cli import _overrides, _steps, resolve_device
+from .args import parse_overrides, parse_steps, print_interrupted, resolve_device
 from .baselines import PEER_NAMES
 
 # flags that define a run (its recipe): a resumed run keeps its own, and one given that differs is refused
 RUN_DEFAULTS = {"vae": dict(batch_size=256, lr=1e-3, ema_decay=0.999), "generator": dict(batch_size=1024, lr=8e-4, ema_decay=0.999)}
 COMMON_DEFAULTS = dict(seed=0, warmup_steps=100, max_images=0)
+# how often a run logs, samples and saves: a new run's defaults; a resumed run keeps its own unless a flag is given
+SCHEDULE_DEFAULTS = dict(log_every=50, sample_every=1000, ckpt_every=1000)
+
+
+def _named(what: str):
+    """A flag's value that must not be empty or blank (an empty --preset or --data is refused, not read as the
+    default)."""
+
+    def parse(text: str) -> str:
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"expected {what}, got an empty value")
+        return text
+
+    return parse
 
 
 def _train_args(p: argparse.ArgumentParser, kind: str) -> None:
     d = {**RUN_DEFAULTS[kind], **COMMON_DEFAULTS}
     p.add_argument("--steps", type=int, required=True, help="optimiser steps of the run")
     p.add_argument("--batch-size", type=int, default=None, help=f"global batch over all GPUs (default: {d['batch_size']})")
-    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--out", required=True, type=_named("a run folder"), help="run folder")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out exactly where it stopped, with its own settings")
@@ -26,9 +40,10 @@ def _train_args(p: argparse.ArgumentParser, kind: str) -> None:
     p.add_argument("--warmup-steps", type=int, default=None,
                    help=f"linear warm-up, capped at half the run (default: {d['warmup_steps']})")
     p.add_argument("--ema-decay", type=float, default=None, help=f"EMA of the weights used for sampling (default: {d['ema_decay']})")
-    p.add_argument("--log-every", type=int, default=50, help="steps between metrics.jsonl rows")
-    p.add_argument("--sample-every", type=int, default=1000, help="steps between sample grids")
-    p.add_argument("--ckpt-every", type=int, default=1000, help="steps between checkpoints")
+    for flag, what in (("log-every", "metrics.jsonl rows"), ("sample-every", "sample grids"), ("ckpt-every", "checkpoints")):
+        default = SCHEDULE_DEFAULTS[flag.replace("-", "_")]
+        p.add_argument(f"--{flag}", type=int, default=None,
+                       help=f"steps between {what} (default: {default}; a resumed run keeps its own)")
     p.add_argument("--max-minutes", type=float, default=0.0, help="stop and checkpoint after this wall time")
     p.add_argument("--fit-to-budget", action="store_true",
                    help="with --max-minutes: at the end of warm-up, set --steps from the measured rate so the "
@@ -48,17 +63,19 @@ def _train_args(p: argparse.ArgumentParser, kind: str) -> None:
 def add_train_commands(sub) -> None:
     """The `train-vae` and `train` subcommands."""
     p = sub.add_parser("train-vae", help="train the LiteVAE of a preset on images")
-    p.add_argument("--preset", default=None, help="model preset (see `parscale-ear models`; default: fmnist-32)")
-    p.add_argument("--data", default=None,
+    p.add_argument("--preset", default=None, type=_named("a preset name"),
+                   help="model preset (see `parscale-ear models`; default: fmnist-32)")
+    p.add_argument("--data", default=None, type=_named("a data set"),
                    help="fashion-mnist, a folder (idx, ImageFolder, CIFAR-10) or .npz (default: fashion-mnist)")
     _train_args(p, "vae")  # the README recipe
 
     p = sub.add_parser("train", help="train the coarse/fine energy generators on a VAE run's cached latents")
     p.add_argument("--vae", required=True, help="VAE run folder (from train-vae)")
-    p.add_argument("--data", default=None, help="default: the VAE run's data")
+    p.add_argument("--data", default=None, type=_named("a data set"), help="default: the VAE run's data")
     p.add_argument("--mode", choices=["full", "no_coarse", "no_fine"], default=None, help="hybrid mode (ablations)")
     p.add_argument("--streams", type=int, default=None, help="ParScale streams P of every stage")
-    p.add_argument("--preset", default=None, help="generator design from this preset (default: the VAE run's)")
+    p.add_argument("--preset", default=None, type=_named("a preset name"),
+                   help="generator design from this preset (default: the VAE run's)")
     p.add_argument("--peer", choices=list(PEER_NAMES), default=None,
                    help="train a peer instead of ParScale-EAR: the DiT flow peer (dit-xs, dit-s, dit-b: diffusers, rectified "
                         "flow) or the one-step MeanFlow peer on the same DiT-S/2 (meanflow-s)")
@@ -68,7 +85,7 @@ def add_train_commands(sub) -> None:
                    help="train on a teacher's pairs (its noise -> its sample) instead of the data: a release or run "
                         "folder ('default': the embedded model); needs --pairs")
     p.add_argument("--pairs", type=int, default=0, help="with --teacher: how many teacher pairs to draw")
-    p.add_argument("--teacher-steps", type=_steps, default=None, help="with --teacher: its steps, N (in every stage) "
+    p.add_argument("--teacher-steps", type=parse_steps, default=None, help="with --teacher: its steps, N (in every stage) "
                                                                       "or COARSE,FINE (default: the teacher's own)")
     p.add_argument("--teacher-solver", choices=("euler", "heun"), default=None, help="with --teacher: its solver "
                                                                                       "(default: the teacher's own)")
@@ -76,19 +93,25 @@ def add_train_commands(sub) -> None:
 
 
 def train_command(args, kind: str) -> int:
-    from .train import train
+    from .train import TrainingInterrupted, train
 
     cfg, model_config = (_resumed if args.resume else _new_run)(args, kind)
-    out = train(cfg, args.out, model_config, resume=args.resume, device=resolve_device(args.device), progress=not args.no_progress)
+    try:
+        out = train(cfg, args.out, model_config, resume=args.resume, device=resolve_device(args.device),
+                    progress=not args.no_progress)
+    except TrainingInterrupted as e:  # Ctrl-C: the run folder is consistent; say where it stands
+        return print_interrupted(str(e))
     print(f"run folder: {out}")
     return 0
 
 
-def _schedule(args) -> dict:
-    """The TrainConfig fields a resumed run may change: how long, how often it logs, samples and saves, compile."""
-    return dict(steps=args.steps, log_every=args.log_every, sample_every=args.sample_every, ckpt_every=args.ckpt_every,
-                max_minutes=args.max_minutes, fit_steps_to_budget=args.fit_to_budget, samples=not args.no_samples,
-                compile=args.compile, workers=args.workers, max_unreadable=args.max_unreadable)
+def _schedule(args, own: dict) -> dict:
+    """The TrainConfig fields a resumed run may change: how long, how often it logs, samples and saves (a flag left
+    out: `own`, the run's own or a new run's default), compile."""
+    every = {k: own[k] if getattr(args, k) is None else getattr(args, k) for k in SCHEDULE_DEFAULTS}
+    return dict(steps=args.steps, **every, max_minutes=args.max_minutes, fit_steps_to_budget=args.fit_to_budget,
+                samples=not args.no_samples, compile=args.compile, workers=args.workers,
+                max_unreadable=args.max_unreadable)
 
 
 def _run_flags(args, kind: str) -> dict:
@@ -110,7 +133,7 @@ def _new_run(args, kind: str):
     from .presets import apply_overrides, get_config
     from .train import TrainConfig, load_checkpoint
 
-    overrides = _overrides(args.set)
+    overrides = parse_overrides(args.set)
     given = {k: v for k, v in _run_flags(args, kind).items() if v is not None}
     defaults = {**RUN_DEFAULTS[kind], **COMMON_DEFAULTS}
     if kind == "vae":
@@ -138,7 +161,7 @@ def _new_run(args, kind: str):
         from .train.latents import with_data_classes
 
         model_config = with_data_classes(model_config, data, given.get("max_images", 0))
-    cfg = TrainConfig(kind=kind, **{**defaults, **given, "data": data}, **_schedule(args))
+    cfg = TrainConfig(kind=kind, **{**defaults, **given, "data": data}, **_schedule(args, SCHEDULE_DEFAULTS))
     return cfg, model_config
 
 
@@ -157,7 +180,7 @@ def _resumed(args, kind: str):
               if v is not None and k in saved and v != saved[k]]
     if kind == "generator" and Path(args.vae).resolve() != Path(saved.get("vae_run", args.vae)).resolve():
         differ.append(f"--vae {args.vae} (the run's: {saved.get('vae_run')})")
-    if args.set and apply_overrides(run_config, **_overrides(args.set)) != run_config:
+    if args.set and apply_overrides(run_config, **parse_overrides(args.set)) != run_config:
         differ.append("--set (changes the run's model)")
     for flag, value, own in (("--preset", getattr(args, "preset", None), run_config.name),
                              ("--peer", getattr(args, "peer", None), run_config.name),
@@ -169,4 +192,4 @@ def _resumed(args, kind: str):
     if differ:
         raise ValueError(f"--resume: {'; '.join(differ)}: a resumed run keeps its own settings; leave these out, or "
                          f"start a new run with another --out")
-    return TrainConfig(**{**saved, "kind": kind, **_schedule(args)}), None
+    return TrainConfig(**{**saved, "kind": kind, **_schedule(args, {**SCHEDULE_DEFAULTS, **saved})}), None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import torch
 
 from .hybrid import CoarseFineHybrid
-from .loading import weights_digest
+from .loading import state_digest, weights_digest
 from .pipeline import ParScaleEAR
 
 PAIRS_PREFIX = "teacher-pairs-"  # + a digest of the teacher and the settings
@@ -168,12 +169,49 @@ def pairs_file(folder: Path, teacher: ParScaleEAR, n: int, steps, solver: str | 
     return Path(folder) / f"{PAIRS_PREFIX}{name}.pt", key
 
 
+def pairs_layout(teacher: ParScaleEAR, n: int, student: ParScaleEAR | None = None) -> dict[str, tuple]:
+    """{name: (shape, dtype)} of every tensor `teacher_pairs` makes: per stage NAME_x1 and NAME_x0, (n, tokens,
+    token dims) in float16 (the student's stages for a latent-grid teacher), and `labels` (n,) int64 for a conditional
+    one."""
+    stages = (student if latent_coupling(teacher) else teacher).generator.stages
+    layout = {f"{name}_{x}": ((n, stage.num_tokens, stage.token_dim), torch.float16) for name, stage in stages.items()
+              for x in ("x1", "x0")}
+    if teacher.config.num_classes:
+        layout["labels"] = ((n,), torch.int64)
+    return layout
+
+
+def check_pairs_cache(cache, key: dict, layout: dict[str, tuple], classes: int) -> str | None:
+    """Why a loaded pairs cache cannot be used (None: it can): its key, every tensor's name, shape and dtype, finite
+    values, labels in [0, classes), and the digest of the tensors recorded when it was written."""
+    if not isinstance(cache, dict) or cache.get("key") != key:
+        return "it is not the cache of these pairs (another key, or not a cache)"
+    pairs = cache.get("pairs")
+    if not isinstance(pairs, dict) or set(pairs) != set(layout):
+        found = sorted(pairs) if isinstance(pairs, dict) else type(pairs).__name__
+        return f"it holds {found}, expected the tensors {sorted(layout)}"
+    for name, (shape, dtype) in layout.items():
+        t = pairs[name]
+        if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape or t.dtype != dtype:
+            got = f"{tuple(t.shape)} {t.dtype}" if isinstance(t, torch.Tensor) else type(t).__name__
+            return f"{name} is {got}, expected {shape} {dtype}"
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            return f"{name} holds NaN or Inf"
+    labels = pairs.get("labels")
+    if labels is not None and len(labels) and not (0 <= int(labels.min()) and int(labels.max()) < classes):
+        return f"its labels are outside [0, {classes})"
+    if cache.get("digest") != state_digest(pairs):
+        return "its tensors do not match the digest recorded when it was written (the file was damaged)"
+    return None
+
+
 def cached_teacher_pairs(folder: Path, teacher: ParScaleEAR, n: int, steps, solver: str | None,
                          progress: bool = False, student: ParScaleEAR | None = None) -> dict:
-    """{"key", "pairs", "seconds"}: `teacher_pairs` (n of them at `steps` and `solver`, from seed PAIRS_SEED: a fixed
-    data set, the same for every training seed) with the seconds they took, made once into `folder` (a VAE run
-    folder: every student trained on its latents shares them) and read from there after; a resumed run finds
-    exactly the same pairs. Also the file's path, as "path"."""
+    """{"key", "pairs", "seconds", "digest"}: `teacher_pairs` (n of them at `steps` and `solver`, from seed PAIRS_SEED:
+    a fixed data set, the same for every training seed) with the seconds they took, made once into `folder` (a VAE
+    run folder: every student trained on its latents shares them) and read from there after, checked against their
+    key and digest (`check_pairs_cache`); a cache that fails a check is made again (one warning line), so a resumed
+    run finds exactly the same pairs. Also the file's path, as "path"."""
     from .files import atomic_torch_save, remove_stale_temporaries
 
     path, key = pairs_file(folder, teacher, n, steps, solver, student)
@@ -181,12 +219,16 @@ def cached_teacher_pairs(folder: Path, teacher: ParScaleEAR, n: int, steps, solv
     if path.exists():
         try:
             cache = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # a torn or foreign file is rebuilt
-            cache = {}
-        if isinstance(cache, dict) and cache.get("key") == key:
+        except Exception:  # a torn or foreign file
+            cache = None
+        problem = check_pairs_cache(cache, key, pairs_layout(teacher, n, student), teacher.config.num_classes) \
+            if cache is not None else "it cannot be read (truncated, or another kind of file)"
+        if problem is None:
             return {**cache, "path": path}
+        print(f"parscale-ear: warning: teacher pairs {path}: {problem}; making them again", file=sys.stderr)
     t0 = time.time()
     pairs = teacher_pairs(teacher, n, steps, solver, PAIRS_BATCH, PAIRS_SEED, progress, student)
-    cache = {"key": key, "pairs": {k: v.cpu() for k, v in pairs.items()}, "seconds": round(time.time() - t0, 1)}
+    pairs = {k: v.cpu() for k, v in pairs.items()}
+    cache = {"key": key, "pairs": pairs, "seconds": round(time.time() - t0, 1), "digest": state_digest(pairs)}
     atomic_torch_save(cache, path)
     return {**cache, "path": path}

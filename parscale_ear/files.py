@@ -1,8 +1,10 @@
-"""Files the library writes: each goes through a temporary beside it and an atomic rename (a kill never leaves a
-torn file), temporaries of killed writes are cleaned up by name, output folders are made with one-line errors."""
+"""Files the library writes: each goes through a temporary beside it and an atomic rename (a kill or a full disk
+never leaves a torn file), temporaries of killed writes are cleaned up by name, output folders are made with one-line
+errors, and a run folder is locked while a process writes into it."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -16,6 +18,8 @@ import torch
 # has by accident, so removing stale ones never touches anything else
 TEMP_SUFFIX = ".parscale-ear.tmp"
 _TEMP_RANDOM = r"[a-z0-9_]{8}"  # tempfile.mkstemp's random part
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # no room for the file: said in one line naming it
+LOCK_NAME = ".parscale-ear.lock"  # in a run folder: held (flock) by the process that trains into it
 
 
 @contextlib.contextmanager
@@ -35,6 +39,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         _fsync(tmp)
         os.replace(tmp, path)
         _fsync(path.parent)
+    except OSError as e:
+        if e.errno not in _FULL:
+            raise
+        kept = "the previous file is kept" if path.exists() else "nothing was written"
+        raise OSError(f"cannot write {path}: {e.strerror or e} ({kept}); free some space") from None
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -91,9 +100,10 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save to `path` atomically: a kill mid-write never leaves a broken file."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """torch.save to `path` atomically: a kill or a full disk mid-write never leaves a broken file. torch.save writes
+    through a Python file, so a full disk is an OSError (ENOSPC), not torch's unexplained RuntimeError."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
 
 
 def prepare_output_folder(path: str | os.PathLike, what: str = "--out") -> Path:
@@ -118,3 +128,42 @@ def sha256_file(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, what: str = "--out") -> Iterator[None]:
+    """Hold an exclusive lock (flock on FOLDER/.parscale-ear.lock) while the block runs: a second process asking for
+    it gets a one-line error at once instead of writing into the same files. The lock file is removed when the block
+    ends (the system releases the lock of a process that dies); a process that opened the file just before its
+    holder removed it sees that and opens it again, so two processes never hold two locks of one folder."""
+    import fcntl
+
+    path = Path(folder) / LOCK_NAME
+    for _ in range(10):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise BlockingIOError(f"{what} {folder} is in use by another process training into it (it holds "
+                                  f"{LOCK_NAME}); wait for it to end or choose another {what}") from None
+        if _same_file(fd, path):
+            break
+        os.close(fd)  # the holder removed it between our open and our lock: open the path again
+    else:
+        raise BlockingIOError(f"{what} {folder}: its lock file {LOCK_NAME} keeps being replaced; another process is "
+                              f"starting and stopping trainings in it")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()  # while still locked: whoever opened it meanwhile finds it gone and opens it again
+        os.close(fd)  # releases the lock
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether the open file `fd` is still the file at `path`."""
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except OSError:
+        return False

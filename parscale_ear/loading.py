@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -28,15 +29,26 @@ def load_checkpoint(run: str | Path) -> dict:
         raise ValueError(f"checkpoint {path} is empty (0 bytes): it was never written completely")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # truncated or foreign file: torch's own message is long and about pickles
-        raise ValueError(f"cannot read checkpoint {path}: not a complete PyTorch checkpoint (truncated, or another "
-                         f"kind of file)") from None
+    except Exception as e:  # torch's own message is long and about pickles
+        raise ValueError(f"cannot read checkpoint {path}: {_unreadable(e)}") from None
     if not isinstance(ckpt, dict) or "config" not in ckpt or "kind" not in ckpt:
         raise ValueError(f"{path} is not a parscale-ear training checkpoint")
-    if "digest" in ckpt and ckpt["digest"] != state_digest({k: v for k, v in ckpt.items() if k != "digest"}):
+    if "digest" not in ckpt:
+        raise ValueError(f"{path}: the checkpoint records no digest of its contents (parscale-ear train always writes "
+                         f"one); it was edited or damaged, and is refused")
+    if ckpt["digest"] != state_digest({k: v for k, v in ckpt.items() if k != "digest"}):
         raise ValueError(f"{path}: the checkpoint does not match its recorded digest (the file was damaged)")
     check_checkpoint(ckpt, path)
     return ckpt
+
+
+def _unreadable(error: Exception) -> str:
+    """Why torch.load (weights_only) refused a file, in a few words."""
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+    if found:  # a pickle of Python objects: never unpickled, it could run code
+        return (f"it holds a Python object ({found.group(1)}), not only tensors and plain values; it is refused unread "
+                f"(loading it could run code), so it was not written by parscale-ear train")
+    return "not a complete PyTorch checkpoint (truncated, or another kind of file)"
 
 
 def weights_digest(model: torch.nn.Module) -> str:
@@ -138,10 +150,13 @@ def model_from_checkpoint(ckpt: dict, use_ema: bool = True) -> ParScaleEAR:
 
 
 def load_pipeline(path: str | Path | None, device: str | torch.device = "cpu") -> ParScaleEAR:
-    """A pipeline from a release folder (config.json) or a run folder / checkpoint file; None: the
-    embedded default model."""
+    """A pipeline from a release folder (config.json), a run folder / checkpoint file, or, where no such path exists,
+    a shipped model's name ("fmnist-32-es"; a preset's name says whether weights ship); None: the embedded default
+    model."""
     if path is None:
         return ParScaleEAR.from_pretrained(device=device)
+    if isinstance(path, str) and not Path(path).exists() and is_model_name(path):
+        return ParScaleEAR.from_pretrained(path, device=device)
     path = Path(path)
     if (path / CONFIG_NAME).is_file():
         return ParScaleEAR.from_pretrained(path, device=device)
@@ -151,9 +166,22 @@ def load_pipeline(path: str | Path | None, device: str | torch.device = "cpu") -
     return model_from_checkpoint(ckpt).to(device)
 
 
-def export(run: str | Path, out: str | Path, dtype: torch.dtype | None = None) -> Path:
+def is_model_name(name: str) -> bool:
+    """Whether `name` names a model rather than a path: a shipped model or a preset (a missing relative path such as
+    runs/gen stays a missing path, never a Hub download)."""
+    from .presets import list_models
+    from .release import shipped_models
+
+    return name in shipped_models() or name in list_models()
+
+
+def export(run: str | Path, out: str | Path, dtype: torch.dtype | None = None, overwrite: bool = False) -> Path:
     """Write a run's EMA pipeline in the release format (config.json + model.safetensors) into `out`,
-    which must not be the run folder or inside it; `dtype` float16/bfloat16 halves the weights."""
+    which must not be the run folder or inside it; `dtype` float16/bfloat16 halves the weights. A folder that
+    holds a model already (config.json or model.safetensors, another release's or anyone's) is left alone unless
+    `overwrite`."""
+    from .release import WEIGHTS_NAME
+
     ckpt = load_checkpoint(run)
     if ckpt["kind"] != "generator":
         raise ValueError(f"export: {run} is a {ckpt['kind']} run; export a generator run (trained with `parscale-ear train`)")
@@ -161,4 +189,25 @@ def export(run: str | Path, out: str | Path, dtype: torch.dtype | None = None) -
     target = Path(out).resolve()
     if target == run_dir.resolve() or run_dir.resolve() in target.parents:
         raise ValueError(f"export: --out {out} is the run folder or inside it; choose a folder outside {run_dir}")
+    taken = [name for name in (CONFIG_NAME, WEIGHTS_NAME) if (Path(out) / name).exists()]
+    if taken and not overwrite and not (Path(out) / CHECKPOINT).exists():  # a run folder: save_pretrained says so
+        raise FileExistsError(f"export: --out {out} already holds {' and '.join(taken)}; they are left alone: choose a "
+                              f"new folder, or pass --overwrite to replace them")
     return model_from_checkpoint(ckpt).save_pretrained(out, dtype)
+
+
+def source_digest(source: str | Path) -> str:
+    """What a release or run folder ('default': the shipped model) holds now, as a digest, without building a model:
+    a release's recorded weights and config digests, a run's checkpoint file's SHA-256. A run records its teacher's,
+    so a resume notices a teacher that changed."""
+    from .files import sha256_file
+    from .release import DEFAULT_MODEL, read_meta, resolve
+
+    path = DEFAULT_MODEL if str(source) == "default" else resolve(source)
+    if (path / CONFIG_NAME).is_file():
+        meta = read_meta(path / CONFIG_NAME)
+        return f"release {meta['weights_sha256']} {meta['config_sha256']}"
+    path = path / CHECKPOINT if path.is_dir() else path
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    return f"checkpoint {sha256_file(path)}"

@@ -23,6 +23,9 @@ CARD_MARK = "<!-- written by parscale-ear save_pretrained -->"
 # the embedded default model (docs: its README.md; numbers: results/fashion_mnist.json)
 DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "fmnist-32-es"
 HUB_ID = r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*"
+# fields a release's config must hold: left out, their defaults would silently change how the model samples
+REQUIRED_FIELDS = {"": ("num_classes", "vae", "cfg", "temperature"),
+                   "hybrid": ("mode", "coarse", "fine", "coarse_steps", "fine_steps"), "dit": ("objective", "steps", "solver")}
 
 
 def config_digest(config: dict) -> str:
@@ -36,6 +39,10 @@ def load_module_state(module: torch.nn.Module, state: dict, source: str) -> None
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     wrong = [f"{k}: expected {tuple(own[k].shape)}, got {tuple(state[k].shape)}" for k in own
              if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    kinds = [f"{k} is {state[k].dtype}, expected {'a floating-point' if own[k].is_floating_point() else 'an integer'} "
+             f"tensor" for k in own if k in state and own[k].is_floating_point() != state[k].is_floating_point()]
+    if kinds:
+        raise ValueError(f"{source}: " + kinds[0] + (f" (+{len(kinds) - 1} more)" if len(kinds) > 1 else ""))
     if missing or unexpected or wrong:
         parts = []
         if missing:
@@ -92,11 +99,12 @@ def save_release(model, directory: str | Path, dtype: torch.dtype | None = None)
     if (directory / "checkpoint.pt").exists():
         raise FileExistsError(f"save_pretrained: {directory} holds a training run (checkpoint.pt); write the release "
                               f"into a folder of its own")
-    prepare_output_folder(directory, "save_pretrained:")
-    remove_stale_temporaries(directory, (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME))
     params = {k for k, _ in model.named_parameters()}
     state = {_stored_name(k): (v.to(dtype) if dtype is not None and k in params else v).detach().contiguous().cpu()
              for k, v in model.state_dict().items()}
+    _check_finite_weights(state, dtype)
+    prepare_output_folder(directory, "save_pretrained:")
+    remove_stale_temporaries(directory, (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME))
     with atomic_path(directory / WEIGHTS_NAME) as tmp:  # weights first: a config never points at missing weights
         save_file(state, str(tmp), metadata={"format": FORMAT})
         weights_sha256 = sha256_file(tmp)
@@ -110,6 +118,17 @@ def save_release(model, directory: str | Path, dtype: torch.dtype | None = None)
         with atomic_path(card) as tmp:
             tmp.write_text(model_card(model, dtype))
     return directory
+
+
+def _check_finite_weights(state: dict[str, torch.Tensor], dtype: torch.dtype | None) -> None:
+    """A one-line ValueError naming the first tensor that holds NaN or Inf as it would be stored (a value beyond
+    float16's range of +-65504 becomes Inf), before anything is written."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        stored = str(dtype or torch.float32).replace("torch.", "")
+        raise ValueError(f"save_pretrained: {bad[0]} holds NaN or Inf as {stored}" + (f" (+{len(bad) - 1} more)" if
+                         len(bad) > 1 else "") + "; nothing was written" + ("" if dtype in (None, torch.float32) else
+                         " (values beyond the dtype's range become Inf: store float32 or bfloat16)"))
 
 
 def model_card(model, dtype: torch.dtype | None = None) -> str:
@@ -129,10 +148,14 @@ def model_card(model, dtype: torch.dtype | None = None) -> str:
             f"Quality and speed numbers belong in this card only with the command that measured them.\n")
 
 
-def _read_meta(config_path: Path) -> dict:
-    """config.json's contents, checked: the format, its version, a config object matching its digest."""
+def read_meta(config_path: Path) -> dict:
+    """config.json's contents, checked: the format, its version, both digests, a config object matching its digest
+    and holding the fields that set how the model samples."""
     try:
         meta = json.loads(config_path.read_text())
+    except UnicodeDecodeError:
+        raise ValueError(f"from_pretrained: {config_path} is not a text file (expected the JSON that "
+                         f"save_pretrained writes)") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"from_pretrained: {config_path} is not valid JSON ({e})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or "config" not in meta:
@@ -144,10 +167,26 @@ def _read_meta(config_path: Path) -> dict:
         raise ValueError(f"from_pretrained: format_version {version} is newer than this library's {FORMAT_VERSION}")
     if not isinstance(meta["config"], dict):
         raise ValueError(f"from_pretrained: {config_path}: 'config' must be a JSON object")
-    if "config_sha256" in meta and meta["config_sha256"] != config_digest(meta["config"]):
+    lacking = [k for k in ("weights_sha256", "config_sha256") if not isinstance(meta.get(k), str)]
+    if lacking:
+        raise ValueError(f"from_pretrained: {config_path} records no {' or '.join(lacking)} (save_pretrained always "
+                         f"writes both); it was edited or damaged, and is refused")
+    if meta["config_sha256"] != config_digest(meta["config"]):
         raise ValueError(f"from_pretrained: {config_path}: the config does not match its recorded digest (the file was "
                          f"edited or damaged)")
+    _check_required_fields(meta["config"], config_path)
     return meta
+
+
+def _check_required_fields(config: dict, config_path: Path) -> None:
+    """A one-line ValueError naming the fields of REQUIRED_FIELDS the stored config lacks."""
+    generator = "dit" if config.get("dit") is not None else "hybrid"
+    missing = [k for k in (*REQUIRED_FIELDS[""], generator) if k not in config]
+    if isinstance(config.get(generator), dict):
+        missing += [f"{generator}.{k}" for k in REQUIRED_FIELDS[generator] if k not in config[generator]]
+    if missing:
+        raise ValueError(f"from_pretrained: {config_path}: the config lacks {', '.join(missing)}; their defaults "
+                         f"could change how the model samples, so it is refused")
 
 
 def read_release(directory: Path) -> tuple[dict, dict[str, torch.Tensor], Path]:
@@ -161,12 +200,12 @@ def read_release(directory: Path) -> tuple[dict, dict[str, torch.Tensor], Path]:
     for p in (config_path, weights_path):
         if not p.is_file():
             raise FileNotFoundError(f"from_pretrained: {p} not found (expected a folder written by save_pretrained)")
-    meta = _read_meta(config_path)
+    meta = read_meta(config_path)
     try:
         state = load_file(str(weights_path))
     except (SafetensorError, OSError) as e:
         raise ValueError(f"from_pretrained: cannot read {weights_path} ({e})") from None
-    if "weights_sha256" in meta and meta["weights_sha256"] != sha256_file(weights_path):
+    if meta["weights_sha256"] != sha256_file(weights_path):
         raise ValueError(f"from_pretrained: {weights_path} does not match the digest in {CONFIG_NAME} (the file was "
                          f"changed or damaged)")
     return meta["config"], {_model_name(k): v for k, v in state.items()}, weights_path

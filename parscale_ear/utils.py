@@ -29,6 +29,22 @@ def check_device(device, name: str = "device") -> torch.device:
     return device
 
 
+def available_memory() -> int:
+    """Bytes of memory free for a new allocation now (Linux: MemAvailable; elsewhere the free pages, or no limit
+    where the OS does not say)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return 1 << 62
+
+
 def resolve_device(name: str | None) -> str:
     """A device string from --device (checked by `check_device`); without one, cuda where available, else cpu."""
     if not name:

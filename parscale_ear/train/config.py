@@ -9,6 +9,9 @@ from ..solvers import check_solver
 
 RUN_CONFIG = "run.json"
 CHECKPOINT_VERSION = 1
+# every draw of a run seeds torch from (seed, step, rank) (distributed.step_seed): seeds below 2**32 keep those
+# seeds inside the 64 bits torch.manual_seed takes
+MAX_SEED = 2**32
 
 
 @dataclass
@@ -60,6 +63,8 @@ class TrainConfig:
             check_int(getattr(self, name), f"TrainConfig.{name} (--{name.replace('_', '-')})")
         for name in ("warmup_steps", "max_images", "seed"):
             check_int(getattr(self, name), f"TrainConfig.{name} (--{name.replace('_', '-')})", minimum=0)
+        if self.seed >= MAX_SEED:
+            raise ValueError(f"TrainConfig.seed (--seed): expected an int below 2**32, got {self.seed}")
         check_real(self.lr, "TrainConfig.lr (--lr)", minimum=0.0, inclusive=False)
         check_int(self.workers, "TrainConfig.workers (--workers)", minimum=-1)
         check_real(self.max_unreadable, "TrainConfig.max_unreadable (--max-unreadable)", minimum=0.0)
@@ -74,6 +79,9 @@ class TrainConfig:
         check_int(self.pairs, "TrainConfig.pairs (--pairs)", minimum=0)
         if bool(self.teacher) != (self.pairs > 0):
             raise ValueError("TrainConfig: --teacher and --pairs go together (a teacher and how many of its pairs)")
+        if not self.teacher and (self.teacher_steps or self.teacher_solver):
+            raise ValueError("TrainConfig: --teacher-steps and --teacher-solver set how the teacher samples; they need "
+                             "--teacher")
         if (self.init or self.teacher) and self.kind != "generator":
             raise ValueError("TrainConfig: --init and --teacher are for generator runs")
         for k in self.teacher_steps:

@@ -1,11 +1,13 @@
 """The training loop: one run folder (run.json, metrics.jsonl, checkpoint.pt, sample grids, loss.png) trained step
 by step, every draw of step s from a seed derived from (seed, s, rank), so `--resume` continues exactly. It stops
-at the first non-finite loss (keeping the last finite checkpoint) and never writes into a folder made anew."""
+at the first non-finite or exploding loss or gradient (keeping the last good checkpoint), holds a lock on its folder,
+never replaces an earlier run's files, and never writes into a folder made anew."""
 from __future__ import annotations
 
 import copy
 import json
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -13,33 +15,74 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..files import atomic_torch_save, atomic_write_json, atomic_write_text, prepare_output_folder, remove_stale_temporaries
+from ..files import (atomic_torch_save, atomic_write_json, atomic_write_text, folder_lock, prepare_output_folder,
+                     remove_stale_temporaries)
 from ..images import save_grid
-from ..loading import CHECKPOINT, METRICS, check_finite_state, load_checkpoint, load_module_state, read_metrics, state_digest
+from ..loading import (CHECKPOINT, METRICS, check_finite_state, load_checkpoint, load_module_state, read_metrics,
+                       source_digest, state_digest)
 from ..model_config import ModelConfig, ParScaleEARConfig
 from ..pipeline import ParScaleEAR
 from ..plots import line_plot
 from ..presets import config_from_dict, get_config
 from .config import CHECKPOINT_VERSION, RUN_CONFIG, TrainConfig
 from .distributed import Dist, batch_indices, setup_distributed, step_seed
+from .divergence import DivergenceWatch
 from .latents import load_images
 from .optim import FIT_FROM, ema_update, fitted_steps, lr_at, param_groups, warmup_steps
 from .tasks import GeneratorTask, VAETask
 
 
-class TrainingDiverged(ValueError):
-    """A loss or gradient became NaN or infinite: the run stops; the last finite checkpoint stays."""
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped the run; its message says which checkpoint the folder keeps."""
 
 
 def train(cfg: TrainConfig, out: str | Path, model_config: ModelConfig | None = None, resume: bool = False,
           device: str = "cpu", progress: bool = True) -> Path:
-    """Train a VAE (`kind='vae'`) or the generators (`kind='generator'`) into run folder `out`."""
+    """Train a VAE (`kind='vae'`) or the generators (`kind='generator'`) into run folder `out`, holding a lock on it
+    (a second process training into it gets a one-line error)."""
     cfg = replace(cfg)  # fit_steps_to_budget may set cfg.steps: never the caller's object
-    out = Path(out)
+    out = check_run_folder(out, cfg)
     d, dev = setup_distributed(device)
     if d.main:
         prepare_output_folder(out)  # fail before the data loads, not after
-    ckpt, model_config, vae_ckpt = _open(cfg, out, model_config, resume)
+    with folder_lock(out) if d.main else nullcontext():
+        run = None
+        try:
+            run = _start(cfg, out, model_config, resume, d, dev, progress)
+            run.loop(progress)
+        except KeyboardInterrupt:
+            raise TrainingInterrupted(_where_it_stopped(out, run)) from None
+    if d.world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return out
+
+
+def check_run_folder(out: str | Path, cfg: TrainConfig) -> Path:
+    """`out` as a Path, refused (one line) when empty, or when it is the data folder or inside it."""
+    if not str(out).strip():
+        raise ValueError("--out: expected a run folder, got an empty path")
+    out, data = Path(out), Path(cfg.data)
+    if cfg.data and data.is_dir() and (out.resolve() == data.resolve() or data.resolve() in out.resolve().parents):
+        raise ValueError(f"--out {out} is the data folder {cfg.data} or inside it: the run's files (samples/, "
+                         f"checkpoints) would mix into the data; choose a folder outside it")
+    return out
+
+
+def _where_it_stopped(out: Path, run) -> str:
+    """What a Ctrl-C left: the step reached and the checkpoint the folder keeps."""
+    if run is None:
+        return f"stopped before training began; {out} holds no new checkpoint"
+    if not run.last_saved:
+        return f"stopped at step {run.step_now} of {run.cfg.steps}; no checkpoint was written"
+    return (f"stopped at step {run.step_now} of {run.cfg.steps}; {out / CHECKPOINT} keeps step {run.last_saved} "
+            f"(--resume continues from there)")
+
+
+def _start(cfg: TrainConfig, out: Path, model_config, resume: bool, d: Dist, dev: torch.device, progress: bool) -> "Run":
+    """The run ready for its first step: the checkpoint resumed or none, the model, the data and the task."""
+    ckpt, model_config, vae_ckpt = _open(cfg, out, model_config, resume, d.main)
+    teacher = _teacher_digest(cfg, ckpt)
     torch.manual_seed(cfg.seed)  # initial weights follow --seed (identical on every rank)
     model = ParScaleEAR(model_config)
     if vae_ckpt is not None:
@@ -53,15 +96,23 @@ def train(cfg: TrainConfig, out: str | Path, model_config: ModelConfig | None = 
                                                              start=ckpt["step"] if ckpt else 0)
     if cfg.batch_size > task.num_items:
         raise ValueError(f"--batch-size {cfg.batch_size} exceeds the {task.num_items} training items; use at most that")
-    run = Run(cfg, out, d, dev, model, model_config, task, ckpt, num_images=len(data))
-    run.loop(progress)
-    if d.world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
-    return out
+    return Run(cfg, out, d, dev, model, model_config, task, ckpt, num_images=len(data), teacher_digest=teacher)
 
 
-def _open(cfg: TrainConfig, out: Path, model_config: ModelConfig | None, resume: bool):
+def _teacher_digest(cfg: TrainConfig, ckpt: dict | None) -> str | None:
+    """The digest of what the teacher holds now (None without one); a resumed run refuses a teacher that changed
+    since it began (its pairs would differ, and the run would not continue exactly)."""
+    if not cfg.teacher:
+        return None
+    digest = source_digest(cfg.teacher)
+    if ckpt is not None and ckpt.get("teacher_digest") not in (None, digest):
+        raise ValueError(f"--resume: the teacher {cfg.teacher} changed since this run began (it holds other weights "
+                         f"now); its pairs would differ, so the run cannot continue exactly: restore that teacher, or "
+                         f"start a new run with another --out")
+    return digest
+
+
+def _open(cfg: TrainConfig, out: Path, model_config: ModelConfig | None, resume: bool, main: bool = True):
     """(the checkpoint to resume or None, the model config, the VAE run's checkpoint or None), with one-line errors."""
     ckpt = None
     if resume:
@@ -75,6 +126,10 @@ def _open(cfg: TrainConfig, out: Path, model_config: ModelConfig | None, resume:
             raise ValueError(f"--resume: {out} is already at step {ckpt['step']}; pass --steps above it to train further")
     elif (out / CHECKPOINT).exists():
         raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    elif main and any((out / name).exists() for name in (METRICS, RUN_CONFIG)):
+        old = " and ".join(name for name in (METRICS, RUN_CONFIG) if (out / name).exists())
+        raise FileExistsError(f"{out} holds {old} of an earlier run that left no checkpoint; a new run would replace "
+                              f"them: move them away, or choose another --out")
     vae_ckpt = load_checkpoint(cfg.vae_run) if cfg.kind == "generator" else None
     if vae_ckpt is not None and vae_ckpt["kind"] != "vae":
         raise ValueError(f"--vae: {cfg.vae_run} is a {vae_ckpt['kind']} run, not a VAE run")
@@ -95,8 +150,9 @@ class Run:
     """A run between steps: the task, its optimizer and EMA, the clocks of the budget and of the log."""
 
     def __init__(self, cfg: TrainConfig, out: Path, d: Dist, dev: torch.device, model: ParScaleEAR,
-                 model_config: ModelConfig, task, ckpt: dict | None, num_images: int):
+                 model_config: ModelConfig, task, ckpt: dict | None, num_images: int, teacher_digest: str | None):
         self.cfg, self.out, self.d, self.dev, self.task, self.model_config = cfg, out, d, dev, task, model_config
+        self.sources = {} if teacher_digest is None else {"teacher_digest": teacher_digest}  # kept in the checkpoint
         self.part = task.part
         model.to(dev)
         self.ema_model = copy.deepcopy(model).requires_grad_(False).eval()  # EMA of the trained part; used for samples
@@ -114,11 +170,11 @@ class Run:
         used = {"bf16": self.use_bf16, "warmup_steps": warmup_steps(cfg)}  # what this run does, not only what was asked
         self.info = {"train": {**asdict(cfg), **used}, "requested": {k: getattr(cfg, k) for k in used},
                      "model": model_config.to_dict(), "world_size": d.world, "device": str(dev), "torch": torch.__version__,
-                     "num_images": num_images, **task.info}  # rewritten with the plan by fit_steps_to_budget
+                     "num_images": num_images, **task.info, **self.sources}  # rewritten with the plan by fit_steps_to_budget
         if d.main:
             self._start_files()
-        self.first_bad = torch.full((), -1, dtype=torch.long, device=dev)  # the first non-finite step, on the device
-        self.last_saved, self.bar, self.fit_mark = self.start, None, None
+        self.divergence = DivergenceWatch(dev)
+        self.last_saved, self.step_now, self.bar, self.fit_mark = self.start, self.start, None, None
 
     def _restore(self, ckpt: dict) -> int:
         """Load a checkpoint's weights, EMA and optimizer state (each checked); returns its step."""
@@ -162,7 +218,7 @@ class Run:
         step = self.start
         while step < cfg.steps:
             losses, grad_norm = self.step(step)
-            done = step + 1
+            done = self.step_now = step + 1
             if fit and done in (self.start + FIT_FROM, warm, refit):
                 self.replan(done)
                 if done == warm:
@@ -189,8 +245,7 @@ class Run:
         self.optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.part.parameters(), cfg.grad_clip)
-        finite = torch.isfinite(grad_norm) & torch.isfinite(losses["loss"].detach())
-        self.first_bad = torch.where((self.first_bad < 0) & ~finite, torch.full_like(self.first_bad, step + 1), self.first_bad)
+        self.divergence.watch(step, losses["loss"].detach().float(), grad_norm.detach().float())
         self.optimizer.step()
         ema_update(self.ema, self.part, min(cfg.ema_decay, (1 + step) / (10 + step)))
         self.window_n += len(idx) * d.world
@@ -228,7 +283,7 @@ class Run:
         logging = done % cfg.log_every == 0 or done == cfg.steps or out_of_time
         saving = done % cfg.ckpt_every == 0 or done == cfg.steps or out_of_time
         if logging or saving:  # nothing non-finite reaches the log or a checkpoint, nor a folder made anew
-            check_finite(self.first_bad, done, self.out, self.last_saved, self.d)
+            self.divergence.check(done, self.out, self.last_saved, self.d)
             if self.d.main and not (self.out / RUN_CONFIG).is_file():
                 raise FileNotFoundError(f"the run folder {self.out} (its {RUN_CONFIG}) was removed or moved during the "
                                         f"run; stopped at step {done} without writing into it")
@@ -269,7 +324,7 @@ class Run:
         cfg = self.cfg
         state = {"kind": cfg.kind, "version": CHECKPOINT_VERSION, "step": step, "train": asdict(cfg),
                  "model": self.part.state_dict(), "ema": self.ema.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 **self.task.checkpoint(self.model_config.to_dict(), self.ema)}
+                 **self.task.checkpoint(self.model_config.to_dict(), self.ema), **self.sources}
         atomic_torch_save({**state, "digest": state_digest(state)}, self.out / CHECKPOINT)
 
     def snapshot(self, step: int) -> None:
@@ -281,14 +336,3 @@ class Run:
         (self.out / "samples").mkdir(exist_ok=True)
         save_grid(grid, self.out / "samples" / f"step_{step:07d}.png", nrow=nrow, column_labels=names)
         plot_losses(self.out / METRICS, self.out / "loss.png", keys=self.task.loss_keys)
-
-
-def check_finite(first_bad: torch.Tensor, done: int, out: Path, last_saved: int, d: Dist) -> None:
-    """Raise TrainingDiverged (one line) if any step so far had a non-finite loss or gradient (on any rank)."""
-    if d.world > 1:
-        dist.all_reduce(first_bad, op=dist.ReduceOp.MAX)
-    bad = int(first_bad)
-    if bad > 0:
-        kept = f"{out / CHECKPOINT} keeps step {last_saved}" if last_saved else "no checkpoint was written"
-        raise TrainingDiverged(f"training diverged: the loss or its gradient is not finite at step {bad} (checked at "
-                               f"step {done}); stopped, {kept}; lower --lr or check the data")

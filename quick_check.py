@@ -1,16 +1,19 @@
-"""Quick CPU smoke check of every preset: build, encode, decode, generate; shapes, finiteness, range.
+"""The first check after set-up: every preset of parscale-ear is built and runs on the CPU (build, encode, decode,
+generate), with shapes, finite values and the [-1, 1] range checked, and the shipped model loads and samples.
 
-Random weights (nothing is loaded), so it checks plumbing and cost, not quality. Run from the repo
-root: `.venv/bin/python experiments/quick_check.py`. Last line is `OK`, or `FAILED: ...` with exit status 1.
+Presets have random weights, so this checks that everything runs and what it costs, not quality. Run from the
+repository's root:
+
+  .venv/bin/python quick_check.py              # every preset, then the shipped model (about a minute on 2 cores)
+  .venv/bin/python quick_check.py tiny-32      # the presets named
+
+The last line is `OK` (exit status 0), or `FAILED: ...` lines (exit status 1).
 """
 from __future__ import annotations
 
+import argparse
 import sys
 import time
-
-import torch
-
-import parscale_ear as pe
 
 GEN_IMAGES = 2  # images generated per preset, seeds 0 and 1
 BATCH = {"lite-256": 1}  # batch for encode/decode/generate; 2 unless listed
@@ -18,6 +21,9 @@ BATCH = {"lite-256": 1}  # batch for encode/decode/generate; 2 unless listed
 failures: list[str] = []
 timings: list[tuple[str, str, str, float]] = []  # (preset, operation, output shape, ms)
 params: dict[str, dict[str, int]] = {}
+
+
+torch = pe = None  # torch and parscale_ear, imported by main() after the arguments: `--help` answers at once
 
 
 def check(preset: str, what: str, fn):
@@ -73,34 +79,60 @@ def check_preset(name: str) -> None:
         check(name, "decode", lambda: check_tensor(timed(name, "decode", lambda: model.vae.decode(latents)), image_shape, False))
         check(name, "reconstruct", lambda: check_tensor(timed(name, "reconstruct", lambda: model.reconstruct(images)), image_shape, True))
 
-    steps = model.generator.default_steps()  # each preset's own (coarse, fine) steps
-    op = f"generate {GEN_IMAGES} steps={steps[0]},{steps[1]}"
+    steps = model.generator.default_steps()  # each preset's own steps, one per stage
+    op = f"generate {GEN_IMAGES} steps={','.join(map(str, steps))}"
     gen_shape = (GEN_IMAGES, v.in_channels, v.image_size, v.image_size)
     check(name, "generate", lambda: check_tensor(
         timed(name, op, lambda: model.generate(GEN_IMAGES, seed=0, batch_size=B, steps=steps)), gen_shape, True))
 
 
-def main() -> int:
+def check_shipped() -> None:
+    """The shipped model loads (its digests checked) and draws two images in [-1, 1]."""
+    model = check("shipped", "from_pretrained", pe.ParScaleEAR.from_pretrained)
+    if model is not None:
+        v = model.config.vae
+        check("shipped", "generate", lambda: check_tensor(timed("shipped", "generate 2 (default steps)", lambda: model.generate(
+            2, seed=0)), (2, v.in_channels, v.image_size, v.image_size), True))
+
+
+def main(argv: list[str] | None = None) -> int:
+    global torch, pe
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("presets", nargs="*", metavar="PRESET", help="presets to check (default: every preset and "
+                                                                     "the shipped model)")
+    args = parser.parse_args(argv)
+    import torch
+    import parscale_ear as pe
+    from parscale_ear.args import set_cpu_threads
+
+    set_cpu_threads()  # the CLI's CPU threads (README: "CPU threads")
     t_start = time.perf_counter()
     torch.manual_seed(0)
     names = check("registry", "list_models", lambda: pe.list_models(peers=False)) or []
     if not names:
         failures.append("registry: list_models() returned no presets")
+    unknown = sorted(set(args.presets) - set(names))
+    if unknown:
+        parser.error(f"unknown preset(s) {', '.join(unknown)}; known: {', '.join(names)}")
     with torch.no_grad():
-        for name in names:
+        for name in args.presets or names:
             check_preset(name)
+        if not args.presets:
+            check_shipped()
 
     cols = ["vae.encoder", "vae.decoder", "generator.coarse", "generator.fine", "generator", "total"]
     print(f"parscale_ear {pe.__version__}, torch {torch.__version__}, CPU threads {torch.get_num_threads()}")
+    w = max([len("preset"), *(len(name) for name, *_ in timings)])
+    ow = max([len("operation"), *(len(op) for _, op, *_ in timings)])
     print("\nparameters (model.num_parameters())")
-    print(f"{'preset':<10}" + "".join(f"{c:>18}" for c in cols))
+    print(f"{'preset':<{w}}" + "".join(f"{c:>18}" for c in cols))
     for name, counts in params.items():
-        print(f"{name:<10}" + "".join(f"{counts.get(c, 0):>18,}" for c in cols))
+        print(f"{name:<{w}}" + "".join(f"{counts.get(c, 0):>18,}" for c in cols))
     print("\nwall time per operation (CPU, single call, includes first-call overhead)")
-    print(f"{'preset':<10} {'operation':<24} {'output':<14} {'ms':>9}")
+    print(f"{'preset':<{w}} {'operation':<{ow}} {'output':<14} {'ms':>9}")
     for name, op, shape, ms in timings:
-        print(f"{name:<10} {op:<24} {shape:<14} {ms:>9.1f}")
-    print(f"\nchecks took {time.perf_counter() - t_start:.1f} s after import (whole script budget: 60 s)")
+        print(f"{name:<{w}} {op:<{ow}} {shape:<14} {ms:>9.1f}")
+    print(f"\nchecks took {time.perf_counter() - t_start:.1f} s after import")
     if failures:
         for f in failures:
             print(f"FAILED: {f}")
