@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from .files import shared_folder
 from .hybrid import CoarseFineHybrid
 from .loading import state_digest, weights_digest
 from .pipeline import ParScaleEAR
@@ -212,10 +213,16 @@ def cached_teacher_pairs(folder: Path, teacher: ParScaleEAR, n: int, steps, solv
     run folder: every student trained on its latents shares them) and read from there after, checked against their
     key and digest (`check_pairs_cache`); a cache that fails a check is made again (one warning line), so a resumed
     run finds exactly the same pairs. Also the file's path, as "path"."""
-    from .files import atomic_torch_save, remove_stale_temporaries
-
     path, key = pairs_file(folder, teacher, n, steps, solver, student)
-    remove_stale_temporaries(folder, (f"{PAIRS_PREFIX}*.pt",))
+    with shared_folder(folder, (f"{PAIRS_PREFIX}*.pt",)):  # other students on this VAE run may make pairs too
+        return _read_or_make_pairs(path, key, teacher, n, steps, solver, progress, student)
+
+
+def _read_or_make_pairs(path: Path, key: dict, teacher: ParScaleEAR, n: int, steps, solver: str | None, progress: bool,
+                        student: ParScaleEAR | None) -> dict:
+    """`cached_teacher_pairs`' work: the pairs at `path` if they pass their checks, else made and written there."""
+    from .files import atomic_torch_save
+
     if path.exists():
         try:
             cache = torch.load(path, map_location="cpu", weights_only=True)

@@ -19,6 +19,7 @@ import torch
 TEMP_SUFFIX = ".parscale-ear.tmp"
 _TEMP_RANDOM = r"[a-z0-9_]{8}"  # tempfile.mkstemp's random part
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # no room for the file: said in one line naming it
+SHARED_LOCK_NAME = ".parscale-ear.shared.lock"  # held by every process working in a shared folder
 LOCK_NAME = ".parscale-ear.lock"  # in a run folder: held (flock) by the process that trains into it
 
 
@@ -158,6 +159,27 @@ def folder_lock(folder: str | os.PathLike, what: str = "--out") -> Iterator[None
     finally:
         with contextlib.suppress(OSError):
             path.unlink()  # while still locked: whoever opened it meanwhile finds it gone and opens it again
+        os.close(fd)  # releases the lock
+
+
+@contextlib.contextmanager
+def shared_folder(folder: str | os.PathLike, stale: Iterable[str]) -> Iterator[None]:
+    """Work in a folder that other processes may work in at the same time (a VAE run's latent shards and teacher
+    pairs, shared by every generator run on it): hold a shared lock (flock on FOLDER/.parscale-ear.shared.lock) while
+    the block runs, and remove the temporaries of killed writes (`stale`: `remove_stale_temporaries`' patterns) only
+    where no other process holds it, so a temporary another process is writing is never taken from it."""
+    import fcntl
+
+    fd = os.open(Path(folder) / SHARED_LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # alone in the folder: earlier writers are dead
+            remove_stale_temporaries(folder, stale)
+        except BlockingIOError:
+            pass  # others are at work: their temporaries are alive
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        yield
+    finally:
         os.close(fd)  # releases the lock
 
 

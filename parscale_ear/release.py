@@ -25,7 +25,10 @@ DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "fmnist-32-es"
 HUB_ID = r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*"
 # fields a release's config must hold: left out, their defaults would silently change how the model samples
 REQUIRED_FIELDS = {"": ("num_classes", "vae", "cfg", "temperature"),
-                   "hybrid": ("mode", "coarse", "fine", "coarse_steps", "fine_steps"), "dit": ("objective", "steps", "solver")}
+                   "hybrid": ("mode", "coarse", "fine", "coarse_steps", "fine_steps"),
+                   "dit": ("objective", "steps", "solver", "time_shift"),
+                   # each stage of the hybrid, by its kind (every release since 0.1 writes these)
+                   "stage": ("kind",), "flow": ("solver", "max_steps", "objective", "mean_weight", "backbone_noise")}
 
 
 def config_digest(config: dict) -> str:
@@ -184,6 +187,11 @@ def _check_required_fields(config: dict, config_path: Path) -> None:
     missing = [k for k in (*REQUIRED_FIELDS[""], generator) if k not in config]
     if isinstance(config.get(generator), dict):
         missing += [f"{generator}.{k}" for k in REQUIRED_FIELDS[generator] if k not in config[generator]]
+        for name in ("coarse", "fine") if generator == "hybrid" else ():
+            stage = config[generator].get(name)
+            if isinstance(stage, dict):
+                fields = REQUIRED_FIELDS["stage"] + (REQUIRED_FIELDS["flow"] if stage.get("kind") == "flow" else ())
+                missing += [f"hybrid.{name}.{k}" for k in fields if k not in stage]
     if missing:
         raise ValueError(f"from_pretrained: {config_path}: the config lacks {', '.join(missing)}; their defaults "
                          f"could change how the model samples, so it is refused")

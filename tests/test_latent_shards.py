@@ -115,6 +115,9 @@ def test_a_damaged_shard_is_never_trusted_and_is_encoded_again(vae, setup, case)
 
 
 def test_a_killed_encode_resumes_where_it_stopped(vae, setup, monkeypatch):
+    from parscale_ear.files import TEMP_SUFFIX
+
+    encode(vae, setup)  # the folder exists whichever tests ran before
     for path in shard_folder(vae, setup).iterdir():
         path.unlink()
     real, calls, kill = latents_mod._encode_shard, [], [True]
@@ -135,7 +138,7 @@ def test_a_killed_encode_resumes_where_it_stopped(vae, setup, monkeypatch):
     calls.clear()
     latents = encode(vae, setup)
     assert calls == [1, 2] and len(latents) == 24  # shard 0 was kept
-    assert not any(p.name.startswith(".") for p in folder.iterdir())  # the killed write's temporary is gone
+    assert not any(p.name.endswith(TEMP_SUFFIX) for p in folder.iterdir())  # the killed write's temporary is gone
 
 
 def test_the_cache_key_follows_the_vae_weights_and_the_data(vae, setup, folder, tmp_path):
@@ -167,3 +170,30 @@ def test_unreadable_images_get_no_latent_and_the_labels_stay_aligned(vae, tmp_pa
         latents = latent_shards(vae, model, images, torch.device("cpu"), shard_items=8, workers=0, max_unreadable=0.2)
     assert len(latents) == 11 and latents.skipped == 1
     assert latents.gather(np.arange(11))[1].tolist() == [0] * 5 + [1] * 6
+
+
+def test_a_shared_folder_keeps_the_temporaries_of_a_process_still_at_work(tmp_path):
+    """Runs on one VAE run share its latent shards and teacher pairs: a process entering the folder removes the
+    temporaries of killed writes only where no other process holds the folder, never one another process is writing."""
+    import os
+    import subprocess
+    import sys
+
+    from parscale_ear.files import shared_folder
+
+    from parscale_ear.files import TEMP_SUFFIX
+
+    live = tmp_path / f".000000.latents.npy.abcdef12{TEMP_SUFFIX}"  # as atomic_path names a temporary
+    live.write_text("being written")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from parscale_ear.files import shared_folder\n"
+                               f"with shared_folder({str(tmp_path)!r}, []):\n    print('in', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    try:
+        assert holder.stdout.readline().strip() == "in"
+        with shared_folder(tmp_path, ["000000.*"]):
+            assert live.exists()  # another process holds the folder: its temporary stays
+    finally:
+        holder.kill()
+        holder.wait()
+    with shared_folder(tmp_path, ["000000.*"]):
+        assert not live.exists()  # alone: the temporary of a dead writer goes

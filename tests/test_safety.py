@@ -232,6 +232,18 @@ def test_a_release_missing_a_field_or_a_digest_is_refused(runs, tmp_path, capsys
     assert message in line and not (tmp_path / "s.png").exists()
 
 
+@pytest.mark.parametrize("field", ["solver", "max_steps", "objective", "mean_weight", "backbone_noise", "kind"])
+def test_a_release_missing_a_flow_stage_field_that_sets_sampling_is_refused(tmp_path, capsys, field):
+    """A flow stage's solver, step limit, objective, mean head and noise path set how it samples: a release whose
+    stage lacks one is refused (its default could silently change the images), as the release's own fields are."""
+    import parscale_ear as pe
+
+    pe.create_model("tiny-32-flow").save_pretrained(tmp_path / "flow")
+    rel = _edited_release(tmp_path / "flow", tmp_path / "edited", lambda meta: meta["config"]["hybrid"]["fine"].pop(field))
+    line = one_error_line(capsys, main(["sample", "--ckpt", str(rel), "--n", "1", "--out", str(tmp_path / "s.png")]))
+    assert f"lacks hybrid.fine.{field}" in line and not (tmp_path / "s.png").exists()
+
+
 def test_integer_weights_and_a_binary_config_are_refused_by_name(runs, tmp_path, capsys):
     import shutil
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..files import atomic_path, atomic_torch_save, atomic_write_json, prepare_output_folder, remove_stale_temporaries
+from ..files import atomic_path, atomic_torch_save, atomic_write_json, prepare_output_folder, shared_folder
 from ..image_files import MAX_UNREADABLE, DatasetError, Unreadable
 from ..images import from_uint8
 from ..loading import CHECKPOINT, METRICS, state_digest, weights_digest
@@ -115,13 +115,13 @@ def latent_shards(vae_run: str | Path, model: ParScaleEAR, images: ImageSet, dev
     plan = [(k, start, min(len(images), start + shard_items)) for k, start in enumerate(range(0, len(images), shard_items))]
     prepare_output_folder(folder, "latents")
     mine = plan[d.rank :: d.world]
-    remove_stale_temporaries(folder, [f"{k:06d}.*" for k, _, _ in mine])
     seen = Unreadable(max_unreadable, len(images))
-    for k, start, stop in mine:
-        meta = _check_shard(folder, k, key, start, stop, full=True)
-        if meta is None:
-            meta = _encode_shard(folder, k, key, start, stop, model.vae, images, device, workers, progress and d.main)
-        seen.add(stop - start, meta["skipped"], meta.get("first_skipped", ""))
+    with shared_folder(folder, [f"{k:06d}.*" for k, _, _ in mine]):  # other runs on this VAE run may encode too
+        for k, start, stop in mine:
+            meta = _check_shard(folder, k, key, start, stop, full=True)
+            if meta is None:
+                meta = _encode_shard(folder, k, key, start, stop, model.vae, images, device, workers, progress and d.main)
+            seen.add(stop - start, meta["skipped"], meta.get("first_skipped", ""))
     if d.world > 1:
         dist.barrier()
     metas = [_check_shard(folder, k, key, start, stop, full=False) for k, start, stop in plan]
