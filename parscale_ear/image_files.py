@@ -123,9 +123,10 @@ class ImageListing:
     def __len__(self) -> int:
         return len(self.files)
 
-    def head(self, n: int) -> ImageListing:
-        """The first n files."""
-        return ImageListing(self.root, self.files[:n], None if self.labels is None else self.labels[:n], self.class_names)
+    def pick(self, index: list[int]) -> ImageListing:
+        """The files at `index`, in that order."""
+        return ImageListing(self.root, [self.files[i] for i in index], None if self.labels is None else self.labels[index],
+                            self.class_names)
 
     def identity(self) -> str:
         """SHA-256 of the manifest: each file's path, size and modification time, and the class names."""

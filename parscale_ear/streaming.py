@@ -109,18 +109,19 @@ class FolderImages(ImageSet):
 
 
 class ShardImages(ImageSet):
-    """WebDataset tar shards, each sample's image decoded when read (the first `limit` samples)."""
+    """WebDataset tar shards, each sample's image decoded when read (`limit` samples spread over them)."""
 
     def __init__(self, shards: ShardSet, image_size: int, channels: int, limit: int = 0):
         self.shards, self.image_size, self.channels = shards, image_size, channels
-        self.length = min(limit, len(shards)) if limit > 0 else len(shards)
+        self.items = spread(len(shards), limit if limit > 0 else len(shards))  # shards hold classes in order
+        self.length = len(self.items)
         self.source, self.class_names, self.labelled = str(shards.folder), shards.class_names, bool(shards.class_names)
 
     def __len__(self) -> int:
         return self.length
 
     def load(self, i: int) -> tuple[torch.Tensor, int]:
-        data, ext, label = self.shards.sample(i)
+        data, ext, label = self.shards.sample(self.items[i])
         image = decode_image(data, self.channels, self.image_size, name=f"{self.source} sample {i} (.{ext})")
         return torch.from_numpy(image).permute(2, 0, 1), label
 
@@ -131,7 +132,8 @@ class ShardImages(ImageSet):
 
 def open_images(source: str, image_size: int, channels: int, max_images: int = 0) -> ImageSet:
     """The training images of `source` ("fashion-mnist", idx files, CIFAR-10 or .npz: in memory; a folder of images or
-    of tar shards: read lazily), the first `max_images` of them when > 0."""
+    of tar shards: read lazily); with `max_images` > 0, that many: the first of an in-memory set (stored shuffled), spread
+    over a folder or shards (stored class by class)."""
     check_read_options("train", image_size, channels)
     if in_memory_source(source):
         data = load_dataset(source, "train", image_size=image_size, channels=channels)
@@ -141,7 +143,8 @@ def open_images(source: str, image_size: int, channels: int, max_images: int = 0
     if shards is not None:
         return ShardImages(shards, image_size, channels, max_images)
     listing = list_images(folder)
-    return FolderImages(listing.head(max_images) if max_images > 0 else listing, image_size, channels)
+    return FolderImages(listing.pick(spread(len(listing), max_images)) if max_images > 0 else listing, image_size,
+                        channels)
 
 
 # ----------------------------------------------------------------------------- batches
@@ -209,9 +212,18 @@ def ordered_batches(start: int, stop: int, batch: int) -> list[list[int]]:
     return [list(range(i, min(stop, i + batch))) for i in range(start, stop, batch)]
 
 
+def spread(num_items: int, n: int) -> list[int]:
+    """n of items 0..num_items-1 evenly spaced over all of them (all where n >= num_items): a sample that covers every
+    class of a folder or of shards written class by class, the same at every call."""
+    if n >= num_items:
+        return list(range(num_items))
+    return [int(i) for i in torch.linspace(0, num_items - 1, n).round().long()]
+
+
 def read_images(images: ImageSet, n: int, workers: int = 0) -> torch.Tensor:
-    """The first n readable images as uint8 (n', C, H, W) (n' < n only if fewer can be read)."""
+    """n readable images spread over the set (`spread`) as uint8 (n', C, H, W) (n' < n only if fewer can be read)."""
+    index = spread(len(images), n)
     if isinstance(images, MemoryImages):
-        return images.data.images[:n]
-    batches = [b.images for b in loader(images.without_replacement(), ordered_batches(0, min(n, len(images)), 256), workers)]
-    return torch.cat(batches)[:n]
+        return images.data.images[index]
+    batches = [index[i:i + 256] for i in range(0, len(index), 256)]
+    return torch.cat([b.images for b in loader(images.without_replacement(), batches, workers)])

@@ -64,7 +64,7 @@ def test_latents_are_memory_mapped_shards_that_training_reads_through_the_map(tm
     assert len(latents) == 24 and len(latents.latents) == 3 and all(isinstance(x, np.memmap) for x in latents.latents)
     model, images = setup
     expected = train_mod.encode_dataset(model.vae, torch.stack([images[i][0] for i in range(24)]), torch.device("cpu"))
-    torch.testing.assert_close(latents.head(24), expected)
+    torch.testing.assert_close(latents.sample(24), expected)
     task = GeneratorTask(model, images, cfg("generator", folder, vae), torch.device("cpu"), train_mod.Dist(), fresh=True)
     assert task.inputs is task.latents and all(isinstance(x, np.memmap) for x in task.inputs.latents)
     x, labels = task.batch(torch.tensor([9, 0, 17]))
@@ -102,7 +102,7 @@ def damage(case, npy, meta):
 @pytest.mark.parametrize("case", ["flipped byte", "fewer latents", "half precision", "sliced", "no record",
                                   "non-finite", "torn file"])
 def test_a_damaged_shard_is_never_trusted_and_is_encoded_again(vae, setup, case):
-    good = encode(vae, setup).head(24)
+    good = encode(vae, setup).sample(24)
     npy, meta = shard_folder(vae, setup) / "000001.latents.npy", shard_folder(vae, setup) / "000001.json"
     damage(case, npy, meta)
     with warnings.catch_warnings(record=True) as caught:
@@ -110,7 +110,7 @@ def test_a_damaged_shard_is_never_trusted_and_is_encoded_again(vae, setup, case)
         again = encode(vae, setup)
     if case != "no record":  # a shard without its record is one a killed encode left: encoded without a word
         assert any("fails its check" in str(w.message) and "encoded again" in str(w.message) for w in caught), case
-    assert len(again) == 24 and torch.equal(again.head(24), good)
+    assert len(again) == 24 and torch.equal(again.sample(24), good)
     assert latents_mod._check_shard(meta.parent, 1, json.loads(meta.read_text())["key"], 8, 16, full=True) is not None
 
 

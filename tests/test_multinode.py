@@ -115,7 +115,7 @@ latents._encode_shard = lambda folder, k, *a, **kw: encoded.append(k) or real(fo
 model = model_from_checkpoint(load_checkpoint(sys.argv[1]))
 result = latents.latent_shards(sys.argv[1], model, open_images(sys.argv[2], 32, 1), dev, d, shard_items=8, workers=0)
 with open(f"rank{d.rank}.json", "w") as f:
-    json.dump({"encoded": encoded, "count": len(result), "sum": float(result.head(64).sum())}, f)
+    json.dump({"encoded": encoded, "count": len(result), "sum": float(result.sample(64).sum())}, f)
 torch.distributed.destroy_process_group()
 '''
 

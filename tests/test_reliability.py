@@ -64,10 +64,10 @@ def test_cached_latents_follow_the_data_not_only_its_size(tmp_path, vae):
     b = ImageData(torch.from_numpy(rng.integers(0, 255, (6, 1, 32, 32), dtype=np.uint8)), torch.arange(6) % 2,
                   ["x", "y"], "a")
     d = train_mod.Dist()
-    la = train_mod.latent_shards(vae, model, MemoryImages(a), torch.device("cpu"), d).head(6)
-    lb = train_mod.latent_shards(vae, model, MemoryImages(b), torch.device("cpu"), d).head(6)
+    la = train_mod.latent_shards(vae, model, MemoryImages(a), torch.device("cpu"), d).sample(6)
+    lb = train_mod.latent_shards(vae, model, MemoryImages(b), torch.device("cpu"), d).sample(6)
     assert not torch.equal(la, lb)  # the same size, other images: encoded again
-    assert torch.equal(train_mod.latent_shards(vae, model, MemoryImages(b), torch.device("cpu"), d).head(6), lb)
+    assert torch.equal(train_mod.latent_shards(vae, model, MemoryImages(b), torch.device("cpu"), d).sample(6), lb)
 
 
 def test_a_diverged_run_stops_with_its_last_finite_checkpoint(tmp_path, data, vae, capsys):

@@ -195,3 +195,18 @@ def test_a_streamed_vae_run_resumes_bit_for_bit(tmp_path):
     whole, split = (torch.load(tmp_path / r / "checkpoint.pt", weights_only=True) for r in ("whole", "split"))
     assert all(torch.equal(whole["model"][k], split["model"][k]) for k in whole["model"])
     assert whole["config"]["vae"]["latent_scale"] == split["config"]["vae"]["latent_scale"]
+
+
+def test_a_part_of_a_folder_or_of_shards_covers_every_class(tmp_path):
+    """Folders and shards hold their classes one after another: --max-images and the images the scales are measured
+    on are spread over the whole set, so they cover every class rather than the first ones."""
+    from parscale_ear.streaming import read_images, spread
+
+    root = write_folder(tmp_path / "imgs", per_class=4, classes=("a", "b", "c"))
+    assert main(["data", "shards", str(root), str(tmp_path / "shards"), "--shard-items", "5"]) == 0
+    for source in (root, tmp_path / "shards"):
+        part = open_images(str(source), 16, 3, max_images=3)
+        assert len(part) == 3 and sorted(part[i][1] for i in range(3)) == [0, 1, 2]
+    whole = open_images(str(root), 16, 3)
+    assert spread(12, 3) == [0, 6, 11] and spread(4, 9) == [0, 1, 2, 3]
+    assert torch.equal(read_images(whole, 3), torch.stack([whole[i][0] for i in (0, 6, 11)]))

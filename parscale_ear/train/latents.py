@@ -22,7 +22,7 @@ from ..image_files import MAX_UNREADABLE, DatasetError, Unreadable
 from ..images import from_uint8
 from ..loading import CHECKPOINT, METRICS, state_digest, weights_digest
 from ..pipeline import ParScaleEAR, ParScaleEARConfig
-from ..streaming import ImageSet, loader, open_images, ordered_batches, read_images
+from ..streaming import ImageSet, loader, open_images, ordered_batches, read_images, spread
 from .config import CHECKPOINT_VERSION, TrainConfig
 from .distributed import Dist
 
@@ -87,9 +87,9 @@ class LatentSet:
             lat[rows], lab[rows] = self.latents[k][idx[rows] - self.offsets[k]], self.labels[k][idx[rows] - self.offsets[k]]
         return torch.from_numpy(lat), torch.from_numpy(lab)
 
-    def head(self, n: int) -> torch.Tensor:
-        """The first n latents (a copy)."""
-        return self.gather(np.arange(min(n, len(self))))[0]
+    def sample(self, n: int) -> torch.Tensor:
+        """n latents spread over the set (a copy; `streaming.spread`): what token scales are fitted on."""
+        return self.gather(np.asarray(spread(len(self), n)))[0]
 
     def to(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """All latents and labels as tensors on `device`, copied shard by shard."""
@@ -228,9 +228,10 @@ def _encode_shard(folder: Path, k: int, key: str, start: int, stop: int, vae, im
 
 @torch.no_grad()
 def latent_scale(vae, images, device: torch.device, n: int = 5000) -> float:
-    """1 / std of the (unscaled) posterior means over up to n training images (uint8 (N, C, H, W), or an ImageSet)."""
+    """1 / std of the (unscaled) posterior means over up to n training images spread over the set (uint8 (N, C, H, W),
+    or an ImageSet)."""
     scale = vae.config.latent_scale
-    first = images[:n] if isinstance(images, torch.Tensor) else read_images(images, n)
+    first = images[spread(len(images), n)] if isinstance(images, torch.Tensor) else read_images(images, n)
     z = encode_dataset(vae, first, device) / scale
     return float(1.0 / z.std().clamp_min(1e-6))
 

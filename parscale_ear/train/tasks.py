@@ -87,20 +87,20 @@ class VAETask:
             self.checked = True
         return (from_uint8(batch.images.to(self.dev, non_blocking=True)),)
 
-    def first_images(self) -> torch.Tensor:
-        """The first images of the set (uint8), read once: those the latent scale is measured on."""
+    def scale_images(self) -> torch.Tensor:
+        """Images spread over the set (uint8), read once: those the latent scale is measured on."""
         if self._first is None:
             c, h, w = self.model.config.vae.in_channels, self.model.config.vae.image_size, self.model.config.vae.image_size
             self._first = read_images(self.data, max(32, min(SCALE_IMAGES, (256 << 20) // (c * h * w))))
         return self._first
 
     def checkpoint(self, config: dict, ema: nn.Module) -> dict:
-        config["vae"]["latent_scale"] = latent_scale(ema, self.first_images(), self.dev)  # latents of unit std
+        config["vae"]["latent_scale"] = latent_scale(ema, self.scale_images(), self.dev)  # latents of unit std
         return {"config": config}
 
     def grid(self, ema_model: ParScaleEAR) -> tuple[torch.Tensor, int, list[str] | None]:
         """32 originals, then their reconstructions, 16 per row."""
-        x = from_uint8(self.first_images()[:32].to(self.dev))
+        x = from_uint8(self.scale_images()[:32].to(self.dev))
         return torch.cat([x, ema_model.vae.decode(ema_model.vae.encode(x)).clamp(-1, 1)]), 16, None
 
 
@@ -138,7 +138,7 @@ class GeneratorTask:
             if dev.type == "cuda" and self.latents.latents[0][:1].nbytes * len(self.latents) <= DEVICE_LATENTS_BYTES:
                 self.inputs, self.labels = self.latents.to(dev)
             if fresh and not cfg.init:  # an initialised model keeps its source's token scales
-                model.generator.fit_token_scales(self.latents.head(10_000).to(dev))
+                model.generator.fit_token_scales(self.latents.sample(10_000).to(dev))
         self.part, self.step = model.generator, GeneratorStep(model.generator)
 
     def _latents(self, cfg: TrainConfig, data: ImageSet, dev: torch.device, d: Dist, progress: bool):
@@ -161,7 +161,7 @@ class GeneratorTask:
         elif cfg.init:  # the units its samples are cut in: --init's model's (loaded again on resume)
             take_token_scales(self.model, source or load_pipeline(None if cfg.init == "default" else cfg.init))
         else:  # ...or the VAE run's latents' (the same on resume)
-            self.model.generator.fit_token_scales(self._latents(cfg, data, dev, d, progress).head(10_000).to(dev))
+            self.model.generator.fit_token_scales(self._latents(cfg, data, dev, d, progress).sample(10_000).to(dev))
         student = self.model if through_latents else None  # its token maps and scales cut the teacher's samples
         steps = None if not cfg.teacher_steps else cfg.teacher_steps[0] if len(cfg.teacher_steps) == 1 else tuple(cfg.teacher_steps)
         solver = cfg.teacher_solver or None
