@@ -185,11 +185,21 @@ def _resumed(args, kind: str):
     for flag, value, own in (("--preset", getattr(args, "preset", None), run_config.name),
                              ("--peer", getattr(args, "peer", None), run_config.name),
                              ("--mode", getattr(args, "mode", None), getattr(run_config, "hybrid", None) and run_config.hybrid.mode),
-                             ("--streams", getattr(args, "streams", None),
-                              getattr(run_config, "hybrid", None) and run_config.hybrid.coarse.streams)):
+                             ("--streams", getattr(args, "streams", None), _streams(run_config))):
         if value is not None and value != own:
             differ.append(f"{flag} {value} (the run's: {own})")
     if differ:
         raise ValueError(f"--resume: {'; '.join(differ)}: a resumed run keeps its own settings; leave these out, or "
                          f"start a new run with another --out")
     return TrainConfig(**{**saved, "kind": kind, **_schedule(args, {**SCHEDULE_DEFAULTS, **saved})}), None
+
+
+def _streams(config) -> int | str | None:
+    """The P streams of a model's stages (those its mode runs; "2/1" where they differ), None for a peer."""
+    generator = getattr(config, "hybrid", None)
+    if generator is None:
+        return None
+    from .hybrid import STAGE_LISTS
+
+    streams = {getattr(generator, stage.name).streams for stage in STAGE_LISTS[generator.mode]}
+    return streams.pop() if len(streams) == 1 else "/".join(map(str, sorted(streams)))

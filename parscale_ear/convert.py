@@ -21,6 +21,30 @@ def _folder_name(name: str, i: int) -> str:
     return re.sub(r"[^\w.+-]+", "-", name).strip("-.") or f"class-{i}"
 
 
+MANIFEST = ".parscale-ear-folder.json"  # what a folder was rendered from and how: a rerun resumes only the same
+
+
+def _claim(out: Path, settings: dict) -> None:
+    """Mark `out` as this conversion's (a new or empty folder), or check it is (a rerun); a one-line error for a folder
+    that holds something else or was rendered at other settings (its PNGs would be of two kinds)."""
+    import json
+
+    from .files import atomic_write_json
+
+    path = out / MANIFEST
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, ValueError):
+            old = None
+        if old != settings:
+            raise FileExistsError(f"{out} was rendered from other settings ({path}: {old}); choose another folder")
+        return
+    if any(not p.name.startswith(".") for p in out.iterdir()):
+        raise FileExistsError(f"{out} is not empty and was not started by `data folder`; images go into a new folder")
+    atomic_write_json(path, settings)
+
+
 def write_image_folder(source: str, out: str | os.PathLike, image_size: int, channels: int = 3, split: str = "train",
                        max_images: int = 0, per_class: int = 0, progress: bool = False) -> tuple[Path, int]:
     """Render `source`'s images as `out`/CLASS/NNNNNN.png (flat when unlabelled) at image_size x image_size with
@@ -31,6 +55,7 @@ def write_image_folder(source: str, out: str | os.PathLike, image_size: int, cha
     if channels is None:
         raise ValueError("channels must be 1 (grey) or 3 (RGB)")
     out = prepare_output_folder(out)
+    _claim(out, {"source": str(source), "split": split, "image_size": image_size, "channels": channels})
     if in_memory_source(source):
         data = load_dataset(source, split, image_size=None)  # as stored: fitted below, upscaling included
         images, labels, names = data.images.permute(0, 2, 3, 1).numpy(), data.labels, data.class_names

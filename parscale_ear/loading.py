@@ -34,8 +34,8 @@ def load_checkpoint(run: str | Path) -> dict:
     if not isinstance(ckpt, dict) or "config" not in ckpt or "kind" not in ckpt:
         raise ValueError(f"{path} is not a parscale-ear training checkpoint")
     if "digest" not in ckpt:
-        raise ValueError(f"{path}: the checkpoint records no digest of its contents (parscale-ear train always writes "
-                         f"one); it was edited or damaged, and is refused")
+        raise ValueError(f"{path}: the checkpoint records no digest of its contents: it was edited or damaged, or "
+                         f"written by parscale-ear 0.1 (0.2 and later always write one), and is refused")
     if ckpt["digest"] != state_digest({k: v for k, v in ckpt.items() if k != "digest"}):
         raise ValueError(f"{path}: the checkpoint does not match its recorded digest (the file was damaged)")
     check_checkpoint(ckpt, path)

@@ -94,7 +94,7 @@ def write_shards(source: str | os.PathLike, out: str | os.PathLike, shard_items:
 
 
 def _resumable(out: Path, plan: dict) -> list[dict]:
-    """The shards a previous run of the same conversion finished (checked by size); one-line errors for a folder
+    """The shards a previous run of the same conversion finished (checked by size and SHA-256); one-line errors for a folder
     that holds something else."""
     path = out / MANIFEST
     if not path.is_file():
@@ -111,7 +111,8 @@ def _resumable(out: Path, plan: dict) -> list[dict]:
         raise FileExistsError(f"{out} holds shards of another source or shard size; choose another folder")
     done = []
     for rec in old.get("shards", []):
-        if not ((out / rec["name"]).is_file() and (out / rec["name"]).stat().st_size == rec["bytes"]):
+        shard = out / rec["name"]
+        if not (shard.is_file() and shard.stat().st_size == rec["bytes"] and sha256_file(shard) == rec.get("sha256")):
             break
         done.append(rec)
     return done

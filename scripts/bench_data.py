@@ -93,10 +93,22 @@ def with_hf_datasets(folder: Path, cache: Path, args) -> float | None:
     return rate(batches, args.batches)
 
 
+def _part_of(folder: Path, out: Path, n: int) -> Path:
+    """A folder of symbolic links to `n` images of `folder` spread over its classes (its layout kept)."""
+    from parscale_ear.image_files import list_images
+    from parscale_ear.streaming import spread
+
+    listing = list_images(folder)
+    for rel in listing.pick(spread(len(listing), n)).files:
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).symlink_to((folder / rel).resolve())
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--folder", help="an image folder to read (default: one made of --images synthetic JPEGs)")
-    p.add_argument("--images", type=int, default=2000, help="synthetic images to make")
+    p.add_argument("--images", type=int, default=2000, help="synthetic images to make, or images of --folder to read")
     p.add_argument("--size", type=int, default=64, help="side the images are fitted to")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--batches", type=int, default=20, help="timed batches per reader")
@@ -105,6 +117,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         folder = Path(args.folder) if args.folder else make_folder(tmp / "folder", args.images)
+        if args.folder:  # the first --images of it, linked into a folder of their own (nothing else is converted)
+            folder = _part_of(folder, tmp / "part", args.images)
         t0 = time.perf_counter()
         write_shards(folder, tmp / "shards", shard_items=500)
         print(f"{len(open_images(str(folder), args.size, 3))} images; tar shards written in {time.perf_counter() - t0:.1f} s "

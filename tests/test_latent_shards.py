@@ -3,6 +3,7 @@ identity, checked before every use (a damaged shard is encoded again), resumed a
 training through the memory map. CPU only, tiny images, a few seconds each."""
 import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -197,3 +198,42 @@ def test_a_shared_folder_keeps_the_temporaries_of_a_process_still_at_work(tmp_pa
         holder.wait()
     with shared_folder(tmp_path, ["000000.*"]):
         assert not live.exists()  # alone: the temporary of a dead writer goes
+
+
+def test_a_vae_that_encodes_to_nan_writes_no_shard_and_names_its_run(vae, setup, monkeypatch):
+    from parscale_ear.image_files import DatasetError
+
+    encode(vae, setup)
+    for path in shard_folder(vae, setup).iterdir():
+        path.unlink()
+    model, _ = setup
+    monkeypatch.setattr(model.vae, "encode", lambda x: torch.full((len(x), 4, 16, 16), float("nan")))
+    with pytest.raises(DatasetError, match=f"the LiteVAE of {vae} encodes images 0.. of the data to NaN or Inf"):
+        encode(vae, setup)
+    assert [p.name for p in shard_folder(vae, setup).iterdir() if not p.name.startswith(".")] == []
+
+
+def _report_divergence(rank: int, init: str, out: str) -> None:
+    import torch.distributed as dist
+
+    from parscale_ear.train.distributed import Dist
+    from parscale_ear.train.divergence import EXPLODED, NOT_FINITE, TrainingDiverged, check_finite
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    try:  # rank 0 exploded at step 5, rank 1 had a non-finite loss earlier, at step 3
+        first_bad, kind = torch.tensor([5, 3][rank]), torch.tensor([EXPLODED, NOT_FINITE][rank])
+        try:
+            check_finite(first_bad, 9, Path(out), 0, Dist(rank, 2, rank), kind)
+        except TrainingDiverged as e:
+            (Path(out) / f"rank{rank}.txt").write_text(str(e))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_divergence_on_several_processes_names_the_earliest_step_and_its_kind(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_report_divergence, args=(f"file://{tmp_path / 'rdzv'}", str(tmp_path)), nprocs=2)
+    for rank in (0, 1):
+        text = (tmp_path / f"rank{rank}.txt").read_text()
+        assert "is not finite at step 3" in text, text

@@ -24,12 +24,14 @@ def test_fashion_mnist_at_256_trains_both_stages_and_gives_reference_statistics(
     write_idx(tmp_path / "idx", "train", rng.integers(0, 256, (30, 28, 28), dtype=np.uint8), np.arange(30) % 10, gz=True)
     folder = tmp_path / "fmnist-256"
     assert main(["data", "folder", str(tmp_path / "idx"), str(folder), "--image-size", "256", "--per-class", "1"]) == 0
-    classes = sorted(p.name for p in folder.iterdir())
+    classes = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
     assert len(classes) == 10 and classes[0] == "0-T-shirt-top" and classes[9] == "9-Ankle-boot"
     png = next(folder.rglob("*.png"))
     assert Image.open(png).size == (256, 256) and Image.open(png).mode == "RGB"
     assert main(["data", "folder", str(tmp_path / "idx"), str(folder), "--image-size", "256", "--per-class", "1"]) == 0
     assert len(list(folder.rglob("*.png"))) == 10  # a rerun keeps what is there
+    assert main(["data", "folder", str(tmp_path / "idx"), str(folder), "--image-size", "64", "--per-class", "1"]) == 2
+    assert "rendered from other settings" in capsys.readouterr().err  # never PNGs of two sizes in one folder
 
     vae, gen = tmp_path / "vae", tmp_path / "gen"
     assert main(["train-vae", "--preset", "lite-256-es", "--data", str(folder), "--out", str(vae), *QUICK,

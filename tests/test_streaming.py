@@ -96,6 +96,12 @@ def test_the_shard_converter_writes_atomically_and_resumes(tmp_path, monkeypatch
     assert len(open_images(str(out), 16, 3)) == 10
     with pytest.raises(FileExistsError, match="another source"):
         shards_mod.write_shards(root, out, shard_items=3)
+    damaged = bytearray((out / "shard-000001.tar").read_bytes())  # a flipped byte, the size unchanged
+    damaged[600] ^= 0xFF
+    (out / "shard-000001.tar").write_bytes(bytes(damaged))
+    calls.clear()
+    shards_mod.write_shards(root, out, shard_items=4)  # a rerun trusts only shards that match their SHA-256
+    assert calls == ["shard-000001.tar", "shard-000002.tar"] and len(open_images(str(out), 16, 3)) == 10
 
 
 def test_unreadable_images_are_skipped_counted_and_past_the_fraction_stop_the_run(tmp_path, capsys):

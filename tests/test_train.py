@@ -397,3 +397,15 @@ def test_reference_statistics_policy(tmp_path):
     assert source == str(path) and np.array_equal(again[0], stats[0]) and np.array_equal(again[1], stats[1])
     with pytest.raises(FileNotFoundError, match="statistics file not found"):
         evaluate.resolve_reference(tmp_path / "missing.npz")
+
+
+def test_resume_compares_streams_with_the_stages_a_run_has(tmp_path, vae_run, npz_data, capsys):
+    """A one-stage run (mode no_coarse) keeps an unused coarse config: `--resume --streams` is checked against the
+    stage it runs, not that one."""
+    out = tmp_path / "one"
+    common = ["--vae", str(vae_run), "--data", npz_data, "--batch-size", "8", "--out", str(out), "--no-progress"]
+    assert main(["train", *common, "--mode", "no_coarse", "--set", "hybrid.coarse.streams=2", "hybrid.fine.streams=1",
+                 "--steps", "1"]) == 0
+    assert main(["train", *common, "--streams", "1", "--steps", "2", "--resume"]) == 0
+    assert main(["train", *common, "--streams", "2", "--steps", "3", "--resume"]) == 2
+    assert "--streams 2 (the run's: 1)" in capsys.readouterr().err

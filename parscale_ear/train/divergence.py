@@ -57,10 +57,12 @@ def check_finite(first_bad: torch.Tensor, done: int, out: Path, last_saved: int,
                  kind: torch.Tensor | None = None) -> None:
     """Raise TrainingDiverged (one line) if any step so far had a non-finite or an exploding (`kind` EXPLODED) loss
     or gradient norm (on any rank)."""
-    if d.world > 1:
-        dist.all_reduce(first_bad, op=dist.ReduceOp.MAX)
-        if kind is not None:
-            dist.all_reduce(kind, op=dist.ReduceOp.MAX)
+    if d.world > 1:  # the earliest bad step of any rank, with its own kind: (step, kind) reduced as one number
+        none = torch.iinfo(torch.long).max
+        code = torch.where(first_bad > 0, first_bad * 4 + (0 if kind is None else kind), torch.full_like(first_bad, none))
+        dist.all_reduce(code, op=dist.ReduceOp.MIN)
+        first_bad = torch.where(code < none, code // 4, torch.full_like(code, -1))
+        kind = None if kind is None else code % 4
     bad = int(first_bad)
     if bad > 0:
         kept = f"{out / CHECKPOINT} keeps step {last_saved}" if last_saved else "no checkpoint was written"

@@ -205,7 +205,11 @@ def _encode_shard(folder: Path, k: int, key: str, start: int, stop: int, vae, im
         for batch in batches:
             skipped, first = skipped + batch.skipped, first or batch.first
             if len(batch.images):
-                out[n : n + len(batch.images)] = vae.encode(from_uint8(batch.images.to(device))).float().cpu().numpy()
+                z = vae.encode(from_uint8(batch.images.to(device))).float()
+                if not torch.isfinite(z).all():  # nothing of it is written: the shard's temporary goes
+                    raise DatasetError(f"the LiteVAE of {folder.parent.parent} encodes images {start + n}.. of the data "
+                                       f"to NaN or Inf: that VAE run diverged; train it again or use another --vae")
+                out[n : n + len(batch.images)] = z.cpu().numpy()
                 labels.append(batch.labels.numpy())
                 n += len(batch.images)
         out.flush()
