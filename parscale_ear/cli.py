@@ -13,10 +13,6 @@ from .args import (USER_ERRORS, OneLineParser, one_line, parse_steps, print_erro
 
 
 
-def _parser_class():
-    return OneLineParser
-
-
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .cli_data import add_data_commands
@@ -24,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = OneLineParser(prog="parscale-ear", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"parscale-ear {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_parser_class())
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     sub.add_parser("models", help="list the model presets, which of them ship trained weights, and their sizes")
     add_train_commands(sub)
     _add_sample(sub)

@@ -47,7 +47,8 @@ def _train_args(p: argparse.ArgumentParser, kind: str) -> None:
     p.add_argument("--max-minutes", type=float, default=0.0, help="stop and checkpoint after this wall time")
     p.add_argument("--fit-to-budget", action="store_true",
                    help="with --max-minutes: at the end of warm-up, set --steps from the measured rate so the "
-                        "learning-rate decay ends at the budget (--steps is then an upper bound)")
+                        "learning-rate decay ends at the budget, and again a fifth of the way on from the rate "
+                        "since (--steps is then an upper bound)")
     p.add_argument("--compile", action="store_true", help="torch.compile the training step")
     p.add_argument("--no-bf16", action="store_true", help="train in float32 on CUDA (bf16 autocast is the default)")
     p.add_argument("--max-images", type=int, default=None, help="train on the first N images only (default: all)")

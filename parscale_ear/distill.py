@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 import time
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -232,7 +232,7 @@ def _read_or_make_pairs(path: Path, key: dict, teacher: ParScaleEAR, n: int, ste
             if cache is not None else "it cannot be read (truncated, or another kind of file)"
         if problem is None:
             return {**cache, "path": path}
-        print(f"parscale-ear: warning: teacher pairs {path}: {problem}; making them again", file=sys.stderr)
+        warnings.warn(f"teacher pairs {path}: {problem}; they are made again", stacklevel=3)
     t0 = time.time()
     pairs = teacher_pairs(teacher, n, steps, solver, PAIRS_BATCH, PAIRS_SEED, progress, student)
     pairs = {k: v.cpu() for k, v in pairs.items()}

@@ -71,18 +71,24 @@ class EnergyFlowGenerator(StageBase):
         self.residual_blocks = nn.ModuleList(AdaLNBlock(d, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.residual_blocks))
 
     # ------------------------------------------------------------------ randomness
+    @property
+    def draws_xi(self) -> bool:
+        """Whether the stage uses per-step noise xi: an energy head or noise in the backbone (a plain stage does not)."""
+        return self.head is not None or self.noise_in is not None
+
     def draw(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """One image's noise, by the names `sample` takes: per-step noise xi (S, N, noise_dim) in [-0.5, 0.5], then
-        x1 (N, D)."""
+        """One image's noise, by the names `sample` takes: per-step noise xi (S, N, noise_dim) in [-0.5, 0.5] where the
+        stage uses it, then x1 (N, D)."""
         c = self.config
-        xi = torch.rand(c.max_steps, self.num_tokens, c.noise_dim, generator=generator) - 0.5
-        return {"xi": xi, "x1": torch.randn(self.num_tokens, self.token_dim, generator=generator)}
+        xi = {"xi": torch.rand(c.max_steps, self.num_tokens, c.noise_dim, generator=generator) - 0.5} if self.draws_xi else {}
+        return {**xi, "x1": torch.randn(self.num_tokens, self.token_dim, generator=generator)}
 
     def draw_batch(self, batch: int, device, dtype, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         c = self.config
-        xi = torch.rand(batch, c.max_steps, self.num_tokens, c.noise_dim, generator=generator, device=device, dtype=dtype) - 0.5
-        return {"xi": xi, "x1": torch.randn(batch, self.num_tokens, self.token_dim, generator=generator, device=device,
-                                            dtype=dtype)}
+        shape = (batch, c.max_steps, self.num_tokens, c.noise_dim)
+        xi = {"xi": torch.rand(shape, generator=generator, device=device, dtype=dtype) - 0.5} if self.draws_xi else {}
+        return {**xi, "x1": torch.randn(batch, self.num_tokens, self.token_dim, generator=generator, device=device,
+                                        dtype=dtype)}
 
     # ------------------------------------------------------------------ network
     def hidden(self, x_t: torch.Tensor, t: torch.Tensor, xi: torch.Tensor | None, labels: torch.Tensor,
@@ -155,12 +161,12 @@ class EnergyFlowGenerator(StageBase):
         c = self.config
         device = tokens.device
         labels = self.train_labels(labels, B, device)
-        t = self._times(B, device)
+        t, r = self._times(B, device), None
+        if c.objective == "meanflow":  # the interval [r, t] of MeanFlow's average velocity (r = t for most draws)
+            t, r = interval(t, self._times(B, device), c.meanflow_ratio)
         eps = torch.randn_like(tokens) if noise is None else noise.to(tokens.dtype)
         x_t = (1 - t[:, None, None]) * tokens + t[:, None, None] * eps
-        if c.objective == "meanflow":  # MeanFlow's loss of the average velocity over [r, t] (r = t for most draws)
-            t, r = interval(t, self._times(B, device), c.meanflow_ratio)
-            x_t = (1 - t[:, None, None]) * tokens + t[:, None, None] * eps
+        if r is not None:
             u = lambda x, tt, rr: self.mean_out(self.hidden(x, tt, None, labels, context, rr))  # noqa: E731
             return c.mean_weight * meanflow_loss(u, x_t, eps - tokens, t, r, c.loss_power)[0]
         if self.head is None:  # a plain flow stage: the rectified-flow loss on v = eps - x0 alone
@@ -226,7 +232,7 @@ class EnergyFlowGenerator(StageBase):
     @torch.no_grad()
     def sample(
         self,
-        xi: torch.Tensor,
+        xi: torch.Tensor | None,
         x1: torch.Tensor,
         labels: torch.Tensor | None = None,
         steps: int = 1,
@@ -235,7 +241,8 @@ class EnergyFlowGenerator(StageBase):
         context: torch.Tensor | None = None,
         solver: str | None = None,
     ) -> torch.Tensor:
-        """Tokens (B, N, D) in `steps` steps from x1 (B, N, D); xi (B, S, N, noise_dim) gives step k its noise.
+        """Tokens (B, N, D) in `steps` steps from x1 (B, N, D); xi (B, S, N, noise_dim) gives step k its noise (None for
+        a plain stage, which draws none).
 
         Each step draws x0 ~ G(x_t, t, xi_k) and moves to t' along the line through x_t and that sample (DDIM with a
         sampled x0); CFG mixes hidden states before the head (EAR). Temperature scales the head's adaLN shift (EAR),
@@ -252,7 +259,7 @@ class EnergyFlowGenerator(StageBase):
         for k in range(steps):
             t, t_next = times[k], times[k + 1]
             tt = torch.full((B,), t, device=x.device)
-            xi_k = xi[:, k]
+            xi_k = None if xi is None else xi[:, k]
             xb = xi_k if self.noise_in is not None else None
             if self.interval_embed is not None:  # MeanFlow: an Euler step of the average velocity over [t_next, t]
                 rr = torch.full((B,), t_next, device=x.device)

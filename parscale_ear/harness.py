@@ -17,7 +17,8 @@ def train_for_minutes(config: ModelConfig, vae_run: str | Path, minutes: float, 
                       warmup_steps: int = 100, steps: int | None = None, **train_options) -> dict:
     """Train `config` on the VAE run's latents for `minutes` of wall time, compile included: the run
     measures its own rate during its warm-up and sets its step count there so that its cosine decay
-    ends at the budget (TrainConfig.fit_steps_to_budget), and max_minutes caps it in any case; or, with
+    ends at the budget, then sets it again a fifth of the way on from the rate since (TrainConfig.fit_steps_to_budget),
+    and max_minutes caps it in any case; or, with
     `steps`, for that many steps (its wall time then is what it took).
     `train_options` go to TrainConfig (batch_size, lr, ema_decay, head_lr_ratio, seed, compile, ...).
     Returns the run's last metrics row with the measured rate, the planned steps and the wall seconds."""
@@ -33,8 +34,8 @@ def train_for_minutes(config: ModelConfig, vae_run: str | Path, minutes: float, 
     wall = time.time() - t0
     fitted = json.loads((out / RUN_CONFIG).read_text()).get("fitted", {})
     if fitted:
-        print(f"{config.name}: {fitted['steps_per_s']:.2f} steps/s in warm-up -> {fitted['steps']} steps planned in "
-              f"{minutes} min; wall {wall:.1f} s", flush=True)
+        print(f"{config.name}: {fitted['steps_per_s']:.2f} steps/s at step {fitted['at_step']} -> {fitted['steps']} steps "
+              f"planned in {minutes} min; wall {wall:.1f} s", flush=True)
     else:
         print(f"{config.name}: {cfg.steps} steps; wall {wall:.1f} s", flush=True)
     return {**read_metrics(out / METRICS)[-1], "steps_per_s": fitted.get("steps_per_s"), "planned_steps": fitted.get("steps"),

@@ -269,8 +269,8 @@ class CoarseFineHybrid(LatentGenerator):
         """A stage's normalised output tokens (B, N, D), conditioned on its context stage's output."""
         stage = next(s for s in self.stage_list if s.name == name)
         context = self.context(earlier[stage.context]) if stage.context else None
-        return self.stages[name].sample(**noise[name], labels=labels, steps=steps, cfg=cfg, temperature=temperature,
-                                        context=context, solver=solver)
+        return self.stages[name].sample(**{"xi": None, **noise[name]}, labels=labels, steps=steps, cfg=cfg,
+                                        temperature=temperature, context=context, solver=solver)
 
     def latents(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Latents (B, C, g, g): the sum of each stage's part, from its normalised output tokens."""

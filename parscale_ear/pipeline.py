@@ -17,23 +17,13 @@ from .latent_generator import Noise
 from .model_config import ModelConfig, ParScaleEARConfig
 from .presets import PEER_NAMES, config_from_dict, get_config, list_models
 from .release import DEFAULT_MODEL, load_module_state, model_card, read_release, resolve, save_release, shipped_models
-from .utils import check_device
+from .utils import available_memory, check_device
 from .vae import LiteVAE
 
 if TYPE_CHECKING:
     from .fast import FastSampler
 
 MAX_SEED = 2**63  # torch.Generator seeds are 64-bit; image i of a call uses seed + i
-
-
-def _memory_bytes() -> int:
-    """This machine's physical memory in bytes (no limit where the OS does not say)."""
-    import os
-
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return 1 << 62
 
 
 class ParScaleEAR(nn.Module):
@@ -170,9 +160,9 @@ class ParScaleEAR(nn.Module):
         n = check_int(n, "n")
         v = self.config.vae
         need = n * v.in_channels * v.image_size**2 * 4  # the float32 result, all at once
-        if need > _memory_bytes():
+        if need > available_memory():
             raise ValueError(f"n: {n} images of {v.in_channels}x{v.image_size}x{v.image_size} need {need / 2**30:.1f} GiB at "
-                             f"once, more than this machine's memory; use iter_generate for batches")
+                             f"once, more than this machine has free; use iter_generate for batches")
         return torch.cat(list(self.iter_generate(n, labels, cfg, temperature, steps, seed, batch_size, progress, solver)))
 
     def compile_sampler(self, batch_size: int, steps: int | tuple[int, ...] | None = None, cfg: float | None = None,

@@ -130,7 +130,7 @@ def fmnist_32_flow1() -> ParScaleEARConfig:
 
 
 def fmnist_32_mf1() -> ParScaleEARConfig:
-    """fmnist-32-flow1 learning MeanFlow's average velocity (one pass a step; 1 + 1 = 2 steps by default): trained
+    """fmnist-32-flow1 learning MeanFlow's average velocity (one pass a step; 2 steps by default): trained
     from a fmnist-32-flow1 run's weights (`--init RUN`), where it starts as that flow (its interval embedding is zero),
     with MeanFlow's time draws (logit-normal(-0.4, 1), 25% of draws with r < t)."""
     stage = dict(_FLOW1_STAGE, objective="meanflow", solver="euler", time_mean=-0.4)
@@ -141,8 +141,8 @@ def fmnist_32_mf1() -> ParScaleEARConfig:
 def fmnist_32_es1() -> ParScaleEARConfig:
     """fmnist-32-flow1 as a few-step energy student on one stage: every pass sees the whole noise the teacher used,
     so a one-stage teacher's noise -> sample pairs stay a map; an energy head (m = 4 draws through one attention
-    block) draws each step's x0 around the mean, the whole stage trained by the energy score (`_STUDENT_STAGE`); 1 +
-    1 = 2 steps by default, temperature 1."""
+    block) draws each step's x0 around the mean, the whole stage trained by the energy score (`_STUDENT_STAGE`); 2
+    steps by default, temperature 1."""
     stage = dict(_FLOW1_STAGE, **_STUDENT_STAGE, energy_head=True, residual_blocks=1, samples=4)
     return apply_overrides(fmnist_32_flow1(), name="fmnist-32-es1", hybrid={"fine": stage, "coarse_steps": 1,
                                                                             "fine_steps": 1}, **_STUDENT_SAMPLING)

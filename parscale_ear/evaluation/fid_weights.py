@@ -209,11 +209,11 @@ def _load_verified_weights(path: Path) -> dict[str, torch.Tensor]:
         expected = record.read_text().split()[0] if record.read_text().split() else ""
         if actual != expected:
             raise FIDWeightsError(f"{path} has SHA256 {actual[:16]}..., but its conversion recorded "
-                                  f"{expected[:16]}...; the file was changed. Run `parscale-ear fid-weights --force`.")
+                                  f"{expected[:16]}...; the file was changed. Run `parscale-ear fid-weights --overwrite`.")
     elif not actual.startswith(_OFFICIAL_SHA256_PREFIX):
         raise FIDWeightsError(f"{path} is neither a converted file (no {record.name}) nor pytorch-fid's "
                               f"download (SHA256 {actual[:8]}, expected {_OFFICIAL_SHA256_PREFIX}...). "
-                              f"Run `parscale-ear fid-weights --force`.")
+                              f"Run `parscale-ear fid-weights --overwrite`.")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
