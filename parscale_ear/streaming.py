@@ -6,12 +6,14 @@ batches); an unreadable image is counted and replaced by the next readable one, 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Sampler
 
 from .data import ImageData, check_read_options, in_memory_source, load_dataset
@@ -128,6 +130,30 @@ class ShardImages(ImageSet):
     @property
     def identity(self) -> str:
         return f"shards:{self.shards.identity}:{self.length}:{self.image_size}:{self.channels}"
+
+
+def check_upscale(images: ImageSet, image_size: int) -> ImageSet:
+    """`images`, with a one-line DatasetError where their first image is under half of `image_size` on a side: training
+    refuses upscaling by more than 2x, as it does for in-memory sources (`data folder` renders at another size)."""
+    if isinstance(images, MemoryImages):
+        return images
+    for i in range(min(len(images), 16)):  # the first readable one (unreadable images are counted when read)
+        try:
+            if isinstance(images, ShardImages):
+                where, opened = f"{images.source} sample {images.items[i]}", io.BytesIO(images.shards.sample(images.items[i])[0])
+            else:
+                where = opened = images.listing.root / images.listing.files[i]
+            with Image.open(opened) as im:
+                width, height = im.size
+            break
+        except (OSError, SyntaxError, ValueError):
+            continue
+    else:
+        return images
+    if 2 * min(width, height) < image_size:
+        raise DatasetError(f"{where}: images are {height}x{width}; the model needs {image_size}x{image_size} and "
+                           f"upscaling by more than 2x is refused (render them first: parscale-ear data folder)")
+    return images
 
 
 def open_images(source: str, image_size: int, channels: int, max_images: int = 0) -> ImageSet:

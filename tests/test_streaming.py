@@ -216,3 +216,15 @@ def test_a_part_of_a_folder_or_of_shards_covers_every_class(tmp_path):
     whole = open_images(str(root), 16, 3)
     assert spread(12, 3) == [0, 6, 11] and spread(4, 9) == [0, 1, 2, 3]
     assert torch.equal(read_images(whole, 3), torch.stack([whole[i][0] for i in (0, 6, 11)]))
+
+
+def test_training_refuses_to_upscale_a_folder_more_than_twice_as_in_memory_sources(tmp_path, capsys):
+    from parscale_ear.streaming import check_upscale
+
+    root = write_folder(tmp_path / "small", size=(12, 14))  # 14 x 12 images for a 32 x 32 model
+    with pytest.raises(DatasetError, match="upscaling by more than 2x is refused"):
+        check_upscale(open_images(str(root), 32, 1), 32)
+    assert check_upscale(open_images(str(root), 24, 1), 24) is not None  # 2x at most: read
+    assert main(["data", "shards", str(root), str(tmp_path / "shards")]) == 0
+    with pytest.raises(DatasetError, match="sample 0"):
+        check_upscale(open_images(str(tmp_path / "shards"), 32, 1), 32)

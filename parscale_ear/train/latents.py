@@ -22,7 +22,7 @@ from ..image_files import MAX_UNREADABLE, DatasetError, Unreadable
 from ..images import from_uint8
 from ..loading import CHECKPOINT, METRICS, state_digest, weights_digest
 from ..pipeline import ParScaleEAR, ParScaleEARConfig
-from ..streaming import ImageSet, loader, open_images, ordered_batches, read_images, spread
+from ..streaming import ImageSet, check_upscale, loader, open_images, ordered_batches, read_images, spread
 from .config import CHECKPOINT_VERSION, TrainConfig
 from .distributed import Dist
 
@@ -32,9 +32,10 @@ _FORMAT = 1
 
 
 def load_images(cfg: TrainConfig, config: ParScaleEARConfig) -> ImageSet:
-    """The run's training images at the model's size and channels (the first --max-images when set)."""
+    """The run's training images at the model's size and channels (--max-images of them when set; upscaling by more
+    than 2x refused)."""
     v = config.vae
-    return open_images(cfg.data, v.image_size, v.in_channels, cfg.max_images)
+    return check_upscale(open_images(cfg.data, v.image_size, v.in_channels, cfg.max_images), v.image_size)
 
 
 def with_data_classes(config, data: str, max_images: int = 0):
