@@ -1,9 +1,12 @@
-"""FID against sampling cost for the default model, its teacher and the flow peer, from results/fashion_mnist.json.
+"""FID against sampling cost for the default model, its teacher and the flow peer, from results/fashion_mnist.json;
+and the equal-minutes screen of our flow design against the equal-size DiT, from results/flow_vs_dit_screen.json.
 
   python experiments/plot_curves.py [--out results]
 
 Writes curve_b256.png and curve_b16.png (parscale_ear.plots.cost_plot): one point per measured schedule, labelled
 with its passes per image; FID-50k where measured (filled), FID-10k otherwise (open); x = ms per image (log scale).
+Writes flow_vs_dit_screen.png: FID-10k against passes per image for each screened model, each point labelled with
+its ms per image at batch 256.
 """
 import argparse
 import json
@@ -37,17 +40,30 @@ def plot(res: dict, batch: int, path: Path) -> None:
               colors=["tab:red", "tab:gray", "tab:blue"])
 
 
+def plot_screen(screen: dict, path: Path) -> None:
+    """FID-10k against passes per image of each model of the equal-minutes screen."""
+    points = {f"{name} ({run['generator_params'] / 1e6:.1f}M, {run['train_minutes']} min)":
+              [{"cost": r["passes_per_image"], "score": r["fid_train"], "note": f"{r['ms_per_image_b256']:.3f}"}
+               for r in run["rows"]] for name, run in screen["runs"].items()}
+    cost_plot(path, points, xlabel="network passes per image (log scale)", ylabel="FID-10k against the train statistics",
+              title=f"Equal-minutes screen, {screen['device'].split(' (')[0]} (numbers: ms per image at batch 256)")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--results", default=str(ROOT / "results" / "fashion_mnist.json"),
                    help="the measured rows (default: results/fashion_mnist.json)")
-    p.add_argument("--out", default=str(ROOT / "results"), help="folder for the two PNGs, made if new (default: results)")
+    p.add_argument("--screen", default=str(ROOT / "results" / "flow_vs_dit_screen.json"),
+                   help="the equal-minutes screen's rows (default: results/flow_vs_dit_screen.json)")
+    p.add_argument("--out", default=str(ROOT / "results"), help="folder for the PNGs, made if new (default: results)")
     args = p.parse_args()
     res = json.loads(Path(args.results).read_text())
     Path(args.out).mkdir(parents=True, exist_ok=True)
     for batch in (256, 16):
         plot(res, batch, Path(args.out) / f"curve_b{batch}.png")
         print(f"wrote {Path(args.out) / f'curve_b{batch}.png'}")
+    plot_screen(json.loads(Path(args.screen).read_text()), Path(args.out) / "flow_vs_dit_screen.png")
+    print(f"wrote {Path(args.out) / 'flow_vs_dit_screen.png'}")
 
 
 if __name__ == "__main__":
