@@ -4,7 +4,7 @@ generate), with shapes, finite values and the [-1, 1] range checked, and the shi
 Presets have random weights, so this checks that everything runs and what it costs, not quality. Run from the
 repository's root:
 
-  .venv/bin/python quick_check.py              # every preset, then the shipped model (about a minute on 2 cores)
+  .venv/bin/python quick_check.py              # every preset, then the shipped model (seconds)
   .venv/bin/python quick_check.py tiny-32      # the presets named
 
 The last line is `OK` (exit status 0), or `FAILED: ...` lines (exit status 1).

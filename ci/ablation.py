@@ -99,7 +99,7 @@ def train_one(config, run_dir: Path, seed: int, options: dict, device: str) -> N
 
 
 if __name__ == "__main__":
-    p = _common.parser(__doc__.splitlines()[0])
+    p = _common.parser(" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--vae", required=True, help="VAE run folder shared by every variant")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--steps", type=int, default=2000, help="training steps of every variant (the budget)")

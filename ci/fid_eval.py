@@ -38,7 +38,7 @@ def run(args) -> dict:
 
 
 if __name__ == "__main__":
-    p = _common.parser(__doc__.splitlines()[0])
+    p = _common.parser(" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--ckpt", required=True, help="release folder, run folder or checkpoint")
     p.add_argument("--ref", default=None, help="reference statistics .npz (default: the shipped ones for "
                    "fashion-mnist, else computed from --data)")

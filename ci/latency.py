@@ -36,7 +36,7 @@ def run(device, quick: bool, preset: str, ckpt: str | None, batch_sizes, runs: i
 
 
 def parse_args():
-    p = _common.parser(__doc__.splitlines()[0])
+    p = _common.parser(" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--preset", default=_common.gates()["latency"]["preset"], help="(default: the gated one, the shipped design at 256x256)")
     p.add_argument("--ckpt", default=None, help="time a trained pipeline instead of a preset")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 16, 64])

@@ -19,7 +19,8 @@ from parscale_ear.utils import environment
 
 # each peer at its own best-known schedules: the flow DiT with Euler and Heun steps (Heun k steps: 2k - 1 passes),
 # MeanFlow at its one-pass steps
-SCHEDULES = {"dit-s": "2;4;8;16;32;3@1@1@solver=heun;5@1@1@solver=heun;13@1@1@solver=heun",
+SCHEDULES = {"dit-xs": "2;4;8;16;32;3@1@1@solver=heun;5@1@1@solver=heun;13@1@1@solver=heun",
+             "dit-s": "2;4;8;16;32;3@1@1@solver=heun;5@1@1@solver=heun;13@1@1@solver=heun",
              "dit-b": "2;4;8;16;32;3@1@1@solver=heun;5@1@1@solver=heun;13@1@1@solver=heun",
              "meanflow-s": "1;2;4;8"}
 
@@ -61,11 +62,11 @@ def run(args) -> dict:
 
 
 if __name__ == "__main__":
-    p = _common.parser(__doc__.splitlines()[0])
+    p = _common.parser(" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--vae", required=True, help="the VAE run whose latents both models train on")
     p.add_argument("--gen-run", default=None, help="the generator run whose training minutes set the budget")
     p.add_argument("--minutes", type=float, default=None, help="training budget (default: the --gen-run's minutes, else 4)")
-    p.add_argument("--recipe", default="dit-s", choices=["dit-s", "dit-b", "meanflow-s"])
+    p.add_argument("--recipe", default="dit-s", choices=list(SCHEDULES))
     p.add_argument("--schedules", default=None, help="steps[@cfg[@temperature[@settings]]] separated by ';' (default: "
                                                      "the recipe's own, SCHEDULES)")
     # the peer's best measured recipe (results/2026-12-02-h200-batch1024/, P1: better than batch 512 / 3e-4)

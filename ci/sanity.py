@@ -49,7 +49,7 @@ def run(device: torch.device, quick: bool) -> dict:
 
 
 if __name__ == "__main__":
-    args = _common.parser(__doc__.splitlines()[0]).parse_args()
+    args = _common.parser(" ".join(__doc__.split("\n\n")[0].split())).parse_args()
     result = run(_common.device(args.device), args.quick)
     for name, r in result["presets"].items():
         failed = [k for k, ok in r["checks"].items() if not ok]

@@ -125,7 +125,7 @@ def report(folder: Path, results) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("folder")
     p.add_argument("--no-gates", action="store_true", help="check presence and sanity only (quick/CPU runs)")
     args = p.parse_args(argv)

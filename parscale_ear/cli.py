@@ -41,7 +41,7 @@ def _add_sample(sub) -> None:
     p = sub.add_parser("sample", help="generate images from a run or release folder")
     p.add_argument("--ckpt", default=None, help="run folder, checkpoint file, release folder or shipped model name "
                                                 "(default: the embedded fmnist-32-es)")
-    p.add_argument("--n", type=int, default=64, help="number of images")
+    p.add_argument("--n", type=int, default=None, help="number of images (default: 64)")
     p.add_argument("--labels", type=int, nargs="*", default=None, help="one label for all, or one per image")
     p.add_argument("--per-class", type=int, default=None,
                    help="K images of every class, class by class (sets --n; a grid shows one class a row)")
@@ -119,10 +119,11 @@ def _sample(args) -> int:
     from .images import save_grid, save_images
 
     out, as_grid = _sample_out(args.out)
-    n, labels = check_int(args.n, "--n"), args.labels
+    n, labels = check_int(64 if args.n is None else args.n, "--n"), args.labels
     if args.per_class is not None:
-        if labels is not None:
-            raise ValueError("--per-class and --labels: give one of them")
+        if labels is not None or args.n is not None:
+            raise ValueError(f"--per-class and --{'labels' if labels is not None else 'n'}: give one of them "
+                             f"(--per-class K sets the labels and K x classes images)")
         per_class = check_int(args.per_class, "--per-class")
     if n > MAX_SAMPLE_IMAGES:
         raise ValueError(f"--n {n}: at most {MAX_SAMPLE_IMAGES:,} images a call; split larger jobs with --seed")
@@ -184,7 +185,8 @@ def _models() -> int:
         cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1]), *(c.rjust(w) for c, w in zip(row[2:5], widths[2:]))]
         print("  ".join(cells + [row[5]]))
     print(f"weights: 'shipped' loads trained with ParScaleEAR.from_pretrained(NAME) or `parscale-ear sample --ckpt "
-          f"NAME`; the others are designs to train (`parscale-ear train-vae` / `train`)")
+          f"NAME`; the others are designs to train (`parscale-ear train-vae` / `train --preset`; the peers: "
+          f"`train --peer`)")
     return 0
 
 

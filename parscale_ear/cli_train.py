@@ -67,7 +67,8 @@ def add_train_commands(sub) -> None:
     p.add_argument("--preset", default=None, type=_named("a preset name"),
                    help="model preset (see `parscale-ear models`; default: fmnist-32)")
     p.add_argument("--data", default=None, type=_named("a data set"),
-                   help="fashion-mnist, a folder (idx, ImageFolder, CIFAR-10) or .npz (default: fashion-mnist)")
+                   help="fashion-mnist, a folder (idx, ImageFolder, CIFAR-10, WebDataset tar shards) or .npz "
+                        "(default: fashion-mnist)")
     _train_args(p, "vae")  # the README recipe
 
     p = sub.add_parser("train", help="train the coarse/fine energy generators on a VAE run's cached latents")

@@ -54,7 +54,7 @@ def write_image_folder(source: str, out: str | os.PathLike, image_size: int, cha
     check_read_options(split, image_size, channels)
     if channels is None:
         raise ValueError("channels must be 1 (grey) or 3 (RGB)")
-    out = prepare_output_folder(out)
+    out = prepare_output_folder(out, "OUT")
     _claim(out, {"source": str(source), "split": split, "image_size": image_size, "channels": channels})
     if in_memory_source(source):
         data = load_dataset(source, split, image_size=None)  # as stored: fitted below, upscaling included

@@ -19,12 +19,21 @@ CHECKPOINT = "checkpoint.pt"  # in a run folder, written by `train`
 METRICS = "metrics.jsonl"
 
 
+def _name_hint(given: str | Path) -> str:
+    """For a bare name that is no folder: the names of the models shipped inside the package."""
+    if Path(given).exists() or len(Path(given).parts) != 1:
+        return ""
+    from .release import shipped_models
+
+    return f" (nor is it a shipped model: {', '.join(shipped_models())})"
+
+
 def load_checkpoint(run: str | Path) -> dict:
     """The checkpoint dict of a run folder (or a checkpoint file), with a clear error if unusable."""
     path = Path(run)
     path = path / CHECKPOINT if path.is_dir() else path
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
+        raise FileNotFoundError(f"no checkpoint at {path}{_name_hint(run)}")
     if path.stat().st_size == 0:
         raise ValueError(f"checkpoint {path} is empty (0 bytes): it was never written completely")
     try:

@@ -57,7 +57,7 @@ def write_shards(source: str | os.PathLike, out: str | os.PathLike, shard_items:
     if isinstance(shard_items, bool) or not isinstance(shard_items, int) or shard_items < 1:
         raise ValueError(f"shard_items must be a positive int, got {shard_items!r}")
     listing = list_images(source)
-    out = prepare_output_folder(out)
+    out = prepare_output_folder(out, "OUT")
     plan = {"format": FORMAT, "version": 1, "source": str(Path(source).resolve()), "source_identity": listing.identity(),
             "shard_items": shard_items, "num_source_images": len(listing), "class_names": listing.class_names}
     done = _resumable(out, plan)

@@ -106,7 +106,7 @@ def _part_of(folder: Path, out: Path, n: int) -> Path:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--folder", help="an image folder to read (default: one made of --images synthetic JPEGs)")
     p.add_argument("--images", type=int, default=2000, help="synthetic images to make, or images of --folder to read")
     p.add_argument("--size", type=int, default=64, help="side the images are fitted to")

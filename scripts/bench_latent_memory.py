@@ -64,7 +64,7 @@ def peak_mib(body: str, args: list[str], cwd: Path) -> dict[str, float]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--images", type=int, default=2000, help="N: the 1x data; 8x is 8N")
     p.add_argument("--size", type=int, default=32, help="image side (tiny-32 trains at 32)")
     p.add_argument("--steps", type=int, default=20, help="generator steps after the latents are made")

@@ -31,5 +31,12 @@ def constraints(lock: Path) -> list[str]:
 
 
 if __name__ == "__main__":
-    path = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent / "poetry.lock"
+    import argparse
+
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    p.add_argument("lock", nargs="?", default=str(Path(__file__).resolve().parent.parent / "poetry.lock"),
+                   help="the lock file (default: the repository's poetry.lock)")
+    path = Path(p.parse_args().lock)
+    if not path.is_file():
+        sys.exit(f"lock_constraints: no lock file at {path}")
     print("\n".join(constraints(path)))

@@ -169,3 +169,21 @@ def test_the_cli_picks_its_cpu_threads_unless_omp_num_threads_is_set(monkeypatch
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           env={**env, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_the_first_mistakes_get_lines_that_name_the_choices(tmp_path, capsys):
+    """A misspelled shipped model or statistics name is answered with the names that exist; --per-class with --n is
+    refused (it sets the images itself); the data commands call their output OUT, as their usage does."""
+    assert main(["sample", "--ckpt", "fmnist-32-ess", "--out", str(tmp_path / "s.png")]) == 2
+    assert "nor is it a shipped model: fmnist-32-es" in capsys.readouterr().err
+    assert main(["sample", "--per-class", "2", "--n", "5", "--out", str(tmp_path / "s.png")]) == 2
+    assert "--per-class and --n: give one of them" in capsys.readouterr().err
+    from PIL import Image
+
+    (tmp_path / "img").mkdir()
+    Image.new("L", (32, 32), 7).save(tmp_path / "img" / "0.png")
+    assert main(["fid", str(tmp_path / "img"), "fashion-mnist-tain", "--device", "cpu"]) == 2
+    assert "shipped statistics: fashion-mnist-train, fashion-mnist-test" in capsys.readouterr().err
+    (tmp_path / "file.png").write_bytes(b"x")
+    assert main(["data", "shards", str(tmp_path / "img"), str(tmp_path / "file.png"), "--no-progress"]) == 2
+    assert "OUT " in capsys.readouterr().err and not (tmp_path / "s.png").exists()

@@ -51,6 +51,9 @@ def train(cfg: TrainConfig, out: str | Path, model_config: ModelConfig | None = 
             run = _start(cfg, out, model_config, resume, d, dev, progress)
             run.loop(progress)
         except KeyboardInterrupt:
+            if d.main:  # a write the interrupt cut short leaves no temporary (the run folder is still ours: locked)
+                remove_stale_temporaries(out, (CHECKPOINT, METRICS, RUN_CONFIG, "loss.png"))
+                remove_stale_temporaries(out / "samples", ("step_*.png",))
             raise TrainingInterrupted(_where_it_stopped(out, run)) from None
     if d.world > 1:
         dist.barrier()
