@@ -43,21 +43,24 @@ def train(cfg: TrainConfig, out: str | Path, model_config: ModelConfig | None = 
     cfg = replace(cfg)  # fit_steps_to_budget may set cfg.steps: never the caller's object
     out = check_run_folder(out, cfg)
     d, dev = setup_distributed(device)
-    if d.main:
-        prepare_output_folder(out)  # fail before the data loads, not after
-    with folder_lock(out) if d.main else nullcontext():
-        run = None
-        try:
-            run = _start(cfg, out, model_config, resume, d, dev, progress)
-            run.loop(progress)
-        except KeyboardInterrupt:
-            if d.main:  # a write the interrupt cut short leaves no temporary (the run folder is still ours: locked)
-                remove_stale_temporaries(out, (CHECKPOINT, METRICS, RUN_CONFIG, "loss.png"))
-                remove_stale_temporaries(out / "samples", ("step_*.png",))
-            raise TrainingInterrupted(_where_it_stopped(out, run)) from None
-    if d.world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
+    try:
+        if d.main:
+            prepare_output_folder(out)  # fail before the data loads, not after
+        with folder_lock(out) if d.main else nullcontext():
+            run = None
+            try:
+                run = _start(cfg, out, model_config, resume, d, dev, progress)
+                run.loop(progress)
+            except KeyboardInterrupt:
+                if d.main:  # a write the interrupt cut short leaves no temporary (the run folder is still ours: locked)
+                    remove_stale_temporaries(out, (CHECKPOINT, METRICS, RUN_CONFIG, "loss.png"))
+                    remove_stale_temporaries(out / "samples", ("step_*.png",))
+                raise TrainingInterrupted(_where_it_stopped(out, run)) from None
+        if d.world > 1:
+            dist.barrier()
+    finally:  # also when a rank fails: its process group goes down cleanly and the others see the failure
+        if d.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
     return out
 
 
