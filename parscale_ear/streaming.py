@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from .shards import ShardSet, open_shards
 MAX_TRIES = 32  # an item whose image and the next 31 cannot be read stops the run (the data is broken, not a file)
 
 
-class ImageSet(Dataset):
+class ImageSet(Dataset, ABC):
     """Images with labels (-1: unlabelled) by index; item i is (uint8 (C, H, W) or None, label, i, failed reads,
     the first failure's message). Unreadable images are replaced by the next readable one, or (replace False) given
     as None."""
@@ -33,17 +34,18 @@ class ImageSet(Dataset):
     labelled: bool = False
     replace: bool = True
 
+    @abstractmethod
     def load(self, i: int) -> tuple[torch.Tensor, int]:
-        raise NotImplementedError
+        """Image i (uint8 (C, H, W)) and its label; a DatasetError where it cannot be read."""
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names) if self.labelled else 0
 
     @property
+    @abstractmethod
     def identity(self) -> str:
         """A digest of the source (its files' manifest) and of how it is read."""
-        raise NotImplementedError
 
     def __getitem__(self, i: int):
         failed, first = 0, ""
