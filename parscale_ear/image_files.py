@@ -235,6 +235,13 @@ def _channels_last(images: np.ndarray, path: Path) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- arrays
 
+def check_upscale_size(height: int, width: int, image_size: int, where) -> None:
+    """A one-line DatasetError where images of height x width would be upscaled by more than 2x to image_size."""
+    if 2 * min(height, width) < image_size:
+        raise DatasetError(f"{where}: images are {height}x{width}; the model needs {image_size}x{image_size} and "
+                           f"upscaling by more than 2x is refused (resize them first, e.g. `parscale-ear data folder`)")
+
+
 def fit_arrays(images: np.ndarray, image_size: int | None, channels: int | None, source: str) -> np.ndarray:
     """uint8 (N, H, W, C) -> (N, S, S, C') at `image_size` (None: as stored) with `channels` (None: as stored); grey
     uses PIL's ITU-R 601-2 luma; upscaling by more than 2x is refused."""
@@ -244,9 +251,7 @@ def fit_arrays(images: np.ndarray, image_size: int | None, channels: int | None,
         rgb = images.astype(np.uint32)
         images = ((rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 0x8000) >> 16).astype(np.uint8)[..., None]
     if image_size is not None and images.shape[1:3] != (image_size, image_size):
-        if 2 * min(images.shape[1:3]) < image_size:
-            raise DatasetError(f"{source}: images are {images.shape[1]}x{images.shape[2]}; the model needs "
-                               f"{image_size}x{image_size} and upscaling by more than 2x is refused (resize them first)")
+        check_upscale_size(images.shape[1], images.shape[2], image_size, source)
         out = np.empty((len(images), image_size, image_size, images.shape[3]), np.uint8)
         for i, img in enumerate(images):
             im = Image.fromarray(img[..., 0] if img.shape[2] == 1 else img)  # 2-D -> "L", (H, W, 3) -> "RGB"

@@ -18,7 +18,7 @@ from PIL import Image
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Sampler
 
 from .data import ImageData, check_read_options, in_memory_source, load_dataset
-from .image_files import DatasetError, ImageListing, decode_image, list_images
+from .image_files import DatasetError, ImageListing, check_upscale_size, decode_image, list_images
 from .shards import ShardSet, open_shards
 
 MAX_TRIES = 32  # an item whose image and the next 31 cannot be read stops the run (the data is broken, not a file)
@@ -152,9 +152,7 @@ def check_upscale(images: ImageSet, image_size: int) -> ImageSet:
             continue
     else:
         return images
-    if 2 * min(width, height) < image_size:
-        raise DatasetError(f"{where}: images are {height}x{width}; the model needs {image_size}x{image_size} and "
-                           f"upscaling by more than 2x is refused (render them first: parscale-ear data folder)")
+    check_upscale_size(height, width, image_size, where)
     return images
 
 
