@@ -93,9 +93,9 @@ class LatentSet:
         return self.gather(np.asarray(spread(len(self), n)))[0]
 
     def to(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """All latents and labels as tensors on `device`, copied shard by shard."""
-        return (torch.cat([torch.from_numpy(np.asarray(x)).to(device) for x in self.latents]),
-                torch.cat([torch.from_numpy(np.asarray(y)).to(device) for y in self.labels]))
+        """All latents and labels as tensors on `device`, copied shard by shard (copies: the shards stay read-only)."""
+        return (torch.cat([torch.tensor(np.asarray(x), device=device) for x in self.latents]),
+                torch.cat([torch.tensor(np.asarray(y), device=device) for y in self.labels]))
 
 
 def latent_key(vae, images: ImageSet, shard_items: int = SHARD_ITEMS) -> str:
