@@ -122,3 +122,20 @@ def test_cli_trains_resumes_and_exports_the_meanflow_peer(tmp_path, monkeypatch)
     assert model.config.dit.objective == "meanflow" and model.config.name == "meanflow-s"
     assert main(["sample", "--ckpt", str(tmp_path / "mf-rel"), "--n", "2", "--steps", "1",
                  "--out", str(tmp_path / "mf.png")]) == 0
+
+
+def test_meanflow_jvp_runs_in_float32_under_bf16_autocast(mf):
+    """Training runs under bf16 autocast; MeanFlow's network and JVP do not: its target feeds du/dt back into the
+    network's own training, and bf16 derivatives diverged on a GPU. The loss is the float32 loss."""
+    peer = mf.generator
+    g = torch.Generator().manual_seed(2)
+    x, v = torch.randn(3, 4, 16, 16, generator=g), torch.randn(3, 4, 16, 16, generator=g)
+    t, r = torch.tensor([0.9, 0.6, 0.3]), torch.tensor([0.2, 0.6, 0.1])
+    want, _ = peer._meanflow_loss(x, v, t, r, torch.arange(3))
+    seen = []
+    velocity = peer.velocity
+    peer.velocity = lambda *a, **k: seen.append(out := velocity(*a, **k)) or out
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, _ = peer._meanflow_loss(x, v, t, r, torch.arange(3))
+    assert seen and all(o.dtype == torch.float32 for o in seen)
+    torch.testing.assert_close(got, want)
