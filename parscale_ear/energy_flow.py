@@ -21,7 +21,7 @@ from torch import nn
 from .energy_head import EnergyHead, energy_score_samples
 from .flow_config import FlowConfig
 from .guidance import guided, mix
-from .layers import AdaLNBlock, modulate, prepend_stream_prefixes, timestep_embedding
+from .layers import AdaLNBlock, modulate, prepend_stream_prefixes, sincos_positions_2d, timestep_embedding
 from .meanflow import interval, meanflow_loss
 from .solvers import check_solver, ddim_step, euler_step, heun_step, time_grid
 from .stage import StageBase
@@ -45,9 +45,22 @@ class EnergyFlowGenerator(StageBase):
         # the noise enters the backbone (all tokens drawn jointly in one pass), or only the head
         self.noise_in = nn.Linear(cfg.noise_dim, d) if cfg.backbone_noise else None
         self.context_in = nn.Linear(context_dim, d) if context_dim else None
-        self.pos_embed = nn.Parameter(torch.randn(num_tokens, d) * 0.02)
+        if cfg.pos_embed == "sincos":  # fixed, from the token grid's geometry: not a weight
+            side = math.isqrt(num_tokens)
+            if side * side != num_tokens:
+                raise ValueError(f"FlowConfig: pos_embed 'sincos' needs a square token grid, got {num_tokens} tokens")
+            self.register_buffer("pos_embed", sincos_positions_2d(side, d), persistent=False)
+        else:
+            self.pos_embed = nn.Parameter(torch.randn(num_tokens, d) * 0.02)
         self.make_labels(d)
         self.time_embed = nn.Sequential(nn.Linear(TIME_DIM, d), nn.SiLU(), nn.Linear(d, d))
+        self.block_time = self.block_class = None  # block_condition: each block's own time MLP and class table
+        if cfg.block_condition:
+            self.block_time = nn.ModuleList(nn.Sequential(nn.Linear(TIME_DIM, d), nn.SiLU(), nn.Linear(d, d))
+                                            for _ in range(cfg.depth))
+            self.block_class = nn.ModuleList(nn.Embedding(num_classes + 1, d) for _ in range(cfg.depth))
+            for table in self.block_class:
+                nn.init.normal_(table.weight, std=0.02)
         self.interval_embed = None  # MeanFlow: an embedding of t - r, zero at the start (the stage is then a flow)
         if cfg.objective == "meanflow":
             self.interval_embed = nn.Sequential(nn.Linear(TIME_DIM, d), nn.SiLU(), nn.Linear(d, d))
@@ -103,15 +116,17 @@ class EnergyFlowGenerator(StageBase):
         if self.context_in is not None:
             x = x + self.context_in(context)
         c = self.condition(t, labels, x.dtype, r)  # (B, d)
+        per_block = self.block_conditions(t, labels, x.dtype, r)  # each block's (B, d), or None: c in every block
         if P > 1:  # P streams in one batched pass: (B * P, Lp + N, d), row b P + p
             x = prepend_stream_prefixes(x, self.stream_prefix)
-            c = c.repeat_interleave(P, dim=0)
+            c, per_block = (y if y is None else y.repeat_interleave(P, dim=0) for y in (c, per_block))
         if self.noise_in is not None:
-            x, c = x.repeat(m, 1, 1), c.repeat(m, 1)  # (m B P, L, d), row (j B + b) P + p
+            x = x.repeat(m, 1, 1)  # (m B P, L, d), row (j B + b) P + p
+            c, per_block = (y if y is None else y.repeat(*(m,) + (1,) * (y.ndim - 1)) for y in (c, per_block))
             noise = self.noise_in(xi.to(x.dtype)).repeat_interleave(P, dim=0)
             x = torch.cat([x[:, :-N], x[:, -N:] + noise], dim=1)
-        for block in self.blocks:
-            x = block(x, c)
+        for k, block in enumerate(self.blocks):
+            x = block(x, c if per_block is None else per_block[:, k])
         shift, scale = self.ada_out(torch.nn.functional.silu(c))[:, None].chunk(2, dim=-1)
         h = modulate(self.norm(x), shift, scale)[:, -N:]  # (m B P, N, d)
         if P > 1:
@@ -125,6 +140,19 @@ class EnergyFlowGenerator(StageBase):
         if self.interval_embed is not None:
             c = c + self.interval_embed(timestep_embedding(t - (t if r is None else r)).to(dtype))
         return c
+
+    def block_conditions(self, t: torch.Tensor, labels: torch.Tensor, dtype,
+                         r: torch.Tensor | None = None) -> torch.Tensor | None:
+        """With block_condition, each block's adaLN conditioning (B, depth, d): its own embedding of t and of the
+        labels (plus the shared interval embedding of a MeanFlow stage); else None (every block takes `condition`)."""
+        if self.block_time is None:
+            return None
+        temb = timestep_embedding(t).to(dtype)
+        extra = 0
+        if self.interval_embed is not None:
+            extra = self.interval_embed(timestep_embedding(t - (t if r is None else r)).to(dtype))
+        return torch.stack([time(temb) + table(labels) + extra for time, table in zip(self.block_time, self.block_class)],
+                           dim=1)
 
     def mean_x0(self, h: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The mean head's x0 (B, N, D) from hidden states h (B, N, d) at x_t (B, N, D), t (B,): the head predicts
@@ -254,7 +282,7 @@ class EnergyFlowGenerator(StageBase):
         heun = self.check_sampling(steps, temperature, solver) == "heun"
         self.check_guidance(cfg)
         labels = self.labels_or_null(labels, B, x1.device)
-        times = time_grid(steps)
+        times = time_grid(steps, self.config.time_shift)
         x = x1
         for k in range(steps):
             t, t_next = times[k], times[k + 1]

@@ -11,6 +11,7 @@ from .solvers import check_solver
 from .stage import GeneratorConfig
 
 OBJECTIVES = ("flow", "energy", "meanflow")
+POS_EMBEDS = ("learned", "sincos")
 
 
 @dataclass
@@ -51,6 +52,13 @@ class FlowConfig(GeneratorConfig):
     # False: a plain flow stage, the mean head alone (trained by the velocity MSE, sampled at temperature 0): no
     # energy head and no residual draws, so a teacher pays nothing for a head its sampler never uses
     energy_head: bool = True
+    # sampling: the time grid's shift (SD3's; > 1 spends more steps at high noise, 1 the even grid)
+    time_shift: float = 1.0
+    # "learned" positions (one vector per token) or "sincos": DiT's fixed 2-D sine-cosine positions on the token grid
+    pos_embed: str = "learned"
+    # True: every block embeds time and class itself (its own time MLP and class table, as diffusers' DiT does);
+    # False: one embedding shared by all blocks (DiT's paper)
+    block_condition: bool = False
 
     def __post_init__(self):
         super().__post_init__()
@@ -96,6 +104,9 @@ class FlowConfig(GeneratorConfig):
             raise ValueError(f"FlowConfig: meanflow_ratio must be in [0, 1], got {self.meanflow_ratio}")
         check_real(self.loss_power, "FlowConfig.loss_power", minimum=0.0)
         check_real(self.time_mean, "FlowConfig.time_mean", minimum=-math.inf)
+        check_real(self.time_shift, "FlowConfig.time_shift", minimum=0.0, inclusive=False)
+        if self.pos_embed not in POS_EMBEDS:
+            raise ValueError(f"FlowConfig: pos_embed must be one of {POS_EMBEDS}, got {self.pos_embed!r}")
 
     @property
     def has_mean_head(self) -> bool:

@@ -97,6 +97,20 @@ def timestep_embedding(t: torch.Tensor, dim: int = 256, max_period: float = 10_0
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
+def sincos_positions_2d(side: int, width: int) -> torch.Tensor:
+    """DiT's fixed 2-D sine-cosine positions (side * side, width) of a side x side token grid, row-major: half the
+    channels encode the row, half the column, each as sines and cosines of geometric frequencies."""
+    if width % 4:
+        raise ValueError(f"sin-cos positions need a width divisible by 4, got {width}")
+    quarter = width // 4
+    freqs = 1.0 / 10_000.0 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+    pos = torch.arange(side, dtype=torch.float64)[:, None] * freqs[None]  # (side, quarter)
+    one = torch.cat([pos.sin(), pos.cos()], dim=1)  # (side, width / 2)
+    rows = one[:, None].expand(side, side, -1)
+    cols = one[None].expand(side, side, -1)
+    return torch.cat([rows, cols], dim=-1).reshape(side * side, width).float()
+
+
 class StreamAggregator(nn.Module):
     """ParScale's learned aggregation of P streams: per token, softmax weights from the concatenated
     hidden states (Linear(P*d, d) -> SiLU -> Linear(d, P)), smoothed w <- w (1 - eps) + eps / P."""

@@ -15,7 +15,7 @@ STAGE_KINDS: dict[str, tuple[type, type]] = {"flow": (FlowConfig, EnergyFlowGene
 
 # fields of earlier versions whose experiments were dropped (docs/QUALITY.md keeps their measurements) and the value
 # that meant "off": a stored config holding one at that value is the same model without it
-RETIRED = {"noise_blocks": 0, "head_steps": 0, "time_shift": 1.0, "mean_param": "v"}
+RETIRED = {"noise_blocks": 0, "head_steps": 0, "mean_param": "v"}
 
 
 def config_class(fields: dict, name: str = "GeneratorConfig") -> type:

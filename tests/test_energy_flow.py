@@ -334,18 +334,21 @@ def test_solver_is_checked():
 
 
 def test_retired_stage_options_load_only_at_their_off_value(tmp_path, capsys):
-    """noise_blocks, head_steps, time_shift and mean_param left the stage config: a stored config holding them at the
-    value that meant "off" loads as the same model; any other value is a one-line error naming the field."""
+    """noise_blocks, head_steps and mean_param left the stage config: a stored config holding them at the value that
+    meant "off" loads as the same model; any other value is a one-line error naming the field. time_shift, retired
+    once, is a sampling option again with the same meaning: a stored value is read as it was written."""
     import json
 
     from parscale_ear.stage_kinds import stage_config
     from parscale_ear.cli import main
 
-    stored = {**v_stage(), "noise_blocks": 0, "head_steps": 0, "time_shift": 1.0, "mean_param": "v"}
+    stored = {**v_stage(), "noise_blocks": 0, "head_steps": 0, "mean_param": "v"}
     assert stage_config(stored, "hybrid.fine") == pe.FlowConfig(**v_stage())
+    assert stage_config({**v_stage(), "time_shift": 1.0}, "hybrid.fine") == pe.FlowConfig(**v_stage())
+    assert stage_config({**v_stage(), "time_shift": 1.5}, "hybrid.fine").time_shift == 1.5
     plain = {"kind": "flow", "mean_param": "x0"}  # no mean head: mean_param did nothing
     assert stage_config(plain, "hybrid.fine") == pe.FlowConfig(kind="flow")
-    for key, value in (("noise_blocks", 1), ("head_steps", 2), ("time_shift", 1.5), ("mean_param", "x0")):
+    for key, value in (("noise_blocks", 1), ("head_steps", 2), ("mean_param", "x0")):
         with pytest.raises(ValueError, match=f"hybrid.fine.{key} = {value!r}: this option was removed"):
             stage_config({**v_stage(), key: value}, "hybrid.fine")
     from pathlib import Path
@@ -539,3 +542,74 @@ def test_the_one_stage_flow_presets_fit_together():
     assert mean.generator.passes() == 2 and student.generator.passes(temperature=1.0) == 2
     assert {n.split(".")[1] for n in init_generator(mean, flow)} == {"interval_embed"}
     assert {n.split(".")[1] for n in init_generator(student, flow)} == {"head", "residual_noise_in", "residual_blocks"}
+
+
+def _tiny_flow_model(**fine):
+    """tiny-32-flow with these fields in both stages (P = 2, backbone noise: every repeat of the conditioning)."""
+    return pe.create_model("tiny-32-flow", hybrid={"coarse": dict(fine), "fine": dict(fine)})
+
+
+def test_time_shift_sets_the_sampling_grid(monkeypatch):
+    """time_shift moves the grid of every step (SD3's shift; 1: the even grid) and is a per-schedule setting."""
+    from parscale_ear.evaluation.quality import parse_schedules
+
+    model = _tiny_flow_model(time_shift=3.0).eval()
+    seen = []
+    stage = model.generator.coarse  # the first stage: no context from an earlier one
+    hidden = stage.hidden
+    monkeypatch.setattr(stage, "hidden", lambda x, t, *a, **k: seen.append(round(t[0].item(), 6)) or hidden(x, t, *a, **k))
+    noise = stage.draw_batch(2, "cpu", torch.float32)
+    stage.sample(noise.get("xi"), noise["x1"], torch.arange(2), steps=2, temperature=1.0)
+    assert seen == [round(t, 6) for t in time_grid(2, 3.0)[:2]] and seen[1] > 0.5
+    assert parse_schedules("3@1@0@time_shift=2;3@1@0@fine.time_shift=0.5")[1].settings == {"fine.time_shift": 0.5}
+    with pytest.raises(ValueError, match="time_shift must be a number"):
+        parse_schedules("3@1@0@time_shift=x")
+    with pytest.raises(ValueError, match="FlowConfig.time_shift: expected a finite number > 0"):
+        pe.FlowConfig(kind="flow", time_shift=0.0)
+
+
+def test_sincos_positions_are_fixed_and_not_weights():
+    model = _tiny_flow_model(pos_embed="sincos")
+    fine = model.generator.fine
+    assert "pos_embed" not in dict(fine.named_parameters()) and not any("pos_embed" in k for k in fine.state_dict())
+    side = int(fine.num_tokens ** 0.5)
+    pos = fine.pos_embed.view(side, side, -1)
+    half = pos.shape[-1] // 2
+    assert torch.equal(pos[0, :, :half], pos[0, :1, :half].expand(side, -1))  # one row: the same row code
+    assert torch.equal(pos[:, 0, half:], pos[:1, 0, half:].expand(side, -1))  # one column: the same column code
+    assert not torch.equal(pos[0, 0], pos[1, 1])
+    with pytest.raises(ValueError, match="pos_embed must be one of"):
+        pe.FlowConfig(kind="flow", pos_embed="rope")
+
+
+def test_sincos_positions_need_a_square_token_grid():
+    from parscale_ear.energy_flow import EnergyFlowGenerator
+
+    with pytest.raises(ValueError, match="needs a square token grid, got 12 tokens"):
+        EnergyFlowGenerator(pe.FlowConfig(kind="flow", width=32, heads=2, head_width=32, pos_embed="sincos"), 12, 4, 10)
+
+
+def test_block_condition_gives_each_block_its_own_time_and_class_embedding():
+    """block_condition: each block's adaLN sees its own embedding of t and the label (diffusers' DiT), through P
+    streams and the m draws of backbone noise; every part trains."""
+    torch.manual_seed(0)
+    plain = _tiny_flow_model(depth=2)
+    model = perturb_(_tiny_flow_model(block_condition=True, depth=2))
+    fine = model.generator.fine
+    assert fine.config.streams == 2 and fine.noise_in is not None  # the repeats for P and m are exercised
+    extra = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in plain.parameters())
+    d, depth = fine.config.width, fine.config.depth
+    per_block = 256 * d + d + d * d + d + (fine.num_classes + 1) * d
+    coarse = model.generator.coarse.config
+    assert extra == depth * per_block + coarse.depth * (256 * coarse.width + coarse.width + coarse.width ** 2 + coarse.width
+                                                        + (fine.num_classes + 1) * coarse.width)
+    conds = fine.block_conditions(torch.rand(3), torch.arange(3), torch.float32)
+    assert conds.shape == (3, depth, d) and not torch.allclose(conds[:, 0], conds[:, 1])
+    latents = torch.randn(6, 4, 16, 16)
+    model.generator.fit_token_scales(latents)
+    model.generator.loss(latents, torch.arange(6))["loss"].backward()
+    dead = [n for n, p in model.generator.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert dead == []
+    model.eval()
+    out = model.generate(2, labels=[0, 1], steps=2, cfg=1.5, temperature=1.0, seed=0)
+    assert torch.isfinite(out).all()

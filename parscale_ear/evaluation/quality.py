@@ -16,7 +16,7 @@ from ..pipeline import ParScaleEAR
 
 
 # stage config fields that only change sampling, settable per schedule (see `stage_settings`)
-SAMPLING_FIELDS = ("max_steps", "solver")
+SAMPLING_FIELDS = ("max_steps", "solver", "time_shift")
 
 
 @dataclass
@@ -52,7 +52,10 @@ def parse_schedules(text: str) -> list[Schedule]:
                 raise ValueError(f"schedule {part!r}: settings are KEY=VALUE with KEY in {SAMPLING_FIELDS} "
                                  f"(optionally STAGE.KEY), got {item!r}")
             name = key.rpartition(".")[2]
-            settings[key] = value if name == "solver" else int(value)
+            try:
+                settings[key] = {"solver": str, "time_shift": float}.get(name, int)(value)
+            except ValueError:
+                raise ValueError(f"schedule {part!r}: {key} must be a number, got {value!r}") from None
         out.append(Schedule(steps[0] if len(steps) == 1 else steps, *(float(f) for f in fields[1:3]), settings=settings))
     return out
 
