@@ -74,7 +74,8 @@ def add_train_commands(sub) -> None:
     p = sub.add_parser("train", help="train the coarse/fine energy generators on a VAE run's cached latents")
     p.add_argument("--vae", required=True, help="VAE run folder (from train-vae)")
     p.add_argument("--data", default=None, type=_named("a data set"), help="default: the VAE run's data")
-    p.add_argument("--mode", choices=["full", "no_coarse", "no_fine"], default=None, help="hybrid mode (ablations)")
+    p.add_argument("--mode", choices=["full", "no_coarse", "no_fine", "joint"], default=None,
+                   help="hybrid mode (ablations; joint: coarse and fine tokens in one network pass)")
     p.add_argument("--streams", type=int, default=None, help="ParScale streams P of every stage")
     p.add_argument("--preset", default=None, type=_named("a preset name"),
                    help="generator design from this preset (default: the VAE run's)")

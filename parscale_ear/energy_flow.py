@@ -38,9 +38,15 @@ def _scale_grad(x: torch.Tensor, weight: float) -> torch.Tensor:
 class EnergyFlowGenerator(StageBase):
     """A stage of N tokens (B, N, D): transformer with adaLN(t, class) over x_t + noise + context tokens."""
 
-    def __init__(self, config: FlowConfig, num_tokens: int, token_dim: int, num_classes: int = 0, context_dim: int = 0):
+    def __init__(self, config: FlowConfig, num_tokens: int, token_dim: int, num_classes: int = 0, context_dim: int = 0,
+                 lead_tokens: int = 0):
         super().__init__(config, num_tokens, token_dim, num_classes, context_dim)
         cfg, d = config, config.width
+        if not 0 <= lead_tokens < num_tokens:
+            raise ValueError(f"EnergyFlowGenerator: lead_tokens must be in [0, {num_tokens}), got {lead_tokens}")
+        if cfg.coarse_lead != 1 and not lead_tokens:
+            raise ValueError("FlowConfig: coarse_lead applies to a joint coarse/fine stage (hybrid mode 'joint')")
+        self.lead_tokens = lead_tokens  # a joint stage's coarse tokens, first in the sequence (time t ** coarse_lead)
         self.token_in = nn.Linear(token_dim, d)
         # the noise enters the backbone (all tokens drawn jointly in one pass), or only the head
         self.noise_in = nn.Linear(cfg.noise_dim, d) if cfg.backbone_noise else None
@@ -154,11 +160,20 @@ class EnergyFlowGenerator(StageBase):
         return torch.stack([time(temb) + table(labels) + extra for time, table in zip(self.block_time, self.block_class)],
                            dim=1)
 
+    def token_times(self, t: torch.Tensor) -> torch.Tensor:
+        """Each token's time (B, N, 1) at stage time t (B,): t, except a joint stage's coarse tokens, at t ** coarse_lead
+        (ahead of the fine ones, and 1 and 0 at the ends as they are)."""
+        tt = t[:, None, None]
+        if not self.lead_tokens or self.config.coarse_lead == 1:
+            return tt
+        lead = (self.lead_tokens,) + (self.num_tokens - self.lead_tokens,)
+        return torch.cat([tt.pow(self.config.coarse_lead).expand(-1, lead[0], 1), tt.expand(-1, lead[1], 1)], dim=1)
+
     def mean_x0(self, h: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The mean head's x0 (B, N, D) from hidden states h (B, N, d) at x_t (B, N, D), t (B,): the head predicts
-        v = eps - x0, and x_t = (1 - t) x0 + t eps gives x0 = x_t - t v."""
+        v = eps - x0, and x_t = (1 - t) x0 + t eps gives x0 = x_t - t v (each token at its own time)."""
         out = self.mean_out(h)
-        return x_t - t.to(out.dtype)[:, None, None] * out
+        return x_t - self.token_times(t).to(out.dtype) * out
 
     def residual(self, h: torch.Tensor, c: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
         """The energy head's draws (m B, N, D) around the mean: h (m B, N, d), c (m B, d), xi (m B, N, noise_dim)."""
@@ -193,7 +208,8 @@ class EnergyFlowGenerator(StageBase):
         if c.objective == "meanflow":  # the interval [r, t] of MeanFlow's average velocity (r = t for most draws)
             t, r = interval(t, self._times(B, device), c.meanflow_ratio)
         eps = torch.randn_like(tokens) if noise is None else noise.to(tokens.dtype)
-        x_t = (1 - t[:, None, None]) * tokens + t[:, None, None] * eps
+        tt = self.token_times(t)
+        x_t = (1 - tt) * tokens + tt * eps
         if r is not None:
             u = lambda x, tt, rr: self.mean_out(self.hidden(x, tt, None, labels, context, rr))  # noqa: E731
             return c.mean_weight * meanflow_loss(u, x_t, eps - tokens, t, r, c.loss_power)[0]
@@ -298,7 +314,11 @@ class EnergyFlowGenerator(StageBase):
             if heun and t_next > 0:  # the mean path, corrected
                 x = self._heun_step(x, h, t, t_next, xb, labels, context, cfg)
                 continue
-            x = ddim_step(x, self._x0(h, x, tt, xi_k, labels, cfg, temperature, draw).to(x.dtype), t, t_next)
+            x0 = self._x0(h, x, tt, xi_k, labels, cfg, temperature, draw).to(x.dtype)
+            if self.lead_tokens and t_next > 0:  # each token along its own line, at its own times
+                x = ddim_step(x, x0, self.token_times(tt), self.token_times(torch.full_like(tt, t_next)))
+            else:
+                x = ddim_step(x, x0, t, t_next)
         return x
 
     def _guided_hidden(self, x, tt, xb, labels, context, cfg: float, r=None) -> torch.Tensor:
@@ -322,9 +342,16 @@ class EnergyFlowGenerator(StageBase):
 
     def _heun_step(self, x, h, t: float, t_next: float, xb, labels, context, cfg: float) -> torch.Tensor:
         """x at t_next by Heun's rule on the mean path: the mean of the velocities at t and at the Euler estimate."""
-        def velocity_at(y, s: float, h=None):  # dx/dt of x_s = (1 - s) x0 + s eps along the predicted line
+        def velocity_at(y, s: float, h=None):  # eps - x0 of x_s = (1 - s) x0 + s eps along the predicted line
             ss = torch.full((y.shape[0],), s, device=y.device)
             h = self._guided_hidden(y, ss, xb, labels, context, cfg) if h is None else h
-            return (y - self.mean_x0(h, y, ss).to(y.dtype)) / s
+            return (y - self.mean_x0(h, y, ss).to(y.dtype)) / self.token_times(ss).to(y.dtype)
 
-        return heun_step(x, velocity_at(x, t, h), t, t_next, velocity_at)
+        if not self.lead_tokens:
+            return heun_step(x, velocity_at(x, t, h), t, t_next, velocity_at)
+        # a joint stage: each token's step is its own time step (t ** coarse_lead for the coarse tokens)
+        B = x.shape[0]
+        dt = (self.token_times(torch.full((B,), t_next, device=x.device))
+              - self.token_times(torch.full((B,), t, device=x.device))).to(x.dtype)
+        v = velocity_at(x, t, h)
+        return x + dt * 0.5 * (v + velocity_at(x + dt * v, t_next))

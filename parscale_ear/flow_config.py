@@ -59,6 +59,10 @@ class FlowConfig(GeneratorConfig):
     # True: every block embeds time and class itself (its own time MLP and class table, as diffusers' DiT does);
     # False: one embedding shared by all blocks (DiT's paper)
     block_condition: bool = False
+    # mode "joint" (one stage over coarse and fine tokens): the coarse tokens' time is t ** coarse_lead, so above 1
+    # they are less noisy than the fine ones at every step (the coarse structure settles first, inside each pass);
+    # 1: one time for all tokens. Plain flow stages only.
+    coarse_lead: float = 1.0
 
     def __post_init__(self):
         super().__post_init__()
@@ -105,6 +109,9 @@ class FlowConfig(GeneratorConfig):
         check_real(self.loss_power, "FlowConfig.loss_power", minimum=0.0)
         check_real(self.time_mean, "FlowConfig.time_mean", minimum=-math.inf)
         check_real(self.time_shift, "FlowConfig.time_shift", minimum=0.0, inclusive=False)
+        check_real(self.coarse_lead, "FlowConfig.coarse_lead", minimum=1.0)
+        if self.coarse_lead != 1 and (self.energy_head or self.objective != "flow"):
+            raise ValueError("FlowConfig: coarse_lead != 1 needs a plain flow stage (energy_head False, objective 'flow')")
         if self.pos_embed not in POS_EMBEDS:
             raise ValueError(f"FlowConfig: pos_embed must be one of {POS_EMBEDS}, got {self.pos_embed!r}")
 

@@ -9,6 +9,10 @@ source (each mode is a separately trained model, see docs/DESIGN.md):
             generated conditioned on the (upsampled) coarse tokens.
   no_coarse one stage on the g grid generating z itself; steps = coarse_steps + fine_steps.
   no_fine   one stage on the g/pool grid whose tokens are pool x pool patches of z (all of z).
+  joint     one flow stage, one network pass a step, over both: (g/p^2)^2 coarse tokens (the p x p block means of z,
+            as p x p patches of their grid) then (g/p)^2 fine tokens (z less its block means, as p x p patches), p =
+            fine_patch; z = the upsampled means + the residual. The coarse tokens may run ahead in time
+            (FlowConfig.coarse_lead), so the coarse structure settles first inside every pass.
 Steps are one value per stage of the list.
 """
 from __future__ import annotations
@@ -34,7 +38,8 @@ class Stage:
 
     name: str  # "coarse" or "fine": the module attribute and the HybridConfig field of its generator
     tokens: str  # "pooled" (pool x pool means on the g/pool grid), "residual" (z - upsampled means, as
-    #              fine_patch patches), "latent" (z as fine_patch patches), "patches" (pool x pool patches of z)
+    #              fine_patch patches), "latent" (z as fine_patch patches), "patches" (pool x pool patches of z),
+    #              "joint" (coarse block means, then the residual: see the module's docstring)
     context: str | None = None  # the stage whose output is this one's per-token context
 
 
@@ -43,6 +48,7 @@ STAGE_LISTS: dict[str, tuple[Stage, ...]] = {
     "full": (Stage("coarse", "pooled"), Stage("fine", "residual", context="coarse")),
     "no_coarse": (Stage("fine", "latent"),),
     "no_fine": (Stage("coarse", "patches"),),
+    "joint": (Stage("fine", "joint"),),
 }
 MODES = tuple(STAGE_LISTS)  # a mode is the name of a stage list
 
@@ -141,11 +147,16 @@ class CoarseFineHybrid(LatentGenerator):
                              f"and fine_patch {p}")
         self.coarse_side = g // cfg.pool
         self.stage_list = STAGE_LISTS[cfg.mode]
+        if cfg.mode == "joint" and (p < 2 or g % (p * p)):
+            raise ValueError(f"CoarseFineHybrid: mode 'joint' needs fine_patch >= 2 and a latent grid divisible by "
+                             f"fine_patch^2, got grid {g} and fine_patch {p}")
+        self.joint_coarse = (g // (p * p)) ** 2 if cfg.mode == "joint" else 0  # a joint stage's leading coarse tokens
         self.coarse = self.fine = None
         for stage in self.stage_list:
             tokens, dim = self._geometry(stage.tokens)
             context_dim = dim if stage.context else 0  # the context arrives on this stage's token grid
-            setattr(self, stage.name, make_stage(getattr(cfg, stage.name), tokens, dim, num_classes, context_dim))
+            setattr(self, stage.name, make_stage(getattr(cfg, stage.name), tokens, dim, num_classes, context_dim,
+                                                 lead_tokens=self.joint_coarse if stage.tokens == "joint" else 0))
         # per-stage token std (set from data by `fit_token_scales`) so tokens enter at unit scale
         self.register_buffer("coarse_std", torch.ones(()))
         self.register_buffer("fine_std", torch.ones(()))
@@ -155,7 +166,8 @@ class CoarseFineHybrid(LatentGenerator):
         C, g, _ = self.latent_shape
         pool, p = self.config.pool, self.config.fine_patch
         return {"pooled": ((g // pool) ** 2, C), "patches": ((g // pool) ** 2, C * pool * pool),
-                "residual": ((g // p) ** 2, C * p * p), "latent": ((g // p) ** 2, C * p * p)}[tokens]
+                "residual": ((g // p) ** 2, C * p * p), "latent": ((g // p) ** 2, C * p * p),
+                "joint": ((g // (p * p)) ** 2 + (g // p) ** 2, C * p * p)}[tokens]
 
     @property
     def stages(self) -> dict[str, nn.Module]:
@@ -167,7 +179,7 @@ class CoarseFineHybrid(LatentGenerator):
         ("latent" tokens) runs coarse_steps + fine_steps."""
         c = self.config
         per_stage = {"pooled": c.coarse_steps, "patches": c.coarse_steps, "residual": c.fine_steps,
-                     "latent": c.coarse_steps + c.fine_steps}
+                     "latent": c.coarse_steps + c.fine_steps, "joint": c.coarse_steps + c.fine_steps}
         return tuple(per_stage[s.tokens] for s in self.stage_list)
 
     # ------------------------------------------------------------------ token maps
@@ -177,8 +189,16 @@ class CoarseFineHybrid(LatentGenerator):
         maps = {"pooled": lambda z: to_tokens(F.avg_pool2d(z, pool)),
                 "residual": lambda z: self._fine_tokens(split_coarse_fine(z, pool)[1]),
                 "latent": self._fine_tokens,
-                "patches": lambda z: patchify(z, pool)}
+                "patches": lambda z: patchify(z, pool),
+                "joint": lambda z: torch.cat(self._joint_parts(z), dim=1)}
         return {s.name: maps[s.tokens](latents) for s in self.stage_list}
+
+    def _joint_parts(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A joint stage's coarse tokens (the p x p block means as p x p patches of their grid) and fine tokens (the
+        residual as p x p patches), p = fine_patch."""
+        p = self.config.fine_patch
+        means, residual = split_coarse_fine(latents, p)
+        return patchify(means, p), patchify(residual, p)
 
     def _latents_part(self, stage: Stage, tokens: torch.Tensor) -> torch.Tensor:
         """A stage's (unnormalised) tokens as its additive part of the latent grid."""
@@ -187,6 +207,9 @@ class CoarseFineHybrid(LatentGenerator):
             return F.interpolate(from_tokens(tokens, self.coarse_side), scale_factor=self.config.pool, mode="nearest")
         if stage.tokens == "patches":
             return unpatchify(tokens, C, self.config.pool)
+        if stage.tokens == "joint":
+            p, n = self.config.fine_patch, self.joint_coarse
+            return merge_coarse_fine(unpatchify(tokens[:, :n], C, p), unpatchify(tokens[:, n:], C, p), p)
         return self._fine_grid(tokens)
 
     def latent_noise(self, x1: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -195,6 +218,9 @@ class CoarseFineHybrid(LatentGenerator):
         noise) and the fine x_1 only the detail inside the blocks (its own block means removed), so independent
         stage draws give z ~ N(0, I), and a latent-grid teacher's coupling z -> x0 splits into one per stage."""
         pool, z = self.config.pool, 0
+        if self.joint_coarse:
+            raise ValueError("a joint coarse/fine model's noise covers the coarse tokens and the residual apart: it "
+                             "is not one draw on the latent grid, so it cannot be matched to a latent-grid teacher")
         for stage in self.stage_list:
             tokens = x1[stage.name]
             if stage.tokens == "pooled":
@@ -216,13 +242,23 @@ class CoarseFineHybrid(LatentGenerator):
         return unpatchify(tokens, C, p) if p > 1 else from_tokens(tokens, g)
 
     def _std(self, stage: Stage) -> torch.Tensor:
+        """The stage's token std: one value, or for a joint stage one per token (N, 1): coarse_std for its coarse
+        tokens, fine_std for the residual's."""
+        if stage.tokens == "joint":
+            n, total = self.joint_coarse, self._geometry("joint")[0]
+            return torch.cat([self.coarse_std.expand(n), self.fine_std.expand(total - n)])[:, None]
         return getattr(self, f"{stage.name}_std")
 
     @torch.no_grad()
     def fit_token_scales(self, latents: torch.Tensor) -> dict[str, float]:
-        """Set each stage's token std from a sample of (scaled) latents; returns the values."""
+        """Set each stage's token std from a sample of (scaled) latents; returns the values (a joint stage: its
+        coarse and its fine tokens' std apart)."""
+        if self.joint_coarse:
+            parts = dict(zip(("coarse", "fine"), self._joint_parts(latents)))
+        else:
+            parts = self.tokens(latents)
         out = {}
-        for name, tok in self.tokens(latents).items():
+        for name, tok in parts.items():
             std = tok.float().std().clamp_min(1e-6)
             getattr(self, f"{name}_std").fill_(std)
             out[name] = std.item()

@@ -6,6 +6,8 @@ at both ends (Heun: a second pass at t', skipped on the step that lands on t' = 
 """
 from __future__ import annotations
 
+import torch
+
 SOLVERS = ("euler", "heun")
 
 
@@ -29,10 +31,10 @@ def solver_passes(steps: int, solver: str) -> int:
     return steps if check_solver(solver) == "euler" else 2 * steps - 1
 
 
-def ddim_step(x, x0, t: float, t_next: float):
+def ddim_step(x, x0, t, t_next):
     """x_t' from x_t and a predicted (or drawn) x0: along the line through them (DDIM with eta 0 on rectified flow),
-    x0 itself at t' = 0."""
-    if t_next <= 0:
+    x0 itself at t' = 0. t and t' are floats, or tensors broadcasting against x (a time per token, all > 0)."""
+    if not torch.is_tensor(t_next) and t_next <= 0:
         return x0
     eps = (x - (1 - t) * x0) / t
     return (1 - t_next) * x0 + t_next * eps

@@ -613,3 +613,66 @@ def test_block_condition_gives_each_block_its_own_time_and_class_embedding():
     model.eval()
     out = model.generate(2, labels=[0, 1], steps=2, cfg=1.5, temperature=1.0, seed=0)
     assert torch.isfinite(out).all()
+
+
+def _joint(lead: float = 2.0, **fine):
+    torch.manual_seed(0)
+    stage = dict(depth=1, width=32, heads=2, head_width=32, coarse_lead=lead, **fine)
+    return pe.create_model("fmnist-32-flow1", mode="joint", hybrid={"fine": stage})
+
+
+def test_joint_mode_maps_latents_to_coarse_means_and_residual_and_back():
+    model = _joint()
+    gen = model.generator
+    z = torch.randn(3, 4, 16, 16)
+    scales = gen.fit_token_scales(z)
+    tokens = gen.tokens(z)["fine"]
+    assert tokens.shape == (3, 16 + 64, 16) and set(scales) == {"coarse", "fine"}
+    means = torch.nn.functional.avg_pool2d(z, 2)  # the 2 x 2 block means, 2 x 2 patches of their 8 x 8 grid
+    assert torch.allclose(tokens[:, :16].reshape(3, 4, 4, 4, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(3, 4, 8, 8), means)
+    assert torch.allclose(tokens[:, 16:].reshape(3, 64, 4, 4).sum(-1), torch.zeros(3, 64, 4), atol=1e-5)  # no means
+    normalised = tokens / gen._std(gen.stage_list[0])
+    assert torch.allclose(normalised[:, :16].std(), torch.tensor(1.0), atol=1e-5)
+    torch.testing.assert_close(gen.latents({"fine": normalised}), z)
+    with pytest.raises(ValueError, match="cannot be matched to a latent-grid teacher"):
+        gen.latent_noise({"fine": torch.randn(3, 80, 16)})
+
+
+def test_joint_coarse_tokens_run_ahead_in_time_in_training_and_sampling(monkeypatch):
+    model = _joint(lead=2.0)
+    stage = model.generator.fine
+    times = stage.token_times(torch.tensor([1.0, 0.5, 0.0]))
+    assert times.shape == (3, 80, 1)
+    assert times[1, :16].eq(0.25).all() and times[1, 16:].eq(0.5).all()
+    assert times[0].eq(1).all() and times[2].eq(0).all()
+    # training: x_t of each token on its own line, at its own time
+    seen = {}
+    hidden = stage.hidden
+    monkeypatch.setattr(stage, "hidden", lambda x, t, *a, **k: seen.setdefault("x", (x, t)) and hidden(x, t, *a, **k))
+    x0, eps = torch.randn(2, 80, 16), torch.randn(2, 80, 16)
+    stage.loss(x0, torch.arange(2), noise=eps)
+    x_t, t = seen["x"]
+    tt = stage.token_times(t)
+    torch.testing.assert_close(x_t, (1 - tt) * x0 + tt * eps)
+    # sampling (Euler and Heun): with x0 predicted as 0 every token shrinks along its own line, to t' (coarse: t'^2)
+    monkeypatch.setattr(stage, "hidden", hidden)
+    monkeypatch.setattr(stage, "mean_x0", lambda h, x, t: torch.zeros_like(x))
+    for solver in ("euler", "heun"):
+        calls = []
+        monkeypatch.setattr(stage, "_guided_hidden", lambda x, tt, *a, **k: calls.append((x, tt[0].item())) or x)
+        x1 = torch.randn(2, 80, 16)
+        stage.sample(None, x1, torch.arange(2), steps=2, temperature=0.0, solver=solver)
+        x_half = next(x for x, t in calls[1:] if t == 0.5)
+        torch.testing.assert_close(x_half[:, :16], 0.25 * x1[:, :16])
+        torch.testing.assert_close(x_half[:, 16:], 0.5 * x1[:, 16:])
+
+
+def test_coarse_lead_needs_a_joint_plain_flow_stage():
+    with pytest.raises(ValueError, match="coarse_lead applies to a joint coarse/fine stage"):
+        pe.create_model("fmnist-32-flow1", hybrid={"fine": {"coarse_lead": 2.0}})
+    with pytest.raises(ValueError, match="coarse_lead != 1 needs a plain flow stage"):
+        pe.FlowConfig(**v_stage(coarse_lead=2.0))
+    with pytest.raises(ValueError, match="mode 'joint' needs fine_patch >= 2"):
+        pe.create_model("fmnist-32-flow1", mode="joint", hybrid={"fine_patch": 1})
+    with pytest.raises(ValueError, match="needs a square token grid, got 80 tokens"):
+        _joint(pos_embed="sincos")

@@ -409,3 +409,17 @@ def test_resume_compares_streams_with_the_stages_a_run_has(tmp_path, vae_run, np
     assert main(["train", *common, "--streams", "1", "--steps", "2", "--resume"]) == 0
     assert main(["train", *common, "--streams", "2", "--steps", "3", "--resume"]) == 2
     assert "--streams 2 (the run's: 1)" in capsys.readouterr().err
+
+
+def test_cli_trains_and_samples_a_joint_coarse_fine_model(tmp_path, vae_run, npz_data):
+    """--mode joint: one flow stage over the coarse block means and the residual, the coarse tokens ahead in time."""
+    out = tmp_path / "joint"
+    assert main(["train", "--vae", str(vae_run), "--data", npz_data, "--preset", "fmnist-32-flow1", "--mode", "joint",
+                 "--steps", "2", "--batch-size", "8", "--out", str(out), "--no-progress", "--no-samples", "--set",
+                 "hybrid.fine.depth=1", "hybrid.fine.width=32", "hybrid.fine.heads=2", "hybrid.fine.coarse_lead=2"]) == 0
+    hybrid = json.loads((out / "run.json").read_text())["model"]["hybrid"]
+    assert hybrid["mode"] == "joint" and hybrid["fine"]["coarse_lead"] == 2
+    pipe = load_pipeline(out)
+    assert pipe.generator.fine.num_tokens == 16 + 64 and pipe.generator.fine.lead_tokens == 16
+    images = pipe.generate(2, labels=[0, 1], seed=0, steps=2)
+    assert images.shape == (2, 1, 32, 32) and torch.isfinite(images).all()
