@@ -23,7 +23,7 @@ from .flow_config import FlowConfig
 from .guidance import guided, mix
 from .layers import AdaLNBlock, modulate, prepend_stream_prefixes, sincos_positions_2d, timestep_embedding
 from .meanflow import interval, meanflow_loss
-from .solvers import check_solver, ddim_step, euler_step, heun_step, time_grid
+from .solvers import ddim_step, euler_step, heun_step, time_grid
 from .stage import StageBase
 
 TIME_DIM = 256  # sinusoidal features of t
@@ -247,26 +247,8 @@ class EnergyFlowGenerator(StageBase):
 
     # ------------------------------------------------------------------ sampling
     def check_sampling(self, steps: int, temperature: float = 0.0, solver: str | None = None) -> str:
-        """The solver `steps` steps at `temperature` take (`solver`, else the config's), with one-line errors for what
-        this stage cannot sample: too many steps, a temperature without an energy head, Heun without a mean head, and
-        an explicit Heun where every step draws x0 from the energy head (temperature > 0: DDIM steps, which Heun's
-        correction of the mean path would not change)."""
-        if not 1 <= steps <= self.config.max_steps:
-            raise ValueError(f"steps must be in [1, {self.config.max_steps}] (the config's max_steps), got {steps}")
-        if temperature > 0 and self.head is None:
-            raise ValueError(f"temperature {temperature:g}: this stage has no energy head (energy_head False) and samples "
-                             "its flow's mean path only; use temperature 0")
-        if solver is None:
-            return "euler" if temperature > 0 else self.config.solver
-        if check_solver(solver) == "heun" and self.interval_embed is not None:
-            raise ValueError("solver 'heun': a MeanFlow stage steps with its average velocity over each step (solver "
-                             "'euler')")
-        if solver == "heun" and self.mean_out is None:
-            raise ValueError("solver 'heun' needs a flow stage with a mean head (mean_weight > 0 or objective 'energy')")
-        if solver == "heun" and temperature > 0:
-            raise ValueError(f"solver 'heun' at temperature {temperature:g}: every step draws x0 from the energy head and "
-                             "takes a DDIM step, which Heun does not change; use temperature 0 (the mean path) or 'euler'")
-        return solver
+        """The solver `steps` steps at `temperature` take, or a one-line error (FlowConfig.sampling_solver)."""
+        return self.config.sampling_solver(steps, temperature, solver)
 
     def passes(self, steps: int, temperature: float = 0.0, solver: str | None = None) -> int:
         """Backbone passes per image for `steps` steps (without CFG's doubling): one a step, plus Heun's correction

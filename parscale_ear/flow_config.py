@@ -115,6 +115,28 @@ class FlowConfig(GeneratorConfig):
         if self.pos_embed not in POS_EMBEDS:
             raise ValueError(f"FlowConfig: pos_embed must be one of {POS_EMBEDS}, got {self.pos_embed!r}")
 
+    def sampling_solver(self, steps: int, temperature: float = 0.0, solver: str | None = None) -> str:
+        """The solver `steps` steps at `temperature` take (`solver`, else the config's), with one-line errors for what
+        the stage cannot sample: too many steps, a temperature without an energy head, Heun without a mean head, and
+        an explicit Heun where every step draws x0 from the energy head (temperature > 0: DDIM steps, which Heun's
+        correction of the mean path would not change)."""
+        if not 1 <= steps <= self.max_steps:
+            raise ValueError(f"steps must be in [1, {self.max_steps}] (the config's max_steps), got {steps}")
+        if temperature > 0 and not self.energy_head:
+            raise ValueError(f"temperature {temperature:g}: this stage has no energy head (energy_head False) and samples "
+                             "its flow's mean path only; use temperature 0")
+        if solver is None:
+            return "euler" if temperature > 0 else self.solver
+        if check_solver(solver) == "heun" and self.objective == "meanflow":
+            raise ValueError("solver 'heun': a MeanFlow stage steps with its average velocity over each step (solver "
+                             "'euler')")
+        if solver == "heun" and not self.has_mean_head:
+            raise ValueError("solver 'heun' needs a flow stage with a mean head (mean_weight > 0 or objective 'energy')")
+        if solver == "heun" and temperature > 0:
+            raise ValueError(f"solver 'heun' at temperature {temperature:g}: every step draws x0 from the energy head and "
+                             "takes a DDIM step, which Heun does not change; use temperature 0 (the mean path) or 'euler'")
+        return solver
+
     @property
     def has_mean_head(self) -> bool:
         """A mean head: trained by its MSE (mean_weight > 0) or by the energy objective."""
