@@ -63,6 +63,9 @@ def check_teacher(teacher: ParScaleEAR, student: ParScaleEAR) -> str:
         bad = [name for name, stage in s_stages.items() if stage.config.kind != "flow"]
         if bad:
             raise ValueError(f"--teacher: a latent-grid (DiT) teacher needs flow stages in the student; {bad} are not")
+        if student.generator.joint_coarse:
+            raise ValueError("--teacher: a latent-grid (DiT) teacher's noise does not split into a joint student's "
+                             "coarse and fine noise; use a joint teacher, or a student of another mode")
         return "latents"
     t_stages = teacher.generator.stages
     if not isinstance(teacher.generator, CoarseFineHybrid) or list(t_stages) != list(s_stages):
@@ -136,8 +139,9 @@ def _latent_batch(teacher: ParScaleEAR, student: ParScaleEAR, b: int, labels, st
 
 
 def take_token_scales(model: ParScaleEAR, source: ParScaleEAR) -> None:
-    """Give `model`'s stages the token scales of `source`'s stages of the same names."""
-    for name in model.generator.stages:
+    """Give `model` the token scales of `source` (the same stages, `check_teacher`): both buffers, since a joint
+    stage scales its coarse tokens by `coarse_std` and its fine ones by `fine_std`."""
+    for name in ("coarse", "fine"):
         getattr(model.generator, f"{name}_std").copy_(getattr(source.generator, f"{name}_std"))
 
 
@@ -162,6 +166,11 @@ def pairs_file(folder: Path, teacher: ParScaleEAR, n: int, steps, solver: str | 
     teacher's pairs also depend on the student's stages and token scales."""
     key = {"teacher": weights_digest(teacher), "n": n, "steps": list(teacher.resolve_steps(steps)), "solver": solver,
            "seed": PAIRS_SEED, "batch_size": PAIRS_BATCH}
+    # sampling fields that change the pairs beside the weights (in the key only where set: older keys stay valid)
+    sampling = {name: {f: v for f in ("time_shift", "coarse_lead") if (v := getattr(stage.config, f, 1.0)) != 1.0}
+                for name, stage in teacher.generator.stages.items()}
+    if any(sampling.values()):
+        key["sampling"] = sampling
     if latent_coupling(teacher):
         h = student.generator
         key["student"] = {"mode": h.config.mode, "pool": h.config.pool, "fine_patch": h.config.fine_patch,

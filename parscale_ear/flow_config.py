@@ -54,7 +54,7 @@ class FlowConfig(GeneratorConfig):
     energy_head: bool = True
     # sampling: the time grid's shift (SD3's; > 1 spends more steps at high noise, 1 the even grid)
     time_shift: float = 1.0
-    # "learned" positions (one vector per token) or "sincos": DiT's fixed 2-D sine-cosine positions on the token grid
+    # "learned" positions (one vector per token) or "sincos": fixed 2-D sine-cosine positions on the (square) token grid, as DiT's
     pos_embed: str = "learned"
     # True: every block embeds time and class itself (its own time MLP and class table, as diffusers' DiT does);
     # False: one embedding shared by all blocks (DiT's paper)

@@ -207,9 +207,10 @@ class CoarseFineHybrid(LatentGenerator):
             return F.interpolate(from_tokens(tokens, self.coarse_side), scale_factor=self.config.pool, mode="nearest")
         if stage.tokens == "patches":
             return unpatchify(tokens, C, self.config.pool)
-        if stage.tokens == "joint":
+        if stage.tokens == "joint":  # the means from the coarse tokens alone: the residual's own means are dropped
             p, n = self.config.fine_patch, self.joint_coarse
-            return merge_coarse_fine(unpatchify(tokens[:, :n], C, p), unpatchify(tokens[:, n:], C, p), p)
+            residual = split_coarse_fine(unpatchify(tokens[:, n:], C, p), p)[1]
+            return merge_coarse_fine(unpatchify(tokens[:, :n], C, p), residual, p)
         return self._fine_grid(tokens)
 
     def latent_noise(self, x1: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -98,7 +98,7 @@ def timestep_embedding(t: torch.Tensor, dim: int = 256, max_period: float = 10_0
 
 
 def sincos_positions_2d(side: int, width: int) -> torch.Tensor:
-    """DiT's fixed 2-D sine-cosine positions (side * side, width) of a side x side token grid, row-major: half the
+    """Fixed 2-D sine-cosine positions (side * side, width) of a side x side token grid, row-major, as DiT's: half the
     channels encode the row, half the column, each as sines and cosines of geometric frequencies."""
     if width % 4:
         raise ValueError(f"sin-cos positions need a width divisible by 4, got {width}")

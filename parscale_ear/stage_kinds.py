@@ -33,7 +33,8 @@ def upgrade(fields: dict, name: str) -> dict:
     one-line ValueError naming the field."""
     fields = dict(fields)
     kind = fields.get("kind", GeneratorConfig.__dataclass_fields__["kind"].default)
-    for key, off in RETIRED.items():
+    # time_shift is a flow stage's sampling option again; in a MAR stage (0.2 stored it there) it stays retired
+    for key, off in dict(RETIRED, **({"time_shift": 1.0} if kind == "mar" else {})).items():
         if key not in fields:
             continue
         value = fields.pop(key)

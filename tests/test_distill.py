@@ -255,3 +255,43 @@ def test_a_one_stage_student_takes_the_dit_coupling_whole():
     want = teacher.generator.sample({"dit": {"x1": z}}, pairs["labels"], (2,), 1.0, 1.0, "euler")
     torch.testing.assert_close(student.generator.latents({"fine": pairs["fine_x0"].float()}), want,
                                rtol=2e-3, atol=3e-3)
+
+
+def _joint(seed: int = 0, **stage) -> pe.ParScaleEAR:
+    torch.manual_seed(seed)
+    fine = dict(depth=1, width=32, heads=2, head_width=32, **stage)
+    return perturb_(pe.create_model("fmnist-32-flow1", mode="joint", hybrid={"fine": fine}), seed=seed).eval()
+
+
+def test_a_joint_student_takes_both_token_scales_of_a_joint_teacher():
+    """A joint stage scales its coarse tokens by coarse_std and its fine ones by fine_std: a student of a joint teacher
+    takes both, so the same normalised tokens decode to the same latents."""
+    from parscale_ear.distill import check_teacher, take_token_scales
+
+    teacher, student = _joint(coarse_lead=2.0), _joint(seed=1)
+    teacher.generator.coarse_std.fill_(1.5)
+    teacher.generator.fine_std.fill_(2.5)
+    assert check_teacher(teacher, student) == "stages"
+    take_token_scales(student, teacher)
+    tokens = {"fine": torch.randn(2, 80, 16)}
+    torch.testing.assert_close(student.generator.latents(tokens), teacher.generator.latents(tokens))
+
+
+def test_a_dit_teacher_cannot_teach_a_joint_student():
+    from parscale_ear.distill import check_teacher
+
+    with pytest.raises(ValueError, match="does not split into a joint student's coarse and fine noise"):
+        check_teacher(tiny_dit(), _joint())
+
+
+def test_teacher_pairs_are_cached_apart_for_other_sampling_settings(tmp_path):
+    """time_shift and coarse_lead change a teacher's pairs without changing its weights: their cache files differ;
+    at the defaults the key is what it was."""
+    from parscale_ear.distill import pairs_file
+
+    teacher = _joint()
+    path, key = pairs_file(tmp_path, teacher, 8, 2, "euler")
+    assert "sampling" not in key
+    teacher.generator.fine.config.time_shift = 2.0
+    shifted, key = pairs_file(tmp_path, teacher, 8, 2, "euler")
+    assert shifted != path and key["sampling"] == {"fine": {"time_shift": 2.0}}

@@ -346,6 +346,9 @@ def test_retired_stage_options_load_only_at_their_off_value(tmp_path, capsys):
     assert stage_config(stored, "hybrid.fine") == pe.FlowConfig(**v_stage())
     assert stage_config({**v_stage(), "time_shift": 1.0}, "hybrid.fine") == pe.FlowConfig(**v_stage())
     assert stage_config({**v_stage(), "time_shift": 1.5}, "hybrid.fine").time_shift == 1.5
+    assert stage_config({"kind": "mar", "time_shift": 1.0}, "hybrid.coarse") == pe.MARConfig()  # 0.2 stored it there
+    with pytest.raises(ValueError, match="hybrid.coarse.time_shift = 1.5: this option was removed"):
+        stage_config({"kind": "mar", "time_shift": 1.5}, "hybrid.coarse")
     plain = {"kind": "flow", "mean_param": "x0"}  # no mean head: mean_param did nothing
     assert stage_config(plain, "hybrid.fine") == pe.FlowConfig(kind="flow")
     for key, value in (("noise_blocks", 1), ("head_steps", 2), ("mean_param", "x0")):
@@ -676,3 +679,27 @@ def test_coarse_lead_needs_a_joint_plain_flow_stage():
         pe.create_model("fmnist-32-flow1", mode="joint", hybrid={"fine_patch": 1})
     with pytest.raises(ValueError, match="needs a square token grid, got 80 tokens"):
         _joint(pos_embed="sincos")
+
+
+def test_block_conditions_follow_each_example_through_streams_and_draws():
+    """Batched hidden states with block_condition, P = 2 streams and m = 2 backbone-noise draws equal each example's
+    own: row j B + b is draw j of example b, with that example's time and label in every block."""
+    torch.manual_seed(0)
+    stage = perturb_(_tiny_flow_model(block_condition=True, depth=2)).generator.coarse.eval()
+    B, N, D = 3, stage.num_tokens, stage.token_dim
+    x, t, y = torch.randn(B, N, D), torch.rand(B), torch.tensor([0, 4, 7])
+    xi = torch.rand(2 * B, N, stage.config.noise_dim) - 0.5
+    batched = stage.hidden(x, t, xi, y)
+    for j in range(2):
+        for b in range(B):
+            one = stage.hidden(x[b:b + 1], t[b:b + 1], xi[j * B + b:j * B + b + 1], y[b:b + 1])
+            torch.testing.assert_close(batched[j * B + b:j * B + b + 1], one, rtol=1e-5, atol=1e-5)
+
+
+def test_a_joint_model_decodes_the_block_means_from_its_coarse_tokens_alone():
+    model = _joint()
+    gen = model.generator
+    tokens = torch.randn(2, 80, 16)
+    shifted = tokens.clone()
+    shifted[:, 16:] += 0.7  # the same constant in every residual value: block means only
+    torch.testing.assert_close(gen.latents({"fine": shifted}), gen.latents({"fine": tokens}))

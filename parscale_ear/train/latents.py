@@ -93,9 +93,8 @@ class LatentSet:
         return self.gather(np.asarray(spread(len(self), n)))[0]
 
     def to(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """All latents and labels as tensors on `device`, copied shard by shard (copies: the shards stay read-only)."""
-        return (torch.cat([torch.tensor(np.asarray(x), device=device) for x in self.latents]),
-                torch.cat([torch.tensor(np.asarray(y), device=device) for y in self.labels]))
+        """All latents and labels as tensors on `device`, copied shard by shard (the shards stay read-only)."""
+        return (torch.cat([_copy_to(x, device) for x in self.latents]), torch.cat([_copy_to(y, device) for y in self.labels]))
 
 
 def latent_key(vae, images: ImageSet, shard_items: int = SHARD_ITEMS) -> str:
@@ -263,3 +262,14 @@ def vae_run_from_release(out: str | Path, release: str | Path | None = None, dat
     if metrics is not None:
         shutil.copyfile(metrics, out / METRICS)
     return out
+
+
+def _copy_to(array, device) -> torch.Tensor:
+    """A copy of a (read-only, memory-mapped) array on `device`: on the CPU a copy in memory; on an accelerator
+    straight from the map to the device, without a host copy first."""
+    array = np.asarray(array)
+    if torch.device(device).type == "cpu":
+        return torch.tensor(array)
+    with warnings.catch_warnings():  # the view is only read, by the copy to the device
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array).to(device)
