@@ -25,8 +25,8 @@ def meanflow_loss(u: Callable, x_t: torch.Tensor, v: torch.Tensor, t: torch.Tens
     power 1 its best). Returns the weighted loss and, to log, the unweighted error per element.
 
     The network and its JVP run in float32 even inside a bf16 autocast region, as in the paper's code: the target
-    feeds du/dt back into the network's own training, and with bf16 derivatives it diverged (DiT-S/2 on an H100: the
-    error rose from 6 to 10^6 within 2,300 steps while the weighted loss stayed at 1)."""
+    feeds du/dt back into the network's own training. (The MeanFlow peer's first GPU run, its JVP in bf16, diverged:
+    the error rose from 6 to 10^6 within 2,300 steps while the weighted loss stayed at 1; docs/QUALITY.md row 119.)"""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     x_t, v, t, r = x_t.float(), v.float(), t.float(), r.float()
