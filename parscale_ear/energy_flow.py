@@ -18,6 +18,7 @@ import math
 import torch
 from torch import nn
 
+from .energy_distance import energy_distance, pooled_features
 from .energy_head import EnergyHead, energy_score_samples
 from .flow_config import FlowConfig
 from .guidance import guided, mix
@@ -204,6 +205,10 @@ class EnergyFlowGenerator(StageBase):
         c = self.config
         device = tokens.device
         labels = self.train_labels(labels, B, device)
+        if c.objective == "distance":  # one pass from pure noise, against the data of each class
+            ones, x1 = torch.ones(B, device=device), torch.randn_like(tokens)
+            drawn = self.mean_x0(self.hidden(x1, ones, None, labels, context), x1, ones).float()
+            return c.mean_weight * energy_distance(pooled_features(drawn), pooled_features(tokens.float()), labels)
         t, r = self._times(B, device), None
         if c.objective == "meanflow":  # the interval [r, t] of MeanFlow's average velocity (r = t for most draws)
             t, r = interval(t, self._times(B, device), c.meanflow_ratio)

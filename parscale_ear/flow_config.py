@@ -10,7 +10,7 @@ from .checks import check_int, check_real
 from .solvers import check_solver
 from .stage import GeneratorConfig
 
-OBJECTIVES = ("flow", "energy", "meanflow")
+OBJECTIVES = ("flow", "energy", "meanflow", "distance")
 POS_EMBEDS = ("learned", "sincos")
 
 
@@ -45,6 +45,8 @@ class FlowConfig(GeneratorConfig):
     # stage whose mean head learns MeanFlow's average velocity u over [r, t], weighted by mean_weight: one pass a step,
     # one pass a sample at one step; its time embedding of t - r starts at zero, so `--init` from a flow stage starts
     # as that flow)
+    # "distance": a one-pass generator, the mean head's x0 at t = 1 trained by the energy distance to the data of
+    # each class in multi-scale pooled features (energy_distance.py); sampled in one step
     objective: str = "flow"
     meanflow_ratio: float = 0.25  # meanflow: share of training draws with r < t (the rest r = t, flow matching)
     loss_power: float = 1.0  # meanflow: adaptive weight 1 / (||err||^2 + 1e-3)^power of each example (the paper's p)
@@ -101,6 +103,9 @@ class FlowConfig(GeneratorConfig):
         if not self.energy_head and (self.objective == "energy" or self.mean_weight <= 0 or self.residual_blocks):
             raise ValueError("FlowConfig: energy_head False (a plain flow stage) needs objective 'flow' or 'meanflow', "
                              "mean_weight > 0 and residual_blocks 0")
+        if self.objective == "distance" and (self.energy_head or self.mean_weight <= 0 or self.solver != "euler"):
+            raise ValueError("FlowConfig: objective 'distance' is a plain one-pass stage: it needs energy_head False, "
+                             "mean_weight > 0 and solver 'euler'")
         if self.objective == "meanflow" and (self.energy_head or self.solver != "euler"):
             raise ValueError("FlowConfig: objective 'meanflow' is a plain stage stepping with its average velocity: it "
                              "needs energy_head False and solver 'euler'")
@@ -122,6 +127,9 @@ class FlowConfig(GeneratorConfig):
         correction of the mean path would not change)."""
         if not 1 <= steps <= self.max_steps:
             raise ValueError(f"steps must be in [1, {self.max_steps}] (the config's max_steps), got {steps}")
+        if self.objective == "distance" and steps != 1:
+            raise ValueError(f"steps {steps}: a stage trained by the energy distance (objective 'distance') is a "
+                             "one-pass generator; use 1 step")
         if temperature > 0 and not self.energy_head:
             raise ValueError(f"temperature {temperature:g}: this stage has no energy head (energy_head False) and samples "
                              "its flow's mean path only; use temperature 0")

@@ -74,8 +74,11 @@ class HybridConfig:
         check_int(self.fine_patch, "HybridConfig.fine_patch")
         if self.mode not in MODES:
             raise ValueError(f"HybridConfig: mode must be one of {MODES}, got {self.mode!r}")
-        if self.coarse_steps < 1 or self.fine_steps < 1:
-            raise ValueError(f"HybridConfig: steps must be >= 1, got {self.coarse_steps}, {self.fine_steps}")
+        one_stage = self.mode in ("no_coarse", "joint")  # one stage runs coarse_steps + fine_steps: one may be 0
+        if (min(self.coarse_steps, self.fine_steps) < (0 if one_stage else 1)
+                or self.coarse_steps + self.fine_steps < 1):
+            raise ValueError(f"HybridConfig: steps must be >= 1 (in mode {self.mode!r}), got {self.coarse_steps}, "
+                             f"{self.fine_steps}")
 
 
 # what a stored hybrid that omits a field meant: the defaults before 0.4 (the MAR design); `to_dict` writes every

@@ -138,6 +138,15 @@ def fmnist_32_mf1() -> ParScaleEARConfig:
                                                                             "fine_steps": 1})
 
 
+def fmnist_32_ed1() -> ParScaleEARConfig:
+    """fmnist-32-flow1 as a one-pass generator trained by the energy distance to each class's data in multi-scale
+    pooled latent features (`energy_distance.py`; drifting models' attraction and repulsion): from a
+    fmnist-32-flow1 run's weights (`--init RUN`), whose one-step x0 is each class's mean; 1 step, one pass."""
+    stage = dict(_FLOW1_STAGE, objective="distance", solver="euler")
+    return apply_overrides(fmnist_32_flow1(), name="fmnist-32-ed1", hybrid={"fine": stage, "coarse_steps": 0,
+                                                                            "fine_steps": 1})
+
+
 def fmnist_32_es1() -> ParScaleEARConfig:
     """fmnist-32-flow1 as a few-step energy student on one stage: every pass sees the whole noise the teacher used,
     so a one-stage teacher's noise -> sample pairs stay a map; an energy head (m = 4 draws through one attention
@@ -230,6 +239,7 @@ _PRESETS: dict[str, Callable[[], ParScaleEARConfig]] = {
     "fmnist-32-flow1": fmnist_32_flow1,
     "fmnist-32-mf1": fmnist_32_mf1,
     "fmnist-32-es1": fmnist_32_es1,
+    "fmnist-32-ed1": fmnist_32_ed1,
     "lite-256-es": lite_256_es,
     "tiny-32-flow": tiny_32_flow,
     "lite-256": lite_256,
