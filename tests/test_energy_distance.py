@@ -84,3 +84,23 @@ def test_distance_and_step_settings_are_checked():
         pe.create_model("fmnist-32-flow1", mode="full", hybrid={"coarse_steps": 0})
     with pytest.raises(ValueError, match=r"steps must be >= 1 \(in mode 'no_coarse'\)"):
         pe.create_model("fmnist-32-flow1", hybrid={"coarse_steps": 0, "fine_steps": 0})
+
+
+def test_the_batched_distance_equals_the_sum_over_groups():
+    """All pairs at once, masked to their groups, give each group's E||g - y|| - 1/2 E||g - g'|| weighted by its size."""
+    g = torch.Generator().manual_seed(0)
+    drawn = [torch.randn(30, 5, generator=g), torch.randn(30, 2, generator=g)]
+    real = [torch.randn(30, 5, generator=g), torch.randn(30, 2, generator=g)]
+    groups = torch.randint(0, 4, (30,), generator=g)
+    groups[0] = 9  # a group of one: no repulsion
+    want = 0.0
+    for c in torch.unique(groups):
+        rows = groups == c
+        n = int(rows.sum())
+        for d, r in zip(drawn, real):
+            a, b = d[rows], r[rows]
+            loss = torch.cdist(a, b).mean()
+            if n > 1:
+                loss = loss - 0.5 * torch.cdist(a, a).sum() / (n * (n - 1))
+            want = want + loss * n / 30
+    torch.testing.assert_close(energy_distance(drawn, real, groups), want, rtol=1e-4, atol=1e-4)
