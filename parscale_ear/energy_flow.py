@@ -167,8 +167,8 @@ class EnergyFlowGenerator(StageBase):
         tt = t[:, None, None]
         if not self.lead_tokens or self.config.coarse_lead == 1:
             return tt
-        lead = (self.lead_tokens,) + (self.num_tokens - self.lead_tokens,)
-        return torch.cat([tt.pow(self.config.coarse_lead).expand(-1, lead[0], 1), tt.expand(-1, lead[1], 1)], dim=1)
+        n = self.lead_tokens
+        return torch.cat([tt.pow(self.config.coarse_lead).expand(-1, n, 1), tt.expand(-1, self.num_tokens - n, 1)], dim=1)
 
     def mean_x0(self, h: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The mean head's x0 (B, N, D) from hidden states h (B, N, d) at x_t (B, N, D), t (B,): the head predicts
