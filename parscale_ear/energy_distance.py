@@ -41,7 +41,7 @@ def energy_distance(generated: list[torch.Tensor], real: list[torch.Tensor], gro
     """The energy distance between generated and real features (lists of (B, F) per scale, summed over scales) within
     each group of `groups` (B,) (a class, or the null class), averaged over the groups weighted by their size: per
     group E||g - y|| - 1/2 E||g - g'|| over g != g'. A group with one generated sample has no repulsion term. All
-    pairs of the batch at once, masked to their group: no data-dependent shapes (compiles as one graph)."""
+    pairs of the batch at once, masked to their group: no data-dependent shapes."""
     same = (groups[:, None] == groups[None]).to(generated[0].dtype)  # (B, B)
     size = same.sum(1)  # each sample's group size
     others = same - torch.eye(len(groups), dtype=same.dtype, device=same.device)

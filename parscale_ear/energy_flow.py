@@ -129,7 +129,7 @@ class EnergyFlowGenerator(StageBase):
             c, per_block = (y if y is None else y.repeat_interleave(P, dim=0) for y in (c, per_block))
         if self.noise_in is not None:
             x = x.repeat(m, 1, 1)  # (m B P, L, d), row (j B + b) P + p
-            c, per_block = (y if y is None else y.repeat(*(m,) + (1,) * (y.ndim - 1)) for y in (c, per_block))
+            c, per_block = (y if y is None else torch.cat([y] * m) for y in (c, per_block))
             noise = self.noise_in(xi.to(x.dtype)).repeat_interleave(P, dim=0)
             x = torch.cat([x[:, :-N], x[:, -N:] + noise], dim=1)
         for k, block in enumerate(self.blocks):
@@ -143,10 +143,13 @@ class EnergyFlowGenerator(StageBase):
     def condition(self, t: torch.Tensor, labels: torch.Tensor, dtype, r: torch.Tensor | None = None) -> torch.Tensor:
         """adaLN conditioning (B, d) from time t (B,) and labels (B,); a MeanFlow stage adds its interval t - r (r
         None: r = t, the instantaneous velocity)."""
-        c = self.time_embed(timestep_embedding(t).to(dtype)) + self.class_embed(labels)
-        if self.interval_embed is not None:
-            c = c + self.interval_embed(timestep_embedding(t - (t if r is None else r)).to(dtype))
-        return c
+        return self.time_embed(timestep_embedding(t).to(dtype)) + self.class_embed(labels) + self._interval(t, r, dtype)
+
+    def _interval(self, t: torch.Tensor, r: torch.Tensor | None, dtype):
+        """A MeanFlow stage's embedding of the interval t - r (r None: r = t); 0 for the other objectives."""
+        if self.interval_embed is None:
+            return 0
+        return self.interval_embed(timestep_embedding(t - (t if r is None else r)).to(dtype))
 
     def block_conditions(self, t: torch.Tensor, labels: torch.Tensor, dtype,
                          r: torch.Tensor | None = None) -> torch.Tensor | None:
@@ -154,10 +157,7 @@ class EnergyFlowGenerator(StageBase):
         labels (plus the shared interval embedding of a MeanFlow stage); else None (every block takes `condition`)."""
         if self.block_time is None:
             return None
-        temb = timestep_embedding(t).to(dtype)
-        extra = 0
-        if self.interval_embed is not None:
-            extra = self.interval_embed(timestep_embedding(t - (t if r is None else r)).to(dtype))
+        temb, extra = timestep_embedding(t).to(dtype), self._interval(t, r, dtype)
         return torch.stack([time(temb) + table(labels) + extra for time, table in zip(self.block_time, self.block_class)],
                            dim=1)
 
@@ -334,11 +334,8 @@ class EnergyFlowGenerator(StageBase):
             h = self._guided_hidden(y, ss, xb, labels, context, cfg) if h is None else h
             return (y - self.mean_x0(h, y, ss).to(y.dtype)) / self.token_times(ss).to(y.dtype)
 
-        if not self.lead_tokens:
-            return heun_step(x, velocity_at(x, t, h), t, t_next, velocity_at)
-        # a joint stage: each token's step is its own time step (t ** coarse_lead for the coarse tokens)
-        B = x.shape[0]
-        dt = (self.token_times(torch.full((B,), t_next, device=x.device))
-              - self.token_times(torch.full((B,), t, device=x.device))).to(x.dtype)
-        v = velocity_at(x, t, h)
-        return x + dt * 0.5 * (v + velocity_at(x + dt * v, t_next))
+        dt = None  # a joint stage: each token's step is its own time step (t ** coarse_lead for the coarse tokens)
+        if self.lead_tokens:
+            ends = [self.token_times(torch.full((x.shape[0],), s, device=x.device)) for s in (t, t_next)]
+            dt = (ends[1] - ends[0]).to(x.dtype)
+        return heun_step(x, velocity_at(x, t, h), t, t_next, velocity_at, dt)

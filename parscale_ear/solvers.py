@@ -45,7 +45,9 @@ def euler_step(x, v, t: float, t_next: float):
     return x + (t_next - t) * v
 
 
-def heun_step(x, v, t: float, t_next: float, velocity_at):
+def heun_step(x, v, t: float, t_next: float, velocity_at, dt=None):
     """x at t' by Heun's rule: the mean of v at t and `velocity_at(x', t')` at the Euler estimate x' (a second pass;
-    not for t' = 0, where a velocity is undefined for the x0-predicting stages)."""
-    return x + (t_next - t) * 0.5 * (v + velocity_at(euler_step(x, v, t, t_next), t_next))
+    not for t' = 0, where a velocity is undefined for the x0-predicting stages). `dt`: the step t' - t, or a tensor of
+    steps broadcasting against x (a time per token)."""
+    dt = t_next - t if dt is None else dt
+    return x + dt * 0.5 * (v + velocity_at(x + dt * v, t_next))

@@ -88,8 +88,7 @@ def make_stage(config: GeneratorConfig, num_tokens: int, token_dim: int, num_cla
                lead_tokens: int = 0) -> StageBase:
     """The generation stage module of `config`'s kind; `lead_tokens`: how many leading tokens are a joint stage's
     coarse tokens (flow stages only)."""
-    if lead_tokens:
-        if config.kind != "flow":
-            raise ValueError(f"a joint coarse/fine stage must be a flow stage, got kind {config.kind!r}")
-        return EnergyFlowGenerator(config, num_tokens, token_dim, num_classes, context_dim, lead_tokens=lead_tokens)
-    return STAGE_KINDS[config.kind][1](config, num_tokens, token_dim, num_classes, context_dim)
+    if lead_tokens and config.kind != "flow":
+        raise ValueError(f"a joint coarse/fine stage must be a flow stage, got kind {config.kind!r}")
+    extra = {"lead_tokens": lead_tokens} if lead_tokens else {}
+    return STAGE_KINDS[config.kind][1](config, num_tokens, token_dim, num_classes, context_dim, **extra)
