@@ -156,6 +156,12 @@ def init_generator(model: ParScaleEAR, source: ParScaleEAR) -> list[str]:
         detail = f"names the student lacks: {unknown[:3]}" if unknown else \
             f"{wrong[0]}: student {tuple(mine[wrong[0]].shape)}, source {tuple(theirs[wrong[0]].shape)}"
         raise ValueError(f"--init: the source's generator does not fit this model ({detail})")
+    stages = model.generator.stages
+    for name, stage in source.generator.stages.items():  # the same weights read other times at another time_scale
+        theirs_scale, mine_scale = (getattr(getattr(s, "config", None), "time_scale", None) for s in (stage, stages.get(name)))
+        if name in stages and theirs_scale != mine_scale:
+            raise ValueError(f"--init: stage {name!r} embeds time_scale * t with time_scale {mine_scale}, its source "
+                             f"with {theirs_scale}: pass --set hybrid.{name}.time_scale={theirs_scale}")
     model.generator.load_state_dict({**mine, **{k: v.to(mine[k].dtype) for k, v in theirs.items()}})
     return sorted(set(mine) - set(theirs))
 
@@ -167,7 +173,8 @@ def pairs_file(folder: Path, teacher: ParScaleEAR, n: int, steps, solver: str | 
     key = {"teacher": weights_digest(teacher), "n": n, "steps": list(teacher.resolve_steps(steps)), "solver": solver,
            "seed": PAIRS_SEED, "batch_size": PAIRS_BATCH}
     # sampling fields that change the pairs beside the weights (in the key only where set: older keys stay valid)
-    sampling = {name: {f: v for f in ("time_shift", "coarse_lead") if (v := getattr(stage.config, f, 1.0)) != 1.0}
+    defaults = {"time_shift": 1.0, "coarse_lead": 1.0, "time_scale": 1000.0}
+    sampling = {name: {f: v for f, d in defaults.items() if (v := getattr(stage.config, f, d)) != d}
                 for name, stage in teacher.generator.stages.items()}
     if any(sampling.values()):
         key["sampling"] = sampling

@@ -143,13 +143,16 @@ class EnergyFlowGenerator(StageBase):
     def condition(self, t: torch.Tensor, labels: torch.Tensor, dtype, r: torch.Tensor | None = None) -> torch.Tensor:
         """adaLN conditioning (B, d) from time t (B,) and labels (B,); a MeanFlow stage adds its interval t - r (r
         None: r = t, the instantaneous velocity)."""
-        return self.time_embed(timestep_embedding(t).to(dtype)) + self.class_embed(labels) + self._interval(t, r, dtype)
+        return self.time_embed(self._embed_time(t, dtype)) + self.class_embed(labels) + self._interval(t, r, dtype)
 
     def _interval(self, t: torch.Tensor, r: torch.Tensor | None, dtype):
         """A MeanFlow stage's embedding of the interval t - r (r None: r = t); 0 for the other objectives."""
         if self.interval_embed is None:
             return 0
-        return self.interval_embed(timestep_embedding(t - (t if r is None else r)).to(dtype))
+        return self.interval_embed(self._embed_time(t - (t if r is None else r), dtype))
+
+    def _embed_time(self, t: torch.Tensor, dtype) -> torch.Tensor:
+        return timestep_embedding(t, scale=self.config.time_scale).to(dtype)
 
     def block_conditions(self, t: torch.Tensor, labels: torch.Tensor, dtype,
                          r: torch.Tensor | None = None) -> torch.Tensor | None:
@@ -157,7 +160,7 @@ class EnergyFlowGenerator(StageBase):
         labels (plus the shared interval embedding of a MeanFlow stage); else None (every block takes `condition`)."""
         if self.block_time is None:
             return None
-        temb, extra = timestep_embedding(t).to(dtype), self._interval(t, r, dtype)
+        temb, extra = self._embed_time(t, dtype), self._interval(t, r, dtype)
         return torch.stack([time(temb) + table(labels) + extra for time, table in zip(self.block_time, self.block_class)],
                            dim=1)
 

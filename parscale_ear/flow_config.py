@@ -56,6 +56,9 @@ class FlowConfig(GeneratorConfig):
     energy_head: bool = True
     # sampling: the time grid's shift (SD3's; > 1 spends more steps at high noise, 1 the even grid)
     time_shift: float = 1.0
+    # the time embedding sees time_scale * t: 1000 as DiT's steps, or 1 as SiT and MeanFlow, which keeps d/dt of the
+    # embedding bounded (a MeanFlow stage's target carries (t - r) du/dt: at 1000 its error did not fall)
+    time_scale: float = 1000.0
     # "learned" positions (one vector per token) or "sincos": fixed 2-D sine-cosine positions on the (square) token grid, as DiT's
     pos_embed: str = "learned"
     # True: every block embeds time and class itself (its own time MLP and class table, as diffusers' DiT does);
@@ -114,6 +117,7 @@ class FlowConfig(GeneratorConfig):
         check_real(self.loss_power, "FlowConfig.loss_power", minimum=0.0)
         check_real(self.time_mean, "FlowConfig.time_mean", minimum=-math.inf)
         check_real(self.time_shift, "FlowConfig.time_shift", minimum=0.0, inclusive=False)
+        check_real(self.time_scale, "FlowConfig.time_scale", minimum=0.0, inclusive=False)
         check_real(self.coarse_lead, "FlowConfig.coarse_lead", minimum=1.0)
         if self.coarse_lead != 1 and (self.energy_head or self.objective != "flow"):
             raise ValueError("FlowConfig: coarse_lead != 1 needs a plain flow stage (energy_head False, objective 'flow')")

@@ -89,11 +89,12 @@ class AdaLNBlock(nn.Module):
         return x + a2 * b.mlp(modulate(b.norm2(x), s2, g2))
 
 
-def timestep_embedding(t: torch.Tensor, dim: int = 256, max_period: float = 10_000.0) -> torch.Tensor:
-    """Sinusoidal embedding (B, dim) of times t (B,) in [0, 1] (scaled by 1000, as DiT's steps)."""
+def timestep_embedding(t: torch.Tensor, dim: int = 256, max_period: float = 10_000.0,
+                       scale: float = 1000.0) -> torch.Tensor:
+    """Sinusoidal embedding (B, dim) of times t (B,) in [0, 1], scaled by `scale` (1000: DiT's steps)."""
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    args = 1000.0 * t.float()[:, None] * freqs[None]
+    args = scale * t.float()[:, None] * freqs[None]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 

@@ -285,7 +285,7 @@ def test_a_dit_teacher_cannot_teach_a_joint_student():
 
 
 def test_teacher_pairs_are_cached_apart_for_other_sampling_settings(tmp_path):
-    """time_shift and coarse_lead change a teacher's pairs without changing its weights: their cache files differ;
+    """time_shift, time_scale and coarse_lead change a teacher's pairs without changing its weights: their cache files differ;
     at the defaults the key is what it was."""
     from parscale_ear.distill import pairs_file
 
@@ -295,3 +295,6 @@ def test_teacher_pairs_are_cached_apart_for_other_sampling_settings(tmp_path):
     teacher.generator.fine.config.time_shift = 2.0
     shifted, key = pairs_file(tmp_path, teacher, 8, 2, "euler")
     assert shifted != path and key["sampling"] == {"fine": {"time_shift": 2.0}}
+    teacher.generator.fine.config.time_scale = 1.0  # the same weights see other times
+    rescaled, key = pairs_file(tmp_path, teacher, 8, 2, "euler")
+    assert rescaled not in (path, shifted) and key["sampling"] == {"fine": {"time_shift": 2.0, "time_scale": 1.0}}

@@ -493,6 +493,25 @@ def test_a_meanflow_stage_initialised_from_a_flow_stage_samples_as_that_flow():
         mean.generate(1, labels=[0], steps=2, temperature=0.0, solver="heun")
 
 
+def test_time_scale_is_what_the_stage_embeds_and_init_refuses_another():
+    """time_scale multiplies t inside the time embedding (1000: DiT's steps; 1: raw t, as SiT and MeanFlow): the same
+    weights give another velocity; --init from a source of another time_scale is a one-line error naming the fix."""
+    from parscale_ear.distill import init_generator
+
+    plain = {**v_stage(), "energy_head": False}
+    flow = perturb_(pe.create_model("tiny-32-flow", mode="no_coarse", hybrid={"fine": plain})).eval()
+    raw = pe.create_model("tiny-32-flow", mode="no_coarse", hybrid={"fine": {**plain, "time_scale": 1.0}}).eval()
+    with pytest.raises(ValueError, match=r"time_scale 1.0, its source with 1000.0: pass --set hybrid.fine.time_scale"):
+        init_generator(raw, flow)
+    raw.generator.load_state_dict(flow.generator.state_dict())
+    stage, same = flow.generator.fine, raw.generator.fine
+    x, t, y = torch.randn(2, stage.num_tokens, stage.token_dim), torch.tensor([0.9, 0.6]), torch.tensor([0, 1])
+    assert not torch.allclose(stage.hidden(x, t, None, y), same.hidden(x, t, None, y))
+    torch.testing.assert_close(stage.hidden(x, t, None, y), same.hidden(x, t * 1000.0, None, y))
+    with pytest.raises(ValueError, match="time_scale"):
+        pe.FlowConfig(**{**plain, "time_scale": -1.0})
+
+
 def test_a_meanflow_stage_trains_every_part_and_depends_on_the_interval():
     _, mean, _ = _meanflow_pair()
     perturb_(mean, seed=1).train()

@@ -139,3 +139,18 @@ def test_meanflow_jvp_runs_in_float32_under_bf16_autocast(mf):
         got, _ = peer._meanflow_loss(x, v, t, r, torch.arange(3))
     assert seen and all(o.dtype == torch.float32 for o in seen)
     torch.testing.assert_close(got, want)
+
+
+def test_meanflow_peer_embeds_raw_times():
+    """MeanFlow's target carries (t - r) du/dt, so its peer embeds t in [0, 1] as SiT does (time_scale 1; at DiT's
+    1000 t the CPU error of a small peer rose instead of falling, docs/QUALITY.md); the flow peers keep DiT's 1000 t."""
+    from parscale_ear.baselines.dit import PEERS
+
+    assert PEERS["meanflow-s"].time_scale == 1.0 and PEERS["dit-xs"].time_scale == 1000.0
+    peer = tiny_peer("meanflow-s", **TINY).generator
+    seen = []
+    peer.dit.forward = lambda x, timestep, **k: seen.append(timestep) or x
+    peer.velocity(torch.zeros(2, 4, 16, 16), torch.tensor([0.5, 0.25]), torch.arange(2), torch.tensor([0.25, 0.0]))
+    torch.testing.assert_close(seen[0], torch.tensor([[0.5, 0.25], [0.25, 0.25]]))
+    with pytest.raises(ValueError, match="time_scale"):
+        DiTConfig(time_scale=0.0)

@@ -44,6 +44,9 @@ class DiTConfig:
     logit_normal_mean: float = 0.0  # training t = sigmoid(N(mean, std)) (SD3); MeanFlow draws r and t this way
     logit_normal_std: float = 1.0
     time_shift: float = 1.0  # sampling grid shift (> 1: more steps at high noise)
+    # the timestep embedding sees time_scale * t: DiT's 1000 (its diffusion steps), or 1 as MeanFlow's SiT, which
+    # keeps d/dt of the embedding bounded (the MeanFlow target carries (t - r) du/dt)
+    time_scale: float = 1000.0
     # meanflow only (the paper's ImageNet ablation winners): share of training pairs with r != t (the rest
     # are plain flow matching, r = t), and the adaptive weight 1 / (||err||^2 + loss_eps)^loss_power
     meanflow_ratio: float = 0.25
@@ -61,6 +64,7 @@ class DiTConfig:
             raise ValueError("DiTConfig: a meanflow peer samples with its own one-pass steps; solver must be 'euler'")
         check_real(self.logit_normal_std, "DiTConfig.logit_normal_std", minimum=0.0, inclusive=False)
         check_real(self.time_shift, "DiTConfig.time_shift", minimum=0.0, inclusive=False)
+        check_real(self.time_scale, "DiTConfig.time_scale", minimum=0.0, inclusive=False)
         if not 0 <= self.meanflow_ratio <= 1:
             raise ValueError(f"DiTConfig: meanflow_ratio must be in [0, 1], got {self.meanflow_ratio}")
         check_real(self.loss_power, "DiTConfig.loss_power", minimum=0.0)
@@ -72,8 +76,9 @@ PEERS = {  # DiT sizes (Peebles & Xie, Table 1); the latent and patch 2 follow t
     # the size of ParScale-EAR's Fashion-MNIST generators (7.6M parameters on 4x16x16 latents): 10 layers, 192 wide
     "dit-xs": DiTConfig(num_layers=10, heads=3, head_dim=64),
     "dit-b": DiTConfig(num_layers=12, heads=12, head_dim=64),
-    # MeanFlow's ImageNet recipe: (r, t) from logit-normal(-0.4, 1), 25% of pairs with r != t, p = 1
-    "meanflow-s": DiTConfig(num_layers=12, heads=6, head_dim=64, objective="meanflow", steps=1, logit_normal_mean=-0.4),
+    # MeanFlow's ImageNet recipe: (r, t) from logit-normal(-0.4, 1), 25% of pairs with r != t, p = 1, raw t (as SiT)
+    "meanflow-s": DiTConfig(num_layers=12, heads=6, head_dim=64, objective="meanflow", steps=1, logit_normal_mean=-0.4,
+                            time_scale=1.0),
 }
 
 
@@ -90,7 +95,7 @@ def _diffusers():
 
 class _TwoTimeEmbedding(nn.Module):
     """A DiT block's conditioning for MeanFlow: diffusers' timestep + label embedding of t (`base`) plus an
-    embedding of the interval t - r. `timestep` is (B, 2): 1000 t and 1000 (t - r)."""
+    embedding of the interval t - r. `timestep` is (B, 2): t and t - r, both times the config's time_scale."""
 
     def __init__(self, base: nn.Module, width: int):
         super().__init__()
@@ -161,10 +166,11 @@ class DiTBaseline(LatentGenerator):
 
     def velocity(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, r: torch.Tensor | None = None) -> torch.Tensor:
         """The network at x_t (B, C, g, g), t (B,) in [0, 1]: v (flow), or u over [r, t] (meanflow; r (B,),
-        default r = t, the instantaneous velocity). DiT's timestep embedding sees 1000 t."""
-        timestep = t * 1000.0
+        default r = t, the instantaneous velocity). The timestep embedding sees time_scale * t (DiT: 1000 t)."""
+        scale = self.config.time_scale
+        timestep = t * scale
         if self.config.objective == "meanflow":
-            timestep = torch.stack([timestep, (t - (t if r is None else r)) * 1000.0], dim=-1)
+            timestep = torch.stack([timestep, (t - (t if r is None else r)) * scale], dim=-1)
         return self.dit(x, timestep=timestep, class_labels=labels, return_dict=False)[0]
 
     def _labels(self, labels: torch.Tensor | None, batch: int, device) -> torch.Tensor:
