@@ -156,12 +156,13 @@ def init_generator(model: ParScaleEAR, source: ParScaleEAR) -> list[str]:
         detail = f"names the student lacks: {unknown[:3]}" if unknown else \
             f"{wrong[0]}: student {tuple(mine[wrong[0]].shape)}, source {tuple(theirs[wrong[0]].shape)}"
         raise ValueError(f"--init: the source's generator does not fit this model ({detail})")
-    stages = model.generator.stages
+    stages, field = model.generator.stages, model.config.GENERATOR  # "hybrid" (stages under it) or "dit" (one stage)
     for name, stage in source.generator.stages.items():  # the same weights read other times at another time_scale
         theirs_scale, mine_scale = (getattr(getattr(s, "config", None), "time_scale", None) for s in (stage, stages.get(name)))
         if name in stages and theirs_scale != mine_scale:
+            key = field if name == field else f"{field}.{name}"
             raise ValueError(f"--init: stage {name!r} embeds time_scale * t with time_scale {mine_scale}, its source "
-                             f"with {theirs_scale}: pass --set hybrid.{name}.time_scale={theirs_scale}")
+                             f"with {theirs_scale}: pass --set {key}.time_scale={theirs_scale}")
     model.generator.load_state_dict({**mine, **{k: v.to(mine[k].dtype) for k, v in theirs.items()}})
     return sorted(set(mine) - set(theirs))
 

@@ -154,3 +154,14 @@ def test_meanflow_peer_embeds_raw_times():
     torch.testing.assert_close(seen[0], torch.tensor([[0.5, 0.25], [0.25, 0.25]]))
     with pytest.raises(ValueError, match="time_scale"):
         DiTConfig(time_scale=0.0)
+
+
+def test_init_from_a_peer_of_another_time_scale_names_the_peer_field():
+    """A MeanFlow peer (raw t) started from one trained at DiT's 1000 t: the error names `--set dit.time_scale`; with
+    that set, the weights load."""
+    from parscale_ear.distill import init_generator
+
+    source = tiny_peer("meanflow-s", **TINY, time_scale=1000)
+    with pytest.raises(ValueError, match=r"pass --set dit\.time_scale=1000\.0$"):
+        init_generator(tiny_peer("meanflow-s", **TINY), source)
+    assert init_generator(tiny_peer("meanflow-s", **TINY, time_scale=1000), source) == []
