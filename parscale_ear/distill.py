@@ -9,6 +9,7 @@ their mean (distributional diffusion, De Bortoli et al., arXiv 2502.02483).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -26,6 +27,8 @@ from .pipeline import ParScaleEAR
 PAIRS_PREFIX = "teacher-pairs-"  # + a digest of the teacher and the settings
 PAIRS_SEED = 0
 PAIRS_BATCH = 4096  # the noise of a pair depends on its batch's size and place: part of the key
+# stage-config fields that change a teacher's pairs beside its weights: in the key where they differ from their default
+PAIRS_SAMPLING_FIELDS = ("time_shift", "coarse_lead", "time_scale")
 
 
 def check_same_vae(model: ParScaleEAR, other: ParScaleEAR, what: str) -> None:
@@ -174,8 +177,8 @@ def pairs_file(folder: Path, teacher: ParScaleEAR, n: int, steps, solver: str | 
     key = {"teacher": weights_digest(teacher), "n": n, "steps": list(teacher.resolve_steps(steps)), "solver": solver,
            "seed": PAIRS_SEED, "batch_size": PAIRS_BATCH}
     # sampling fields that change the pairs beside the weights (in the key only where set: older keys stay valid)
-    defaults = {"time_shift": 1.0, "coarse_lead": 1.0, "time_scale": 1000.0}
-    sampling = {name: {f: v for f, d in defaults.items() if (v := getattr(stage.config, f, d)) != d}
+    sampling = {name: {f.name: v for f in dataclasses.fields(stage.config)
+                       if f.name in PAIRS_SAMPLING_FIELDS and (v := getattr(stage.config, f.name)) != f.default}
                 for name, stage in teacher.generator.stages.items()}
     if any(sampling.values()):
         key["sampling"] = sampling
