@@ -117,8 +117,8 @@ class FlowConfig(GeneratorConfig):
         check_real(self.loss_power, "FlowConfig.loss_power", minimum=0.0)
         check_real(self.time_mean, "FlowConfig.time_mean", minimum=-math.inf)
         check_real(self.time_shift, "FlowConfig.time_shift", minimum=0.0, inclusive=False)
-        check_real(self.time_scale, "FlowConfig.time_scale", minimum=0.0, inclusive=False)
-        self.time_scale = float(self.time_scale)  # --set ...time_scale=1 and 1.0 are one model (and one pairs cache)
+        # stored as the float check_real returns: --set ...time_scale=1 and 1.0 are one model (and one pairs cache)
+        self.time_scale = check_real(self.time_scale, "FlowConfig.time_scale", minimum=0.0, inclusive=False)
         check_real(self.coarse_lead, "FlowConfig.coarse_lead", minimum=1.0)
         if self.coarse_lead != 1 and (self.energy_head or self.objective != "flow"):
             raise ValueError("FlowConfig: coarse_lead != 1 needs a plain flow stage (energy_head False, objective 'flow')")

@@ -64,8 +64,7 @@ class DiTConfig:
             raise ValueError("DiTConfig: a meanflow peer samples with its own one-pass steps; solver must be 'euler'")
         check_real(self.logit_normal_std, "DiTConfig.logit_normal_std", minimum=0.0, inclusive=False)
         check_real(self.time_shift, "DiTConfig.time_shift", minimum=0.0, inclusive=False)
-        check_real(self.time_scale, "DiTConfig.time_scale", minimum=0.0, inclusive=False)
-        self.time_scale = float(self.time_scale)
+        self.time_scale = check_real(self.time_scale, "DiTConfig.time_scale", minimum=0.0, inclusive=False)
         if not 0 <= self.meanflow_ratio <= 1:
             raise ValueError(f"DiTConfig: meanflow_ratio must be in [0, 1], got {self.meanflow_ratio}")
         check_real(self.loss_power, "DiTConfig.loss_power", minimum=0.0)
